@@ -1,0 +1,277 @@
+"""The PEFT adapter format: read, validate and describe an adapter (no torch).
+
+An adapter is a directory as PEFT's ``save_pretrained`` writes it:
+``adapter_config.json``, ``adapter_model.safetensors`` and optionally a
+``README.md`` model card plus a few small JSON or text files. Everything the
+registry knows about an adapter is read from those files here, and nothing is
+stored until :func:`validate_files` has accepted them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
+from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
+
+#: Every PEFT method the registry stores (``peft_type`` values).
+KNOWN_PEFT_TYPES = frozenset({
+    "LORA", "ADALORA", "IA3", "LOHA", "LOKR", "PREFIX_TUNING", "PROMPT_TUNING",
+    "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "OFT", "BOFT", "VERA",
+    "FOURIERFT", "XLORA", "HRA", "VBLORA", "LN_TUNING", "POLY", "BONE", "CPT",
+    "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD", "TRAINABLE_TOKENS", "DELORA", "GRALORA",
+})
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+WEIGHTS_MAX_BYTES = 8 * 1024**3
+#: The allowlist of other files: suffix -> size cap in bytes.
+EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, ".jinja": 1024**2}
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+MAX_FILES = 32
+
+
+def validate_namespace(part: str, *, what: str = "name") -> str:
+    """Check one half of ``owner/name``; return it unchanged."""
+    if not NAME_RE.match(part) or ".." in part:
+        raise InvalidNameError(
+            f"invalid {what} {part!r}: use 1-64 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit, and no '..'"
+        )
+    return part
+
+
+def validate_repo_id(repo_id: str) -> tuple[str, str]:
+    """Split and check an ``owner/name`` id (already URL-decoded).
+
+    Returns:
+        ``(owner, name)``.
+    """
+    parts = repo_id.split("/")
+    if len(parts) != 2:
+        raise InvalidNameError(f"invalid adapter id {repo_id!r}: expected 'owner/name'")
+    return validate_namespace(parts[0], what="owner"), validate_namespace(parts[1], what="name")
+
+
+def validate_filename(path: str) -> str:
+    """Check a file name inside an adapter: flat, allowlisted, no traversal."""
+    if not path or "/" in path or "\\" in path or path.startswith(".") or "\x00" in path:
+        raise InvalidAdapterError(f"file {path!r} is not allowed: adapters are flat directories of plain names")
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {CONVERT_HINT}")
+    if path in (CONFIG_NAME, WEIGHTS_NAME):
+        return path
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in EXTRA_FILE_CAPS:
+        raise InvalidAdapterError(
+            f"file {path!r} is not allowed: besides {CONFIG_NAME} and {WEIGHTS_NAME}, only "
+            f"{', '.join(sorted(EXTRA_FILE_CAPS))} files are stored"
+        )
+    return path
+
+
+def size_cap(path: str) -> int:
+    """The largest size accepted for a file of this name."""
+    if path == WEIGHTS_NAME:
+        return WEIGHTS_MAX_BYTES
+    return EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
+
+
+@dataclass
+class FileEntry:
+    """One file of an adapter: where it is on disk, and its digest."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class AdapterMeta:
+    """What the registry records about an adapter, all read from its files."""
+
+    base_model: str | None
+    method: str
+    task_type: str | None
+    rank: int | None
+    alpha: float | None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    max_rank: int | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    target_modules: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    dtype: str | None = None
+    total_size: int = 0
+    num_virtual_tokens: int | None = None
+    lineage: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 4 * 1024 * 1024) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_config(raw: bytes) -> dict[str, Any]:
+    """Parse and check ``adapter_config.json``."""
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapterError(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidAdapterError(f"{CONFIG_NAME} must be a JSON object")
+    peft_type = config.get("peft_type")
+    if peft_type not in KNOWN_PEFT_TYPES:
+        raise InvalidAdapterError(f"{CONFIG_NAME}: unknown peft_type {peft_type!r}")
+    return config
+
+
+def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rule for ``rank_pattern``/``alpha_pattern``: a key matches a module
+    name when the name ends with it at a ``.`` boundary (keys are regexes)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.weight)?$")
+
+
+def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None:
+    """For LoRA, every A/B pair must have the rank the config declares."""
+    r = config.get("r")
+    rank_pattern = config.get("rank_pattern") or {}
+    for key, info in header.tensors.items():
+        m = _LORA_KEY.match(key)
+        if not m:
+            continue
+        module = m.group("module")
+        expected = pattern_value(rank_pattern, module, r)
+        # A is (r, in[, kh, kw]) and B is (out, r[, 1, 1]); embeddings alike.
+        if m.group("part") == "A":
+            got = info.shape[0] if info.shape else None
+        else:
+            got = info.shape[1] if len(info.shape) > 1 else None
+        if got != expected:
+            raise InvalidAdapterError(
+                f"{key} has rank {got} but {CONFIG_NAME} says r={expected} for {module}"
+            )
+
+
+def describe(config: dict[str, Any], header: SafetensorsHeader, files: list[FileEntry]) -> AdapterMeta:
+    """Build the registry metadata from a validated config and header."""
+    method = config["peft_type"]
+    rank = config.get("r") if isinstance(config.get("r"), int) else None
+    alpha = config.get("lora_alpha", config.get("alpha"))
+    rank_pattern = {k: int(v) for k, v in (config.get("rank_pattern") or {}).items()}
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    dtypes = Counter(t.dtype for t in header.tensors.values())
+    lineage = header.metadata.get("peft_hub.lineage")
+    return AdapterMeta(
+        base_model=config.get("base_model_name_or_path"),
+        method=method,
+        task_type=config.get("task_type"),
+        rank=rank,
+        alpha=float(alpha) if isinstance(alpha, (int, float)) else None,
+        rank_pattern=rank_pattern,
+        alpha_pattern={k: float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
+        max_rank=max([rank or 0, *rank_pattern.values()]) or None,
+        use_rslora=bool(config.get("use_rslora")),
+        use_dora=bool(config.get("use_dora")),
+        target_modules=sorted(str(t) for t in targets),
+        trainable_params=sum(t.numel for t in header.tensors.values()),
+        dtype=dtypes.most_common(1)[0][0] if dtypes else None,
+        total_size=sum(f.size for f in files),
+        num_virtual_tokens=config.get("num_virtual_tokens"),
+        lineage=json.loads(lineage) if lineage else None,
+    )
+
+
+def validate_files(files: dict[str, str | os.PathLike[str]]) -> tuple[AdapterMeta, list[FileEntry]]:
+    """Validate a whole adapter given as ``{name: local path}``.
+
+    Args:
+        files: every file of the adapter, by its name in the adapter.
+
+    Returns:
+        The metadata and the file entries (sorted by name, with sha256).
+
+    Raises:
+        InvalidAdapterError: with a message naming the file and the problem.
+    """
+    if len(files) > MAX_FILES:
+        raise InvalidAdapterError(f"an adapter has at most {MAX_FILES} files, got {len(files)}")
+    for name in files:
+        validate_filename(name)
+    if CONFIG_NAME not in files:
+        raise InvalidAdapterError(f"{CONFIG_NAME} is missing")
+    if WEIGHTS_NAME not in files:
+        raise InvalidAdapterError(f"{WEIGHTS_NAME} is missing")
+    entries = []
+    for name, path in sorted(files.items()):
+        size = os.path.getsize(path)
+        if size > size_cap(name):
+            raise InvalidAdapterError(f"{name} is {size} bytes, above the {size_cap(name)} byte cap")
+        entries.append(FileEntry(name, size, sha256_file(path)))
+    config = parse_config(Path(files[CONFIG_NAME]).read_bytes())
+    with open(files[WEIGHTS_NAME], "rb") as fh:
+        header = read_header(fh, os.path.getsize(files[WEIGHTS_NAME]), name=WEIGHTS_NAME)
+    if not header.tensors:
+        raise InvalidAdapterError(f"{WEIGHTS_NAME} holds no tensors")
+    if config["peft_type"] == "LORA":
+        check_lora_shapes(config, header)
+    for name, path in files.items():
+        if name.endswith(".json") and name != CONFIG_NAME:
+            try:
+                json.loads(Path(path).read_bytes())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InvalidAdapterError(f"{name} is not valid JSON") from exc
+    return describe(config, header, entries), entries
+
+
+def scan_dir(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files of an adapter directory, by name (hidden files skipped)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidAdapterError(f"{root} is not a directory")
+    out: dict[str, Path] = {}
+    for child in sorted(root.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            raise InvalidAdapterError(f"{child} is a directory: adapters are flat")
+        out[child.name] = child
+    return out
+
+
+def validate_dir(path: str | os.PathLike[str]) -> tuple[AdapterMeta, list[FileEntry]]:
+    """Validate an adapter directory on disk; see :func:`validate_files`."""
+    return validate_files(scan_dir(path))
+
+
+def manifest_digest(entries: list[FileEntry]) -> str:
+    """The revision id: a 40-hex hash of the sorted (path, sha256, size) list."""
+    lines = "".join(f"{e.path}\x00{e.sha256}\x00{e.size}\n" for e in sorted(entries, key=lambda e: e.path))
+    return hashlib.sha1(lines.encode()).hexdigest()

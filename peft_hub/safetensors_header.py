@@ -1,0 +1,165 @@
+"""Strict, torch-free reading of safetensors headers.
+
+The hub validates every uploaded tensor file with this before storing it, and
+compose uses it to plan work without loading tensors. The checks are stricter
+than the safetensors library's own: no duplicate keys, offsets that tile the
+data exactly, and sizes that equal shape x dtype size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
+
+#: Bytes per element, for every dtype the safetensors format defines.
+DTYPE_SIZES: dict[str, float] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+}
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+CONVERT_HINT = (
+    "Only safetensors is accepted. Re-save the adapter with "
+    "`model.save_pretrained(path, safe_serialization=True)`, or convert the file with "
+    "`safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')` "
+    "on a machine you trust."
+)
+
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in a safetensors header."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # offset in the data section (after the header)
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header: the tensors, the metadata and the data offset."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_offset: int  # absolute offset of the first data byte in the file
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidAdapterError(f"safetensors header has a duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> SafetensorsHeader:
+    """Read and strictly validate the header of a safetensors file.
+
+    Args:
+        fh: the file, positioned at its start.
+        file_size: its total size in bytes.
+        name: how to call it in error messages.
+
+    Returns:
+        The validated header.
+
+    Raises:
+        UnsafeFormatError: the file is a pickle or a torch zip archive.
+        InvalidAdapterError: anything else about the header is wrong.
+    """
+    head = fh.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise UnsafeFormatError(f"{name} is a pickle, not safetensors. {CONVERT_HINT}")
+    if len(head) < 8:
+        raise InvalidAdapterError(f"{name} is too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES:
+        raise InvalidAdapterError(f"{name}: header of {n} bytes exceeds the {MAX_HEADER_BYTES} byte cap")
+    if 8 + n > file_size:
+        raise InvalidAdapterError(f"{name}: header length {n} runs past the end of the file")
+    raw = fh.read(n)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidAdapterError(f"{name}: header is not valid UTF-8") from exc
+    if not text.startswith("{"):
+        raise InvalidAdapterError(f"{name}: header does not start with '{{'")
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise InvalidAdapterError(f"{name}: header is not valid JSON ({exc.msg})") from exc
+    if not isinstance(obj, dict):
+        raise InvalidAdapterError(f"{name}: header is not a JSON object")
+
+    metadata = obj.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InvalidAdapterError(f"{name}: __metadata__ must map strings to strings")
+
+    tensors: dict[str, TensorInfo] = {}
+    for key, entry in obj.items():
+        tensors[key] = _tensor_info(key, entry, name)
+
+    data_size = file_size - 8 - n
+    cursor = 0
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start != cursor:
+            what = "overlaps another" if info.start < cursor else "leaves a gap before it"
+            raise InvalidAdapterError(f"{name}: tensor {info.name!r} {what} (offset {info.start}, expected {cursor})")
+        cursor = info.end
+    if cursor != data_size:
+        raise InvalidAdapterError(
+            f"{name}: tensors cover {cursor} bytes but the data section has {data_size} "
+            "(truncated or trailing bytes)"
+        )
+    return SafetensorsHeader(tensors=tensors, metadata=metadata, data_offset=8 + n)
+
+
+def _tensor_info(key: str, entry: object, name: str) -> TensorInfo:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise InvalidAdapterError(f"{name}: entry {key!r} must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise InvalidAdapterError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidAdapterError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise InvalidAdapterError(f"{name}: tensor {key!r} has invalid data_offsets {offsets!r}")
+    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+    if nbytes != offsets[1] - offsets[0]:
+        raise InvalidAdapterError(
+            f"{name}: tensor {key!r} is {offsets[1] - offsets[0]} bytes but shape {shape} of {dtype} needs {nbytes:g}"
+        )
+    return TensorInfo(key, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def read_header_path(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Validate the header of a safetensors file on disk."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        return read_header(fh, size, name=os.path.basename(path))
