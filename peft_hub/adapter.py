@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, ContextManager
 
 from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
 from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header
@@ -209,46 +209,83 @@ def describe(config: dict[str, Any], header: SafetensorsHeader, files: list[File
     )
 
 
+def check_entries(entries: list[FileEntry]) -> None:
+    """Check the file list alone: names, required files, count and size caps."""
+    if len(entries) > MAX_FILES:
+        raise InvalidAdapterError(f"an adapter has at most {MAX_FILES} files, got {len(entries)}")
+    names = {e.path for e in entries}
+    if len(names) != len(entries):
+        raise InvalidAdapterError("a file is listed twice")
+    for entry in entries:
+        validate_filename(entry.path)
+        if entry.size > size_cap(entry.path):
+            raise InvalidAdapterError(f"{entry.path} is {entry.size} bytes, above the {size_cap(entry.path)} byte cap")
+        if not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
+            raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
+    for required in (CONFIG_NAME, WEIGHTS_NAME):
+        if required not in names:
+            raise InvalidAdapterError(f"{required} is missing")
+
+
+def validate_manifest(
+    entries: list[FileEntry], open_file: Callable[[FileEntry], ContextManager[BinaryIO]]
+) -> AdapterMeta:
+    """Validate an adapter's contents, wherever its bytes live.
+
+    The client calls this on local files before uploading, and the hub calls it
+    again on the stored blobs before publishing; only headers and small files
+    are read, never whole weight files.
+
+    Args:
+        entries: the files, with sizes and sha256 already known to be right.
+        open_file: opens one entry's bytes for reading from the start.
+
+    Returns:
+        The metadata read from the files.
+
+    Raises:
+        InvalidAdapterError: naming the file and the problem.
+    """
+    check_entries(entries)
+    by_name = {e.path: e for e in entries}
+    with open_file(by_name[CONFIG_NAME]) as fh:
+        config = parse_config(fh.read(by_name[CONFIG_NAME].size + 1))
+    with open_file(by_name[WEIGHTS_NAME]) as fh:
+        header = read_header(fh, by_name[WEIGHTS_NAME].size, name=WEIGHTS_NAME)
+    if not header.tensors:
+        raise InvalidAdapterError(f"{WEIGHTS_NAME} holds no tensors")
+    if config["peft_type"] == "LORA":
+        check_lora_shapes(config, header)
+    for entry in entries:
+        if entry.path == CONFIG_NAME or entry.path == WEIGHTS_NAME:
+            continue
+        with open_file(entry) as fh:
+            raw = fh.read(entry.size + 1)
+        try:
+            text = raw.decode("utf-8")
+            if entry.path.endswith(".json"):
+                json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text or JSON") from exc
+    return describe(config, header, entries)
+
+
 def validate_files(files: dict[str, str | os.PathLike[str]]) -> tuple[AdapterMeta, list[FileEntry]]:
     """Validate a whole adapter given as ``{name: local path}``.
 
-    Args:
-        files: every file of the adapter, by its name in the adapter.
-
     Returns:
         The metadata and the file entries (sorted by name, with sha256).
-
-    Raises:
-        InvalidAdapterError: with a message naming the file and the problem.
     """
-    if len(files) > MAX_FILES:
-        raise InvalidAdapterError(f"an adapter has at most {MAX_FILES} files, got {len(files)}")
     for name in files:
         validate_filename(name)
-    if CONFIG_NAME not in files:
-        raise InvalidAdapterError(f"{CONFIG_NAME} is missing")
-    if WEIGHTS_NAME not in files:
-        raise InvalidAdapterError(f"{WEIGHTS_NAME} is missing")
     entries = []
     for name, path in sorted(files.items()):
         size = os.path.getsize(path)
         if size > size_cap(name):
             raise InvalidAdapterError(f"{name} is {size} bytes, above the {size_cap(name)} byte cap")
         entries.append(FileEntry(name, size, sha256_file(path)))
-    config = parse_config(Path(files[CONFIG_NAME]).read_bytes())
-    with open(files[WEIGHTS_NAME], "rb") as fh:
-        header = read_header(fh, os.path.getsize(files[WEIGHTS_NAME]), name=WEIGHTS_NAME)
-    if not header.tensors:
-        raise InvalidAdapterError(f"{WEIGHTS_NAME} holds no tensors")
-    if config["peft_type"] == "LORA":
-        check_lora_shapes(config, header)
-    for name, path in files.items():
-        if name.endswith(".json") and name != CONFIG_NAME:
-            try:
-                json.loads(Path(path).read_bytes())
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InvalidAdapterError(f"{name} is not valid JSON") from exc
-    return describe(config, header, entries), entries
+    meta = validate_manifest(entries, lambda e: open(files[e.path], "rb"))
+    return meta, entries
 
 
 def scan_dir(path: str | os.PathLike[str]) -> dict[str, Path]:

@@ -1,0 +1,243 @@
+"""``HubClient``: the Python API behind every CLI command."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from peft_hub.adapter import validate_dir, validate_namespace
+from peft_hub.client.cache import BlobCache, assemble
+from peft_hub.client.http import build_session, send
+from peft_hub.client.refs import Ref, parse_ref
+from peft_hub.client.transfers import download, upload
+from peft_hub.errors import AuthenticationError, InvalidNameError
+from peft_hub.paths import save_token, token_file
+from peft_hub.progress import tqdm
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class PulledAdapter:
+    """A pulled adapter on disk and where it came from."""
+
+    path: Path
+    repo_id: str
+    revision: str
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    bytes_downloaded: int = 0
+
+
+@dataclass
+class PushResult:
+    """What a push did."""
+
+    repo_id: str
+    revision: str
+    created: bool
+    bytes_uploaded: int
+    files_uploaded: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def saved_token() -> str | None:
+    """The token saved by ``login`` or by the hub's first start, if any."""
+    try:
+        return token_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+class HubClient:
+    """Talks to one hub. All HTTP goes through ``self.http``, which tests may replace.
+
+    Args:
+        url: the hub's URL (default ``$PEFT_HUB_URL`` or http://127.0.0.1:8000).
+        token: an API token (default ``$PEFT_HUB_TOKEN``, then the saved token).
+        cache_dir: where pulled blobs are cached (default ``$PEFT_HUB_CACHE``).
+        transport: an httpx transport, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = (url or os.environ.get("PEFT_HUB_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token or os.environ.get("PEFT_HUB_TOKEN") or saved_token()
+        self.cache = BlobCache(cache_dir)
+        self.http = build_session(self.url, self.token, transport)
+        self._me: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = send(self.http, method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # --- identity ----------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller's user name, scope and organisations."""
+        if not self.token:
+            raise AuthenticationError("not logged in: run `peft-hub login` or set PEFT_HUB_TOKEN")
+        return self._json("GET", "/api/whoami")
+
+    def login(self, token: str) -> dict[str, Any]:
+        """Check ``token`` against the hub and save it for later commands."""
+        self.token = token
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        me = self.whoami()
+        save_token(token)
+        return me
+
+    def resolve(self, ref: str | Ref) -> Ref:
+        """Fill in the caller's namespace for a bare name."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        if ref.owner is None:
+            if self._me is None:
+                self._me = self.whoami()["name"]
+            ref = Ref(self._me, ref.name, ref.revision)
+        return ref
+
+    def create_token(self, *, scope: str = "read", namespace: str | None = None) -> dict[str, Any]:
+        """Ask the hub for a new token (needs an admin token)."""
+        return self._json("POST", "/api/tokens", json={"scope": scope, "namespace": namespace})
+
+    # --- push and pull -----------------------------------------------------
+
+    def push(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        private: bool | None = None,
+        message: str = "",
+    ) -> PushResult:
+        """Validate an adapter directory locally, upload missing blobs, publish.
+
+        Args:
+            path: the adapter directory (as ``save_pretrained`` wrote it).
+            name: ``owner/name`` or a bare name; default: the directory's name.
+            tags: extra tags to point at the new revision (``main`` always moves).
+            private: make the adapter private (None keeps the current setting).
+            message: a note stored with the revision.
+
+        Returns:
+            The revision id and what was transferred.
+        """
+        path = Path(path)
+        meta, entries = validate_dir(path)
+        if name is None:
+            try:
+                name = validate_namespace(path.resolve().name)
+            except InvalidNameError as exc:
+                raise InvalidNameError(f"{exc}; pass --name owner/name") from None
+        ref = self.resolve(name)
+        files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
+        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files})
+        uploads = plan["uploads"]
+        sizes = {e.sha256: e.size for e in entries}
+        total = sum(sizes[u["sha256"]] for u in uploads)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
+            for target in uploads:
+                upload(self.http, target, path / target["path"], sizes[target["sha256"]], bar)
+        detail = self._json(
+            "POST", f"/api/adapters/{ref.repo_id}/commit",
+            json={"files": files, "tags": list(tags), "private": private, "message": message},
+        )
+        return PushResult(ref.repo_id, detail["revision"], detail["created"], total, len(uploads), detail)
+
+    def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
+        """An adapter at a revision: metadata, files with sha256, tags."""
+        ref = self.resolve(ref)
+        params = {"revision": ref.revision or "main"}
+        if count_download:
+            params["download"] = "true"
+        return self._json("GET", f"/api/adapters/{ref.repo_id}", params=params)
+
+    def pull(self, ref: str | Ref, output_dir: str | os.PathLike[str] | None = None) -> PulledAdapter:
+        """Download an adapter, verifying every file's sha256.
+
+        Files already in the cache (from any adapter or revision) are not
+        transferred again. Without ``output_dir`` the adapter is assembled as a
+        snapshot inside the cache, which is what compose and materialize use.
+
+        Returns:
+            Where the adapter is, and its immutable revision id.
+        """
+        ref = self.resolve(ref)
+        detail = self.info(ref, count_download=True)
+        revision, files = detail["revision"], detail["files"]
+        missing = [f for f in files if not self.cache.has(f["sha256"], f["size"])]
+        total = sum(f["size"] for f in missing)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {ref.repo_id}") as bar:
+            for f in missing:
+                url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{f['path']}"
+                download(self.http, url, f["sha256"], f["size"], self.cache, bar)
+        blobs = {f["path"]: self.cache.blob_path(f["sha256"]) for f in files}
+        if output_dir is None:
+            target = self.cache.snapshot_path(ref.repo_id, revision)
+            if not target.is_dir():
+                assemble(blobs, target, link=True)
+        else:
+            target = assemble(blobs, Path(output_dir))
+        return PulledAdapter(target, ref.repo_id, revision, {f["path"]: f["sha256"] for f in files}, total)
+
+    # --- discovery ---------------------------------------------------------
+
+    def search(self, query: str | None = None, **filters: Any) -> dict[str, Any]:
+        """Search adapters; filters are base_model, method, min_rank, max_rank,
+        target_module, owner, tag, sort, order, page and per_page."""
+        params = {k: v for k, v in {"q": query, **filters}.items() if v is not None}
+        return self._json("GET", "/api/adapters", params=params)
+
+    def revisions(self, ref: str | Ref) -> list[dict[str, Any]]:
+        return self._json("GET", f"/api/adapters/{self.resolve(ref).repo_id}/revisions")
+
+    def lineage(self, ref: str | Ref) -> dict[str, Any]:
+        ref = self.resolve(ref)
+        return self._json("GET", f"/api/adapters/{ref.repo_id}/lineage", params={"revision": ref.revision or "main"})
+
+    # --- changes -----------------------------------------------------------
+
+    def set_tag(self, ref: str | Ref, tag: str) -> dict[str, Any]:
+        """Point ``tag`` at the revision ``ref`` names (default: main)."""
+        ref = self.resolve(ref)
+        return self._json("PUT", f"/api/adapters/{ref.repo_id}/tags/{tag}", json={"revision": ref.revision or "main"})
+
+    def delete_tag(self, ref: str | Ref, tag: str) -> None:
+        self._json("DELETE", f"/api/adapters/{self.resolve(ref).repo_id}/tags/{tag}")
+
+    def delete(self, ref: str | Ref) -> None:
+        """Delete an adapter with all its revisions."""
+        self._json("DELETE", f"/api/adapters/{self.resolve(ref).repo_id}")
+
+    def add_evals(self, ref: str | Ref, evals: list[dict[str, Any]]) -> dict[str, Any]:
+        """Attach eval results (metric, value, dataset, dataset_version, split, extra) to a revision."""
+        ref = self.resolve(ref)
+        return self._json(
+            "POST", f"/api/adapters/{ref.repo_id}/evals", json={"revision": ref.revision or "main", "evals": evals}
+        )
+
+    def evals(self, ref: str | Ref) -> list[dict[str, Any]]:
+        return self._json("GET", f"/api/adapters/{self.resolve(ref).repo_id}/evals")
+
+    def gc(self, *, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Delete unreferenced blobs older than the grace period (admin)."""
+        return self._json("POST", "/api/admin/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run})

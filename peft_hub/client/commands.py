@@ -1,0 +1,226 @@
+"""Client commands: each parses flags, calls one HubClient method, prints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from peft_hub.client.api import HubClient
+from peft_hub.errors import InvalidInputError
+
+pass_client = click.make_pass_decorator(HubClient)
+
+
+def _size(n: int | None) -> str:
+    n = n or 0
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.command()
+@click.option("--token", "token_", prompt=True, hide_input=True, help="An API token (phub_…).")
+@pass_client
+def login(hub: HubClient, token_: str) -> None:
+    """Check a token against the hub and save it for later commands."""
+    me = hub.login(token_.strip())
+    click.echo(f"Logged in to {hub.url} as {me['name']} ({me['scope']}).")
+
+
+@click.command()
+@pass_client
+def whoami(hub: HubClient) -> None:
+    """Show who the current token belongs to."""
+    me = hub.whoami()
+    orgs = f", orgs: {', '.join(me['orgs'])}" if me["orgs"] else ""
+    click.echo(f"{me['name']} (scope: {me['scope']}{orgs}) at {hub.url}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", default=None, help="owner/name or name (default: the directory's name, in your namespace).")
+@click.option("--tag", "tags", multiple=True, help="Also point this tag at the new revision (repeatable).")
+@click.option("--private/--public", default=None, help="Visibility (default: public for new adapters, unchanged otherwise).")
+@click.option("-m", "--message", default="", help="A note stored with the revision.")
+@pass_client
+def push(hub: HubClient, path: str, name: str | None, tags: tuple[str, ...], private: bool | None, message: str) -> None:
+    """Validate and upload an adapter directory as a new revision."""
+    result = hub.push(path, name=name, tags=tags, private=private, message=message)
+    state = "new revision" if result.created else "unchanged, same revision"
+    click.echo(
+        f"{result.repo_id}@{result.revision} ({state}; uploaded {result.files_uploaded} file(s), "
+        f"{_size(result.bytes_uploaded)})"
+    )
+
+
+@click.command()
+@click.argument("ref")
+@click.option("-o", "--output", default=None, type=click.Path(file_okay=False), help="Directory to write (default: ./NAME).")
+@pass_client
+def pull(hub: HubClient, ref: str, output: str | None) -> None:
+    """Download an adapter (owner/name[@tag-or-revision]), verifying every file."""
+    target = output or hub.resolve(ref).name
+    pulled = hub.pull(ref, target)
+    click.echo(f"{pulled.repo_id}@{pulled.revision} -> {pulled.path} (downloaded {_size(pulled.bytes_downloaded)})")
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@click.option("--base-model", default=None, help="Exact base model name.")
+@click.option("--method", default=None, help="PEFT method (lora, ia3, prefix_tuning, …).")
+@click.option("--min-rank", type=int, default=None)
+@click.option("--max-rank", type=int, default=None)
+@click.option("--target-module", default=None, help="Adapters that target this module name.")
+@click.option("--owner", default=None)
+@click.option("--tag", default=None)
+@click.option("--sort", type=click.Choice(["updated", "downloads", "name", "rank", "size"]), default="updated")
+@click.option("--page", type=int, default=1)
+@click.option("--per-page", type=int, default=20)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, each result with its owner/name id.")
+@pass_client
+def search(hub: HubClient, query: str | None, as_json: bool, **filters: Any) -> None:
+    """Find adapters by text and filters."""
+    result = hub.search(query, **filters)
+    if as_json:
+        _echo_json(result)
+        return
+    if not result["items"]:
+        click.echo("No adapters found.")
+        return
+    rows = [("ADAPTER", "BASE MODEL", "METHOD", "RANK", "SIZE", "DOWNLOADS")]
+    for a in result["items"]:
+        rows.append((a["id"], a["base_model"] or "-", a["method"] or "-", str(a["rank"] or "-"), _size(a["size"]), str(a["downloads"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    click.echo(f"{result['total']} adapter(s), page {result['page']}")
+
+
+ls = click.Command("ls", callback=search.callback, params=search.params, help=search.help)
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@pass_client
+def show(hub: HubClient, ref: str, as_json: bool) -> None:
+    """Show an adapter's metadata, files and tags."""
+    info = hub.info(ref)
+    if as_json:
+        _echo_json(info)
+        return
+    meta = info["meta"]
+    click.echo(f"{info['id']}@{info['revision']}{'  (private)' if info['private'] else ''}")
+    for label, value in (
+        ("base model", meta["base_model"]), ("method", meta["method"]), ("rank", meta["rank"]),
+        ("alpha", meta["alpha"]), ("rslora", meta["use_rslora"]), ("dora", meta["use_dora"]),
+        ("targets", ", ".join(meta["target_modules"])), ("task", meta["task_type"]),
+        ("params", f"{meta['trainable_params']:,}"), ("dtype", meta["dtype"]), ("size", _size(meta["total_size"])),
+        ("tags", ", ".join(f"{t}->{s[:12]}" for t, s in info["tags"].items())),
+    ):
+        if value not in (None, ""):
+            click.echo(f"  {label:<11}{value}")
+    for f in info["files"]:
+        click.echo(f"  file       {f['path']:<28} {_size(f['size']):>9}  sha256:{f['sha256'][:16]}…")
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("tag_name", metavar="TAG")
+@click.option("--delete", is_flag=True, help="Remove the tag instead.")
+@pass_client
+def tag(hub: HubClient, ref: str, tag_name: str, delete: bool) -> None:
+    """Point TAG at the revision REF names (owner/name@rev; default main)."""
+    if delete:
+        hub.delete_tag(ref, tag_name)
+        click.echo(f"deleted tag {tag_name}")
+    else:
+        out = hub.set_tag(ref, tag_name)
+        click.echo(f"{tag_name} -> {out['revision']}")
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluation results attached to revisions."""
+
+
+@eval_group.command("add")
+@click.argument("ref")
+@click.option("--metric", "metrics", multiple=True, required=True, help="NAME=VALUE (repeatable).")
+@click.option("--dataset", required=True)
+@click.option("--dataset-version", default=None)
+@click.option("--split", default=None)
+@pass_client
+def eval_add(hub: HubClient, ref: str, metrics: tuple[str, ...], dataset: str, dataset_version: str | None, split: str | None) -> None:
+    """Attach metrics to a revision: --metric accuracy=0.91 --dataset legal-qa."""
+    evals = []
+    for item in metrics:
+        name, sep, value = item.partition("=")
+        try:
+            evals.append({"metric": name.strip(), "value": float(value), "dataset": dataset,
+                          "dataset_version": dataset_version, "split": split})
+        except ValueError:
+            raise InvalidInputError(f"--metric expects NAME=NUMBER, got {item!r}") from None
+        if not sep or not name.strip():
+            raise InvalidInputError(f"--metric expects NAME=NUMBER, got {item!r}")
+    out = hub.add_evals(ref, evals)
+    click.echo(f"added {out['added']} eval(s) to revision {out['revision']}")
+
+
+@eval_group.command("ls")
+@click.argument("ref")
+@pass_client
+def eval_ls(hub: HubClient, ref: str) -> None:
+    """List an adapter's evals."""
+    for e in hub.evals(ref):
+        click.echo(f"{e['revision'][:12]}  {e['metric']:<16} {e['value']:<12.6g} {e['dataset']} {e['split'] or ''}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_client
+def rm(hub: HubClient, ref: str, yes: bool) -> None:
+    """Delete an adapter and all its revisions."""
+    repo_id = hub.resolve(ref).repo_id
+    if not yes:
+        click.confirm(f"Delete {repo_id} and all its revisions?", abort=True)
+    hub.delete(repo_id)
+    click.echo(f"deleted {repo_id}")
+
+
+@click.command()
+@click.option("--grace", "grace_seconds", type=int, default=None, help="Keep unreferenced blobs younger than this (seconds).")
+@click.option("--dry-run", is_flag=True)
+@pass_client
+def gc(hub: HubClient, grace_seconds: int | None, dry_run: bool) -> None:
+    """Delete blobs that no revision references (admin)."""
+    out = hub.gc(grace_seconds=grace_seconds, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(out['deleted'])} blob(s), {_size(out['bytes_freed'])}; {out['kept_in_grace']} kept within the grace period")
+
+
+@click.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--namespace", default=None, help="User the token acts as (created if new); limits the token to it.")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@pass_client
+def token_create(hub: HubClient, namespace: str | None, scope: str) -> None:
+    """Create a token (needs an admin token). It is printed once."""
+    out = hub.create_token(scope=scope, namespace=namespace)
+    click.echo(out["token"])
+
+
+COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token]

@@ -1,0 +1,37 @@
+"""Hub settings, read from ``PEFT_HUB_*`` environment variables and passed to
+:func:`peft_hub.hub.app.create_app` (never read as module globals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from peft_hub.paths import home as default_home
+from peft_hub.paths import token_file
+
+
+class Settings(BaseSettings):
+    """Everything the hub needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="PEFT_HUB_", extra="ignore")
+
+    #: SQLAlchemy URL: ``sqlite:///path`` (embedded default) or ``postgresql+psycopg://…``.
+    db_url: str = Field(default_factory=lambda: f"sqlite:///{default_home() / 'hub.db'}")
+    #: A directory path (``file://`` optional) or ``s3://bucket/prefix``.
+    storage: str = Field(default_factory=lambda: str(default_home() / "blobs"))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Token for the first admin; generated and printed once when unset.
+    admin_token: str | None = None
+    #: Name of the first admin's namespace.
+    admin_name: str = "admin"
+    #: Where the generated admin token is saved for the CLI on this machine.
+    token_file: Path = Field(default_factory=token_file)
+    #: Seconds an unreferenced blob is kept before ``gc`` deletes it.
+    gc_grace_seconds: int = 3600
+    #: Lifetime of presigned S3 URLs, in seconds.
+    presign_expiry: int = 3600
+    #: Secret that signs web session cookies; generated per process when unset.
+    session_secret: str | None = None

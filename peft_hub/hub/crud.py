@@ -1,0 +1,348 @@
+"""Database reads and writes, as keyword-only functions of a session.
+
+Nothing here commits: the request's session commits once when the route
+returns, so a publish (revision, files, tags, lineage) lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, col, select
+
+from peft_hub.adapter import AdapterMeta, FileEntry
+from peft_hub.errors import AdapterNotFoundError, ConflictError, InvalidInputError, RevisionNotFoundError
+from peft_hub.hub.auth import Principal, can_read, hash_token, lookup_of, new_token
+from peft_hub.hub.models import (
+    Adapter, Eval, LineageEdge, Namespace, Revision, RevisionFile, Tag, Token, utcnow,
+)
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SORTS = {"updated": Adapter.updated_at, "downloads": Adapter.downloads, "name": Adapter.name, "rank": Adapter.rank, "size": Adapter.total_size}
+
+
+# --- namespaces and tokens --------------------------------------------------
+
+
+def get_namespace(session: Session, *, name: str) -> Namespace | None:
+    return session.exec(select(Namespace).where(Namespace.name == name)).first()
+
+
+def ensure_namespace(session: Session, *, name: str, kind: str = "user", is_admin: bool = False) -> Namespace:
+    """The namespace ``name``, created when missing."""
+    ns = get_namespace(session, name=name)
+    if ns is None:
+        ns = Namespace(name=name, kind=kind, is_admin=is_admin)
+        session.add(ns)
+        session.flush()
+    return ns
+
+
+def create_token(
+    session: Session, *, user: Namespace, scope: str, namespaces: list[str] | None = None, token: str | None = None
+) -> str:
+    """Store a new token for ``user`` and return its plaintext (shown once)."""
+    token = token or new_token()
+    lookup = lookup_of(token)
+    if lookup is None:
+        raise InvalidInputError("tokens start with 'phub_' and are at least 33 characters long")
+    session.add(Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces))
+    session.flush()
+    return token
+
+
+def count_namespaces(session: Session) -> int:
+    return session.exec(select(func.count()).select_from(Namespace)).one()
+
+
+# --- adapters and revisions -------------------------------------------------
+
+
+def get_adapter(session: Session, *, owner: str, name: str, principal: Principal | None) -> Adapter:
+    """The adapter, if it exists and the caller may see it; else AdapterNotFoundError."""
+    adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first()
+    if adapter is None or not can_read(principal, adapter):
+        raise AdapterNotFoundError(f"adapter {owner}/{name} not found")
+    return adapter
+
+
+def resolve_revision(session: Session, *, adapter: Adapter, rev: str | None) -> Revision:
+    """A tag name or a full 40-hex revision id -> the revision."""
+    rev = rev or "main"
+    tag = session.get(Tag, (adapter.id, rev))
+    if tag is not None:
+        return session.get(Revision, tag.revision_id)
+    if SHA_RE.match(rev):
+        found = session.exec(select(Revision).where(Revision.adapter_id == adapter.id, Revision.sha == rev)).first()
+        if found is not None:
+            return found
+    raise RevisionNotFoundError(f"revision {rev!r} not found in {adapter.owner}/{adapter.name}")
+
+
+def revision_files(session: Session, *, revision: Revision) -> list[RevisionFile]:
+    return list(session.exec(select(RevisionFile).where(RevisionFile.revision_id == revision.id).order_by(RevisionFile.path)))
+
+
+def tags_of(session: Session, *, adapter: Adapter) -> dict[str, str]:
+    """Tag name -> revision sha."""
+    rows = session.exec(
+        select(Tag.name, Revision.sha).join(Revision, Revision.id == Tag.revision_id).where(Tag.adapter_id == adapter.id)
+    ).all()
+    return dict(sorted(rows))
+
+
+def list_revisions(session: Session, *, adapter: Adapter) -> list[Revision]:
+    return list(session.exec(select(Revision).where(Revision.adapter_id == adapter.id).order_by(col(Revision.id).desc())))
+
+
+def publish_revision(
+    session: Session,
+    *,
+    owner: str,
+    name: str,
+    entries: list[FileEntry],
+    meta: AdapterMeta,
+    sha: str,
+    author: str,
+    message: str = "",
+    tags: list[str] = (),
+    private: bool | None = None,
+) -> tuple[Adapter, Revision, bool]:
+    """Record a verified revision and move ``main`` (and ``tags``) to it.
+
+    Returns:
+        The adapter, the revision, and whether the revision is new.
+    """
+    ensure_namespace(session, name=owner)
+    adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first()
+    if adapter is None:
+        adapter = Adapter(owner=owner, name=name, private=bool(private))
+        session.add(adapter)
+        session.flush()
+    elif private is not None:
+        adapter.private = private
+    revision = session.exec(select(Revision).where(Revision.adapter_id == adapter.id, Revision.sha == sha)).first()
+    created = revision is None
+    if created:
+        revision = Revision(adapter_id=adapter.id, sha=sha, author=author, message=message, meta=meta.to_dict())
+        session.add(revision)
+        session.flush()
+        for entry in entries:
+            session.add(RevisionFile(revision_id=revision.id, path=entry.path, sha256=entry.sha256, size=entry.size))
+        _record_lineage(session, revision=revision, meta=meta)
+    for tag in ("main", *tags):
+        set_tag(session, adapter=adapter, tag=tag, revision=revision)
+    adapter.updated_at = utcnow()
+    session.add(adapter)
+    session.flush()
+    return adapter, revision, created
+
+
+def _mirror_meta(adapter: Adapter, meta: AdapterMeta) -> None:
+    adapter.base_model, adapter.method = meta.base_model, meta.method
+    adapter.rank, adapter.max_rank = meta.rank, meta.max_rank
+    adapter.total_size, adapter.target_modules = meta.total_size, meta.target_modules
+
+
+def _record_lineage(session: Session, *, revision: Revision, meta: AdapterMeta) -> None:
+    lineage = meta.lineage or {}
+    for position, parent in enumerate(lineage.get("parents") or []):
+        ref = str(parent.get("ref", ""))[:300]
+        parent_adapter = None
+        if ref.count("/") == 1:
+            owner, _, pname = ref.partition("/")
+            parent_adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == pname)).first()
+        weight = parent.get("weight")
+        session.add(LineageEdge(
+            child_revision_id=revision.id, position=position, parent_ref=ref,
+            parent_adapter_id=parent_adapter.id if parent_adapter else None,
+            parent_revision=parent.get("revision"), parent_sha256=parent.get("sha256"),
+            weight=float(weight) if isinstance(weight, (int, float)) else None,
+            method=str(lineage.get("method", ""))[:32],
+        ))
+
+
+def validate_tag(tag: str) -> str:
+    """Tags are short names that cannot be mistaken for revision ids."""
+    if not TAG_RE.match(tag) or SHA_RE.match(tag) or ".." in tag:
+        raise InvalidInputError(f"invalid tag {tag!r}: use up to 64 letters, digits, '.', '_' or '-'")
+    return tag
+
+
+def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision) -> None:
+    row = session.get(Tag, (adapter.id, tag))
+    if row is None:
+        session.add(Tag(adapter_id=adapter.id, name=tag, revision_id=revision.id))
+    else:
+        row.revision_id, row.updated_at = revision.id, utcnow()
+        session.add(row)
+    if tag == "main":
+        _mirror_meta(adapter, AdapterMeta(**revision.meta))
+        session.add(adapter)
+
+
+def delete_tag(session: Session, *, adapter: Adapter, tag: str) -> None:
+    if tag == "main":
+        raise ConflictError("the 'main' tag cannot be deleted; it always points at the newest push")
+    row = session.get(Tag, (adapter.id, tag))
+    if row is None:
+        raise RevisionNotFoundError(f"tag {tag!r} not found")
+    session.delete(row)
+
+
+def delete_adapter(session: Session, *, adapter: Adapter) -> None:
+    """Delete an adapter and its revisions; blobs go at the next gc."""
+    revisions = [r.id for r in list_revisions(session, adapter=adapter)]
+    for model, column in ((Tag, Tag.adapter_id),):
+        for row in session.exec(select(model).where(column == adapter.id)):
+            session.delete(row)
+    session.flush()
+    for model, column in ((RevisionFile, RevisionFile.revision_id), (Eval, Eval.revision_id), (LineageEdge, LineageEdge.child_revision_id)):
+        for row in session.exec(select(model).where(col(column).in_(revisions))):
+            session.delete(row)
+    for edge in session.exec(select(LineageEdge).where(LineageEdge.parent_adapter_id == adapter.id)):
+        edge.parent_adapter_id = None
+        session.add(edge)
+    session.flush()
+    for rid in revisions:
+        session.delete(session.get(Revision, rid))
+    session.flush()
+    session.delete(adapter)
+
+
+def count_download(session: Session, *, adapter: Adapter) -> None:
+    session.exec(  # an UPDATE, so concurrent pulls do not lose counts
+        Adapter.__table__.update().where(Adapter.id == adapter.id).values(downloads=Adapter.downloads + 1)
+    )
+
+
+# --- evals and lineage ------------------------------------------------------
+
+
+def add_evals(session: Session, *, revision: Revision, evals: list[dict[str, Any]], added_by: str) -> list[Eval]:
+    rows = [Eval(revision_id=revision.id, added_by=added_by, **e) for e in evals]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def list_evals(session: Session, *, adapter: Adapter) -> list[tuple[Eval, str]]:
+    """Every eval of every revision, oldest first, with the revision sha."""
+    return list(session.exec(
+        select(Eval, Revision.sha).join(Revision, Revision.id == Eval.revision_id)
+        .where(Revision.adapter_id == adapter.id).order_by(Eval.id)
+    ).all())
+
+
+def lineage(session: Session, *, adapter: Adapter, revision: Revision) -> dict[str, list[dict[str, Any]]]:
+    """The revision's parents, and the adapters composed from this one."""
+    parents = []
+    for edge in session.exec(select(LineageEdge).where(LineageEdge.child_revision_id == revision.id).order_by(LineageEdge.position)):
+        parent = session.get(Adapter, edge.parent_adapter_id) if edge.parent_adapter_id else None
+        parents.append({
+            "ref": edge.parent_ref, "revision": edge.parent_revision, "sha256": edge.parent_sha256,
+            "weight": edge.weight, "method": edge.method,
+            "in_hub": parent is not None and not parent.private, "private": bool(parent and parent.private),
+        })
+    children = session.exec(
+        select(Adapter.owner, Adapter.name, Revision.sha, LineageEdge.weight, LineageEdge.method, Adapter.private)
+        .join(Revision, Revision.id == LineageEdge.child_revision_id)
+        .join(Adapter, Adapter.id == Revision.adapter_id)
+        .where(LineageEdge.parent_adapter_id == adapter.id)
+    ).all()
+    return {
+        "parents": parents,
+        "children": [
+            {"id": f"{o}/{n}", "revision": sha, "weight": w, "method": m, "private": p}
+            for o, n, sha, w, m, p in children
+        ],
+    }
+
+
+# --- search -----------------------------------------------------------------
+
+
+def _visible(principal: Principal | None):  # noqa: ANN202
+    if principal is not None and principal.is_admin:
+        return True
+    if principal is None:
+        return Adapter.private == False  # noqa: E712
+    owners = {principal.user.name, *principal.orgs}
+    if principal.namespaces is not None:
+        owners &= set(principal.namespaces)
+    return or_(Adapter.private == False, col(Adapter.owner).in_(owners))  # noqa: E712
+
+
+def search_filters(
+    *,
+    principal: Principal | None,
+    q: str | None = None,
+    base_model: str | None = None,
+    method: str | None = None,
+    min_rank: int | None = None,
+    max_rank: int | None = None,
+    target_module: str | None = None,
+    owner: str | None = None,
+    tag: str | None = None,
+) -> list[Any]:
+    """The WHERE clauses shared by search, facets and the web catalog."""
+    clauses: list[Any] = [_visible(principal), Adapter.method.is_not(None)]
+    if q:
+        like = f"%{q.lower()}%"
+        clauses.append(or_(
+            func.lower(Adapter.name).like(like), func.lower(Adapter.owner).like(like),
+            func.lower(Adapter.base_model).like(like), func.lower(Adapter.description).like(like),
+        ))
+    if base_model:
+        clauses.append(Adapter.base_model == base_model)
+    if method:
+        clauses.append(func.upper(Adapter.method) == method.upper())
+    if min_rank is not None:
+        clauses.append(Adapter.max_rank >= min_rank)
+    if max_rank is not None:
+        clauses.append(Adapter.rank <= max_rank)
+    if owner:
+        clauses.append(Adapter.owner == owner)
+    if tag:
+        clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
+    if target_module:
+        # JSON arrays are stored as text on both backends; match the quoted element.
+        from sqlalchemy import String, cast
+
+        clauses.append(cast(Adapter.target_modules, String).like(f'%"{target_module}"%'))
+    return clauses
+
+
+def search_adapters(
+    session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1, per_page: int = 20
+) -> tuple[list[Adapter], int]:
+    """One page of adapters matching ``clauses``, and the total count."""
+    if sort not in SORTS:
+        raise InvalidInputError(f"sort must be one of {', '.join(SORTS)}")
+    if order not in ("asc", "desc"):
+        raise InvalidInputError("order must be asc or desc")
+    column = SORTS[sort]
+    ordering = [column.asc() if order == "asc" else column.desc(), Adapter.id.asc()]
+    total = session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
+    items = session.exec(
+        select(Adapter).where(*clauses).order_by(*ordering).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    return list(items), total
+
+
+def facets(session: Session, *, clauses: list[Any]) -> dict[str, list[tuple[str, int]]]:
+    """Counts per base model, method and owner among matching adapters."""
+    out = {}
+    for name, column in (("base_model", Adapter.base_model), ("method", Adapter.method), ("owner", Adapter.owner)):
+        rows = session.exec(
+            select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
+        ).all()
+        out[name] = [(value, count) for value, count in rows if value]
+    return out
+
+
+def referenced_blobs(session: Session) -> set[str]:
+    return set(session.exec(select(RevisionFile.sha256).distinct()).all())

@@ -1,0 +1,46 @@
+"""Schema versions, applied in order by ``peft-hub db upgrade`` and at start.
+
+Each migration is a function of a connection. The applied version is kept in
+``peft_hub_schema``; a migration and its version bump commit together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+
+def _initial(conn: Connection) -> None:
+    from peft_hub.hub import models  # noqa: F401
+
+    SQLModel.metadata.create_all(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial schema", _initial),
+]
+
+
+def current_version(conn: Connection) -> int:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS peft_hub_schema (version INTEGER NOT NULL)"))
+    row = conn.execute(text("SELECT MAX(version) FROM peft_hub_schema")).first()
+    return int(row[0] or 0) if row else 0
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Apply every migration newer than the database; return what was applied."""
+    applied = []
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two hubs starting at once must not both migrate.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7351001)"))
+        version = current_version(conn)
+        for number, title, apply in MIGRATIONS:
+            if number > version:
+                apply(conn)
+                conn.execute(text("INSERT INTO peft_hub_schema (version) VALUES (:v)"), {"v": number})
+                applied.append(f"{number:04d} {title}")
+    return applied

@@ -1,0 +1,145 @@
+"""Database tables and API models (SQLModel).
+
+Following SQLModel's rule, API models inherit only from data models, never
+from table models: ``XBase`` holds shared fields, ``X(XBase, table=True)`` is
+the table, and ``XPublic`` is what the API returns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Namespace(SQLModel, table=True):
+    """A user or an organisation; owns adapters."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    kind: str = Field(default="user", max_length=8)  # user | org
+    is_admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Membership(SQLModel, table=True):
+    """A user's membership of an organisation."""
+
+    user_id: int = Field(foreign_key="namespace.id", primary_key=True)
+    org_id: int = Field(foreign_key="namespace.id", primary_key=True)
+
+
+class Token(SQLModel, table=True):
+    """An API token. Only its sha256 is stored; ``lookup`` is a non-secret prefix."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="namespace.id", index=True)
+    lookup: str = Field(index=True, unique=True, max_length=16)
+    token_hash: str = Field(max_length=64)
+    scope: str = Field(max_length=8)  # read | write | admin
+    namespaces: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Adapter(SQLModel, table=True):
+    """An ``owner/name`` adapter; search fields mirror its ``main`` revision."""
+
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(index=True, max_length=64)
+    name: str = Field(index=True, max_length=64)
+    private: bool = False
+    downloads: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+    # Denormalised from the revision ``main`` points at, for search.
+    base_model: str | None = Field(default=None, index=True)
+    method: str | None = Field(default=None, index=True)
+    rank: int | None = None
+    max_rank: int | None = None
+    total_size: int = 0
+    target_modules: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    description: str = ""
+
+
+class Revision(SQLModel, table=True):
+    """An immutable pushed revision; ``sha`` hashes its manifest."""
+
+    __table_args__ = (UniqueConstraint("adapter_id", "sha"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: int = Field(foreign_key="adapter.id", index=True)
+    sha: str = Field(index=True, max_length=40)
+    message: str = ""
+    author: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class RevisionFile(SQLModel, table=True):
+    """One file of a revision, pointing at a blob by sha256."""
+
+    revision_id: int = Field(foreign_key="revision.id", primary_key=True)
+    path: str = Field(primary_key=True, max_length=255)
+    sha256: str = Field(index=True, max_length=64)
+    size: int
+
+
+class Tag(SQLModel, table=True):
+    """A mutable name for a revision; ``main`` follows the newest push."""
+
+    adapter_id: int = Field(foreign_key="adapter.id", primary_key=True)
+    name: str = Field(primary_key=True, max_length=64)
+    revision_id: int = Field(foreign_key="revision.id")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class EvalBase(SQLModel):
+    metric: str = Field(max_length=128)
+    value: float
+    dataset: str = Field(max_length=256)
+    dataset_version: str | None = Field(default=None, max_length=128)
+    split: str | None = Field(default=None, max_length=64)
+    extra: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Eval(EvalBase, table=True):
+    """An evaluation result attached to a revision."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    revision_id: int = Field(foreign_key="revision.id", index=True)
+    added_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class EvalCreate(EvalBase):
+    pass
+
+
+class EvalPublic(EvalBase):
+    revision: str
+    added_by: str
+    created_at: datetime
+
+
+class LineageEdge(SQLModel, table=True):
+    """A composed revision's parent: recorded from the lineage its file carries."""
+
+    __table_args__ = (Index("ix_lineage_parent", "parent_adapter_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    child_revision_id: int = Field(foreign_key="revision.id", index=True)
+    position: int = 0
+    parent_ref: str = Field(max_length=300)
+    parent_adapter_id: int | None = Field(default=None, foreign_key="adapter.id")
+    parent_revision: str | None = Field(default=None, max_length=40)
+    parent_sha256: str | None = Field(default=None, max_length=64)
+    weight: float | None = None
+    method: str = Field(default="", max_length=32)

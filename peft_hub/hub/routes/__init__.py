@@ -1,0 +1,1 @@
+"""HTTP routes: short functions that parse, call crud/publish, and return."""

@@ -1,0 +1,202 @@
+"""The native adapter API under ``/api/adapters``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+
+from peft_hub.adapter import CARD_NAME, validate_repo_id
+from peft_hub.errors import EntryNotFoundError
+from peft_hub.hub import crud
+from peft_hub.hub.auth import require_scope, require_write
+from peft_hub.hub.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.publish import missing_blobs, publish
+from peft_hub.hub.schemas import (
+    CommitRequest, EvalsRequest, PreuploadRequest, TagRequest, adapter_summary, revision_detail,
+)
+
+router = APIRouter(prefix="/api/adapters", tags=["adapters"])
+
+
+def _load(session: SessionDep, principal: PrincipalDep, owner: str, name: str):  # noqa: ANN202
+    owner, name = validate_repo_id(f"{owner}/{name}")
+    return crud.get_adapter(session, owner=owner, name=name, principal=principal)
+
+
+@router.get("")
+def search(
+    session: SessionDep,
+    principal: PrincipalDep,
+    q: str | None = None,
+    base_model: str | None = None,
+    method: str | None = None,
+    min_rank: int | None = Query(None, ge=0),
+    max_rank: int | None = Query(None, ge=0),
+    target_module: str | None = None,
+    owner: str | None = None,
+    tag: str | None = None,
+    sort: str = "updated",
+    order: str = "desc",
+    page: int = Query(1, ge=1),
+    per_page: int = Query(20, ge=1, le=100),
+) -> dict[str, Any]:
+    """Search adapters with a text query and filters; sorted and paginated."""
+    clauses = crud.search_filters(
+        principal=principal, q=q, base_model=base_model, method=method, min_rank=min_rank,
+        max_rank=max_rank, target_module=target_module, owner=owner, tag=tag,
+    )
+    items, total = crud.search_adapters(session, clauses=clauses, sort=sort, order=order, page=page, per_page=per_page)
+    return {"items": [adapter_summary(a) for a in items], "total": total, "page": page, "per_page": per_page}
+
+
+@router.get("/{owner}/{name}")
+def show(
+    owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = "main", download: bool = False
+) -> dict[str, Any]:
+    """An adapter at a revision (a tag or a 40-hex id): metadata, files, tags.
+
+    ``download=true`` counts a download: clients set it when they pull.
+    """
+    adapter = _load(session, principal, owner, name)
+    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
+    if download:
+        crud.count_download(session, adapter=adapter)
+    return revision_detail(session, adapter, rev)
+
+
+@router.get("/{owner}/{name}/revisions")
+def revisions(owner: str, name: str, session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+    adapter = _load(session, principal, owner, name)
+    return [
+        {"revision": r.sha, "message": r.message, "author": r.author, "created_at": r.created_at.isoformat()}
+        for r in crud.list_revisions(session, adapter=adapter)
+    ]
+
+
+@router.post("/{owner}/{name}/preupload")
+def preupload(
+    owner: str, name: str, body: PreuploadRequest, store: StoreDep, settings: SettingsDep, principal: PrincipalDep, request: Request
+) -> dict[str, Any]:
+    """Say which blobs are missing, and where to upload each one."""
+    owner, name = validate_repo_id(f"{owner}/{name}")
+    require_write(principal, owner)
+    entries = [f.entry() for f in body.files]
+    uploads = []
+    for entry in missing_blobs(store, entries):
+        target = store.upload_target(entry.sha256, entry.size, settings.presign_expiry)
+        if target is None:
+            url = str(request.url_for("upload_blob", sha256=entry.sha256)) + f"?size={entry.size}"
+            uploads.append({"path": entry.path, "sha256": entry.sha256, "url": url, "method": "PUT", "headers": {}, "auth": True})
+        else:
+            uploads.append({"path": entry.path, "sha256": entry.sha256, "url": target.url, "method": target.method,
+                            "headers": target.headers or {}, "auth": False})
+    return {"uploads": uploads}
+
+
+@router.post("/{owner}/{name}/commit", status_code=201)
+def commit(
+    owner: str, name: str, body: CommitRequest, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Publish the uploaded blobs as a new revision, atomically."""
+    require_write(principal, validate_repo_id(f"{owner}/{name}")[0])
+    adapter, revision, created = publish(
+        session, store, principal=principal, repo_id=f"{owner}/{name}", entries=[f.entry() for f in body.files],
+        message=body.message, tags=body.tags, private=body.private,
+    )
+    return {**revision_detail(session, adapter, revision), "created": created}
+
+
+@router.get("/{owner}/{name}/resolve/{revision}/{path}")
+def resolve(
+    owner: str, name: str, revision: str, path: str,
+    session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
+) -> Response:
+    """A file's bytes: a redirect to S3, or streamed with Range support."""
+    adapter = _load(session, principal, owner, name)
+    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
+    entry = next((f for f in crud.revision_files(session, revision=rev) if f.path == path), None)
+    if entry is None:
+        raise EntryNotFoundError(f"{path} not found in {owner}/{name}@{revision}")
+    return blob_response(store, settings, entry.sha256, path, {"X-Repo-Commit": rev.sha, "ETag": f'"{entry.sha256}"'})
+
+
+def blob_response(store, settings, sha256: str, filename: str, headers: dict[str, str]) -> Response:  # noqa: ANN001
+    """Send a blob: 302 to a presigned URL where the store has one, else the file."""
+    url = store.presign_get(sha256, filename, settings.presign_expiry)
+    if url is not None:
+        return RedirectResponse(url, status_code=302, headers=headers)
+    local_path = getattr(store, "local_path", None)
+    if local_path is not None:  # FileResponse handles Range and HEAD
+        return FileResponse(local_path(sha256), headers=headers, media_type="application/octet-stream",
+                            filename=filename, content_disposition_type="attachment")
+    return StreamingResponse(store.open(sha256), headers=headers, media_type="application/octet-stream")
+
+
+@router.get("/{owner}/{name}/card")
+def card(owner: str, name: str, session: SessionDep, store: StoreDep, principal: PrincipalDep, revision: str = "main") -> Response:
+    """The model card (README.md) as Markdown text."""
+    adapter = _load(session, principal, owner, name)
+    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
+    entry = next((f for f in crud.revision_files(session, revision=rev) if f.path == CARD_NAME), None)
+    if entry is None:
+        raise EntryNotFoundError(f"{owner}/{name}@{revision} has no model card")
+    with store.open(entry.sha256) as fh:
+        return Response(fh.read(), media_type="text/markdown; charset=utf-8")
+
+
+@router.put("/{owner}/{name}/tags/{tag}")
+def put_tag(owner: str, name: str, tag: str, body: TagRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
+    adapter = _load(session, principal, owner, name)
+    require_write(principal, adapter.owner)
+    crud.validate_tag(tag)
+    revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
+    crud.set_tag(session, adapter=adapter, tag=tag, revision=revision)
+    return {"tag": tag, "revision": revision.sha}
+
+
+@router.delete("/{owner}/{name}/tags/{tag}", status_code=204)
+def delete_tag(owner: str, name: str, tag: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    adapter = _load(session, principal, owner, name)
+    require_write(principal, adapter.owner)
+    crud.delete_tag(session, adapter=adapter, tag=tag)
+    return Response(status_code=204)
+
+
+@router.delete("/{owner}/{name}", status_code=204)
+def delete(owner: str, name: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    """Delete an adapter; its blobs are removed by the next gc."""
+    adapter = _load(session, principal, owner, name)
+    require_write(principal, adapter.owner)
+    crud.delete_adapter(session, adapter=adapter)
+    return Response(status_code=204)
+
+
+@router.post("/{owner}/{name}/evals", status_code=201)
+def add_evals(owner: str, name: str, body: EvalsRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Attach eval results to a revision (any caller with write scope who can read it)."""
+    adapter = _load(session, principal, owner, name)
+    principal = require_scope(principal, "write")
+    revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
+    rows = crud.add_evals(session, revision=revision, evals=[e.model_dump() for e in body.evals], added_by=principal.user.name)
+    return {"revision": revision.sha, "added": len(rows)}
+
+
+@router.get("/{owner}/{name}/evals")
+def list_evals(owner: str, name: str, session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+    adapter = _load(session, principal, owner, name)
+    return [
+        {**e.model_dump(exclude={"id", "revision_id"}), "revision": sha, "created_at": e.created_at.isoformat()}
+        for e, sha in crud.list_evals(session, adapter=adapter)
+    ]
+
+
+@router.get("/{owner}/{name}/lineage")
+def lineage(owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = "main") -> dict[str, Any]:
+    """Parents (with weights and method) of a revision, and children of the adapter."""
+    adapter = _load(session, principal, owner, name)
+    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
+    out = crud.lineage(session, adapter=adapter, revision=rev)
+    out["children"] = [c for c in out["children"] if not c.pop("private") or (principal and principal.owns(c["id"].split("/")[0]))]
+    return {"id": f"{adapter.owner}/{adapter.name}", "revision": rev.sha, **out}

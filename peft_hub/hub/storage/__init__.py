@@ -1,0 +1,29 @@
+"""Pick a blob store from a storage URI: a path or ``file://`` is local,
+``s3://bucket/prefix`` is S3 (endpoint and credentials come from boto3's
+usual settings, such as ``AWS_ENDPOINT_URL``)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from peft_hub.errors import InvalidInputError
+from peft_hub.hub.storage.base import BlobStat, BlobStore, UploadTarget
+
+
+def open_store(uri: str) -> BlobStore:
+    """Build the blob store named by ``uri``."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and uri[1:3] == ":\\"):
+        from peft_hub.hub.storage.local import LocalBlobStore
+
+        return LocalBlobStore(parsed.path if parsed.scheme == "file" else uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInputError(f"storage URI {uri!r} names no bucket")
+        from peft_hub.hub.storage.s3 import S3BlobStore
+
+        return S3BlobStore(parsed.netloc, parsed.path)
+    raise InvalidInputError(f"unknown storage scheme {parsed.scheme!r}: use a directory or s3://bucket/prefix")
+
+
+__all__ = ["BlobStat", "BlobStore", "UploadTarget", "open_store"]

@@ -1,0 +1,119 @@
+"""S3-compatible storage through boto3.
+
+Clients upload straight to S3 with a presigned PUT that carries the blob's
+sha256 as an ``x-amz-checksum-sha256`` header and ``If-None-Match: *``, so S3
+itself rejects corrupted bytes and a stored blob can never be replaced.
+Downloads are redirects to presigned GETs: bytes never pass through the hub.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from peft_hub.errors import ChecksumMismatchError, StorageError
+from peft_hub.hub.storage.base import BlobStat, BlobStore, UploadTarget
+
+#: boto error codes -> what they mean to us.
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_CONFLICT = {"412", "PreconditionFailed"}
+
+
+def _b64(sha256: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256)).decode()
+
+
+class S3BlobStore(BlobStore):
+    """Blobs under ``s3://bucket/prefix/sha256/<hex>``."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("s3", config=Config(signature_version="s3v4", retries={"mode": "standard"}))
+        self.client, self.bucket = client, bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._ensure_bucket()
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in _MISSING:
+                raise StorageError(f"cannot use bucket {self.bucket!r}: {exc}") from exc
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def _key(self, sha256: str) -> str:
+        return f"{self.prefix}sha256/{sha256}"
+
+    def put(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
+        from botocore.exceptions import ClientError
+
+        data = b"".join(chunks)
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise ChecksumMismatchError(f"blob {sha256}: bytes do not match the declared digest or size")
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(sha256), Body=data,
+                ChecksumSHA256=_b64(sha256), IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in _CONFLICT:
+                raise StorageError(str(exc)) from exc
+
+    def open(self, sha256: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(sha256)}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        return self.client.get_object(**kwargs)["Body"]
+
+    def stat(self, sha256: str) -> BlobStat | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(sha256), ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _MISSING:
+                return None
+            raise StorageError(str(exc)) from exc
+        verified = head.get("ChecksumSHA256")
+        verified_hex = base64.b64decode(verified).hex() if verified and "-" not in verified else None
+        modified = head["LastModified"]
+        return BlobStat(sha256, head["ContentLength"], modified, verified_sha256=verified_hex)
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+
+    def iterate(self) -> Iterator[BlobStat]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
+            for obj in page.get("Contents", []):
+                sha = obj["Key"].rsplit("/", 1)[-1]
+                yield BlobStat(sha, obj["Size"], obj["LastModified"])
+
+    def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket, "Key": self._key(sha256),
+                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+            },
+            ExpiresIn=expires,
+        )
+
+    def upload_target(self, sha256: str, size: int, expires: int) -> UploadTarget | None:
+        checksum = _b64(sha256)
+        url = self.client.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.bucket, "Key": self._key(sha256), "ContentLength": size,
+                "ChecksumSHA256": checksum, "IfNoneMatch": "*",
+            },
+            ExpiresIn=expires,
+        )
+        return UploadTarget(url, "PUT", {"x-amz-checksum-sha256": checksum, "If-None-Match": "*"})
