@@ -1,0 +1,169 @@
+"""``materialize``: bake one adapter (or a composition) into a standalone model.
+
+The result is an ordinary transformers model directory: ``config.json``
+(with a ``quantization_config`` when quantized), safetensors shards laid out
+like the base's, an index when the base has one, the base's tokenizer and
+generation files, and ``peft_hub_materialize.json`` recording what went in.
+The full model is never instantiated; see :mod:`peft_hub.gpu_runtime.stream`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from peft_hub import __version__
+from peft_hub.errors import InvalidInputError
+from peft_hub.gpu_runtime.device import CONFIG_DTYPE_NAMES, DTYPE_NAMES, resolve_device, resolve_dtype
+from peft_hub.gpu_runtime.lora import load_updates, map_to_base
+from peft_hub.gpu_runtime.quantize import QUANTIZATIONS, Quantization, model_layout, quantization_config
+from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters
+from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint
+from peft_hub.gpu_runtime.stream import stream_merge
+
+INFO_NAME = "peft_hub_materialize.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".pkl")
+
+
+@dataclass
+class MaterializeReport:
+    """What :func:`materialize` wrote."""
+
+    output_dir: str
+    base: str
+    adapters: list[dict[str, Any]]
+    weights: list[float] | None
+    method: str | None
+    dtype: str
+    quantization: str
+    device: str
+    merged: int
+    copied: int
+    cast: int
+    quantized: int
+    shards: int
+    bytes_written: int
+    seconds: float
+    peft_hub_version: str = __version__
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def materialize(
+    base: str | Path,
+    adapters: str | Sequence[str],
+    output_dir: str | Path,
+    *,
+    weights: str | Sequence[float] | None = None,
+    method: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    quantize: Quantization = "none",
+    device: str = "auto",
+    client: Any = None,
+    force: bool = False,
+) -> MaterializeReport:
+    """Merge ``adapters`` into ``base`` and write a loadable model directory.
+
+    Args:
+        base: a local transformers model directory with safetensors weights.
+        adapters: ``"A+B"`` or a list of refs; each a directory or a hub ref.
+        output_dir: where to write; must not exist unless ``force``.
+        weights: one weight per adapter (for one adapter: scales its delta).
+        method: the compose method when there are several adapters.
+        dtype: ``bf16``/``fp16``/``fp32``; default: the base's floating dtype.
+        quantize: ``none``, ``int8`` or ``nf4`` (bitsandbytes).
+        device: ``auto``, ``cpu`` or ``cuda``: where merges and quantization run.
+        client: a ``HubClient`` for refs that are not local directories.
+        force: replace an existing ``output_dir``.
+
+    Returns:
+        A :class:`MaterializeReport`.
+
+    Raises:
+        InvalidInputError: bad base, output or options.
+        UnsupportedAdapterError: an adapter that cannot be merged.
+        IncompatibleAdaptersError: the adapter does not fit the base.
+    """
+    started = time.perf_counter()
+    base, out = Path(base), Path(output_dir)
+    if quantize not in QUANTIZATIONS:
+        raise InvalidInputError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"{out} already exists; pass --force to replace it")
+    if out.resolve() == base.resolve():
+        raise InvalidInputError("the output directory must differ from the base")
+    ckpt = open_checkpoint(base)
+    base_config = json.loads((base / "config.json").read_text())
+    if base_config.get("quantization_config"):
+        raise InvalidInputError(f"{base} is already quantized; materialize from the unquantized base model")
+    compute = resolve_device(device)
+    base_dtype = TORCH_DTYPES[ckpt.floating_dtype() or "F32"]
+    out_dtype = resolve_dtype(dtype, default=base_dtype)
+
+    with tempfile.TemporaryDirectory(prefix="peft-hub-materialize-") as scratch:
+        adapter_dir, resolved, weight = resolve_adapters(
+            adapters, scratch=Path(scratch), weights=weights, method=method, client=client
+        )
+        adapter_config, updates = load_updates(adapter_dir, weight=weight)
+    mapped = map_to_base(updates, set(ckpt.weight_map))
+    layout = model_layout(base)
+    if quantize != "none" and layout is None:
+        raise InvalidInputError(f"cannot quantize: transformers cannot build the architecture of {base}")
+
+    staging = out.with_name(out.name + ".incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        stats = stream_merge(
+            ckpt, mapped, staging, dtype=out_dtype, device=compute, quantize=quantize, layout=layout,
+            fan_in_fan_out=bool(adapter_config.get("fan_in_fan_out")),
+        )
+        config = dict(base_config)
+        for key in ("dtype", "torch_dtype"):
+            if key in config or key == "dtype":
+                config[key] = CONFIG_DTYPE_NAMES.get(out_dtype, str(out_dtype).removeprefix("torch."))
+        if quantize != "none":
+            config["quantization_config"] = quantization_config(quantize, out_dtype, layout.skip_modules)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _copy_side_files(base, staging)
+        report = MaterializeReport(
+            output_dir=str(out), base=str(base), adapters=[r.to_dict() for r in resolved],
+            weights=parse_weights(weights, len(resolved)),
+            method=method, dtype=DTYPE_NAMES.get(out_dtype, str(out_dtype)), quantization=quantize,
+            device=str(compute), merged=stats.merged, copied=stats.copied, cast=stats.cast,
+            quantized=stats.quantized, shards=len(ckpt.headers), bytes_written=stats.bytes_written,
+            seconds=0.0,
+        )
+        report.seconds = round(time.perf_counter() - started, 3)
+        report.files = sorted(p.name for p in staging.iterdir()) + [INFO_NAME]
+        (staging / INFO_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _copy_side_files(base: Path, dest: Path) -> None:
+    """Tokenizer, generation config, chat template, README…: every small non-weight file."""
+    for child in sorted(base.iterdir()):
+        if (
+            not child.is_file()
+            or child.name.startswith(".")
+            or child.name in ("config.json", INDEX_NAME, INFO_NAME)
+            or child.name.lower().endswith(_WEIGHT_SUFFIXES)
+            or child.name.endswith(".index.json")
+        ):
+            continue
+        shutil.copy2(child, dest / child.name)

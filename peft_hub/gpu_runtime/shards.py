@@ -1,0 +1,209 @@
+"""A base checkpoint's safetensors shards: read one tensor at a time, write
+shards tensor by tensor, and copy untouched tensors as raw bytes.
+
+Nothing here holds more than one tensor in memory, so a merge over a
+checkpoint costs about one tensor of RAM on top of what is being computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from peft_hub.errors import InvalidAdapterError, InvalidInputError, UnsafeFormatError
+from peft_hub.safetensors_header import CONVERT_HINT, DTYPE_SIZES, SafetensorsHeader, TensorInfo, read_header_path
+
+SINGLE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32,
+    "U64": torch.uint64,
+}
+ST_DTYPES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+_COPY_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass
+class Checkpoint:
+    """A transformers checkpoint directory, as its headers describe it."""
+
+    root: Path
+    headers: dict[str, SafetensorsHeader]  # shard file name -> header, in file order
+    weight_map: dict[str, str]  # tensor name -> shard file name
+    index_metadata: dict = field(default_factory=dict)
+    sharded: bool = False
+
+    def info(self, name: str) -> TensorInfo:
+        return self.headers[self.weight_map[name]].tensors[name]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.end - t.start for h in self.headers.values() for t in h.tensors.values())
+
+    def floating_dtype(self) -> str | None:
+        """The most common floating dtype of the checkpoint (its "model dtype")."""
+        counts: dict[str, int] = {}
+        for header in self.headers.values():
+            for t in header.tensors.values():
+                if t.dtype in FLOAT_DTYPES:
+                    counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
+        return max(counts, key=counts.get) if counts else None
+
+
+def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
+    """Read every shard header of a base model directory (no tensor data).
+
+    Raises:
+        InvalidInputError: no safetensors weights, or an index that disagrees with the shards.
+        UnsafeFormatError: the weights exist only as pickles.
+    """
+    root = Path(root)
+    if not (root / "config.json").is_file():
+        raise InvalidInputError(f"{root} is not a transformers model directory (no config.json)")
+    if (root / INDEX_NAME).is_file():
+        index = json.loads((root / INDEX_NAME).read_text())
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InvalidInputError(f"{root / INDEX_NAME} has no weight_map")
+        files = list(dict.fromkeys(weight_map.values()))
+        metadata, sharded = index.get("metadata") or {}, True
+    elif (root / SINGLE_NAME).is_file():
+        files, weight_map, metadata, sharded = [SINGLE_NAME], {}, {}, False
+    elif any((root / name).exists() for name in PICKLE_WEIGHTS):
+        raise UnsafeFormatError(f"{root} holds only pickle weights. {CONVERT_HINT}")
+    else:
+        raise InvalidInputError(f"{root} has neither {SINGLE_NAME} nor {INDEX_NAME}")
+
+    headers: dict[str, SafetensorsHeader] = {}
+    for name in files:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise InvalidInputError(f"{INDEX_NAME} names a shard outside the directory: {name!r}")
+        try:
+            headers[name] = read_header_path(root / name)
+        except FileNotFoundError:
+            raise InvalidInputError(f"{root}: shard {name} is listed but missing") from None
+        except InvalidAdapterError as exc:
+            raise InvalidInputError(f"base model {root}: {exc}") from exc
+    if not sharded:
+        weight_map = {key: SINGLE_NAME for key in headers[SINGLE_NAME].tensors}
+    for key, shard in weight_map.items():
+        if key not in headers[shard].tensors:
+            raise InvalidInputError(f"{INDEX_NAME} puts {key} in {shard}, which does not hold it")
+    for shard, header in headers.items():
+        for key in header.tensors:
+            if weight_map.get(key) != shard:
+                raise InvalidInputError(f"{shard} holds {key}, which {INDEX_NAME} does not map to it")
+    return Checkpoint(root, headers, weight_map, metadata, sharded)
+
+
+def read_tensor(fh: BinaryIO, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor of an open shard into a fresh CPU tensor."""
+    dtype = TORCH_DTYPES.get(info.dtype)
+    if dtype is None:
+        raise InvalidInputError(f"tensor {info.name} has dtype {info.dtype}, which torch cannot hold")
+    nbytes = info.end - info.start
+    if nbytes == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    buf = bytearray(nbytes)
+    fh.seek(header.data_offset + info.start)
+    if fh.readinto(buf) != nbytes:
+        raise InvalidInputError(f"tensor {info.name} is truncated")
+    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+
+
+def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    return int(math.prod(shape) * DTYPE_SIZES[dtype])
+
+
+class ShardWriter:
+    """Write a safetensors file whose header is known before its data.
+
+    The header is written first from ``specs`` (name, dtype, shape), then each
+    tensor in the same order, either from memory or copied as raw bytes.
+    """
+
+    def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
+        header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        self._expected: list[tuple[str, int]] = []
+        for name, dtype, shape in specs:
+            nbytes = tensor_nbytes(dtype, shape)
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._expected.append((name, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keeps the data section 8-byte aligned, as safetensors does
+        self.path = path
+        self.data_bytes = offset
+        self._fh = open(path, "wb", buffering=0)  # unbuffered: copy_file_range writes to the fd directly
+        self._fh.write(struct.pack("<Q", len(raw)) + raw)
+        self._next = 0
+
+    def _take(self, name: str) -> int:
+        want, nbytes = self._expected[self._next]
+        if name != want:
+            raise RuntimeError(f"{self.path.name}: expected {want} next, got {name}")
+        self._next += 1
+        return nbytes
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a tensor (any device) whose dtype and shape match its spec."""
+        nbytes = self._take(name)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if data.nbytes != nbytes:
+            raise RuntimeError(f"{name}: {data.nbytes} bytes written where the header says {nbytes}")
+        view = memoryview(data)
+        while view:
+            view = view[self._fh.write(view):]
+
+    def copy_raw(self, name: str, src: BinaryIO, offset: int) -> None:
+        """Copy a tensor's bytes straight from another file, starting at ``offset``."""
+        remaining = self._take(name)
+        src_fd, dst_fd = src.fileno(), self._fh.fileno()
+        if hasattr(os, "copy_file_range"):
+            try:
+                while remaining:
+                    n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+                    if n == 0:
+                        raise InvalidInputError(f"{name}: source file ended early")
+                    offset += n
+                    remaining -= n
+                return
+            except OSError:
+                pass  # e.g. across file systems that refuse it; fall back to read/write
+        src.seek(offset)
+        while remaining:
+            chunk = src.read(min(remaining, _COPY_CHUNK))
+            if not chunk:
+                raise InvalidInputError(f"{name}: source file ended early")
+            view = memoryview(chunk)
+            while view:
+                view = view[self._fh.write(view):]
+            remaining -= len(chunk)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._next != len(self._expected):
+            raise RuntimeError(f"{self.path.name}: {len(self._expected) - self._next} tensors were never written")
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._fh.close()
