@@ -25,12 +25,14 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 
-#: Every PEFT method the registry stores (``peft_type`` values).
+#: Every PEFT method the registry stores: PEFT 0.21's ``PeftType`` values (kept here
+#: so the hub and client need no torch), checked against PEFT in the tests.
 KNOWN_PEFT_TYPES = frozenset({
-    "LORA", "ADALORA", "IA3", "LOHA", "LOKR", "PREFIX_TUNING", "PROMPT_TUNING",
-    "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "OFT", "BOFT", "VERA",
-    "FOURIERFT", "XLORA", "HRA", "VBLORA", "LN_TUNING", "POLY", "BONE", "CPT",
-    "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD", "TRAINABLE_TOKENS", "DELORA", "GRALORA",
+    "PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "LORA", "ADALORA", "ADAMSS",
+    "BOFT", "ADAPTION_PROMPT", "IA3", "BEFT", "LILY", "LOHA", "LOKR", "OFT", "POLY", "LN_TUNING", "VERA",
+    "FROD", "PVERA", "FOURIERFT", "GLORA", "XLORA", "HRA", "VBLORA", "UNILORA", "CPT", "MISS", "RANDLORA",
+    "ROAD", "TRAINABLE_TOKENS", "HIRA", "SHIRA", "C3A", "WAVEFT", "OSF", "DELORA", "GRALORA", "CARTRIDGE",
+    "TINYLORA", "PSOFT", "PEANUT", "SHADOW", "SUPERTUNING", "DEFT", "BONE",
 })
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -87,16 +87,21 @@ def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> Safetens
         InvalidAdapterError: anything else about the header is wrong.
     """
     head = fh.read(8)
-    if head.startswith(_PICKLE_MAGIC):
-        raise UnsafeFormatError(f"{name} is a pickle, not safetensors. {CONVERT_HINT}")
+    # A pickle's first bytes can also read as a small header length (0x0280 is
+    # "\x80\x02"), so the magic only decides once the header is implausible.
+    looks_pickled = head.startswith(_PICKLE_MAGIC)
     if len(head) < 8:
         raise InvalidAdapterError(f"{name} is too short to be a safetensors file")
     (n,) = struct.unpack("<Q", head)
+    if (n > MAX_HEADER_BYTES or 8 + n > file_size) and looks_pickled:
+        raise UnsafeFormatError(f"{name} is a pickle, not safetensors. {CONVERT_HINT}")
     if n > MAX_HEADER_BYTES:
         raise InvalidAdapterError(f"{name}: header of {n} bytes exceeds the {MAX_HEADER_BYTES} byte cap")
     if 8 + n > file_size:
         raise InvalidAdapterError(f"{name}: header length {n} runs past the end of the file")
     raw = fh.read(n)
+    if looks_pickled and not raw.startswith(b"{"):
+        raise UnsafeFormatError(f"{name} is a pickle, not safetensors. {CONVERT_HINT}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

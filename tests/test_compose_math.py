@@ -1,0 +1,150 @@
+"""The pure tensor math of peft_hub.compose, against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft.utils import merge_utils
+
+from peft_hub.compose import lowrank, merge_methods
+from peft_hub.compose.engine import frobenius_sq, module_generator
+from test_compose_support import best_rank, rel_err
+
+
+def _factors(d: int, k: int, ranks: list[int], seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(d, r, generator=g), torch.randn(r, k, generator=g)) for r in ranks]
+
+
+def test_stack_is_the_exact_sum():
+    factors = _factors(24, 40, [3, 5, 2])
+    coeffs = [0.7, -1.3, 2.0]
+    b, a = lowrank.stack_factors(factors, coeffs)
+    assert b.shape == (24, 10) and a.shape == (10, 40)
+    want = sum(c * bi.double() @ ai.double() for (bi, ai), c in zip(factors, coeffs))
+    assert rel_err(b @ a, want) < 1e-6
+
+
+@pytest.mark.parametrize(("d", "k", "ranks", "rank"), [(64, 96, [4, 8, 4], 6), (20, 16, [8, 8, 8], 5), (50, 30, [2, 3], 9)])
+def test_lowrank_truncation_equals_dense_svd(d, k, ranks, rank):
+    """Eckart–Young from factors equals dense SVD, also when R > d, k and when rank > R."""
+    b, a = lowrank.stack_factors(_factors(d, k, ranks, seed=d), [1.0, -0.5, 2.0][: len(ranks)])
+    dense = b.double() @ a.double()
+    b2, a2, kept, total = lowrank.truncate_factors(b, a, rank)
+    r = min(rank, d, k, sum(ranks))
+    assert b2.shape == (d, r) and a2.shape == (r, k)
+    assert rel_err(b2 @ a2, best_rank(dense, r)) < 1e-5
+    s = torch.linalg.svdvals(dense)
+    assert kept / total == pytest.approx(float(s[:r].square().sum() / s.square().sum()), rel=1e-9)
+    assert total == pytest.approx(float(dense.square().sum()), rel=1e-9)
+
+
+def test_lowrank_svd_reconstructs_the_product():
+    b, a = lowrank.stack_factors(_factors(30, 50, [4, 4]), [1.0, 1.0])
+    u, s, vh = lowrank.lowrank_svd(b, a)
+    assert torch.all(s[:-1] >= s[1:])
+    assert rel_err((u * s) @ vh, b.double() @ a.double()) < 1e-10
+    assert torch.allclose(u.T @ u, torch.eye(8, dtype=torch.float64), atol=1e-10)
+
+
+def test_dense_truncate_equals_best_rank():
+    m = torch.randn(40, 70)
+    b, a, kept, total = lowrank.dense_truncate(m, 7)
+    assert rel_err(b @ a, best_rank(m, 7)) < 1e-5
+    assert 0 < kept < total
+
+
+def test_frobenius_from_factors():
+    b, a = lowrank.stack_factors(_factors(30, 20, [3, 4]), [1.5, -2.0])
+    assert frobenius_sq(b, a) == pytest.approx(float((b.double() @ a.double()).square().sum()), rel=1e-10)
+
+
+# --- merge methods ---------------------------------------------------------
+
+
+def _tasks(n: int = 3, shape=(16, 24), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+def _ties_reference(tasks, weights, density, method):
+    """TIES written entry by entry from the paper, on weighted task vectors."""
+    weighted = [w * t for t, w in zip(tasks, weights)]
+    trimmed = []
+    for t in weighted:
+        k = int(density * t.numel())
+        thresh = t.abs().flatten().sort(descending=True).values[k - 1]
+        trimmed.append(torch.where(t.abs() >= thresh, t, torch.zeros_like(t)))
+    out = torch.zeros_like(tasks[0])
+    for idx in range(out.numel()):
+        vals = [float(t.flatten()[idx]) for t in trimmed]
+        vote = sum(vals) if method == "total" else sum((v > 0) - (v < 0) for v in vals)
+        sign = 1.0 if vote >= 0 else -1.0
+        agree = [v for v in vals if v != 0 and (v > 0) == (sign > 0)]
+        out.view(-1)[idx] = sum(agree) / len(agree) if agree else 0.0
+    return out
+
+
+@pytest.mark.parametrize("method", ["total", "frequency"])
+def test_ties_matches_peft_for_equal_weights(method):
+    tasks = _tasks()
+    weights = torch.tensor([0.5, 0.5, 0.5])
+    ours = merge_methods.ties([0.5 * t for t in tasks], 0.3, method)
+    theirs = merge_utils.ties(tasks, weights, 0.3, method)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert (ours == 0).any() and (ours != 0).any()
+
+
+@pytest.mark.parametrize("method", ["total", "frequency"])
+def test_ties_matches_the_paper_with_unequal_and_negative_weights(method):
+    tasks = _tasks(shape=(6, 7), seed=1)
+    weights = [1.0, -0.7, 0.4]
+    ours = merge_methods.ties([w * t for t, w in zip(tasks, weights)], 0.5, method)
+    assert torch.allclose(ours, _ties_reference(tasks, weights, 0.5, method), atol=1e-6)
+
+
+def test_magnitude_prune_matches_peft():
+    tasks = _tasks()
+    weights = [0.7, -0.2, 1.1]
+    ours = merge_methods.magnitude_prune([w * t for t, w in zip(tasks, weights)], 0.25)
+    theirs = merge_utils.magnitude_prune(tasks, torch.tensor(weights), 0.25)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert (ours == 0).sum() >= ours.numel() * (1 - 3 * 0.25) - 1
+
+
+def test_dare_keeps_density_and_rescales():
+    t = torch.ones(200, 200)
+    out = merge_methods.prune_random(t, 0.3, torch.Generator().manual_seed(0))
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.3) < 0.01
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.3))
+    # Unbiased: averaged over many draws it recovers the input.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 8)
+    mean = torch.stack([merge_methods.prune_random(x, 0.5, g) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, x, atol=0.15)
+
+
+def test_dare_is_deterministic_per_seed_and_module():
+    tasks = _tasks()
+    one = merge_methods.dare_linear(tasks, 0.5, module_generator(0, "m"))
+    assert torch.equal(one, merge_methods.dare_linear(tasks, 0.5, module_generator(0, "m")))
+    assert not torch.equal(one, merge_methods.dare_linear(tasks, 0.5, module_generator(1, "m")))
+    assert not torch.equal(one, merge_methods.dare_linear(tasks, 0.5, module_generator(0, "n")))
+
+
+def test_density_one_reduces_to_plain_sums():
+    tasks = _tasks()
+    total = sum(tasks)
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(merge_methods.dare_linear(tasks, 1.0, g), total, atol=1e-6)
+    assert torch.allclose(merge_methods.magnitude_prune(tasks, 1.0), total, atol=1e-6)
+    dare_ties = merge_methods.dare_ties(tasks, 1.0, g, "total")
+    assert torch.allclose(dare_ties, merge_methods.ties(tasks, 1.0, "total"), atol=1e-6)
+
+
+def test_merge_dense_dispatch_refuses_unknown():
+    with pytest.raises(ValueError, match="unknown merge method"):
+        merge_methods.merge_dense("nope", _tasks(), density=0.5, generator=torch.Generator())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="generator"):
+        merge_methods.merge_dense("dare_ties", _tasks(), density=0.5)
