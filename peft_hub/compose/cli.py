@@ -1,0 +1,122 @@
+"""``peft-hub compose`` and ``peft-hub interpolate``.
+
+These parse flags, resolve refs, call one library function and print. Torch is
+imported only inside the commands, so the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peft_hub.compose.refs import default_output, resolve_ref, split_refs
+from peft_hub.errors import InvalidInputError
+
+METHODS = ("stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+SHOWN_MODULES = 5
+
+
+def _parse_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers, e.g. 0.7,0.3") from None
+
+
+def _print_report(report: Any) -> None:
+    vllm = report.vllm_max_lora_rank
+    click.echo(
+        f"Wrote {report.output_dir} ({report.method}, {len(report.module_ranks)} modules, rank {report.rank}, "
+        f"{report.dtype}); energy kept {report.energy_kept:.6f}"
+    )
+    worst = sorted(report.module_energy.items(), key=lambda kv: kv[1])[:SHOWN_MODULES]
+    if worst and worst[0][1] < 1.0:
+        click.echo("Least energy kept:")
+        for name, fraction in worst:
+            click.echo(f"  {fraction:.6f}  {name}")
+    click.echo(f"vLLM: --max-lora-rank {vllm}" if vllm else f"vLLM: rank {report.rank} is above vLLM's largest --max-lora-rank")
+
+
+def _push(client: Any, out_dir: Path, name: str) -> None:
+    if client is None:
+        raise InvalidInputError("--push needs a hub client")
+    click.echo(client.push(out_dir, name=name))
+
+
+def _output_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate to this rank by exact SVD."),
+        click.option("--max-rank", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Refuse outputs of a higher rank."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                     help="Output dtype (default: the inputs')."),
+        click.option("--force", is_flag=True, help="Compose adapters that declare different base models."),
+        click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Output directory (default: NAME+NAME.METHOD here)."),
+        click.option("--push", metavar="OWNER/NAME", default=None, help="Push the result to the hub under this name."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.argument("adapters", metavar="A+B[+C...]")
+@click.option("--weights", callback=_parse_weights, default=None, help="One weight per adapter, e.g. 0.7,0.3 (default 1 each).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Default: stack exactly if the result fits --max-rank, svd if --rank is given.")
+@click.option("--density", type=float, default=None, help="Fraction kept, for ties/dare/magnitude_prune.")
+@click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the DARE methods.")
+@_output_options
+@click.pass_obj
+def compose(
+    client: Any, adapters: str, weights: list[float] | None, method: str | None, density: float | None,
+    majority_sign: str, seed: int, rank: int | None, max_rank: int, dtype: str | None, force: bool,
+    output: Path | None, push: str | None,
+) -> None:
+    """Combine adapters: ΔW = Σ wᵢ·ΔWᵢ, exactly (stack) or truncated (svd, ties, dare_*, magnitude_prune).
+
+    A, B, ... are local adapter directories or hub refs (owner/name[@rev]).
+    """
+    from peft_hub.compose.api import compose_dirs
+
+    resolved = [resolve_ref(ref, client) for ref in split_refs(adapters)]
+    out = output or default_output([r.ref for r in resolved], method or ("svd" if rank else "stack"))
+    report = compose_dirs(
+        [r.path for r in resolved], weights, out, method=method, rank=rank, max_rank=max_rank, density=density,
+        majority_sign=majority_sign, seed=seed, dtype=dtype, force=force, parents=[r.parent() for r in resolved],
+    )
+    _print_report(report)
+    if push:
+        _push(client, report.output_dir, push)
+
+
+@click.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--t", "t", type=float, required=True, help="0 gives A, 1 gives B.")
+@_output_options
+@click.pass_obj
+def interpolate(
+    client: Any, a: str, b: str, t: float, rank: int | None, max_rank: int, dtype: str | None, force: bool,
+    output: Path | None, push: str | None,
+) -> None:
+    """Blend two adapters: ΔW = (1 − t)·ΔW_A + t·ΔW_B, exact unless --rank is given."""
+    from peft_hub.compose.api import interpolate_dirs
+
+    ra, rb = resolve_ref(a, client), resolve_ref(b, client)
+    out = output or default_output([ra.ref, rb.ref], f"interp{t:g}")
+    report = interpolate_dirs(
+        ra.path, rb.path, t, out, rank=rank, max_rank=max_rank, dtype=dtype, force=force,
+        parents=[ra.parent(), rb.parent()],
+    )
+    _print_report(report)
+    if push:
+        _push(client, report.output_dir, push)
+
+
+COMMANDS = [compose, interpolate]

@@ -1,0 +1,175 @@
+"""Module-by-module composition: load one module's factors, compute, write, free.
+
+This is the only place that joins the pure math (:mod:`.lowrank`,
+:mod:`.merge_methods`) with the streaming IO (:mod:`.io`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from peft_hub.compose.io import StreamingWriter, TensorReader, st_to_torch
+from peft_hub.compose.lowrank import dense_truncate, stack_factors, truncate_factors
+from peft_hub.compose.merge_methods import MajoritySign, merge_dense
+from peft_hub.compose.plan import AdapterInput, ModulePlan
+from peft_hub.errors import IncompatibleAdaptersError
+from peft_hub.progress import tqdm
+
+Method = Literal["stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+
+
+@dataclass(frozen=True)
+class ModuleResult:
+    """What happened to one module."""
+
+    name: str
+    rank: int
+    energy_kept: float  # Σ kept σ², i.e. ‖B'A'‖²_F
+    energy_total: float  # ‖ΔW‖²_F of the (merged) delta
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.energy_total == 0 else self.energy_kept / self.energy_total
+
+
+def module_generator(seed: int, name: str) -> torch.Generator:
+    """A generator seeded from ``seed`` and the module name, so results do not depend on order."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def frobenius_sq(b: torch.Tensor, a: torch.Tensor) -> float:
+    """‖b @ a‖²_F from the factors: Σ (BᵀB) ∘ (AAᵀ), no (d, k) product."""
+    b64, a64 = b.double(), a.double()
+    return float(((b64.T @ b64) * (a64 @ a64.T)).sum())  # (R, R) Gram matrices
+
+
+def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each term's ``(B, A)`` as 2-D float32: B (d, r), A (r, k) (conv kernels flattened into k)."""
+    out = []
+    for term in plan.terms:
+        a = reader.get(term.adapter, term.key_a).float().reshape(term.rank, -1)  # (r, k)
+        b = reader.get(term.adapter, term.key_b).float().reshape(plan.d, term.rank)  # (d, r)
+        out.append((b, a))
+    return out
+
+
+def compute_module(
+    plan: ModulePlan,
+    factors: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    method: Method,
+    rank: int,
+    density: float | None = None,
+    majority_sign: MajoritySign = "total",
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, ModuleResult]:
+    """Compose one module.
+
+    Args:
+        plan: the module and its terms (weights and scales).
+        factors: ``(B, A)`` per term, from :func:`load_factors`.
+        method: ``stack`` (exact), ``svd`` (exact truncation) or a dense merge method.
+        rank: the output rank for this module (ignored by ``stack``).
+        density, majority_sign, seed: for the dense merge methods.
+
+    Returns:
+        ``(B', A', result)``: B' (d, r') and A' (r', k) in float32, scale 1.
+    """
+    coeffs = [t.weight * t.scale for t in plan.terms]
+    if method == "stack":
+        b, a = stack_factors(factors, coeffs)  # (d, R), (R, k)
+        energy = frobenius_sq(b, a)
+        return b, a, ModuleResult(plan.name, b.shape[1], energy, energy)
+    if method == "svd":
+        b, a = stack_factors(factors, coeffs)
+        b, a, kept, total = truncate_factors(b, a, rank)
+        return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
+    tasks = [c * (bi @ ai) for (bi, ai), c in zip(factors, coeffs)]  # each (d, k): weighted dense task delta
+    merged = merge_dense(
+        method, tasks, density=float(density or 0), majority_sign=majority_sign,
+        generator=module_generator(seed, plan.name),
+    )
+    del tasks
+    b, a, kept, total = dense_truncate(merged, rank)
+    return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
+
+
+def stream_compose(
+    inputs: list[AdapterInput],
+    modules: list[ModulePlan],
+    ranks: dict[str, int],
+    extras: list[tuple[int, str]],
+    weights_path: Path,
+    *,
+    out_dtype: torch.dtype,
+    metadata: dict[str, str],
+    method: Method,
+    density: float | None,
+    majority_sign: MajoritySign,
+    seed: int,
+) -> tuple[list[ModuleResult], list[str]]:
+    """Compose every module and write the output safetensors file as it goes.
+
+    Args:
+        inputs: the parents.
+        modules: the planned modules.
+        ranks: planned output rank per module name.
+        extras: ``(adapter, key)`` of full tensors to carry through unchanged.
+        weights_path: the file to write.
+        out_dtype: dtype of the written factors.
+        metadata: safetensors ``__metadata__``.
+        method, density, majority_sign, seed: see :func:`compute_module`.
+
+    Returns:
+        Per-module results, and the keys carried through.
+
+    Raises:
+        IncompatibleAdaptersError: two parents carry different values for the same full tensor.
+    """
+    carried: dict[str, list[int]] = {}
+    for i, key in extras:
+        carried.setdefault(key, []).append(i)
+    entries = []
+    for m in modules:
+        (key_a, key_b), (shape_a, shape_b) = m.out_keys(), m.out_shapes(ranks[m.name])
+        entries += [(key_a, out_dtype, shape_a), (key_b, out_dtype, shape_b)]
+    for key, owners in carried.items():
+        info = inputs[owners[0]].header.tensors[key]
+        entries.append((key, st_to_torch(info.dtype), info.shape))
+
+    results = []
+    writer = StreamingWriter(weights_path, entries, metadata)
+    try:
+        with TensorReader([a.weights_path for a in inputs]) as reader:
+            for m in tqdm(modules, desc="compose", unit="module"):
+                b, a, result = compute_module(
+                    m, load_factors(reader, m), method=method, rank=ranks[m.name],
+                    density=density, majority_sign=majority_sign, seed=seed,
+                )
+                if result.rank != ranks[m.name]:
+                    raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")
+                shape_a, shape_b = m.out_shapes(result.rank)
+                key_a, key_b = m.out_keys()
+                writer.write(key_a, a.reshape(shape_a))
+                writer.write(key_b, b.reshape(shape_b))
+                results.append(result)
+            for key, owners in carried.items():
+                first = reader.get(owners[0], key)
+                for other in owners[1:]:
+                    if not torch.equal(first, reader.get(other, key)):
+                        raise IncompatibleAdaptersError(
+                            f"{key} is a full tensor saved with the adapter (e.g. a resized embedding) and "
+                            f"differs between {inputs[owners[0]].path} and {inputs[other].path}"
+                        )
+                writer.write(key, first)
+    except BaseException:
+        writer.close(check=False)
+        raise
+    writer.close()
+    return results, sorted(carried)
