@@ -27,6 +27,13 @@ class ResolvedAdapter:
     def from_hub(self) -> bool:
         return self.repo_id is not None
 
+    @property
+    def pinned(self) -> str | None:
+        """``owner/name@revision`` for hub adapters: evals go to the exact revision that was pulled."""
+        if self.repo_id is None:
+            return None
+        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
@@ -102,5 +109,6 @@ def resolve_adapters(
     except ImportError as exc:
         raise InvalidInputError(f"composing several adapters needs peft_hub.compose, which failed to import: {exc}") from exc
     out = scratch / "composed"
-    compose_dirs([r.path for r in resolved], ws, out, method=method)
+    parents = [{"ref": r.repo_id or r.ref, "revision": r.revision} for r in resolved]
+    compose_dirs([r.path for r in resolved], ws, out, method=method, parents=parents)
     return out, resolved, 1.0
