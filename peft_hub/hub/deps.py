@@ -35,12 +35,16 @@ def bearer_token(request: Request) -> str | None:
     return web_session.get("token") if web_session else None
 
 
-def get_principal(request: Request, session: Annotated[Session, Depends(get_db)]) -> Principal | None:
+# scope="function": the session commits when the route returns, before the
+# response is sent, so a client never sees a 201 for data not yet committed.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal | None:
     token = bearer_token(request)
     return authenticate(session, token) if token else None
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
