@@ -44,7 +44,9 @@ def _print_report(report: Any) -> None:
 def _push(client: Any, out_dir: Path, name: str) -> None:
     if client is None:
         raise InvalidInputError("--push needs a hub client")
-    click.echo(client.push(out_dir, name=name))
+    result = client.push(out_dir, name=name)
+    repo_id, revision = getattr(result, "repo_id", None), getattr(result, "revision", None)
+    click.echo(f"Pushed {repo_id} at revision {revision}" if repo_id else str(result))
 
 
 def _output_options(fn: Any) -> Any:
