@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.db_url)
         upgrade(engine)
         app.state.engine, app.state.settings = engine, settings
-        app.state.store = open_store(settings.storage)
+        app.state.store = open_store(settings.storage, s3_public_url=settings.s3_public_url)
         token = bootstrap(engine, settings)
         if token:
             print(  # noqa: T201 - shown once, by design

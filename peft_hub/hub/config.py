@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     token_file: Path = Field(default_factory=token_file)
     #: Seconds an unreferenced blob is kept before ``gc`` deletes it.
     gc_grace_seconds: int = 3600
+    #: S3 endpoint that clients use, when it differs from the hub's own
+    #: (``AWS_ENDPOINT_URL``), e.g. behind Docker networking. Presigned URLs use it.
+    s3_public_url: str | None = None
     #: Lifetime of presigned S3 URLs, in seconds.
     presign_expiry: int = 3600
     #: Secret that signs web session cookies; generated per process when unset.

@@ -10,8 +10,13 @@ from peft_hub.errors import InvalidInputError
 from peft_hub.hub.storage.base import BlobStat, BlobStore, UploadTarget
 
 
-def open_store(uri: str) -> BlobStore:
-    """Build the blob store named by ``uri``."""
+def open_store(uri: str, *, s3_public_url: str | None = None) -> BlobStore:
+    """Build the blob store named by ``uri``.
+
+    Args:
+        uri: a directory, ``file://…`` or ``s3://bucket/prefix``.
+        s3_public_url: the S3 endpoint clients reach, if not the hub's own.
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and uri[1:3] == ":\\"):
         from peft_hub.hub.storage.local import LocalBlobStore
@@ -22,7 +27,7 @@ def open_store(uri: str) -> BlobStore:
             raise InvalidInputError(f"storage URI {uri!r} names no bucket")
         from peft_hub.hub.storage.s3 import S3BlobStore
 
-        return S3BlobStore(parsed.netloc, parsed.path)
+        return S3BlobStore(parsed.netloc, parsed.path, public_endpoint=s3_public_url)
     raise InvalidInputError(f"unknown storage scheme {parsed.scheme!r}: use a directory or s3://bucket/prefix")
 
 

@@ -28,13 +28,16 @@ def _b64(sha256: str) -> str:
 class S3BlobStore(BlobStore):
     """Blobs under ``s3://bucket/prefix/sha256/<hex>``."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
-        if client is None:
-            import boto3
-            from botocore.config import Config
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None, *, public_endpoint: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
 
-            client = boto3.client("s3", config=Config(signature_version="s3v4", retries={"mode": "standard"}))
+        config = Config(signature_version="s3v4", retries={"mode": "standard"})
+        if client is None:
+            client = boto3.client("s3", config=config)
         self.client, self.bucket = client, bucket
+        # Presigned URLs are signed for the address clients use.
+        self.presigner = boto3.client("s3", config=config, endpoint_url=public_endpoint) if public_endpoint else client
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._ensure_bucket()
 
@@ -97,7 +100,7 @@ class S3BlobStore(BlobStore):
                 yield BlobStat(sha, obj["Size"], obj["LastModified"])
 
     def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.presigner.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256),
@@ -108,7 +111,7 @@ class S3BlobStore(BlobStore):
 
     def upload_target(self, sha256: str, size: int, expires: int) -> UploadTarget | None:
         checksum = _b64(sha256)
-        url = self.client.generate_presigned_url(
+        url = self.presigner.generate_presigned_url(
             "put_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256), "ContentLength": size,

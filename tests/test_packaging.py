@@ -1,0 +1,85 @@
+"""Import boundaries, the compose file, and the Dockerfile."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after_import(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print('\\n'.join(sys.modules))"],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("code", [
+    "import peft_hub.client",
+    "import peft_hub.hub; peft_hub.hub.create_app",
+    "from peft_hub.cli import cli",
+    "import peft_hub.hub.app as a; a.create_app(a.Settings(db_url='sqlite://', storage='/tmp/x'))",
+])
+def test_client_hub_and_cli_import_without_torch(code):
+    loaded = _modules_after_import(code)
+    assert not {"torch", "transformers", "peft", "safetensors.torch"} & loaded
+
+
+def test_client_never_imports_the_hub():
+    loaded = _modules_after_import(_import_all("peft_hub.client"))
+    assert "torch" not in loaded
+    assert not any(m.startswith("peft_hub.hub") for m in loaded)
+    assert "fastapi" not in loaded and "sqlmodel" not in loaded
+
+
+def _import_all(package: str) -> str:
+    return (
+        f"import importlib, pkgutil, {package} as p\n"
+        f"for m in pkgutil.walk_packages(p.__path__, '{package}.'): importlib.import_module(m.name)"
+    )
+
+
+def test_compose_imports_torch_not_transformers():
+    loaded = _modules_after_import(_import_all("peft_hub.compose"))
+    assert "torch" in loaded
+    assert "transformers" not in loaded and "peft" not in loaded
+
+
+def test_compose_file_parses_and_sets_only_real_settings():
+    from peft_hub.hub import Settings
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"hub", "postgres", "seaweedfs"}
+    for name, service in services.items():
+        assert "healthcheck" in service or name == "hub", name
+    hub = services["hub"]
+    assert hub["build"] == "."
+    assert hub["depends_on"] == {"postgres": {"condition": "service_healthy"}, "seaweedfs": {"condition": "service_healthy"}}
+    assert {v.split(":")[0] for v in services["postgres"]["volumes"] + services["seaweedfs"]["volumes"]} <= set(compose["volumes"])
+    fields = set(Settings.model_fields)
+    for key in hub["environment"]:
+        if key.startswith("PEFT_HUB_"):
+            assert key.removeprefix("PEFT_HUB_").lower() in fields, f"{key} is not a Settings field"
+        else:
+            assert key.startswith("AWS_"), key
+    # The storage URI names a bucket the S3 backend accepts.
+    assert hub["environment"]["PEFT_HUB_STORAGE"].startswith("s3://")
+
+
+def test_dockerfile_health_check_and_entrypoint_match_the_cli():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'CMD \["peft-hub", "serve"\]', text)
+    assert "/api/health" in text
+    from click.testing import CliRunner
+
+    from peft_hub.cli import cli
+
+    assert CliRunner().invoke(cli, ["serve", "--help"]).exit_code == 0
