@@ -1,0 +1,105 @@
+"""Push and pull throughput of a 100 MB adapter through the hub on S3, against
+raw boto3 ``upload_file``/``download_file`` of the same bytes to the same
+SeaweedFS, in the same run. Also checks that re-pushing uploads 0 bytes.
+
+    python bench/bench_transfer.py [--mb 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def make_adapter(path: Path, mb: int, seed: int) -> Path:
+    """A LoRA adapter directory whose weights file is ``mb`` megabytes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    r, d = 16, 4096
+    per_module = 2 * r * d * 2  # A and B in bf16-sized bytes (stored as f16)
+    modules = max(1, mb * 1024 * 1024 // per_module)
+    tensors = {}
+    for i in range(modules):
+        prefix = f"base_model.model.model.layers.{i // 4}.self_attn.{'qkvo'[i % 4]}_proj"
+        tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal((r, d), dtype=np.float32).astype(np.float16)
+        tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((d, r), dtype=np.float32).astype(np.float16)
+    save_file(tensors, path / "adapter_model.safetensors")
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+              "base_model_name_or_path": "bench/base-7b", "task_type": "CAUSAL_LM"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    from peft_hub.client import HubClient
+    from peft_hub.hub import Settings
+    from services import live_hub, seaweedfs
+
+    work = Path(tempfile.mkdtemp(prefix="peft-hub-bench-"))
+    adapters = [make_adapter(work / f"a{i}", args.mb, i) for i in range(args.repeats)]
+    size = (adapters[0] / "adapter_model.safetensors").stat().st_size
+    with seaweedfs() as s3:
+        os.environ.update(s3.env())
+        token = "phub_" + secrets.token_hex(6) + secrets.token_urlsafe(32)
+        settings = Settings(db_url=f"sqlite:///{work / 'hub.db'}", storage="s3://bench/hub", admin_token=token,
+                            token_file=work / "token")
+        raw = boto3.client("s3")
+        raw.create_bucket(Bucket="raw")
+        config = TransferConfig()  # boto3's defaults: 8 MB parts, 10 threads
+        with live_hub(settings) as hub:
+            boto_up, boto_down, hub_up, hub_down = [], [], [], []
+            for i, adapter in enumerate(adapters):
+                weights = adapter / "adapter_model.safetensors"
+                t = time.perf_counter()
+                raw.upload_file(str(weights), "raw", f"obj{i}", Config=config)
+                boto_up.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                raw.download_file("raw", f"obj{i}", str(work / f"raw{i}"), Config=config)
+                boto_down.append(time.perf_counter() - t)
+
+                client = HubClient(hub.url, token, cache_dir=work / f"cache{i}")
+                t = time.perf_counter()
+                pushed = client.push(adapter, name=f"admin/bench{i}")
+                hub_up.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                pulled = client.pull(f"admin/bench{i}", work / f"pulled{i}")
+                hub_down.append(time.perf_counter() - t)
+                assert pulled.bytes_downloaded >= size and pushed.bytes_uploaded >= size
+            again = HubClient(hub.url, token, cache_dir=work / "cache0").push(adapters[0], name="admin/bench0")
+
+    mb = size / 1e6
+    med = statistics.median
+    print(f"adapter weights: {mb:.1f} MB, {args.repeats} runs each, medians; machine: {os.cpu_count()} cores, loopback SeaweedFS")
+    print(f"  boto3 upload_file    {mb / med(boto_up):8.1f} MB/s")
+    print(f"  peft-hub push        {mb / med(hub_up):8.1f} MB/s   ratio {med(boto_up) / med(hub_up):.2f}x  (target >= 0.7x)")
+    print(f"  boto3 download_file  {mb / med(boto_down):8.1f} MB/s")
+    print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.7x)")
+    print(f"  re-push unchanged    {again.bytes_uploaded} bytes uploaded, same revision: {not again.created}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
