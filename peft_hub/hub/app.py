@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from peft_hub import __version__
 from peft_hub.errors import (
-    AdapterNotFoundError, EntryNotFoundError, InvalidInputError, PeftHubError, RevisionNotFoundError,
+    AdapterNotFoundError, ConflictError, EntryNotFoundError, InvalidInputError, PeftHubError, RevisionNotFoundError,
 )
 from peft_hub.hub import crud
 from peft_hub.hub.config import Settings
@@ -85,6 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(PeftHubError)
     async def _hub_error(request: Request, exc: PeftHubError) -> JSONResponse:
         return render_error(request, exc)
+
+    @app.exception_handler(IntegrityError)
+    async def _race(request: Request, exc: IntegrityError) -> JSONResponse:
+        # Two writers raced for the same unique row (e.g. the first push of a
+        # name); the loser's transaction was rolled back whole.
+        return render_error(request, ConflictError("a concurrent change won the race; retry the request"))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
