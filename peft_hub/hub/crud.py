@@ -346,3 +346,20 @@ def facets(session: Session, *, clauses: list[Any]) -> dict[str, list[tuple[str,
 
 def referenced_blobs(session: Session) -> set[str]:
     return set(session.exec(select(RevisionFile.sha256).distinct()).all())
+
+
+# --- web catalog ------------------------------------------------------------
+
+
+def main_revision_evals(session: Session, *, adapter_ids: list[int]) -> dict[int, list[Eval]]:
+    """The evals of each adapter's ``main`` revision, newest first (for the catalog's headline eval)."""
+    if not adapter_ids:
+        return {}
+    rows = session.exec(
+        select(Tag.adapter_id, Eval).join(Eval, Eval.revision_id == Tag.revision_id)
+        .where(Tag.name == "main", col(Tag.adapter_id).in_(adapter_ids)).order_by(col(Eval.id).desc())
+    ).all()
+    out: dict[int, list[Eval]] = {}
+    for adapter_id, row in rows:
+        out.setdefault(adapter_id, []).append(row)
+    return out

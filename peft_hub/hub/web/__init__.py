@@ -1,9 +1,70 @@
-"""The web catalog (placeholder until the catalog lands)."""
+"""The web catalog, served by the hub itself: server-rendered pages over the
+same search, lineage and eval queries as the API, with no front-end build and
+nothing loaded from outside the hub.
+
+Pages: ``/`` (catalog), ``/{owner}``, ``/{owner}/{name}[@rev]``, ``/compose``,
+``/login`` and ``/logout``; static files under ``/static/``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.staticfiles import StaticFiles
 
 from peft_hub.hub.config import Settings
 
+STATIC = Path(__file__).resolve().parent.parent / "static"
+SESSION_COOKIE = "peft_hub_session"
+SESSION_MAX_AGE = 14 * 24 * 3600
+
+#: First path segments that belong to the hub, not to an owner.
+RESERVED = ("api", "static", "compose", "login", "logout")
+_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+_TAG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+class OwnerConvertor(Convertor):
+    """A namespace name that is not one of the hub's own path prefixes."""
+
+    regex = rf"(?!(?:{'|'.join(RESERVED)})(?:/|$)){_NAME}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class RefConvertor(OwnerConvertor):
+    """``name`` or ``name@rev``, never ending in ``.git`` (the git routes' suffix)."""
+
+    regex = rf"{_NAME}(?<!\.git)(?:@{_TAG})?"
+
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Add the catalog's routes and middleware to the hub."""
+    """Add the catalog's routes, static files and session middleware to the hub.
+
+    Called last by ``create_app``, so the API and the Hugging Face–compatible
+    routes are matched first; the page routes' convertors keep them from
+    matching those paths anyway.
+    """
+    from peft_hub.hub.web import pages, signin
+    from peft_hub.hub.web.render import Renderer
+
+    register_url_convertor("hubowner", OwnerConvertor())
+    register_url_convertor("hubref", RefConvertor())
+    renderer = Renderer()
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(signin.make_router(renderer))
+    app.include_router(pages.make_router(renderer))
+    # Added first, so it runs inside the session middleware and sees its scope.
+    app.add_middleware(signin.ReadOnlyCookieGuard)
+    app.add_middleware(
+        SessionMiddleware, secret_key=settings.session_secret or secrets.token_urlsafe(32),
+        session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=False,
+    )

@@ -1,0 +1,131 @@
+"""The catalog's query: parsed from the URL, mapped onto the same
+``crud.search_filters`` the API and the CLI use, and turned back into links
+so that every list is a shareable URL."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlmodel import Session
+from starlette.datastructures import QueryParams
+
+from peft_hub.hub import crud
+from peft_hub.hub.auth import Principal
+from peft_hub.hub.models import Adapter
+from peft_hub.hub.web.charts import headline
+
+PER_PAGE = 20
+FILTERS = ("q", "base_model", "method", "owner", "tag", "min_rank", "max_rank")
+FACETS = ("base_model", "method", "owner")
+#: Sortable columns, and the order a first click on each gives.
+SORTS = {"updated": "desc", "name": "asc", "rank": "asc", "size": "asc", "downloads": "desc"}
+
+
+def parse_int(text: str | None, problems: list[str], what: str) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        problems.append(f"{what} must be a whole number ≥ 0; {text!r} was ignored")
+        return None
+    return value
+
+
+@dataclass
+class CatalogQuery:
+    q: str | None = None
+    base_model: str | None = None
+    method: str | None = None
+    owner: str | None = None
+    tag: str | None = None
+    min_rank: int | None = None
+    max_rank: int | None = None
+    sort: str = "updated"
+    order: str = "desc"
+    page: int = 1
+    problems: list[str] = field(default_factory=list, compare=False)
+
+    @classmethod
+    def parse(cls, params: QueryParams, **fixed: str) -> CatalogQuery:
+        """Read the URL leniently: a bad value is reported, never a 422 page."""
+        problems: list[str] = []
+        text = {k: (params.get(k) or "").strip() or None for k in ("q", "base_model", "method", "owner", "tag")}
+        text.update(fixed)
+        sort = params.get("sort") or "updated"
+        if sort not in SORTS:
+            problems.append(f"unknown sort {sort!r}; sorted by last update")
+            sort = "updated"
+        order = params.get("order") if params.get("order") in ("asc", "desc") else SORTS[sort]
+        page = parse_int(params.get("page"), problems, "page") or 1
+        return cls(**text, min_rank=parse_int(params.get("min_rank"), problems, "min rank"),
+                   max_rank=parse_int(params.get("max_rank"), problems, "max rank"),
+                   sort=sort, order=order, page=max(page, 1), problems=problems)
+
+    def filters(self, without: str | None = None) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in FILTERS if k != without}
+
+    @property
+    def active(self) -> bool:
+        return any(v not in (None, "") for v in self.filters().values())
+
+    def url(self, path: str = "/", **changes: Any) -> str:
+        """This query with ``changes``; a changed filter or sort goes back to page 1."""
+        if changes and "page" not in changes:
+            changes["page"] = 1
+        state = asdict(replace(self, **changes))
+        state.pop("problems")
+        if state["sort"] == "updated" and state["order"] == "desc":
+            state.pop("sort"), state.pop("order")
+        if state.get("page") == 1:
+            state.pop("page")
+        pairs = [(k, v) for k, v in state.items() if v not in (None, "")]
+        return path + ("?" + urlencode(pairs) if pairs else "")
+
+    def sort_url(self, path: str, column: str) -> str:
+        """Clicking the sorted column flips the order; another column starts at its natural order."""
+        if column == self.sort:
+            return self.url(path, sort=column, order="asc" if self.order == "desc" else "desc")
+        return self.url(path, sort=column, order=SORTS[column])
+
+
+def search(session: Session, principal: Principal | None, query: CatalogQuery) -> tuple[list[Adapter], int]:
+    clauses = crud.search_filters(principal=principal, **query.filters())
+    return crud.search_adapters(session, clauses=clauses, sort=query.sort, order=query.order,
+                                page=query.page, per_page=PER_PAGE)
+
+
+def facet_counts(session: Session, principal: Principal | None, query: CatalogQuery) -> dict[str, list[tuple[str, int]]]:
+    """Counts per base model, method and owner. Each facet ignores its own
+    filter, so the alternatives stay visible (and countable) once one is picked."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    cache: dict[tuple, dict[str, list[tuple[str, int]]]] = {}
+    for facet in FACETS:
+        kwargs = query.filters(without=facet)
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            cache[key] = crud.facets(session, clauses=crud.search_filters(principal=principal, **kwargs))
+        out[facet] = cache[key][facet]
+    return out
+
+
+def rows(session: Session, adapters: list[Adapter]) -> list[dict[str, Any]]:
+    """Result rows with each adapter's headline eval (newest on its main revision)."""
+    evals = crud.main_revision_evals(session, adapter_ids=[a.id for a in adapters])
+    return [{"adapter": a, "headline": headline(evals.get(a.id, []))} for a in adapters]
+
+
+def pages(page: int, total: int) -> tuple[int, list[int | None]]:
+    """The number of pages and which page numbers to show (None = a gap)."""
+    last = max(1, -(-total // PER_PAGE))
+    shown = sorted({1, last, *range(max(1, page - 2), min(last, page + 2) + 1)})
+    out: list[int | None] = []
+    for n in shown:
+        if out and n - (out[-1] or 0) > 1:
+            out.append(None)
+        out.append(n)
+    return last, out

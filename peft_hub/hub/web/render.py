@@ -1,0 +1,103 @@
+"""Jinja2 rendering for the catalog: one autoescaping environment, the
+filters the templates share, and the security headers every page carries."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from peft_hub import __version__
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+#: Pages load nothing from elsewhere and run only our own script file; inline
+#: SVG is markup, not script, so it needs no exception.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",  # pages differ by who is signed in
+}
+
+
+def filesize(n: int | None) -> str:
+    """Bytes as a short human size (binary units)."""
+    if n is None:
+        return "–"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def number(value: float | None) -> str:
+    """An eval value: up to four significant decimals, no float noise."""
+    if value is None or not math.isfinite(value):
+        return "–" if value is None else str(value)
+    if value != 0 and abs(value) < 0.001:
+        return f"{value:.3g}"
+    return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:,.1f}"
+
+
+def isodate(value: datetime | None) -> str:
+    """Machine-readable UTC time for ``<time datetime=…>``."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:  # SQLite drops the zone; the hub writes UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def ago(value: datetime | None, now: datetime | None = None) -> str:
+    """A short relative time: '5 min ago', '3 days ago', or the date."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    seconds = ((now or datetime.now(timezone.utc)) - value).total_seconds()
+    for limit, div, unit in ((60, 1, "s"), (3600, 60, "min"), (86400, 3600, "h"), (86400 * 30, 86400, "days")):
+        if seconds < limit:
+            amount = max(int(seconds // div), 0)
+            return "just now" if unit == "s" else f"{amount} {unit} ago"
+    return value.strftime("%Y-%m-%d")
+
+
+def make_env() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(filesize=filesize, number=number, isodate=isodate, ago=ago,
+                       short=lambda sha: (sha or "")[:8])
+    env.globals.update(version=__version__, urlencode=lambda pairs: urlencode(pairs, doseq=True))
+    return env
+
+
+class Renderer:
+    """Renders a template with what every page needs (user, CSRF token, hub URL)."""
+
+    def __init__(self) -> None:
+        self.env = make_env()
+
+    def page(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        session = request.scope.get("session") or {}
+        base = {
+            "request": request, "path": request.url.path,
+            "hub_url": str(request.base_url).rstrip("/"),
+            "user": session.get("user") if session.get("token") else None,
+            "csrf_token": session.get("csrf", ""),
+        }
+        html = self.env.get_template(template).render(**base, **context)
+        return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
