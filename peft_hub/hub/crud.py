@@ -363,3 +363,17 @@ def main_revision_evals(session: Session, *, adapter_ids: list[int]) -> dict[int
     for adapter_id, row in rows:
         out.setdefault(adapter_id, []).append(row)
     return out
+
+
+# --- Hugging Face-compatible API --------------------------------------------
+
+
+def create_adapter(session: Session, *, owner: str, name: str, private: bool = False) -> Adapter:
+    """An adapter with no revision yet, as ``create_repo`` makes; ConflictError if it exists."""
+    ensure_namespace(session, name=owner)
+    if session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first() is not None:
+        raise ConflictError(f"adapter {owner}/{name} already exists")
+    adapter = Adapter(owner=owner, name=name, private=private)
+    session.add(adapter)
+    session.flush()
+    return adapter

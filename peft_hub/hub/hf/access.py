@@ -1,0 +1,48 @@
+"""Who is calling, and which adapter they mean, in the terms the HF clients expect."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from peft_hub.adapter import validate_repo_id
+from peft_hub.errors import AdapterNotFoundError, AuthenticationError, InvalidNameError
+from peft_hub.hub import crud
+from peft_hub.hub.auth import PREFIX, Principal, authenticate
+from peft_hub.hub.deps import SessionDep, bearer_token
+from peft_hub.hub.models import Adapter
+
+#: ``huggingface_hub`` raises a plain HTTP error, not RepositoryNotFoundError,
+#: for a 401 carrying exactly this message.
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+
+
+def hf_principal(request: Request, session: SessionDep) -> Principal | None:
+    """The caller, from ``Authorization: Bearer``.
+
+    A token that is not a peft-hub token at all (say a huggingface.co ``hf_…``
+    token that the client found in its own config) is ignored, so a machine
+    logged in to huggingface.co can still read public adapters. A peft-hub
+    token that is wrong or revoked is refused.
+    """
+    token = bearer_token(request)
+    if not token or not token.startswith(PREFIX):
+        return None
+    try:
+        return authenticate(session, token)
+    except AuthenticationError:
+        raise AuthenticationError(INVALID_CREDENTIALS) from None
+
+
+HfPrincipalDep = Annotated[Principal | None, Depends(hf_principal)]
+
+
+def load_adapter(session: Session, principal: Principal | None, owner: str, name: str) -> Adapter:
+    """The adapter if the caller may see it; a malformed id is just as missing."""
+    try:
+        owner, name = validate_repo_id(f"{owner}/{name}")
+    except InvalidNameError as exc:
+        raise AdapterNotFoundError(f"repository {owner}/{name} not found ({exc.message})") from None
+    return crud.get_adapter(session, owner=owner, name=name, principal=principal)

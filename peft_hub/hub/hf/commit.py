@@ -1,0 +1,166 @@
+"""The NDJSON commit ``huggingface_hub`` sends, turned into a full manifest.
+
+A Hugging Face commit adds and deletes files on top of its parent. Here the
+parent is the revision ``main`` points at; the result is a complete file list
+that :func:`peft_hub.hub.publish.publish` then verifies and publishes whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.concurrency import run_in_threadpool
+
+from peft_hub.adapter import FileEntry, size_cap, validate_filename
+from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
+from peft_hub.hub.hf.blobs import put_small
+from peft_hub.hub.storage import BlobStore
+
+#: Files up to this size are sent inline, base64 in the commit itself
+#: (``uploadMode: regular``). That needs no LFS and, above all, no Xet, so a
+#: client with ``hf_xet`` installed pushes a typical adapter without setting
+#: ``HF_HUB_DISABLE_XET``. Larger files go through LFS (and need Xet off).
+INLINE_MAX_BYTES = 64 * 1024 * 1024
+#: Git bookkeeping files an HF client may send; they mean nothing here and are skipped.
+IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
+MAX_MESSAGE = 4000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class Operation:
+    kind: Literal["add", "delete", "delete_folder"]
+    path: str
+    entry: FileEntry | None = None
+
+
+@dataclass
+class ParsedCommit:
+    summary: str = ""
+    description: str = ""
+    parent_commit: str | None = None
+    operations: list[Operation] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        text = self.summary if not self.description else f"{self.summary}\n\n{self.description}"
+        return text[:MAX_MESSAGE]
+
+
+def upload_mode(size: int) -> str:
+    """How the client should send a file: inline in the commit, or through LFS."""
+    return "regular" if size <= INLINE_MAX_BYTES else "lfs"
+
+
+def check_path(path: Any) -> str:
+    """A file path the registry would store (pickles and other names refused)."""
+    if not isinstance(path, str):
+        raise InvalidInputError("every operation needs a string 'path'")
+    return validate_filename(path)
+
+
+async def ndjson_lines(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[bytes]:
+    """Split a streamed body into lines without holding more than one line."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield line
+        if len(buffer) > max_line:
+            raise InvalidInputError(f"a commit line is longer than {max_line} bytes; send large files through LFS")
+    if bytes(buffer).strip():
+        yield bytes(buffer)
+
+
+async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedCommit:
+    """Parse the commit body; inline files are stored as blobs as they arrive.
+
+    A refused file name (a pickle, say) stops the commit before its bytes are
+    stored. Blobs stored for a commit that is refused later are never
+    referenced, and ``gc`` removes them.
+    """
+    parsed = ParsedCommit()
+    max_line = INLINE_MAX_BYTES * 4 // 3 + 64 * 1024
+    async for line in ndjson_lines(chunks, max_line):
+        try:
+            item = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"a commit line is not JSON: {exc}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            raise InvalidInputError("every commit line is an object with 'key' and 'value'")
+        key, value = item.get("key"), item["value"]
+        if key == "header":
+            parsed.summary = str(value.get("summary") or "")
+            parsed.description = str(value.get("description") or "")
+            parsed.parent_commit = value.get("parentCommit")
+        elif isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES:
+            continue
+        elif key == "file":
+            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store)))
+        elif key == "lfsFile":
+            parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value, store)))
+        elif key == "deletedFile":
+            parsed.operations.append(Operation("delete", str(value.get("path", ""))))
+        elif key == "deletedFolder":
+            parsed.operations.append(Operation("delete_folder", str(value.get("path", ""))))
+        else:
+            raise InvalidInputError(f"unsupported commit operation {key!r}")
+    return parsed
+
+
+async def _inline_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
+    path = check_path(value.get("path"))
+    if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
+        raise InvalidInputError(f"{path}: inline content must be a base64 string")
+    try:
+        data = base64.b64decode(value["content"], validate=True)
+    except binascii.Error as exc:
+        raise InvalidInputError(f"{path}: content is not valid base64 ({exc})") from None
+    if len(data) > size_cap(path):
+        raise InvalidAdapterError(f"{path} is {len(data)} bytes, above the {size_cap(path)} byte cap")
+    sha256 = hashlib.sha256(data).hexdigest()
+    await run_in_threadpool(put_small, store, sha256, data)
+    return FileEntry(path, len(data), sha256)
+
+
+def _lfs_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
+    path = check_path(value.get("path"))
+    oid = value.get("oid")
+    if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not _SHA256.match(oid):
+        raise InvalidInputError(f"{path}: an lfsFile needs a sha256 'oid'")
+    size = value.get("size")
+    if not isinstance(size, int):  # copies omit it; the stored blob knows
+        stat = store.stat(oid)
+        if stat is None:
+            raise InvalidInputError(f"{path}: blob {oid} was not uploaded")
+        size = stat.size
+    return FileEntry(path, size, oid)
+
+
+def apply_operations(parent: list[FileEntry], operations: list[Operation]) -> list[FileEntry]:
+    """The parent's files with the commit's additions and deletions applied, in order."""
+    files = {e.path: e for e in parent}
+    for op in operations:
+        if op.kind == "add":
+            files[op.path] = op.entry
+        elif op.kind == "delete":
+            if files.pop(op.path, None) is None:
+                raise EntryNotFoundError(f"A file with this name doesn't exist: {op.path}")
+        else:
+            prefix = op.path.strip("/")
+            gone = [p for p in files if not prefix or p == prefix or p.startswith(prefix + "/")]
+            if not gone:
+                raise EntryNotFoundError(f"A folder with this name doesn't exist: {op.path}")
+            for p in gone:
+                del files[p]
+    return sorted(files.values(), key=lambda e: e.path)

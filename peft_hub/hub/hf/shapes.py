@@ -1,0 +1,148 @@
+"""The JSON the Hugging Face clients parse: repo info, tree entries, refs.
+
+Field names follow what ``huggingface_hub`` reads (``ModelInfo``,
+``RepoSibling``, ``RepoFile``, ``GitRefs``); anything it does not read is left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+from peft_hub.adapter import CARD_NAME, AdapterMeta
+from peft_hub.hub.models import Adapter, Revision, RevisionFile
+from peft_hub.hub.storage import BlobStore
+
+#: Model cards larger than this are not parsed for ``cardData``.
+CARD_PARSE_MAX = 1024 * 1024
+
+
+def iso(moment: datetime) -> str:
+    """The one datetime format ``huggingface_hub.utils.parse_datetime`` accepts."""
+    if moment.tzinfo is None:  # SQLite hands back naive UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The Git LFS pointer file that stands for a blob in a git tree."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def git_blob_oid(data: bytes) -> str:
+    """Git's object id for a blob with these bytes."""
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
+
+
+def tree_entry(f: RevisionFile, revision: Revision | None = None) -> dict[str, Any]:
+    """A ``/tree`` item: every file is an LFS object, named by its pointer's oid."""
+    pointer = lfs_pointer(f.sha256, f.size)
+    item: dict[str, Any] = {
+        "type": "file", "path": f.path, "size": f.size, "oid": git_blob_oid(pointer),
+        "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": len(pointer)},
+    }
+    if revision is not None:  # expand=true
+        item["lastCommit"] = {"id": revision.sha, "title": revision.message.split("\n", 1)[0], "date": iso(revision.created_at)}
+    return item
+
+
+def sibling(f: RevisionFile) -> dict[str, Any]:
+    """A ``siblings`` item of repo info (note ``lfs.sha256`` here, ``lfs.oid`` in trees)."""
+    pointer = lfs_pointer(f.sha256, f.size)
+    return {
+        "rfilename": f.path, "size": f.size, "blobId": git_blob_oid(pointer),
+        "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": len(pointer)},
+    }
+
+
+def card_metadata(store: BlobStore, files: list[RevisionFile]) -> dict[str, Any]:
+    """The YAML front matter of the model card, or ``{}``.
+
+    PyYAML is optional on the server: without it ``cardData`` carries only
+    what the registry itself knows.
+    """
+    card = next((f for f in files if f.path == CARD_NAME), None)
+    if card is None or card.size > CARD_PARSE_MAX:
+        return {}
+    try:
+        import yaml
+    except ImportError:
+        return {}
+    with store.open(card.sha256) as fh:
+        text = fh.read(CARD_PARSE_MAX).decode("utf-8", "replace")
+    front = split_front_matter(text)
+    if front is None:
+        return {}
+    try:
+        data = yaml.safe_load(front)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def split_front_matter(text: str) -> str | None:
+    """The YAML between a leading ``---`` line and the next one, if any."""
+    lines = text.lstrip("\ufeff").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    for end, line in enumerate(lines[1:], start=1):
+        if line.strip() == "---":
+            return "\n".join(lines[1:end])
+    return None
+
+
+def model_info(
+    adapter: Adapter, revision: Revision | None, files: list[RevisionFile], card: dict[str, Any]
+) -> dict[str, Any]:
+    """Repo info as ``HfApi.model_info`` parses it.
+
+    ``revision`` is None for a repo created with ``create_repo`` that has no
+    push yet: it exists (``sha`` is null, no files) so ``repo_exists`` holds.
+    """
+    meta = AdapterMeta(**revision.meta) if revision is not None else None
+    base = meta.base_model if meta else None
+    card_data = dict(card)
+    if base and not card_data.get("base_model"):
+        card_data["base_model"] = base
+    card_data.setdefault("library_name", "peft")
+    tags = ["peft", "safetensors"] if meta else ["peft"]
+    if meta:
+        tags.append(meta.method.lower())
+    if base:
+        tags += [f"base_model:{base}", f"base_model:adapter:{base}"]
+    card_tags = card_data.get("tags")
+    for tag in card_tags if isinstance(card_tags, list) else []:
+        if isinstance(tag, str) and tag not in tags:
+            tags.append(tag)
+    return {
+        "id": f"{adapter.owner}/{adapter.name}",
+        "modelId": f"{adapter.owner}/{adapter.name}",
+        "author": adapter.owner,
+        "sha": revision.sha if revision else None,
+        "lastModified": iso(revision.created_at if revision else adapter.updated_at),
+        "createdAt": iso(adapter.created_at),
+        "private": adapter.private,
+        "gated": False,
+        "disabled": False,
+        "downloads": adapter.downloads,
+        "likes": 0,
+        "library_name": "peft",
+        "tags": tags,
+        "pipeline_tag": None,
+        "cardData": card_data,
+        "siblings": [sibling(f) for f in files],
+        "spaces": [],
+        "usedStorage": sum(f.size for f in files),
+    }
+
+
+def refs(tags: dict[str, str]) -> dict[str, Any]:
+    """``main`` as the one branch, every other tag as a git tag."""
+    return {
+        "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": tags["main"]}] if "main" in tags else [],
+        "tags": [
+            {"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha} for name, sha in tags.items() if name != "main"
+        ],
+        "converts": [],
+    }

@@ -1,0 +1,269 @@
+"""Write side of the HF API: create a repo, preupload, LFS batch and upload, commit.
+
+``PeftModel.push_to_hub``, ``HfApi.upload_folder``/``create_commit`` and
+``hf upload`` drive these in turn; every commit ends in the same
+:func:`~peft_hub.hub.publish.publish` as ``peft-hub push``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from peft_hub.adapter import FileEntry, WEIGHTS_MAX_BYTES, size_cap, validate_namespace
+from peft_hub.errors import (
+    AdapterNotFoundError, ConflictError, InvalidAdapterError, InvalidInputError, PeftHubError,
+)
+from peft_hub.hub import crud
+from peft_hub.hub.auth import Principal, require_write
+from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.hf import blobs
+from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
+from peft_hub.hub.hf.commit import IGNORED_FILES, apply_operations, check_path, read_commit, upload_mode
+from peft_hub.hub.hf.shapes import split_front_matter
+from peft_hub.hub.publish import publish
+
+router = APIRouter()
+
+XET_HINT = (
+    "peft-hub does not speak the Xet protocol. Set HF_HUB_DISABLE_XET=1 so huggingface_hub uploads "
+    "files larger than the inline limit through Git LFS instead"
+)
+
+
+class XetUnsupportedError(PeftHubError):
+    """The client tried to use Xet storage, which this hub does not offer."""
+
+    code: ClassVar[str] = "xet_unsupported"
+    status_code: ClassVar[int] = 501
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _writable(session, principal: Principal | None, owner: str, name: str):  # noqa: ANN001, ANN202
+    """An existing adapter the caller may write to (a missing one is RepoNotFound)."""
+    adapter = load_adapter(session, principal, owner, name)
+    require_write(principal, adapter.owner)
+    return adapter
+
+
+def _main_only(rev: str, create_pr: str | None) -> None:
+    if create_pr not in (None, "", "0", "false"):
+        raise InvalidInputError("peft-hub has no pull requests: commit to 'main'")
+    if rev != "main":
+        raise InvalidInputError(
+            f"peft-hub has no branches: commit to 'main' (got {rev!r}); tag a revision with `peft-hub tag` instead"
+        )
+
+
+# --- repositories ------------------------------------------------------------
+
+
+@router.post("/api/repos/create")
+async def create_repo(request: Request, session: SessionDep, principal: HfPrincipalDep) -> JSONResponse:
+    """Create an empty adapter repo.
+
+    An existing one is a 409 that still carries ``url``: ``create_repo(exist_ok=True)``
+    reads it from the error body.
+    """
+    body = await _json_object(request)
+    if body.get("type") not in (None, "model"):
+        raise InvalidInputError("peft-hub stores model repos (adapters) only")
+    owner = body.get("organization") or (principal.user.name if principal else "")
+    name = str(body.get("name") or "")
+    require_write(principal, owner)
+    validate_namespace(owner, what="owner")
+    validate_namespace(name)
+    visibility = body.get("visibility")
+    private = visibility == "private" if visibility is not None else bool(body.get("private"))
+    created = {"url": f"{_base(request)}/{owner}/{name}", "name": f"{owner}/{name}", "id": f"{owner}/{name}"}
+    try:
+        await run_in_threadpool(crud.create_adapter, session, owner=owner, name=name, private=private)
+    except ConflictError as exc:
+        from peft_hub.hub.app import render_error
+
+        headers = {k: v for k, v in render_error(request, exc).headers.items() if k.lower().startswith("x-error")}
+        return JSONResponse({**exc.to_dict(), **created}, status_code=exc.status_code, headers=headers)
+    return JSONResponse(created)
+
+
+@router.delete("/api/repos/delete")
+async def delete_repo(request: Request, session: SessionDep, principal: HfPrincipalDep) -> dict[str, Any]:
+    """Delete an adapter and its revisions (blobs go at the next gc)."""
+    body = await _json_object(request)
+    owner = body.get("organization") or (principal.user.name if principal else "")
+    adapter = _writable(session, principal, owner, str(body.get("name") or ""))
+    await run_in_threadpool(crud.delete_adapter, session, adapter=adapter)
+    return {}
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInputError("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object")
+    return body
+
+
+@router.post("/api/validate-yaml")
+async def validate_yaml(request: Request) -> JSONResponse:
+    """Check a model card's YAML front matter before a commit uploads anything."""
+    body = await _json_object(request)
+    front = split_front_matter(str(body.get("content") or ""))
+    if front is not None:
+        try:
+            import yaml
+        except ImportError:  # the server cannot judge; the commit will still validate files
+            return JSONResponse({"errors": [], "warnings": []})
+        try:
+            data = yaml.safe_load(front)
+        except yaml.YAMLError as exc:
+            return JSONResponse({"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []}, status_code=400)
+        if data is not None and not isinstance(data, dict):
+            return JSONResponse({"errors": [{"message": "the metadata must be a YAML mapping"}], "warnings": []},
+                                status_code=400)
+    return JSONResponse({"errors": [], "warnings": []})
+
+
+# --- uploads -----------------------------------------------------------------
+
+
+@router.post("/api/models/{owner}/{name}/preupload/{rev}")
+async def preupload(
+    owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
+    create_pr: str | None = None,
+) -> dict[str, Any]:
+    """Say how each file travels: inline up to the inline limit, else LFS.
+
+    A name the registry refuses (a pickle, a subfolder) fails here, before
+    any bytes are sent. ``oid`` is the stored sha256 for LFS files, so an
+    unchanged one is not sent again.
+    """
+    _main_only(rev, create_pr)
+    body = await _json_object(request)
+    adapter = _writable(session, principal, owner, name)
+    parent = _parent_files(session, adapter)
+    out = []
+    for spec in body.get("files") or []:
+        path, size = spec.get("path"), spec.get("size")
+        if isinstance(path, str) and path in IGNORED_FILES:
+            out.append({"path": path, "uploadMode": "regular", "shouldIgnore": True, "oid": None})
+            continue
+        check_path(path)
+        if not isinstance(size, int) or size < 0:
+            raise InvalidInputError(f"{path}: 'size' must be a non-negative integer")
+        if size > size_cap(path):
+            raise InvalidAdapterError(f"{path} is {size} bytes, above the {size_cap(path)} byte cap")
+        mode = upload_mode(size)
+        known = parent.get(path)
+        oid = known.sha256 if mode == "lfs" and known is not None else None
+        out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+    return {"files": out}
+
+
+def _parent_files(session, adapter) -> dict[str, FileEntry]:  # noqa: ANN001
+    tags = crud.tags_of(session, adapter=adapter)
+    if "main" not in tags:
+        return {}
+    revision = crud.resolve_revision(session, adapter=adapter, rev="main")
+    return {f.path: FileEntry(f.path, f.size, f.sha256) for f in crud.revision_files(session, revision=revision)}
+
+
+@router.post("/{owner}/{repo}/info/lfs/objects/batch")
+async def lfs_batch(
+    owner: str, repo: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    principal: HfPrincipalDep,
+) -> JSONResponse:
+    """The Git LFS batch API, upload only, basic transfer: a signed PUT URL on
+    the hub for each blob the store lacks, nothing for those it has."""
+    if not repo.endswith(".git"):
+        raise AdapterNotFoundError(f"repository {owner}/{repo} not found")
+    body = await _json_object(request)
+    if body.get("operation") != "upload":
+        raise InvalidInputError("this LFS endpoint takes uploads; download files through /resolve")
+    _writable(session, principal, owner, repo[: -len(".git")])
+    key = blobs.signing_key(request.app.state, settings)
+    expires = int(time.time()) + settings.presign_expiry
+    objects = []
+    for obj in body.get("objects") or []:
+        oid, size = obj.get("oid"), obj.get("size")
+        item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
+        problem = _lfs_problem(oid, size)
+        if problem:
+            item["error"] = {"code": 422, "message": problem}
+        else:
+            stat = await run_in_threadpool(store.stat, oid)
+            if stat is None or stat.size != size:
+                query = urlencode({"size": size, "expires": expires, "signature": blobs.sign(key, oid, size, expires)})
+                href = str(request.url_for("hf_lfs_upload", sha256=oid)) + "?" + query
+                item["actions"] = {"upload": {"href": href, "expires_in": settings.presign_expiry}}
+            item["authenticated"] = True
+        objects.append(item)
+    return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                        media_type="application/vnd.git-lfs+json")
+
+
+def _lfs_problem(oid: Any, size: Any) -> str | None:
+    if not isinstance(oid, str) or len(oid) != 64 or any(c not in "0123456789abcdef" for c in oid):
+        return "oid must be a sha256 in 64 lowercase hex digits"
+    if not isinstance(size, int) or size < 0:
+        return "size must be a non-negative integer"
+    if size > WEIGHTS_MAX_BYTES:
+        return f"{size} bytes is above the {WEIGHTS_MAX_BYTES} byte cap"
+    return None
+
+
+@router.put("/api/hf/lfs/{sha256}", name="hf_lfs_upload")
+async def lfs_upload(
+    sha256: str, request: Request, store: StoreDep, settings: SettingsDep,
+    size: int = Query(ge=0), expires: int = Query(), signature: str = Query(),
+) -> dict[str, Any]:
+    """Receive one LFS object at a URL the batch endpoint signed; its bytes
+    are checked against the sha256 and size before they are kept."""
+    blobs.check_signature(blobs.signing_key(request.app.state, settings), sha256, size, expires, signature)
+    await blobs.receive(store, sha256, size, request.stream())
+    return {"oid": sha256, "size": size}
+
+
+@router.get("/api/models/{owner}/{name}/xet-write-token/{rev}")
+@router.get("/api/models/{owner}/{name}/xet-read-token/{rev}")
+def xet_token(owner: str, name: str, rev: str) -> None:
+    """Xet is not offered: say so plainly instead of a bare 404."""
+    raise XetUnsupportedError(XET_HINT)
+
+
+# --- commit ------------------------------------------------------------------
+
+
+@router.post("/api/models/{owner}/{name}/commit/{rev}")
+async def commit(
+    owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
+    principal: HfPrincipalDep, create_pr: str | None = None,
+) -> dict[str, Any]:
+    """Apply an NDJSON commit on top of ``main`` and publish the result whole."""
+    _main_only(rev, create_pr)
+    adapter = _writable(session, principal, owner, name)
+    parsed = await read_commit(request.stream(), store)
+    parent = _parent_files(session, adapter)
+    current = crud.tags_of(session, adapter=adapter).get("main")
+    if parsed.parent_commit and parsed.parent_commit != current:
+        raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
+    entries = apply_operations(list(parent.values()), parsed.operations)
+    adapter, revision, created = await run_in_threadpool(
+        publish, session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
+        entries=entries, message=parsed.message,
+    )
+    base = _base(request)
+    return {
+        "success": True, "commitOid": revision.sha, "commitUrl": f"{base}/{adapter.owner}/{adapter.name}/commit/{revision.sha}",
+        "hookOutput": "", "pullRequestUrl": None, "created": created,
+    }
