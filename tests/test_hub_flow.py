@@ -195,6 +195,24 @@ def test_auth_private_adapters_and_namespaces(hub, llama_adapter, tmp_path):
         bob.set_tag("alice/open", "mine")
     with pytest.raises(AuthenticationError):
         anon.add_evals("alice/open", [{"metric": "m", "value": 1, "dataset": "d"}])
+    # Organisations: members write and see private adapters; others do not.
+    admin.add_member("acme", "alice")
+    alice.push(llama_adapter, name="acme/internal", private=True)
+    assert alice.whoami()["orgs"] == ["acme"]
+    assert alice.info("acme/internal")["private"] is True
+    with pytest.raises(AdapterNotFoundError):
+        bob.info("acme/internal")
+    with pytest.raises(PermissionDeniedError):
+        bob.push(llama_adapter, name="acme/x")
+    # A token limited to one namespace cannot use the user's others.
+    limited = HubClient(hub.url, admin.create_token(scope="write", namespace="alice", limit=["alice"])["token"],
+                        cache_dir=tmp_path / "c5")
+    with pytest.raises(PermissionDeniedError):
+        limited.push(llama_adapter, name="acme/y")
+    with pytest.raises(AdapterNotFoundError):
+        limited.info("acme/internal")
+    limited.push(llama_adapter, name="alice/z")
+
     bad = HubClient(hub.url, "phub_" + "0" * 40, cache_dir=tmp_path / "c4")
     with pytest.raises(AuthenticationError):
         bad.search()

@@ -114,9 +114,21 @@ class HubClient:
             ref = Ref(self._me, ref.name, ref.revision)
         return ref
 
-    def create_token(self, *, scope: str = "read", namespace: str | None = None) -> dict[str, Any]:
-        """Ask the hub for a new token (needs an admin token)."""
-        return self._json("POST", "/api/tokens", json={"scope": scope, "namespace": namespace})
+    def create_token(
+        self, *, scope: str = "read", namespace: str | None = None, limit: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Ask the hub for a new token (needs an admin token).
+
+        Args:
+            scope: read, write or admin.
+            namespace: the user the token acts as (created if new); default: you.
+            limit: restrict the token to these namespaces.
+        """
+        return self._json("POST", "/api/tokens", json={"scope": scope, "namespace": namespace, "limit": limit})
+
+    def add_member(self, org: str, user: str) -> dict[str, Any]:
+        """Add ``user`` to organisation ``org`` (needs an admin token)."""
+        return self._json("PUT", f"/api/orgs/{org}/members/{user}")
 
     # --- push and pull -----------------------------------------------------
 

@@ -214,13 +214,29 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--namespace", default=None, help="User the token acts as (created if new); limits the token to it.")
+@click.option("--namespace", default=None, help="User the token acts as (created if new; default: you).")
 @click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--limit", "limits", multiple=True, help="Only allow these namespaces (repeatable).")
 @pass_client
-def token_create(hub: HubClient, namespace: str | None, scope: str) -> None:
+def token_create(hub: HubClient, namespace: str | None, scope: str, limits: tuple[str, ...]) -> None:
     """Create a token (needs an admin token). It is printed once."""
-    out = hub.create_token(scope=scope, namespace=namespace)
+    out = hub.create_token(scope=scope, namespace=namespace, limit=list(limits) or None)
     click.echo(out["token"])
 
 
-COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token]
+@click.group()
+def org() -> None:
+    """Organisations: namespaces shared by their members."""
+
+
+@org.command("add-member")
+@click.argument("org_name", metavar="ORG")
+@click.argument("user")
+@pass_client
+def org_add_member(hub: HubClient, org_name: str, user: str) -> None:
+    """Add USER to ORG (both created if new; needs an admin token)."""
+    hub.add_member(org_name, user)
+    click.echo(f"{user} is a member of {org_name}")
+
+
+COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token, org]

@@ -16,7 +16,7 @@ from peft_hub.adapter import AdapterMeta, FileEntry
 from peft_hub.errors import AdapterNotFoundError, ConflictError, InvalidInputError, RevisionNotFoundError
 from peft_hub.hub.auth import Principal, can_read, hash_token, lookup_of, new_token
 from peft_hub.hub.models import (
-    Adapter, Eval, LineageEdge, Namespace, Revision, RevisionFile, Tag, Token, utcnow,
+    Adapter, Eval, LineageEdge, Membership, Namespace, Revision, RevisionFile, Tag, Token, utcnow,
 )
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -52,6 +52,20 @@ def create_token(
     session.add(Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces))
     session.flush()
     return token
+
+
+def add_member(session: Session, *, org: str, user: str) -> Namespace:
+    """Make ``user`` a member of organisation ``org`` (both created if new)."""
+    org_ns = ensure_namespace(session, name=org, kind="org")
+    if org_ns.kind != "org":
+        raise ConflictError(f"{org!r} is a user, not an organisation")
+    user_ns = ensure_namespace(session, name=user)
+    if user_ns.kind != "user":
+        raise ConflictError(f"{user!r} is an organisation, not a user")
+    if session.get(Membership, (user_ns.id, org_ns.id)) is None:
+        session.add(Membership(user_id=user_ns.id, org_id=org_ns.id))
+        session.flush()
+    return org_ns
 
 
 def count_namespaces(session: Session) -> int:

@@ -52,7 +52,10 @@ class EvalsRequest(BaseModel):
 
 class TokenRequest(BaseModel):
     scope: Literal["read", "write", "admin"] = "read"
+    #: The user the token acts as (created if new); default: the caller.
     namespace: str | None = None
+    #: Restrict the token to these namespaces (default: all the user may use).
+    limit: list[str] | None = Field(default=None, max_length=32)
 
 
 class GcRequest(BaseModel):

@@ -35,17 +35,24 @@ def whoami(principal: PrincipalDep) -> dict[str, Any]:
 
 @router.post("/tokens", status_code=201)
 def create_token(body: TokenRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Create a token (admin only). With ``namespace``, it acts as that user and is limited to it."""
+    """Create a token (admin only) acting as ``namespace``, optionally limited to ``limit``."""
     require_scope(principal, "admin")
     if not principal.is_admin:
         raise InvalidInputError("only an admin user can create tokens")
+    user = principal.user
     if body.namespace:
         user = crud.ensure_namespace(session, name=validate_namespace(body.namespace, what="namespace"))
-        limits = None if body.scope == "admin" else [user.name]
-    else:
-        user, limits = principal.user, None
+    limits = [validate_namespace(n, what="namespace") for n in body.limit] if body.limit else None
     token = crud.create_token(session, user=user, scope=body.scope, namespaces=limits)
     return {"token": token, "user": user.name, "scope": body.scope, "namespaces": limits}
+
+
+@router.put("/orgs/{org}/members/{user}", status_code=201)
+def add_member(org: str, user: str, session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
+    """Add a user to an organisation, creating either if new (admin only)."""
+    require_scope(principal, "admin")
+    crud.add_member(session, org=validate_namespace(org, what="organisation"), user=validate_namespace(user, what="user"))
+    return {"org": org, "user": user}
 
 
 @router.put("/blobs/{sha256}", name="upload_blob", status_code=201)
