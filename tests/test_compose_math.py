@@ -7,7 +7,7 @@ import torch
 from peft.utils import merge_utils
 
 from peft_hub.compose import lowrank, merge_methods
-from peft_hub.compose.engine import frobenius_sq, module_generator
+from peft_hub.compose.engine import module_generator
 from test_compose_support import best_rank, rel_err
 
 
@@ -20,9 +20,12 @@ def test_stack_is_the_exact_sum():
     factors = _factors(24, 40, [3, 5, 2])
     coeffs = [0.7, -1.3, 2.0]
     b, a = lowrank.stack_factors(factors, coeffs)
-    assert b.shape == (24, 10) and a.shape == (10, 40)
+    assert b.shape == (24, 10) and a.shape == (10, 40) and b.dtype == torch.float32
     want = sum(c * bi.double() @ ai.double() for (bi, ai), c in zip(factors, coeffs))
     assert rel_err(b @ a, want) < 1e-6
+    b64, a64 = lowrank.stack_factors(factors, coeffs, torch.float64)
+    assert rel_err(b64 @ a64, want) < 1e-14
+    assert torch.equal(a64[3:8], factors[1][1].double())  # A's are copied, never rounded
 
 
 @pytest.mark.parametrize(("d", "k", "ranks", "rank"), [(64, 96, [4, 8, 4], 6), (20, 16, [8, 8, 8], 5), (50, 30, [2, 3], 9)])
@@ -55,11 +58,6 @@ def test_dense_truncate_equals_best_rank():
     b, a, kept, total = lowrank.dense_truncate(m, 7)
     assert rel_err(b @ a, best_rank(m, 7)) < 1e-5
     assert 0 < kept < total
-
-
-def test_frobenius_from_factors():
-    b, a = lowrank.stack_factors(_factors(30, 20, [3, 4]), [1.5, -2.0])
-    assert frobenius_sq(b, a) == pytest.approx(float((b.double() @ a.double()).square().sum()), rel=1e-10)
 
 
 # --- merge methods ---------------------------------------------------------

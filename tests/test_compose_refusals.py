@@ -10,7 +10,8 @@ import pytest
 
 from peft_hub.compose import compose_dirs, interpolate_dirs
 from peft_hub.errors import (
-    ComposeError, IncompatibleAdaptersError, PeftHubError, RankLimitError, UnsupportedAdapterError,
+    ComposeError, IncompatibleAdaptersError, InvalidInputError, PeftHubError, RankLimitError,
+    UnsupportedAdapterError,
 )
 from test_compose_support import adapter, base, peft_deltas, weighted_sum, assert_deltas_close
 
@@ -145,3 +146,9 @@ def test_missing_weights_file(tmp_path):
     (broken / "adapter_model.safetensors").unlink()
     with pytest.raises(PeftHubError, match="adapter_model.safetensors is missing"):
         compose_dirs([broken], None, tmp_path / "out")
+
+
+def test_unknown_dtype(tmp_path):
+    with pytest.raises(InvalidInputError, match="unknown dtype 'fp8'"):
+        compose_dirs([adapter(r=4, seed=1)], None, tmp_path / "out", dtype="fp8")
+    assert not (tmp_path / "out").exists()

@@ -125,8 +125,10 @@ def interpolate_dirs(
 
 def _check_args(
     paths: list[Path], weights: list[float], method: str | None, rank: int | None, max_rank: int,
-    density: float | None, majority_sign: str, parents: list[dict] | None,
+    density: float | None, majority_sign: str, parents: list[dict] | None, dtype: str | None,
 ) -> None:
+    if dtype is not None:
+        parse_dtype(dtype)
     if not paths:
         raise ComposeError("give at least one adapter")
     if len(weights) != len(paths):
@@ -238,7 +240,7 @@ def _compose(
 ) -> ComposeReport:
     start = time.perf_counter()
     weights = [float(w) for w in weights] if weights is not None else [1.0] * len(paths)
-    _check_args(paths, weights, method, rank, max_rank, density, majority_sign, parents)
+    _check_args(paths, weights, method, rank, max_rank, density, majority_sign, parents, dtype)
     inputs = [read_adapter(p) for p in paths]
     base_model = check_base_models(inputs, force)
     modules, extras = plan_modules(inputs, weights)
@@ -269,7 +271,8 @@ def _compose(
             metadata={"format": "pt", LINEAGE_KEY: json.dumps(record)}, method=method, density=density,
             majority_sign=majority_sign, seed=seed,
         )
-        kept, total = sum(r.energy_kept for r in results), sum(r.energy_total for r in results)
+        kept = sum(r.energy_kept or 0.0 for r in results)
+        total = sum(r.energy_total or 0.0 for r in results)
         fraction = 1.0 if total == 0 else min(1.0, kept / total)
         top = max(ranks.values())
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")

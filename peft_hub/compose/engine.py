@@ -7,6 +7,8 @@ This is the only place that joins the pure math (:mod:`.lowrank`,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +31,14 @@ class ModuleResult:
 
     name: str
     rank: int
-    energy_kept: float  # Σ kept σ², i.e. ‖B'A'‖²_F
-    energy_total: float  # ‖ΔW‖²_F of the (merged) delta
+    energy_kept: float | None  # Σ kept σ², i.e. ‖B'A'‖²_F; None when exact by construction
+    energy_total: float | None  # ‖ΔW‖²_F of the (merged) delta; None when not computed
 
     @property
     def fraction(self) -> float:
-        return 1.0 if self.energy_total == 0 else self.energy_kept / self.energy_total
+        if self.energy_total is None or self.energy_total == 0:
+            return 1.0
+        return min(1.0, (self.energy_kept or 0.0) / self.energy_total)
 
 
 def module_generator(seed: int, name: str) -> torch.Generator:
@@ -43,18 +47,32 @@ def module_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def frobenius_sq(b: torch.Tensor, a: torch.Tensor) -> float:
-    """‖b @ a‖²_F from the factors: Σ (BᵀB) ∘ (AAᵀ), no (d, k) product."""
-    b64, a64 = b.double(), a.double()
-    return float(((b64.T @ b64) * (a64 @ a64.T)).sum())  # (R, R) Gram matrices
+@contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads (None: leave as is), restoring the setting after.
+
+    The factor-space methods work on thin (d, R) matrices with R of a few
+    dozen: OpenMP fan-out costs more than it saves there, and when another
+    process holds a core, a thin QR with 2 threads is 10-50x slower than
+    with 1 (it waits at every barrier for the preempted thread).
+    """
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each term's ``(B, A)`` as 2-D float32: B (d, r), A (r, k) (conv kernels flattened into k)."""
+    """Each term's ``(B, A)`` as 2-D tensors in their stored dtype: B (d, r), A (r, k) (conv kernels flattened into k)."""
     out = []
     for term in plan.terms:
-        a = reader.get(term.adapter, term.key_a).float().reshape(term.rank, -1)  # (r, k)
-        b = reader.get(term.adapter, term.key_b).float().reshape(plan.d, term.rank)  # (d, r)
+        a = reader.get(term.adapter, term.key_a).reshape(term.rank, -1)  # (r, k)
+        b = reader.get(term.adapter, term.key_b).reshape(plan.d, term.rank)  # (d, r)
         out.append((b, a))
     return out
 
@@ -68,6 +86,7 @@ def compute_module(
     density: float | None = None,
     majority_sign: MajoritySign = "total",
     seed: int = 0,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, ModuleResult]:
     """Compose one module.
 
@@ -77,20 +96,25 @@ def compute_module(
         method: ``stack`` (exact), ``svd`` (exact truncation) or a dense merge method.
         rank: the output rank for this module (ignored by ``stack``).
         density, majority_sign, seed: for the dense merge methods.
+        out_dtype: the dtype that will be written; ``stack`` computes in the
+            wider of it and the inputs', so each value is rounded once.
 
     Returns:
-        ``(B', A', result)``: B' (d, r') and A' (r', k) in float32, scale 1.
+        ``(B', A', result)``: B' (d, r') and A' (r', k), scale 1, in a float
+        dtype at least as wide as ``out_dtype``.
     """
     coeffs = [t.weight * t.scale for t in plan.terms]
     if method == "stack":
-        b, a = stack_factors(factors, coeffs)  # (d, R), (R, k)
-        energy = frobenius_sq(b, a)
-        return b, a, ModuleResult(plan.name, b.shape[1], energy, energy)
+        work = out_dtype
+        for b, a in factors:
+            work = torch.promote_types(work, torch.promote_types(b.dtype, a.dtype))
+        b, a = stack_factors(factors, coeffs, work)  # (d, R), (R, k)
+        return b, a, ModuleResult(plan.name, b.shape[1], None, None)
     if method == "svd":
-        b, a = stack_factors(factors, coeffs)
+        b, a = stack_factors(factors, coeffs, torch.float64)  # (d, R), (R, k)
         b, a, kept, total = truncate_factors(b, a, rank)
         return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
-    tasks = [c * (bi @ ai) for (bi, ai), c in zip(factors, coeffs)]  # each (d, k): weighted dense task delta
+    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs)]  # each (d, k): weighted task delta
     merged = merge_dense(
         method, tasks, density=float(density or 0), majority_sign=majority_sign,
         generator=module_generator(seed, plan.name),
@@ -145,12 +169,13 @@ def stream_compose(
 
     results = []
     writer = StreamingWriter(weights_path, entries, metadata)
+    threads = 1 if method in ("stack", "svd") else None  # the dense methods do want every core
     try:
-        with TensorReader([a.weights_path for a in inputs]) as reader:
+        with TensorReader([a.weights_path for a in inputs]) as reader, intra_op_threads(threads):
             for m in tqdm(modules, desc="compose", unit="module"):
                 b, a, result = compute_module(
                     m, load_factors(reader, m), method=method, rank=ranks[m.name],
-                    density=density, majority_sign=majority_sign, seed=seed,
+                    density=density, majority_sign=majority_sign, seed=seed, out_dtype=out_dtype,
                 )
                 if result.rank != ranks[m.name]:
                     raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")

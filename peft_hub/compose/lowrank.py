@@ -18,23 +18,27 @@ CORE_DTYPE = torch.float64
 
 
 def stack_factors(
-    factors: Sequence[tuple[torch.Tensor, torch.Tensor]], coeffs: Sequence[float]
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    coeffs: Sequence[float],
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate factor pairs along the rank dimension, folding coefficients into B.
 
-    ``Σ cᵢ·Bᵢ·Aᵢ = [c₁B₁ | c₂B₂ | …] · [A₁; A₂; …]`` exactly.
+    ``Σ cᵢ·Bᵢ·Aᵢ = [c₁B₁ | c₂B₂ | …] · [A₁; A₂; …]`` exactly: A's are only
+    copied, and each entry of B is rounded once, to ``dtype``.
 
     Args:
         factors: ``(B, A)`` pairs, B (d, rᵢ) and A (rᵢ, k).
         coeffs: one coefficient per pair (weight times LoRA scale).
+        dtype: the dtype to compute and return in.
 
     Returns:
-        ``(B, A)`` with B (d, R) and A (R, k), R = Σ rᵢ, in float32.
+        ``(B, A)`` with B (d, R) and A (R, k), R = Σ rᵢ.
     """
     if len(factors) != len(coeffs):
         raise ValueError(f"{len(factors)} factor pairs but {len(coeffs)} coefficients")
-    b = torch.cat([bi.float() * c for (bi, _), c in zip(factors, coeffs)], dim=1)  # (d, R)
-    a = torch.cat([ai.float() for _, ai in factors], dim=0)  # (R, k)
+    b = torch.cat([bi.to(dtype) * c for (bi, _), c in zip(factors, coeffs)], dim=1)  # (d, R)
+    a = torch.cat([ai.to(dtype) for _, ai in factors], dim=0)  # (R, k)
     return b, a
 
 
@@ -75,12 +79,12 @@ def split_factors(
         rank: how many to keep (at most p).
 
     Returns:
-        ``(B, A)``: B (d, rank) and A (rank, k), float32.
+        ``(B, A)``: B (d, rank) and A (rank, k), in the dtype of ``u``.
     """
     root = s[:rank].sqrt()  # (rank,)
     b = u[:, :rank] * root  # (d, rank)
     a = root[:, None] * vh[:rank]  # (rank, k)
-    return b.float(), a.float()
+    return b, a
 
 
 def energy_kept(s: torch.Tensor, rank: int) -> tuple[float, float]:
@@ -108,8 +112,8 @@ def truncate_factors(
         rank: target rank; capped at min(d, k, R).
 
     Returns:
-        ``(B', A', kept, total)`` with B' (d, r), A' (r, k), and the energy
-        kept and total as in :func:`energy_kept`.
+        ``(B', A', kept, total)`` with B' (d, r), A' (r, k) in float64, and
+        the energy kept and total as in :func:`energy_kept`.
     """
     u, s, vh = lowrank_svd(b, a)
     r = min(rank, s.numel())
@@ -128,7 +132,7 @@ def dense_truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
         rank: target rank; capped at min(d, k).
 
     Returns:
-        ``(B', A', kept, total)`` as in :func:`truncate_factors`.
+        ``(B', A', kept, total)`` as in :func:`truncate_factors`, in float32.
     """
     u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)  # (d, p), (p,), (p, k)
     r = min(rank, s.numel())

@@ -216,7 +216,8 @@ def output_targets(inputs: list[AdapterInput], modules: list[ModulePlan]) -> lis
     """
     narrowed = any(a.config.get("layers_to_transform") is not None or a.config.get("exclude_modules") for a in inputs)
     targets = [a.config.get("target_modules") for a in inputs]
-    if narrowed or any(t is None for t in targets):
+    # "all-linear" is a PEFT shorthand resolved against the model, which compose never sees.
+    if narrowed or any(t is None or t == "all-linear" for t in targets):
         return sorted(m.name for m in modules)
     if all(isinstance(t, list) for t in targets):
         return sorted({str(x) for t in targets for x in t})

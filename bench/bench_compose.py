@@ -1,0 +1,212 @@
+"""Compose benchmarks, each against its peer or its limit in the same run.
+
+1. SVD merge of three rank-16 adapters to rank 16 on one 4096x4096 and one
+   4096x11008 module: peft_hub's factor-space SVD against PEFT's
+   ``add_weighted_adapter(combination_type="svd")`` (dense ΔW, dense SVD).
+   Prints the speed-up and how far apart the two products are, relative to
+   max|ΔW|.
+2. Three 7B-shaped adapters (32 layers x q,k,v,o,gate,up,down; hidden 4096,
+   intermediate 11008; rank 16; bf16) composed from files to a file, in a
+   subprocess that reports its own wall time and peak RSS, against the
+   targets of 15 s and 1.5 x inputs + 300 MB.
+
+    python bench/bench_compose.py [--repeats 5] [--skip-peft-11008]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
+
+RANK, ALPHA, WEIGHTS = 16, 32, (0.5, 0.3, 0.2)
+LAYERS, HIDDEN, INTER = 32, 4096, 11008
+SHAPES = {  # module -> (out, in)
+    "self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
+    "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
+    "mlp.gate_proj": (INTER, HIDDEN), "mlp.up_proj": (INTER, HIDDEN), "mlp.down_proj": (HIDDEN, INTER),
+}
+
+
+def random_factors(d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trained-looking LoRA pair: B (d, r), A (r, k)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, RANK, generator=g) * 0.02, torch.randn(RANK, k, generator=g) / k**0.5
+
+
+# --- 1. one module against PEFT ---------------------------------------------
+
+
+def peft_svd(d: int, k: int, factors) -> tuple[float, torch.Tensor]:
+    """PEFT's add_weighted_adapter(svd) on a one-Linear model; returns (seconds, ΔW)."""
+    from peft import LoraConfig, get_peft_model
+
+    class One(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(k, d, bias=False)
+
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["lin"])
+    model = get_peft_model(One(), copy.deepcopy(config), adapter_name="p0")
+    for i in (1, 2):
+        model.add_adapter(f"p{i}", copy.deepcopy(config))
+    with torch.no_grad():
+        for i, (b, a) in enumerate(factors):
+            model.base_model.model.lin.lora_A[f"p{i}"].weight.copy_(a)
+            model.base_model.model.lin.lora_B[f"p{i}"].weight.copy_(b)
+    start = time.perf_counter()
+    model.add_weighted_adapter(["p0", "p1", "p2"], list(WEIGHTS), "merged", combination_type="svd", svd_rank=RANK)
+    seconds = time.perf_counter() - start
+    return seconds, model.base_model.model.lin.get_delta_weight("merged").detach()
+
+
+def ours_svd(factors, repeats: int) -> tuple[float, torch.Tensor]:
+    """peft_hub's exact factor-space truncation, as the engine runs it; returns (median seconds, ΔW)."""
+    from peft_hub.compose.engine import intra_op_threads
+    from peft_hub.compose.lowrank import stack_factors, truncate_factors
+
+    coeffs = [w * ALPHA / RANK for w in WEIGHTS]
+    times = []
+    with intra_op_threads(1):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            b, a = stack_factors(factors, coeffs, torch.float64)  # (d, 48), (48, k)
+            b, a, _, _ = truncate_factors(b, a, RANK)  # (d, 16), (16, k)
+            b, a = b.float(), a.float()  # what is written for fp32 inputs
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), b @ a
+
+
+def exact_reference(factors, dense: bool) -> torch.Tensor:
+    """The best rank-16 approximation in float64: by dense SVD of the (d, k) ΔW
+    (slow, independent of peft_hub), or by the factor path with every step in
+    float64 (fast; the tests check it against dense float64 SVD)."""
+    from peft_hub.compose.lowrank import stack_factors, truncate_factors
+
+    coeffs = [w * ALPHA / RANK for w in WEIGHTS]
+    if dense:
+        delta = sum(c * (b.double() @ a.double()) for (b, a), c in zip(factors, coeffs))  # (d, k)
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        return (u[:, :RANK] * s[:RANK]) @ vh[:RANK]
+    b, a = stack_factors(factors, coeffs, torch.float64)
+    b, a, _, _ = truncate_factors(b, a, RANK)
+    return b @ a
+
+
+def bench_module(d: int, k: int, repeats: int, dense_reference: bool) -> dict:
+    factors = [random_factors(d, k, seed) for seed in range(3)]
+    ours_s, ours = ours_svd(factors, repeats)
+    peft_s, theirs = peft_svd(d, k, factors)
+    ref = exact_reference(factors, dense_reference)
+
+    def err(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((x.double() - y.double()).abs().max() / y.double().abs().max())
+
+    return {"shape": f"{d}x{k}", "ours_s": ours_s, "peft_s": peft_s, "speedup": peft_s / ours_s,
+            "rel_err": err(ours, theirs), "ours_exact": err(ours, ref), "peft_exact": err(theirs, ref)}
+
+
+# --- 2. 7B-shaped adapters from files ---------------------------------------
+
+
+def write_7b_adapter(path: Path, seed: int) -> int:
+    """A 7B-shaped rank-16 bf16 LoRA adapter directory; returns its weights' size in bytes."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    tensors = {}
+    for layer in range(LAYERS):
+        for j, (name, (d, k)) in enumerate(SHAPES.items()):
+            b, a = random_factors(d, k, seed * 10_000 + layer * 10 + j)
+            prefix = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = a.to(torch.bfloat16)
+            tensors[f"{prefix}.lora_B.weight"] = b.to(torch.bfloat16)
+    save_file(tensors, path / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": ALPHA,
+              "target_modules": [n.split(".")[1] for n in SHAPES], "base_model_name_or_path": "bench/llama-7b"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return (path / "adapter_model.safetensors").stat().st_size
+
+
+_CHILD = """
+import json, sys, time
+from pathlib import Path
+start = time.perf_counter()
+from peft_hub.compose import compose_dirs
+imported = time.perf_counter()
+paths, out, method, rank = json.loads(sys.argv[1])
+report = compose_dirs([Path(p) for p in paths], [0.5, 0.3, 0.2], Path(out), method=method, rank=rank)
+done = time.perf_counter()
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"compose_s": done - imported, "total_s": done - start, "rank": report.rank,
+                  "energy": report.energy_kept, "maxrss_mb": int(hwm.split()[1]) / 1024}))
+"""
+# Peak RSS is this process's VmHWM, not getrusage's ru_maxrss: Linux carries
+# ru_maxrss across fork+exec, so a child of this (large) process would report
+# at least the parent's size.
+_BASELINE = (
+    "import peft_hub.compose.api\n"
+    "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)"
+)
+
+
+def bench_7b(tmp: Path) -> dict:
+    sizes = [write_7b_adapter(tmp / f"a{i}", i) for i in range(3)]
+    inputs_mb = sum(sizes) / 2**20
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    baseline = float(subprocess.run([sys.executable, "-c", _BASELINE], capture_output=True, text=True, env=env, check=True).stdout)
+    runs = {}
+    for method, rank in (("stack", None), ("svd", RANK)):
+        arg = json.dumps([[str(tmp / f"a{i}") for i in range(3)], str(tmp / f"out-{method}"), method, rank])
+        out = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True, env=env, check=True)
+        runs[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs[method]["output_mb"] = (tmp / f"out-{method}" / "adapter_model.safetensors").stat().st_size / 2**20
+    return {"inputs_mb": inputs_mb, "limit_mb": 1.5 * inputs_mb + 300, "import_rss_mb": baseline, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-peft-11008", action="store_true", help="skip the slowest PEFT run")
+    parser.add_argument("--dense-reference", action="store_true",
+                        help="check against a dense float64 SVD (minutes) instead of the float64 factor path")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+
+    shapes = [(4096, 4096)] if args.skip_peft_11008 else [(4096, 4096), (4096, 11008)]
+    for d, k in shapes:
+        r = bench_module(d, k, args.repeats, args.dense_reference)
+        print(f"[1] svd merge 3x r16 -> r16 on {r['shape']}: ours {r['ours_s'] * 1e3:.1f} ms, PEFT {r['peft_s']:.2f} s, "
+              f"{r['speedup']:.0f}x faster (target >= 100x)\n"
+              f"    max|ours - PEFT| / max|ΔW| = {r['rel_err']:.1e} (target <= 1e-5); against the "
+              f"{'dense ' if args.dense_reference else ''}float64 truncation: "
+              f"ours {r['ours_exact']:.1e}, PEFT {r['peft_exact']:.1e}")
+
+    with tempfile.TemporaryDirectory(prefix="bench-compose-") as tmp:
+        r = bench_7b(Path(tmp))
+    print(f"[2] 7B-shaped: 3 adapters x {LAYERS * len(SHAPES)} modules, inputs {r['inputs_mb']:.0f} MB (bf16); "
+          f"RSS after importing torch + compose: {r['import_rss_mb']:.0f} MB")
+    for method, run in r["runs"].items():
+        print(f"    {method:5s} -> rank {run['rank']}: compose {run['compose_s']:.2f} s (target <= 15 s, "
+              f"{15 / run['compose_s']:.1f}x under), with imports {run['total_s']:.2f} s; peak RSS {run['maxrss_mb']:.0f} MB "
+              f"= {run['maxrss_mb'] / r['limit_mb']:.2f} of the limit {r['limit_mb']:.0f} MB; output {run['output_mb']:.0f} MB; "
+              f"energy kept {run['energy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
