@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
 from peft_hub.adapter import CONFIG_NAME
-from peft_hub.errors import EntryNotFoundError, InvalidInputError, RevisionNotFoundError
+from peft_hub.errors import AdapterNotFoundError, EntryNotFoundError, InvalidInputError, RevisionNotFoundError
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal, require_scope
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
@@ -134,6 +134,19 @@ def whoami(principal: HfPrincipalDep) -> dict[str, Any]:
         "isPro": False, "orgs": [{"type": "org", "name": org} for org in sorted(principal.orgs)],
         "auth": {"type": "access_token", "accessToken": {"displayName": "peft-hub token", "role": role}},
     }
+
+
+@router.get("/api/models/{name}")
+@router.get("/api/models/{name}/revision/{rev}")
+@router.head("/{name}/resolve/{rev}/{filename:path}")
+@router.get("/{name}/resolve/{rev}/{filename:path}")
+def single_segment_repo(name: str) -> None:
+    """Ids without an owner (huggingface.co's legacy ``gpt2``) never exist here.
+
+    Saying RepoNotFound lets clients handle it as such; PEFT, for one, asks for
+    the base model's config by the bare name in ``base_model_name_or_path``.
+    """
+    raise AdapterNotFoundError(f"repository {name} not found: peft-hub repositories are named owner/name")
 
 
 # --- /resolve ----------------------------------------------------------------
