@@ -168,7 +168,8 @@ def bench_7b(tmp: Path) -> dict:
     sizes = [write_7b_adapter(tmp / f"a{i}", i) for i in range(3)]
     inputs_mb = sum(sizes) / 2**20
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    baseline = float(subprocess.run([sys.executable, "-c", _BASELINE], capture_output=True, text=True, env=env, check=True).stdout)
+    baseline = subprocess.run([sys.executable, "-c", _BASELINE], capture_output=True, text=True, env=env, check=True)
+    baseline = float(baseline.stdout)
     runs = {}
     for method, rank in (("stack", None), ("svd", RANK)):
         arg = json.dumps([[str(tmp / f"a{i}") for i in range(3)], str(tmp / f"out-{method}"), method, rank])

@@ -8,13 +8,20 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-
-from peft_hub.adapter import sha256_file, validate_dir
-from peft_hub.compose import compose_dirs, interpolate_dirs
 from test_compose_support import (
-    adapter, assert_deltas_close, base, best_rank, composed_logits, lineage_of, logits, merged_reference,
-    peft_deltas, rel_err, weighted_sum,
+    adapter,
+    assert_deltas_close,
+    base,
+    best_rank,
+    composed_logits,
+    logits,
+    merged_reference,
+    peft_deltas,
+    rel_err,
+    weighted_sum,
 )
+
+from peft_hub.compose import compose_dirs, interpolate_dirs
 
 VARIANTS = {
     "plain": {},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from peft.utils import merge_utils
+from test_compose_support import best_rank, rel_err
 
 from peft_hub.compose import lowrank, merge_methods
 from peft_hub.compose.engine import module_generator
-from test_compose_support import best_rank, rel_err
 
 
 def _factors(d: int, k: int, ranks: list[int], seed: int = 0):

@@ -8,18 +8,26 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 from peft.utils import merge_utils
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_compose_support import (
+    adapter,
+    assert_deltas_close,
+    base,
+    best_rank,
+    lineage_of,
+    peft_deltas,
+    rel_err,
+    weighted_sum,
+)
 
 from peft_hub.adapter import pattern_value, sha256_file, validate_dir
 from peft_hub.compose import compose_dirs
 from peft_hub.compose.card import vllm_max_lora_rank
 from peft_hub.compose.plan import AdapterInput, ModulePlan, output_targets, rank_patterns
-from test_compose_support import (
-    adapter, assert_deltas_close, base, best_rank, lineage_of, peft_deltas, rel_err, weighted_sum,
-)
 
 
 def test_lineage_metadata_and_card(tmp_path):
@@ -29,9 +37,10 @@ def test_lineage_metadata_and_card(tmp_path):
     record = lineage_of(tmp_path / "out")
     assert set(record) == {"method", "params", "parents", "peft_hub_version"}
     assert record == report.lineage and record["method"] == "stack"
+    shas = [sha256_file(p / "adapter_model.safetensors") for p in parents]
     assert record["parents"] == [
-        {"ref": "acme/support", "revision": "a" * 40, "sha256": sha256_file(parents[0] / "adapter_model.safetensors"), "weight": 0.7},
-        {"ref": "acme/legal", "revision": None, "sha256": sha256_file(parents[1] / "adapter_model.safetensors"), "weight": 0.3},
+        {"ref": "acme/support", "revision": "a" * 40, "sha256": shas[0], "weight": 0.7},
+        {"ref": "acme/legal", "revision": None, "sha256": shas[1], "weight": 0.3},
     ]
     meta, _ = validate_dir(tmp_path / "out")  # the hub's own checks accept it, and read the lineage back
     assert meta.lineage == record and meta.max_rank == 16 and meta.method == "LORA" and not meta.use_dora
@@ -58,7 +67,7 @@ def test_config_is_plain_lora_with_unit_scale(tmp_path):
     assert config["rank_pattern"] == config["alpha_pattern"] == {
         "model.layers.0.self_attn.q_proj": 12, "model.layers.1.self_attn.q_proj": 12}
     assert config["modules_to_save"] is None and config["use_dora"] is False
-    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert sorted(config["target_modules"]) == sorted(tiny_models.LLAMA_TARGETS)
 
 
 def _retyped(tmp_path, parent, dtype):
@@ -165,7 +174,8 @@ def test_conv2d_lora(tmp_path):
     dirs = []
     for seed, r in ((1, 2), (2, 3)):
         torch.manual_seed(seed)
-        model = get_peft_model(copy.deepcopy(net), LoraConfig(r=r, lora_alpha=4, target_modules=["conv", "lin"], init_lora_weights=False))
+        config = LoraConfig(r=r, lora_alpha=4, target_modules=["conv", "lin"], init_lora_weights=False)
+        model = get_peft_model(copy.deepcopy(net), config)
         model.save_pretrained(tmp_path / f"c{seed}")
         dirs.append(tmp_path / f"c{seed}")
     compose_dirs(dirs, [1.0, 0.5], tmp_path / "stack")

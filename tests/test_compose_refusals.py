@@ -7,13 +7,17 @@ import json
 import shutil
 
 import pytest
+from test_compose_support import adapter, assert_deltas_close, base, peft_deltas, weighted_sum
 
 from peft_hub.compose import compose_dirs, interpolate_dirs
 from peft_hub.errors import (
-    ComposeError, IncompatibleAdaptersError, InvalidInputError, PeftHubError, RankLimitError,
+    ComposeError,
+    IncompatibleAdaptersError,
+    InvalidInputError,
+    PeftHubError,
+    RankLimitError,
     UnsupportedAdapterError,
 )
-from test_compose_support import adapter, base, peft_deltas, weighted_sum, assert_deltas_close
 
 
 def _edited(tmp_path, parent, **changes):
@@ -152,3 +156,24 @@ def test_unknown_dtype(tmp_path):
     with pytest.raises(InvalidInputError, match="unknown dtype 'fp8'"):
         compose_dirs([adapter(r=4, seed=1)], None, tmp_path / "out", dtype="fp8")
     assert not (tmp_path / "out").exists()
+
+
+def test_adapter_without_lora_factors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    empty = _edited(tmp_path, adapter(r=4, seed=1))
+    save_file({"base_model.model.model.embed_tokens.base_layer.weight": torch.zeros(4, 4)},
+              empty / "adapter_model.safetensors")
+    with pytest.raises(ComposeError, match="no LoRA factors"):
+        compose_dirs([empty], None, tmp_path / "out")
+
+
+def test_output_checked_before_any_work(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ComposeError, match="not an empty directory"):
+        compose_dirs([tmp_path / "does-not-exist"], None, tmp_path / "full")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ComposeError, match="is one of the inputs"):
+        compose_dirs([tmp_path / "empty"], None, tmp_path / "empty")

@@ -13,10 +13,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import tiny_models
 import torch
 from safetensors import safe_open
-
-import tiny_models
 
 
 @functools.cache

@@ -19,7 +19,13 @@ from peft_hub.compose.engine import Method, stream_compose
 from peft_hub.compose.io import dtype_name, parse_dtype, st_to_torch
 from peft_hub.compose.merge_methods import MERGE_METHODS, MajoritySign
 from peft_hub.compose.plan import (
-    AdapterInput, ModulePlan, check_base_models, output_targets, plan_modules, rank_patterns, read_adapter,
+    AdapterInput,
+    ModulePlan,
+    check_base_models,
+    output_targets,
+    plan_modules,
+    rank_patterns,
+    read_adapter,
 )
 from peft_hub.errors import ComposeError, RankLimitError
 
@@ -140,7 +146,9 @@ def _check_args(
     if method is not None and method not in METHODS:
         raise ComposeError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if method == "stack" and rank is not None:
-        raise ComposeError("stack is exact and its rank is the sum of the input ranks; --rank applies to svd and the merge methods")
+        raise ComposeError(
+            "stack is exact and its rank is the sum of the input ranks; --rank applies to svd and the merge methods"
+        )
     if (rank is not None and rank < 1) or max_rank < 1:
         raise ComposeError(f"ranks must be positive (rank={rank}, max_rank={max_rank})")
     if method in MERGE_METHODS:
@@ -158,6 +166,8 @@ def _plan_ranks(
     modules: list[ModulePlan], method: str | None, rank: int | None, max_rank: int
 ) -> tuple[str, dict[str, int]]:
     """Resolve the method and every module's output rank; refuse over-limit ranks."""
+    if not modules:
+        raise ComposeError("the adapters hold no LoRA factors to compose")
     if method is None:
         method = "stack" if rank is None else "svd"
     if method == "stack":
@@ -222,11 +232,15 @@ def _output_config(
     }
 
 
-def _prepare_output(output_dir: Path, paths: list[Path]) -> Path:
+def _check_output(output_dir: Path, paths: list[Path]) -> None:
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise ComposeError(f"{output_dir} already exists and is not an empty directory; choose another output")
     if any(output_dir.resolve() == p.resolve() for p in paths):
         raise ComposeError(f"{output_dir} is one of the inputs")
+
+
+def _prepare_output(output_dir: Path) -> Path:
+    """A fresh ``.NAME.incomplete`` directory beside the output, renamed into place at the end."""
     tmp = output_dir.parent / f".{output_dir.name}.incomplete"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -241,6 +255,7 @@ def _compose(
     start = time.perf_counter()
     weights = [float(w) for w in weights] if weights is not None else [1.0] * len(paths)
     _check_args(paths, weights, method, rank, max_rank, density, majority_sign, parents, dtype)
+    _check_output(output_dir, paths)
     inputs = [read_adapter(p) for p in paths]
     base_model = check_base_models(inputs, force)
     modules, extras = plan_modules(inputs, weights)
@@ -264,7 +279,7 @@ def _compose(
          for r, p, a, w in zip(refs, paths, inputs, weights)],
     )
 
-    tmp = _prepare_output(output_dir, paths)
+    tmp = _prepare_output(output_dir)
     try:
         results, carried = stream_compose(
             inputs, modules, ranks, extras, tmp / WEIGHTS_NAME, out_dtype=out_dtype,
