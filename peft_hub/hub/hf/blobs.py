@@ -22,7 +22,11 @@ from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.errors import AuthenticationError, ChecksumMismatchError, InvalidInputError
+from peft_hub.errors import (
+    AuthenticationError,
+    ChecksumMismatchError,
+    InvalidInputError,
+)
 from peft_hub.hub.config import Settings
 from peft_hub.hub.storage import BlobStore
 

@@ -108,7 +108,7 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
         elif key == "file":
             parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store)))
         elif key == "lfsFile":
-            parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value, store)))
+            parsed.operations.append(Operation("add", value.get("path"), await run_in_threadpool(_lfs_file, value, store)))
         elif key == "deletedFile":
             parsed.operations.append(Operation("delete", str(value.get("path", ""))))
         elif key == "deletedFolder":

@@ -10,7 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
 from peft_hub.adapter import CONFIG_NAME
-from peft_hub.errors import AdapterNotFoundError, EntryNotFoundError, InvalidInputError, RevisionNotFoundError
+from peft_hub.errors import (
+    AdapterNotFoundError,
+    EntryNotFoundError,
+    InvalidInputError,
+)
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal, require_scope
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
@@ -152,7 +156,9 @@ def single_segment_repo(name: str) -> None:
 # --- /resolve ----------------------------------------------------------------
 
 
-def _locate(session: Session, principal: Principal | None, owner: str, name: str, rev: str, filename: str):  # noqa: ANN202
+def _locate(
+    session: Session, principal: Principal | None, owner: str, name: str, rev: str, filename: str
+) -> tuple[Adapter, RevisionFile, dict[str, str]]:
     adapter = load_adapter(session, principal, owner, name)
     if rev == "main" and _is_empty(session, adapter):
         # An empty repo's main is an empty tree: every file is missing. transformers'

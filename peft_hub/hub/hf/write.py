@@ -13,20 +13,34 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import FileEntry, WEIGHTS_MAX_BYTES, size_cap, validate_namespace
+from peft_hub.adapter import WEIGHTS_MAX_BYTES, FileEntry, size_cap, validate_namespace
 from peft_hub.errors import (
-    AdapterNotFoundError, ConflictError, InvalidAdapterError, InvalidInputError, PeftHubError,
+    AdapterNotFoundError,
+    ConflictError,
+    InvalidAdapterError,
+    InvalidInputError,
+    PeftHubError,
 )
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.hf import blobs
 from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
-from peft_hub.hub.hf.commit import IGNORED_FILES, apply_operations, check_path, read_commit, upload_mode
+from peft_hub.hub.hf.commit import (
+    IGNORED_FILES,
+    ParsedCommit,
+    apply_operations,
+    check_path,
+    read_commit,
+    upload_mode,
+)
 from peft_hub.hub.hf.shapes import split_front_matter
+from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.publish import publish
+from peft_hub.hub.storage import BlobStore
 
 router = APIRouter()
 
@@ -47,7 +61,7 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _writable(session, principal: Principal | None, owner: str, name: str):  # noqa: ANN001, ANN202
+def _writable(session: Session, principal: Principal | None, owner: str, name: str) -> Adapter:
     """An existing adapter the caller may write to (a missing one is RepoNotFound)."""
     adapter = load_adapter(session, principal, owner, name)
     require_write(principal, adapter.owner)
@@ -150,11 +164,17 @@ async def preupload(
     """
     _main_only(rev, create_pr)
     body = await _json_object(request)
+    return await run_in_threadpool(_upload_plan, session, principal, owner, name, body.get("files") or [])
+
+
+def _upload_plan(
+    session: Session, principal: Principal | None, owner: str, name: str, files: list[Any]
+) -> dict[str, Any]:
     adapter = _writable(session, principal, owner, name)
     parent = _parent_files(session, adapter)
     out = []
-    for spec in body.get("files") or []:
-        path, size = spec.get("path"), spec.get("size")
+    for spec in files:
+        path, size = (spec.get("path"), spec.get("size")) if isinstance(spec, dict) else (None, None)
         if isinstance(path, str) and path in IGNORED_FILES:
             out.append({"path": path, "uploadMode": "regular", "shouldIgnore": True, "oid": None})
             continue
@@ -170,7 +190,7 @@ async def preupload(
     return {"files": out}
 
 
-def _parent_files(session, adapter) -> dict[str, FileEntry]:  # noqa: ANN001
+def _parent_files(session: Session, adapter: Adapter) -> dict[str, FileEntry]:
     tags = crud.tags_of(session, adapter=adapter)
     if "main" not in tags:
         return {}
@@ -190,7 +210,7 @@ async def lfs_batch(
     body = await _json_object(request)
     if body.get("operation") != "upload":
         raise InvalidInputError("this LFS endpoint takes uploads; download files through /resolve")
-    _writable(session, principal, owner, repo[: -len(".git")])
+    await run_in_threadpool(_writable, session, principal, owner, repo[: -len(".git")])
     key = blobs.signing_key(request.app.state, settings)
     expires = int(time.time()) + settings.presign_expiry
     objects = []
@@ -244,6 +264,20 @@ def xet_token(owner: str, name: str, rev: str) -> None:
 # --- commit ------------------------------------------------------------------
 
 
+def _publish_commit(
+    session: Session, store: BlobStore, principal: Principal, adapter: Adapter, parsed: ParsedCommit
+) -> tuple[Adapter, Revision, bool]:
+    """The parent is read only now, after the (slow) body: the window in which
+    a concurrent commit to the same adapter could be overwritten stays short."""
+    parent = _parent_files(session, adapter)
+    current = crud.tags_of(session, adapter=adapter).get("main")
+    if parsed.parent_commit and parsed.parent_commit != current:
+        raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
+    entries = apply_operations(list(parent.values()), parsed.operations)
+    return publish(session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
+                   entries=entries, message=parsed.message)
+
+
 @router.post("/api/models/{owner}/{name}/commit/{rev}")
 async def commit(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
@@ -251,17 +285,9 @@ async def commit(
 ) -> dict[str, Any]:
     """Apply an NDJSON commit on top of ``main`` and publish the result whole."""
     _main_only(rev, create_pr)
-    adapter = _writable(session, principal, owner, name)
+    adapter = await run_in_threadpool(_writable, session, principal, owner, name)
     parsed = await read_commit(request.stream(), store)
-    parent = _parent_files(session, adapter)
-    current = crud.tags_of(session, adapter=adapter).get("main")
-    if parsed.parent_commit and parsed.parent_commit != current:
-        raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
-    entries = apply_operations(list(parent.values()), parsed.operations)
-    adapter, revision, created = await run_in_threadpool(
-        publish, session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
-        entries=entries, message=parsed.message,
-    )
+    adapter, revision, created = await run_in_threadpool(_publish_commit, session, store, principal, adapter, parsed)
     base = _base(request)
     return {
         "success": True, "commitOid": revision.sha, "commitUrl": f"{base}/{adapter.owner}/{adapter.name}/commit/{revision.sha}",
