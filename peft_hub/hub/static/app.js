@@ -34,6 +34,11 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
+  // Phones: the filters start folded, so the results come first.
+  if (window.matchMedia("(max-width: 640px)").matches) {
+    for (const details of document.querySelectorAll("details[data-collapse-on-phone]")) details.open = false;
+  }
+
   // Compose: add rows on demand instead of showing a spare one.
   const rows = document.getElementById("compose-rows");
   const add = document.getElementById("add-row");

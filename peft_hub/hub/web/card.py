@@ -4,7 +4,8 @@ Two layers, so that a bug in one is not a hole: markdown-it runs with raw
 HTML off (a ``<script>`` in the card comes out as text) and refuses
 ``javascript:``/``vbscript:``/``data:`` links; nh3 then keeps only an
 allowlist of tags, attributes and URL schemes. Images are turned into links,
-because the catalog loads nothing from outside the hub.
+because the catalog loads nothing from outside the hub, and headings are
+demoted two levels to nest under the page's own.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ def _markdown() -> MarkdownIt:
         src = escapeHtml(str(token.attrGet("src") or ""))
         return f'<a href="{src}">[image: {escapeHtml(alt)}]</a>'
 
+    def demote(renderer, tokens, idx, options, env) -> str:  # noqa: ANN001
+        # The card sits under the page's h1 and the section's h2.
+        token = tokens[idx]
+        token.tag = f"h{min(int(token.tag[1]) + 2, 6)}"
+        return renderer.renderToken(tokens, idx, options, env)
+
     md.add_render_rule("image", image_as_link)
+    md.add_render_rule("heading_open", demote)
+    md.add_render_rule("heading_close", demote)
     return md
 
 

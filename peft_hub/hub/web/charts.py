@@ -17,8 +17,8 @@ from typing import Any
 
 from peft_hub.hub.models import Eval, Revision
 
-WIDTH, HEIGHT = 600, 240
-LEFT, RIGHT, TOP, BOTTOM = 64, 20, 20, 44
+WIDTH, HEIGHT = 400, 230
+LEFT, RIGHT, TOP, BOTTOM = 50, 12, 24, 44
 
 
 def is_base(e: Eval) -> bool:
@@ -90,7 +90,8 @@ def layout(key: tuple, by_revision: list[tuple[str, float]], base: float | None,
 
     n = len(by_revision)
     for i, (sha, v) in enumerate(by_revision):
-        x = (chart.left + chart.right) / 2 if n == 1 else chart.left + 12 + i * (chart.right - chart.left - 24) / (n - 1)
+        inset = 32  # room for the value labels beside the axis
+        x = (chart.left + chart.right) / 2 if n == 1 else chart.left + inset + i * (chart.right - chart.left - 2 * inset) / (n - 1)
         chart.points.append(Point(x, y(v), v, sha, sha == current_sha))
     if base is not None:
         chart.base = (y(base), base)

@@ -81,8 +81,9 @@ def snippets(hub_url: str, adapter: Adapter, rev_label: str | None, meta: dict[s
     revision = f", revision={json.dumps(rev_label)}" if rev_label else ""
     token_line = "\nos.environ[\"HF_TOKEN\"] = \"<your peft-hub token>\"  # private adapter" if adapter.private else ""
     out["peft"] = (
-        "import os\n"
-        f"os.environ[\"HF_ENDPOINT\"] = {json.dumps(hub_url)}  # before huggingface_hub is imported{token_line}\n\n"
+        "import os\n\n"
+        "# Set before huggingface_hub is imported.\n"
+        f"os.environ[\"HF_ENDPOINT\"] = {json.dumps(hub_url)}{token_line}\n\n"
         f"from peft import PeftModel\nfrom transformers import {auto}\n\n"
         f"base = {auto}.from_pretrained({json.dumps(base)})\n"
         f"model = PeftModel.from_pretrained(base, {json.dumps(repo_id)}{revision})"

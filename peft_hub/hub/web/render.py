@@ -4,14 +4,15 @@ filters the templates share, and the security headers every page carries."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader
+from markupsafe import Markup, escape
 
 from peft_hub import __version__
 
@@ -69,19 +70,29 @@ def ago(value: datetime | None, now: datetime | None = None) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     seconds = ((now or datetime.now(timezone.utc)) - value).total_seconds()
-    for limit, div, unit in ((60, 1, "s"), (3600, 60, "min"), (86400, 3600, "h"), (86400 * 30, 86400, "days")):
+    for limit, div, unit in ((60, 1, "s"), (3600, 60, "min"), (86400, 3600, "h"), (86400 * 30, 86400, "day")):
         if seconds < limit:
             amount = max(int(seconds // div), 0)
-            return "just now" if unit == "s" else f"{amount} {unit} ago"
+            if unit == "s":
+                return "just now"
+            return f"{amount} {unit}{'s' if unit == 'day' and amount != 1 else ''} ago"
     return value.strftime("%Y-%m-%d")
 
 
+def breakable(text: str | None) -> Markup:
+    """Escaped text that may wrap after '/' and '-' (long model names in narrow cells)."""
+    escaped = str(escape(text or ""))
+    return Markup(re.sub(r"([/_-])", r"\1<wbr>", escaped))
+
+
 def make_env() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
+    # Lenient undefined: a revision's stored metadata may predate a field, and
+    # a missing key should print nothing rather than fail the page.
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=ChainableUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(filesize=filesize, number=number, isodate=isodate, ago=ago,
+    env.filters.update(filesize=filesize, number=number, isodate=isodate, ago=ago, breakable=breakable,
                        short=lambda sha: (sha or "")[:8])
-    env.globals.update(version=__version__, urlencode=lambda pairs: urlencode(pairs, doseq=True))
+    env.globals.update(version=__version__)
     return env
 
 
