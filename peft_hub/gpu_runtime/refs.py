@@ -41,7 +41,12 @@ class ResolvedAdapter:
 
 
 def split_spec(spec: str | Sequence[str]) -> list[str]:
-    """``"a+b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (empty parts are an error)."""
+    """``"a+b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (empty parts are an error).
+
+    A string naming an existing directory is one adapter, even with a ``+`` in its name.
+    """
+    if isinstance(spec, str) and Path(spec).expanduser().is_dir():
+        return [spec]
     parts = spec.split("+") if isinstance(spec, str) else list(spec)
     parts = [p.strip() for p in parts]
     if not parts or any(not p for p in parts):
