@@ -8,15 +8,15 @@ import re
 
 import httpx
 import pytest
-
 from test_web import add_lineage, parent_record
 
 pytestmark = pytest.mark.integration
 
 
 def test_pages_render_on_each_backend(hub, tmp_path):
-    from peft_hub.client import HubClient
     from tiny_models import make_lora, tiny_llama
+
+    from peft_hub.client import HubClient
 
     base = tiny_llama()
     a = make_lora(base, tmp_path / "a", r=8, seed=1, base_name="llama")

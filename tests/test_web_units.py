@@ -3,6 +3,7 @@ the compose command, route convertors and redirects. No server, no browser."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -10,13 +11,12 @@ import pytest
 from starlette.datastructures import QueryParams
 
 from peft_hub.hub.models import Eval, Revision
-from peft_hub.hub.web import OwnerConvertor, RefConvertor, charts
+from peft_hub.hub.web import NamespaceConvertor, OwnerConvertor, RefConvertor, charts
 from peft_hub.hub.web.card import render_card, split_front_matter
 from peft_hub.hub.web.catalog import CatalogQuery, pages
 from peft_hub.hub.web.compose_preview import Picked, build, command
 from peft_hub.hub.web.render import ago, breakable, filesize, number
 from peft_hub.hub.web.signin import safe_next
-
 
 # --- model cards ---------------------------------------------------------------
 
@@ -54,7 +54,7 @@ def _rev(i: int, sha: str) -> Revision:
     return Revision(id=i, adapter_id=1, sha=sha)
 
 
-def _eval(i: int, metric: str, value: float, dataset: str = "mmlu", **extra) -> Eval:  # noqa: ANN003
+def _eval(i: int, metric: str, value: float, dataset: str = "mmlu", **extra) -> Eval:
     return Eval(id=i, revision_id=1, metric=metric, value=value, dataset=dataset, extra=extra)
 
 
@@ -83,7 +83,7 @@ def test_charts_follow_revisions_and_draw_the_base_model_line():
 def test_nice_ticks_cover_the_range(lo, hi):
     ticks = charts.nice_ticks(lo, hi)
     assert 2 <= len(ticks) <= 12 and all(lo - 1e-9 <= t <= hi + 1e-9 for t in ticks)
-    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
     assert len(steps) == 1
 
 
@@ -165,8 +165,15 @@ def test_compose_flags_base_models_shapes_rank_and_arguments():
     ("acme", True), ("a", True), ("api", False), ("static", False), ("compose", False), ("login", False),
     ("apis", True), ("api.v2", True), ("Acme", False), ("-x", False),
 ])
-def test_owner_convertor_leaves_the_hubs_own_prefixes_alone(segment, matches):
-    assert bool(re.fullmatch(OwnerConvertor.regex + r"(?:/.*)?", segment)) == matches
+def test_owner_convertor_leaves_the_hubs_own_paths_alone(segment, matches):
+    assert bool(re.fullmatch(OwnerConvertor.regex, segment)) == matches
+
+
+@pytest.mark.parametrize("path,matches", [
+    ("acme/x", True), ("api/x", False), ("static/x", False), ("compose/x", True), ("login/x", True), ("apis/x", True),
+])
+def test_adapter_pages_exclude_only_the_api_and_static_prefixes(path, matches):
+    assert bool(re.fullmatch(NamespaceConvertor.regex + "/" + RefConvertor.regex, path)) == matches
 
 
 @pytest.mark.parametrize("segment,matches", [

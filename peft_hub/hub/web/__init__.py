@@ -22,16 +22,18 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 SESSION_COOKIE = "peft_hub_session"
 SESSION_MAX_AGE = 14 * 24 * 3600
 
-#: First path segments that belong to the hub, not to an owner.
-RESERVED = ("api", "static", "compose", "login", "logout")
+#: Path prefixes that are never an owner: the API and the static files.
+RESERVED_PREFIXES = ("api", "static")
+#: One-segment pages of the catalog (an owner by such a name keeps its adapter pages).
+RESERVED_PAGES = ("compose", "login", "logout")
 _NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
 _TAG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
-class OwnerConvertor(Convertor):
-    """A namespace name that is not one of the hub's own path prefixes."""
+class NamespaceConvertor(Convertor):
+    """An owner in ``/{owner}/{name}``: any namespace name but ``api`` and ``static``."""
 
-    regex = rf"(?!(?:{'|'.join(RESERVED)})(?:/|$)){_NAME}"
+    regex = rf"(?!(?:{'|'.join(RESERVED_PREFIXES)})(?:/|$)){_NAME}"
 
     def convert(self, value: str) -> str:
         return value
@@ -40,7 +42,13 @@ class OwnerConvertor(Convertor):
         return value
 
 
-class RefConvertor(OwnerConvertor):
+class OwnerConvertor(NamespaceConvertor):
+    """``/{owner}`` alone: also not one of the catalog's own one-segment pages."""
+
+    regex = rf"(?!(?:{'|'.join(RESERVED_PREFIXES + RESERVED_PAGES)})$){_NAME}"
+
+
+class RefConvertor(NamespaceConvertor):
     """``name`` or ``name@rev``, never ending in ``.git`` (the git routes' suffix)."""
 
     regex = rf"{_NAME}(?<!\.git)(?:@{_TAG})?"
@@ -57,6 +65,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     from peft_hub.hub.web.render import Renderer
 
     register_url_convertor("hubowner", OwnerConvertor())
+    register_url_convertor("hubns", NamespaceConvertor())
     register_url_convertor("hubref", RefConvertor())
     renderer = Renderer()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

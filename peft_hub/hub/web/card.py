@@ -24,20 +24,20 @@ TAGS = {
 ATTRIBUTES = {"a": {"href", "title"}, "td": {"align"}, "th": {"align"}, "code": {"class"}, "ol": {"start"}}
 URL_SCHEMES = {"http", "https", "mailto"}
 
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
 
-    def image_as_link(renderer, tokens, idx, options, env) -> str:  # noqa: ANN001
+    def image_as_link(renderer, tokens, idx, options, env) -> str:
         token = tokens[idx]
         alt = renderer.renderInlineAsText(token.children or [], options, env) or "image"
         src = escapeHtml(str(token.attrGet("src") or ""))
         return f'<a href="{src}">[image: {escapeHtml(alt)}]</a>'
 
-    def demote(renderer, tokens, idx, options, env) -> str:  # noqa: ANN001
+    def demote(renderer, tokens, idx, options, env) -> str:
         # The card sits under the page's h1 and the section's h2.
         token = tokens[idx]
         token.tag = f"h{min(int(token.tag[1]) + 2, 6)}"

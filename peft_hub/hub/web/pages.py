@@ -1,7 +1,7 @@
 """The catalog's pages: catalog, namespace, adapter and compose preview.
 
-Page routes take their path parameters through the ``hubowner``/``hubref``
-convertors (see :mod:`peft_hub.hub.web`), so they only ever match adapter-like
+Page routes take their path parameters through the ``hubowner``, ``hubns``
+and ``hubref`` convertors (see :mod:`peft_hub.hub.web`), so they only ever match adapter-like
 names and never shadow ``/api/…``, ``/static/…`` or ``….git`` paths.
 """
 
@@ -27,7 +27,7 @@ def make_router(renderer: Renderer) -> APIRouter:
     def not_found(request: Request, message: str) -> Response:
         return renderer.page(request, "error.html", 404, title="Not found", message=message)
 
-    def listing(request: Request, session: SessionDep, principal: WebPrincipal, template: str, path: str, **extra):  # noqa: ANN003, ANN202
+    def listing(request: Request, session: SessionDep, principal: WebPrincipal, template: str, path: str, **extra):
         query = catalog.CatalogQuery.parse(request.query_params, **({"owner": extra["owner"]} if "owner" in extra else {}))
         adapters, total = catalog.search(session, principal, query)
         last, page_list = catalog.pages(query.page, total)
@@ -80,7 +80,7 @@ def make_router(renderer: Renderer) -> APIRouter:
             return not_found(request, f"There is no user or organisation called {owner!r}.")
         return listing(request, session, principal, "namespace.html", f"/{owner}", owner=owner)
 
-    @router.get("/{owner:hubowner}/{ref:hubref}")
+    @router.get("/{owner:hubns}/{ref:hubref}")
     def adapter_page(owner: str, ref: str, request: Request, session: SessionDep, store: StoreDep,
                      principal: WebPrincipal) -> Response:
         """One adapter at a revision: ``/owner/name``, ``/owner/name@rev`` or ``?revision=rev``."""

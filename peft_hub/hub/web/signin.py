@@ -87,14 +87,14 @@ def make_router(renderer: Renderer) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     @router.get("/login")
-    def login_form(request: Request, principal: WebPrincipal, next: str = "/") -> Response:  # noqa: A002
+    def login_form(request: Request, principal: WebPrincipal, next: str = "/") -> Response:
         csrf_token(request)
         return renderer.page(request, "login.html", next=safe_next(next), error=None, principal=principal)
 
     @router.post("/login")
     def login(
         request: Request, session: SessionDep,
-        token: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/",  # noqa: A002
+        token: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/",
     ) -> Response:
         target = safe_next(next)
         if not csrf_ok(request, csrf):
