@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import FileEntry, size_cap, validate_filename
+from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
 from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
 from peft_hub.hub.hf.blobs import put_small
 from peft_hub.hub.storage import BlobStore
@@ -105,6 +105,8 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
             parsed.parent_commit = value.get("parentCommit")
         elif isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES:
             continue
+        elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= MAX_FILES:
+            raise InvalidInputError(f"a commit adds at most {MAX_FILES} files (an adapter has at most {MAX_FILES})")
         elif key == "file":
             parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store)))
         elif key == "lfsFile":
