@@ -1,0 +1,71 @@
+"""Shared pieces of the gpu_runtime tests: a recording stand-in for the hub
+client, and small JSONL writers. The real hub is exercised by the
+integration test in test_runtime_demo.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
+
+
+@dataclass
+class Pulled:
+    path: Path
+    repo_id: str
+    revision: str
+
+
+@dataclass
+class Pushed:
+    repo_id: str
+    revision: str
+
+
+class FakeHub:
+    """Records push/pull/add_evals calls; stores pushed adapters in a folder.
+
+    Implements only the three calls gpu_runtime makes, with the signatures of
+    ``peft_hub.client.HubClient``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store: dict[str, Path] = {}
+        self.pulls: list[str] = []
+        self.evals: list[tuple[str, list[dict]]] = []
+
+    def add(self, repo_id: str, path: Path, revision: str = "r1") -> None:
+        self.store[f"{repo_id}@{revision}"] = path
+        self.store[repo_id] = path
+
+    def push(self, path, *, name=None, **_):  # noqa: ANN001, ANN003
+        revision = f"rev{len(self.store)}"
+        dest = self.root / name.replace("/", "__") / revision
+        shutil.copytree(path, dest)
+        self.add(name, dest, revision)
+        return Pushed(name, revision)
+
+    def pull(self, ref, output_dir=None):  # noqa: ANN001
+        self.pulls.append(ref)
+        if ref not in self.store:
+            from peft_hub.errors import AdapterNotFoundError
+
+            raise AdapterNotFoundError(f"no adapter {ref}")
+        repo_id, _, rev = ref.partition("@")
+        return Pulled(self.store[ref], repo_id, rev or "r1")
+
+    def add_evals(self, ref, evals):  # noqa: ANN001
+        self.evals.append((ref, evals))
+        return {"added": len(evals)}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
