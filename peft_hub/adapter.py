@@ -40,6 +40,8 @@ WEIGHTS_MAX_BYTES = 8 * 1024**3
 #: The allowlist of other files: suffix -> size cap in bytes.
 EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, ".jinja": 1024**2}
 
+#: Names the web catalog and the API use for themselves.
+RESERVED_NAMES = frozenset({"api", "static", "compose", "login", "logout"})
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 MAX_FILES = 32
 
@@ -51,6 +53,8 @@ def validate_namespace(part: str, *, what: str = "name") -> str:
             f"invalid {what} {part!r}: use 1-64 lowercase letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit, and no '..'"
         )
+    if what in ("owner", "namespace", "organisation", "user") and part in RESERVED_NAMES:
+        raise InvalidNameError(f"{part!r} is reserved and cannot be a namespace")
     return part
 
 
@@ -119,6 +123,7 @@ class AdapterMeta:
     total_size: int = 0
     num_virtual_tokens: int | None = None
     lineage: dict[str, Any] | None = None
+    description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,8 +185,21 @@ def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None
             )
 
 
-def describe(config: dict[str, Any], header: SafetensorsHeader, files: list[FileEntry]) -> AdapterMeta:
-    """Build the registry metadata from a validated config and header."""
+def card_summary(card: str, limit: int = 300) -> str:
+    """The first paragraph of prose in a model card (no front matter, headings, HTML or code)."""
+    text = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in block.strip().splitlines()]
+        if lines and not lines[0].startswith(("#", "<", "|", "-", "*", "!", "[")):
+            return " ".join(lines)[:limit]
+    return ""
+
+
+def describe(
+    config: dict[str, Any], header: SafetensorsHeader, files: list[FileEntry], card: str = ""
+) -> AdapterMeta:
+    """Build the registry metadata from a validated config, header and card."""
     method = config["peft_type"]
     rank = config.get("r") if isinstance(config.get("r"), int) else None
     alpha = config.get("lora_alpha", config.get("alpha"))
@@ -208,6 +226,7 @@ def describe(config: dict[str, Any], header: SafetensorsHeader, files: list[File
         total_size=sum(f.size for f in files),
         num_virtual_tokens=config.get("num_virtual_tokens"),
         lineage=json.loads(lineage) if lineage else None,
+        description=card_summary(card),
     )
 
 
@@ -258,6 +277,7 @@ def validate_manifest(
         raise InvalidAdapterError(f"{WEIGHTS_NAME} holds no tensors")
     if config["peft_type"] == "LORA":
         check_lora_shapes(config, header)
+    card = ""
     for entry in entries:
         if entry.path == CONFIG_NAME or entry.path == WEIGHTS_NAME:
             continue
@@ -269,7 +289,9 @@ def validate_manifest(
                 json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text or JSON") from exc
-    return describe(config, header, entries)
+        if entry.path == CARD_NAME:
+            card = text
+    return describe(config, header, entries, card)
 
 
 def validate_files(files: dict[str, str | os.PathLike[str]]) -> tuple[AdapterMeta, list[FileEntry]]:

@@ -207,3 +207,18 @@ def test_bad_filenames_are_refused(name):
 
 def test_good_repo_id():
     assert validate_repo_id("acme-ai/legal_v1.2") == ("acme-ai", "legal_v1.2")
+
+
+@pytest.mark.parametrize("owner", ["api", "static", "login"])
+def test_reserved_namespaces_are_refused(owner):
+    with pytest.raises(InvalidNameError, match="reserved"):
+        validate_repo_id(f"{owner}/x")
+    assert validate_repo_id(f"x/{owner}") == ("x", owner)
+
+
+def test_description_is_the_cards_first_paragraph(good):
+    (good / "README.md").write_text(
+        "---\nlicense: mit\n---\n# Support bot\n\n<img src=x>\n\nAnswers **billing** questions\nin a friendly tone.\n\nMore.\n"
+    )
+    meta, _ = validate_dir(good)
+    assert meta.description == "Answers **billing** questions in a friendly tone."

@@ -26,6 +26,7 @@ def run(embedded_hub, client_env):
             assert result.exit_code == 0, result.output
         return result
 
+    invoke.url, invoke.token = embedded_hub.url, embedded_hub.admin_token
     return invoke
 
 
@@ -51,9 +52,14 @@ def test_push_pull_search_show_tag_eval(run, llama_adapter, tmp_path):
     assert json.loads(run("show", "admin/support@v1", "--json").output)["revision"] == revision
 
     assert run("tag", f"admin/support@{revision}", "prod").output.strip() == f"prod -> {revision}"
+    assert "added 1 eval(s)" in run("eval", "add", "support", "--metric", "accuracy=0.5", "--dataset", "support-qa", "--base").output
     assert "added 2 eval(s)" in run("eval", "add", "support@prod", "--metric", "accuracy=0.9",
                                     "--metric", "f1=0.8", "--dataset", "support-qa").output
     assert "accuracy" in run("eval", "ls", "support").output
+    from peft_hub.client import HubClient
+
+    evals = HubClient(os.environ.get("PEFT_HUB_URL") or run.url, run.token).evals("admin/support")
+    assert [e["extra"] for e in evals] == [{"variant": "base"}, {}, {}]
 
 
 def test_tokens_whoami_login_rm_gc(run, llama_adapter, tmp_path):

@@ -158,15 +158,20 @@ def eval_group() -> None:
 @click.option("--dataset", required=True)
 @click.option("--dataset-version", default=None)
 @click.option("--split", default=None)
+@click.option("--base", is_flag=True, help="These are the base model's scores (shown as the baseline in the catalog).")
 @pass_client
-def eval_add(hub: HubClient, ref: str, metrics: tuple[str, ...], dataset: str, dataset_version: str | None, split: str | None) -> None:
+def eval_add(
+    hub: HubClient, ref: str, metrics: tuple[str, ...], dataset: str, dataset_version: str | None, split: str | None,
+    base: bool,
+) -> None:
     """Attach metrics to a revision: --metric accuracy=0.91 --dataset legal-qa."""
     evals = []
     for item in metrics:
         name, sep, value = item.partition("=")
         try:
             evals.append({"metric": name.strip(), "value": float(value), "dataset": dataset,
-                          "dataset_version": dataset_version, "split": split})
+                          "dataset_version": dataset_version, "split": split,
+                          "extra": {"variant": "base"} if base else {}})
         except ValueError:
             raise InvalidInputError(f"--metric expects NAME=NUMBER, got {item!r}") from None
         if not sep or not name.strip():

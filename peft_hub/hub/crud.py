@@ -159,6 +159,7 @@ def _mirror_meta(adapter: Adapter, meta: AdapterMeta) -> None:
     adapter.base_model, adapter.method = meta.base_model, meta.method
     adapter.rank, adapter.max_rank = meta.rank, meta.max_rank
     adapter.total_size, adapter.target_modules = meta.total_size, meta.target_modules
+    adapter.description = meta.description
 
 
 def _record_lineage(session: Session, *, revision: Revision, meta: AdapterMeta) -> None:
