@@ -281,3 +281,26 @@ def test_missing_file_and_range_requests(embedded_hub, llama_adapter, tmp_path):
                   headers={"Range": "bytes=0-7"})
     assert r.status_code == 206
     assert r.content == (llama_adapter / "adapter_model.safetensors").read_bytes()[:8]
+
+
+def test_concurrent_pushes_to_one_new_name_all_land(hub, llama_adapter, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    variants = []
+    for i in range(4):
+        d = tmp_path / f"v{i}"
+        shutil.copytree(llama_adapter, d)
+        (d / "README.md").write_text(f"# variant {i}\n")
+        variants.append(d)
+
+    def push(d: Path):
+        with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / f"cache-{d.name}") as client:
+            return client.push(d, name="admin/raced").revision
+
+    with ThreadPoolExecutor(4) as pool:
+        revisions = list(pool.map(push, variants))
+    client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c")
+    listed = [r["revision"] for r in client.revisions("admin/raced")]
+    assert sorted(listed) == sorted(revisions) and len(set(revisions)) == 4
+    assert client.info("admin/raced")["revision"] in revisions
+    assert client.search(q="raced")["total"] == 1

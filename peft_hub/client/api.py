@@ -14,7 +14,7 @@ from peft_hub.client.cache import BlobCache, assemble
 from peft_hub.client.http import build_session, send
 from peft_hub.client.refs import Ref, parse_ref
 from peft_hub.client.transfers import download, upload
-from peft_hub.errors import AuthenticationError, InvalidNameError
+from peft_hub.errors import AuthenticationError, ConflictError, InvalidNameError
 from peft_hub.paths import save_token, token_file
 from peft_hub.progress import tqdm
 
@@ -169,10 +169,14 @@ class HubClient:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in uploads:
                 upload(self.http, target, path / target["path"], sizes[target["sha256"]], bar)
-        detail = self._json(
-            "POST", f"/api/adapters/{ref.repo_id}/commit",
-            json={"files": files, "tags": list(tags), "private": private, "message": message},
-        )
+        body = {"files": files, "tags": list(tags), "private": private, "message": message}
+        for attempt in range(3):
+            try:
+                detail = self._json("POST", f"/api/adapters/{ref.repo_id}/commit", json=body)
+                break
+            except ConflictError:  # another push to the same name committed first
+                if attempt == 2:
+                    raise
         return PushResult(ref.repo_id, detail["revision"], detail["created"], total, len(uploads), detail)
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
