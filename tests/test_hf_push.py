@@ -6,6 +6,7 @@ through the same validation and atomic publish as ``peft-hub push``."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -264,6 +265,12 @@ def test_large_blobs_stream_into_the_store_verified(hub, monkeypatch):
         assert hashlib.sha256(fh.read()).hexdigest() == sha256
 
 
+def _need_hf_xet() -> None:
+    # find_spec, not import: importing hf_xet writes logs under ~/.cache/huggingface.
+    if importlib.util.find_spec("hf_xet") is None:
+        pytest.skip("hf_xet is not installed")
+
+
 def _hf_env(hub, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.admin_token, HF_HOME=str(tmp_path / "hf-home"),
@@ -273,7 +280,7 @@ def _hf_env(hub, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def test_hf_cli_upload_works_with_xet_installed(hub, llama_adapter, tmp_path):
     """``hf upload`` with hf_xet installed and not disabled: small files go inline, no Xet needed."""
-    pytest.importorskip("hf_xet")
+    _need_hf_xet()
     env = _hf_env(hub, tmp_path)
     done = subprocess.run(["hf", "upload", "admin/cli", str(llama_adapter), "--commit-message", "from the hf CLI"],
                           check=False, env=env, capture_output=True, text=True, timeout=120)
@@ -285,7 +292,7 @@ def test_hf_cli_upload_works_with_xet_installed(hub, llama_adapter, tmp_path):
 def test_xet_is_refused_plainly_when_a_file_needs_lfs(hub, llama_adapter, tmp_path):
     """A file too big to go inline needs LFS; with Xet still on, the client asks
     for a Xet token, gets a 501 at once, and nothing is published."""
-    pytest.importorskip("hf_xet")
+    _need_hf_xet()
     script = (
         "import sys, huggingface_hub as h\n"
         "api = h.HfApi()\n"
