@@ -22,6 +22,7 @@ from peft_hub.hub.hf import shapes
 from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.routes.adapters import blob_response
+from peft_hub.hub.storage import BlobStore
 
 router = APIRouter()
 
@@ -56,7 +57,7 @@ def model_info_at(
     return _info(session, store, adapter, _revision(session, adapter, rev))
 
 
-def _info(session: Session, store: Any, adapter: Adapter, revision: Revision) -> dict[str, Any]:
+def _info(session: Session, store: BlobStore, adapter: Adapter, revision: Revision) -> dict[str, Any]:
     files = crud.revision_files(session, revision=revision)
     return shapes.model_info(adapter, revision, files, shapes.card_metadata(store, files))
 
