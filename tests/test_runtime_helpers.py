@@ -37,13 +37,12 @@ class FakeHub:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.store: dict[str, Path] = {}
+        self.store: dict[str, tuple[Path, str]] = {}  # ref -> (files, revision)
         self.pulls: list[str] = []
         self.evals: list[tuple[str, list[dict]]] = []
 
     def add(self, repo_id: str, path: Path, revision: str = "r1") -> None:
-        self.store[f"{repo_id}@{revision}"] = path
-        self.store[repo_id] = path
+        self.store[f"{repo_id}@{revision}"] = self.store[repo_id] = (path, revision)
 
     def push(self, path, *, name=None, **_):  # noqa: ANN001, ANN003
         revision = f"rev{len(self.store)}"
@@ -58,8 +57,8 @@ class FakeHub:
             from peft_hub.errors import AdapterNotFoundError
 
             raise AdapterNotFoundError(f"no adapter {ref}")
-        repo_id, _, rev = ref.partition("@")
-        return Pulled(self.store[ref], repo_id, rev or "r1")
+        path, revision = self.store[ref]
+        return Pulled(path, ref.partition("@")[0], revision)
 
     def add_evals(self, ref, evals):  # noqa: ANN001
         self.evals.append((ref, evals))
