@@ -168,6 +168,13 @@ class HubUnreachableError(PeftHubError, ConnectionError):
     status_code = 503
 
 
+class NotImplementedByHubError(PeftHubError):
+    """The client asked for a protocol feature this hub does not offer (e.g. Xet storage)."""
+
+    code = "not_implemented"
+    status_code = 501
+
+
 # --- compose ---------------------------------------------------------------
 
 

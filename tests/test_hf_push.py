@@ -243,9 +243,10 @@ def test_large_blobs_stream_into_the_store_verified(hub, monkeypatch):
     locally through the store's own verifying writer."""
     import asyncio
 
-    from peft_hub.hub.hf import blobs
+    from peft_hub.hub import uploads
+    from peft_hub.hub.storage import s3
 
-    monkeypatch.setattr(blobs, "PART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
+    monkeypatch.setattr(s3, "PART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
     store = hub.app.state.store
     data = os.urandom(11 * 1024 * 1024 + 7)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -255,9 +256,9 @@ def test_large_blobs_stream_into_the_store_verified(hub, monkeypatch):
             yield payload[start: start + 256 * 1024]
 
     with pytest.raises(ChecksumMismatchError):
-        asyncio.run(blobs.receive(store, sha256, len(data), body(data[:-1] + b"\0")))
+        asyncio.run(uploads.receive(store, sha256, len(data), body(data[:-1] + b"\0")))
     assert store.stat(sha256) is None
-    asyncio.run(blobs.receive(store, sha256, len(data), body(data)))
+    asyncio.run(uploads.receive(store, sha256, len(data), body(data)))
     assert store.stat(sha256).size == len(data)
     if hub.backend == "s3-postgres":  # it went in parts: S3 keeps no whole-object sha256 then
         assert store.stat(sha256).verified_sha256 is None

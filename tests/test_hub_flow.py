@@ -304,3 +304,29 @@ def test_concurrent_pushes_to_one_new_name_all_land(hub, llama_adapter, tmp_path
     assert sorted(listed) == sorted(revisions) and len(set(revisions)) == 4
     assert client.info("admin/raced")["revision"] in revisions
     assert client.search(q="raced")["total"] == 1
+
+
+def test_a_commit_built_on_a_stale_main_is_refused(hub, llama_adapter, tmp_path):
+    """What the Hugging Face commit route relies on: publishing re-reads main
+    under a row lock and refuses when it moved since the commit's parent."""
+    from sqlmodel import Session
+
+    from peft_hub.adapter import validate_dir
+    from peft_hub.errors import ConflictError
+    from peft_hub.hub.auth import authenticate
+    from peft_hub.hub.publish import publish
+
+    client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache")
+    first = client.push(llama_adapter, name="admin/hf")
+    v2 = tmp_path / "v2"
+    shutil.copytree(llama_adapter, v2)
+    (v2 / "README.md").write_text("# v2\n")
+    client.push(v2, name="admin/hf")  # main moves on
+    _, entries = validate_dir(llama_adapter)
+    with Session(hub.app.state.engine) as session:
+        principal = authenticate(session, hub.admin_token)
+        with pytest.raises(ConflictError, match="main moved"):
+            publish(session, hub.app.state.store, principal=principal, repo_id="admin/hf", entries=entries,
+                    parent=first.revision)
+        session.rollback()
+    assert client.info("admin/hf")["files"][0]["size"] == len(b"# v2\n")

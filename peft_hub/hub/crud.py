@@ -124,8 +124,15 @@ def publish_revision(
     message: str = "",
     tags: list[str] = (),
     private: bool | None = None,
+    parent: str | None | bool = False,
 ) -> tuple[Adapter, Revision, bool]:
     """Record a verified revision and move ``main`` (and ``tags``) to it.
+
+    Args:
+        parent: for a commit built on top of ``main`` (the Hugging Face API),
+            the revision ``main`` must still point at (None: no revision yet);
+            False skips the check. ``main`` is read with a row lock, so two
+            such commits cannot both build on the same parent.
 
     Returns:
         The adapter, the revision, and whether the revision is new.
@@ -138,6 +145,13 @@ def publish_revision(
         session.flush()
     elif private is not None:
         adapter.private = private
+    if parent is not False:
+        main = session.exec(
+            select(Revision.sha).join(Tag, Tag.revision_id == Revision.id)
+            .where(Tag.adapter_id == adapter.id, Tag.name == "main").with_for_update()
+        ).first()
+        if main != parent:
+            raise ConflictError(f"main moved to {main} while this commit was built on {parent}; retry")
     revision = session.exec(select(Revision).where(Revision.adapter_id == adapter.id, Revision.sha == sha)).first()
     created = revision is None
     if created:

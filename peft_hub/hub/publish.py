@@ -18,7 +18,7 @@ from sqlmodel import Session
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
 from peft_hub.errors import ChecksumMismatchError
 from peft_hub.hub import crud
-from peft_hub.hub.auth import Principal
+from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
 
@@ -62,13 +62,18 @@ def publish(
     message: str = "",
     tags: list[str] = (),
     private: bool | None = None,
+    parent: str | None | bool = False,
 ) -> tuple[Adapter, Revision, bool]:
     """Verify, validate and commit a revision made of already-uploaded blobs.
+
+    Args:
+        parent: see :func:`crud.publish_revision`; False for whole-manifest pushes.
 
     Returns:
         The adapter, the revision, and whether the revision is new.
     """
     owner, name = validate_repo_id(repo_id)
+    require_write(principal, owner)
     for tag in tags:
         crud.validate_tag(tag)
     check_entries(entries)
@@ -88,5 +93,5 @@ def publish(
     meta = validate_manifest(entries, open_stored)
     return crud.publish_revision(
         session, owner=owner, name=name, entries=entries, meta=meta, sha=manifest_digest(entries),
-        author=principal.user.name, message=message, tags=list(tags), private=private,
+        author=principal.user.name, message=message, tags=list(tags), private=private, parent=parent,
     )

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
 from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
-from peft_hub.hub.hf.blobs import put_small
+from peft_hub.hub.uploads import put_small
 from peft_hub.hub.storage import BlobStore
 
 #: Files up to this size are sent inline, base64 in the commit itself

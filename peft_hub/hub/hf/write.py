@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -22,7 +22,7 @@ from peft_hub.errors import (
     ConflictError,
     InvalidAdapterError,
     InvalidInputError,
-    PeftHubError,
+    NotImplementedByHubError,
 )
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal, require_write
@@ -41,6 +41,7 @@ from peft_hub.hub.hf.shapes import split_front_matter
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.publish import publish
 from peft_hub.hub.storage import BlobStore
+from peft_hub.hub.uploads import receive
 
 router = APIRouter()
 
@@ -48,13 +49,6 @@ XET_HINT = (
     "peft-hub does not speak the Xet protocol. Set HF_HUB_DISABLE_XET=1 so huggingface_hub uploads "
     "files larger than the inline limit through Git LFS instead"
 )
-
-
-class XetUnsupportedError(PeftHubError):
-    """The client tried to use Xet storage, which this hub does not offer."""
-
-    code: ClassVar[str] = "xet_unsupported"
-    status_code: ClassVar[int] = 501
 
 
 def _base(request: Request) -> str:
@@ -250,7 +244,7 @@ async def lfs_upload(
     """Receive one LFS object at a URL the batch endpoint signed; its bytes
     are checked against the sha256 and size before they are kept."""
     blobs.check_signature(blobs.signing_key(request.app.state, settings), sha256, size, expires, signature)
-    await blobs.receive(store, sha256, size, request.stream())
+    await receive(store, sha256, size, request.stream())
     return {"oid": sha256, "size": size}
 
 
@@ -258,7 +252,7 @@ async def lfs_upload(
 @router.get("/api/models/{owner}/{name}/xet-read-token/{rev}")
 def xet_token(owner: str, name: str, rev: str) -> None:
     """Xet is not offered: say so plainly instead of a bare 404."""
-    raise XetUnsupportedError(XET_HINT)
+    raise NotImplementedByHubError(XET_HINT)
 
 
 # --- commit ------------------------------------------------------------------
@@ -267,15 +261,15 @@ def xet_token(owner: str, name: str, rev: str) -> None:
 def _publish_commit(
     session: Session, store: BlobStore, principal: Principal, adapter: Adapter, parsed: ParsedCommit
 ) -> tuple[Adapter, Revision, bool]:
-    """The parent is read only now, after the (slow) body: the window in which
-    a concurrent commit to the same adapter could be overwritten stays short."""
+    """Apply the operations to ``main`` as it is now; publishing re-reads
+    ``main`` under a row lock and refuses if another commit moved it since."""
     parent = _parent_files(session, adapter)
     current = crud.tags_of(session, adapter=adapter).get("main")
     if parsed.parent_commit and parsed.parent_commit != current:
         raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
     entries = apply_operations(list(parent.values()), parsed.operations)
     return publish(session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
-                   entries=entries, message=parsed.message)
+                   entries=entries, message=parsed.message, parent=current)
 
 
 @router.post("/api/models/{owner}/{name}/commit/{rev}")

@@ -14,6 +14,7 @@ from peft_hub.hub.auth import require_scope
 from peft_hub.hub.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.models import utcnow
 from peft_hub.hub.schemas import GcRequest, TokenRequest
+from peft_hub.hub.uploads import receive
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -57,19 +58,12 @@ def add_member(org: str, user: str, session: SessionDep, principal: PrincipalDep
 
 @router.put("/blobs/{sha256}", name="upload_blob", status_code=201)
 async def upload_blob(sha256: str, request: Request, store: StoreDep, principal: PrincipalDep, size: int = Query(ge=0)) -> dict[str, Any]:
-    """Receive a blob's bytes (local storage only), verified before it is kept."""
+    """Receive a blob's bytes, verified before it is kept (the local backend's
+    upload target; S3 hands out presigned URLs instead)."""
     require_scope(principal, "write")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise InvalidInputError("sha256 must be 64 lowercase hex digits")
-    if not hasattr(store, "writer"):
-        raise InvalidInputError("this hub's storage takes uploads directly; ask /preupload for the URL")
-    writer = store.writer(sha256, size)
-    try:
-        async for chunk in request.stream():
-            writer.write(chunk)
-        writer.commit()
-    finally:
-        writer.abort()
+    await receive(store, sha256, size, request.stream())
     return {"sha256": sha256, "size": size}
 
 

@@ -4,10 +4,13 @@ change once written; metadata lives in the database, not here."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
+
+from peft_hub.errors import ChecksumMismatchError
 
 
 @dataclass(frozen=True)
@@ -30,16 +33,60 @@ class UploadTarget:
     headers: dict[str, str] | None = None
 
 
-class BlobStore(abc.ABC):
-    """Six operations over sha256-named blobs."""
+class BlobWriter(abc.ABC):
+    """Receives one blob in pieces. Nothing is visible under its name until
+    :meth:`commit` has checked the size and sha256; :meth:`abort` drops what
+    was received (and is safe to call after commit)."""
+
+    def __init__(self, sha256: str, size: int) -> None:
+        self.sha256, self.size = sha256, size
+        self.digest, self.written = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        self.written += len(chunk)
+        if self.written > self.size:
+            raise ChecksumMismatchError(f"blob {self.sha256} is larger than the declared {self.size} bytes")
+        self.digest.update(chunk)
+        self._write(chunk)
+
+    def verify(self) -> None:
+        """Raise unless exactly the declared bytes were received."""
+        if self.written != self.size or self.digest.hexdigest() != self.sha256:
+            raise ChecksumMismatchError(
+                f"blob {self.sha256}: received {self.written} bytes hashing to {self.digest.hexdigest()}"
+            )
 
     @abc.abstractmethod
-    def put(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
+    def _write(self, chunk: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+
+class BlobStore(abc.ABC):
+    """Six operations over sha256-named blobs (plus presigned URLs where the
+    store has them)."""
+
+    @abc.abstractmethod
+    def writer(self, sha256: str, size: int) -> BlobWriter:
+        """A writer that stores a blob under ``sha256`` once it is verified."""
+
+    def put(self, sha256: str, size: int, chunks: Iterable[bytes]) -> None:
         """Store bytes under ``sha256``, verifying digest and size first.
 
         Raises:
             ChecksumMismatchError: the bytes do not hash to ``sha256``.
         """
+        writer = self.writer(sha256, size)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.commit()
+        finally:
+            writer.abort()
 
     @abc.abstractmethod
     def open(self, sha256: str, start: int = 0, end: int | None = None) -> BinaryIO:

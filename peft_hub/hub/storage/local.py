@@ -3,7 +3,6 @@ renamed into place so a reader never sees half a blob."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,8 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from peft_hub.errors import ChecksumMismatchError
-from peft_hub.hub.storage.base import BlobStat, BlobStore
+from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter
 
 
 class _RangeReader:
@@ -38,35 +36,25 @@ class _RangeReader:
         self.close()
 
 
-class BlobWriter:
-    """Receives a blob chunk by chunk into a temporary file, hashing as it
-    goes; :meth:`commit` renames it into place only if digest and size match."""
+class LocalBlobWriter(BlobWriter):
+    """Writes into a temporary file; :meth:`commit` renames it into place."""
 
     def __init__(self, store: LocalBlobStore, sha256: str, size: int) -> None:
-        self.store, self.sha256, self.size = store, sha256, size
-        self.digest, self.written = hashlib.sha256(), 0
+        super().__init__(sha256, size)
+        self.target = store._path(sha256)
         fd, self.tmp = tempfile.mkstemp(dir=store.root / "tmp")
         self.fh = os.fdopen(fd, "wb")
 
-    def write(self, chunk: bytes) -> None:
-        self.written += len(chunk)
-        if self.written > self.size:
-            raise ChecksumMismatchError(f"blob {self.sha256} is larger than the declared {self.size} bytes")
-        self.digest.update(chunk)
+    def _write(self, chunk: bytes) -> None:
         self.fh.write(chunk)
 
     def commit(self) -> None:
         self.fh.close()
-        if self.written != self.size or self.digest.hexdigest() != self.sha256:
-            raise ChecksumMismatchError(
-                f"blob {self.sha256}: received {self.written} bytes hashing to {self.digest.hexdigest()}"
-            )
-        target = self.store._path(self.sha256)
-        target.parent.mkdir(exist_ok=True)
-        os.replace(self.tmp, target)
+        self.verify()
+        self.target.parent.mkdir(exist_ok=True)
+        os.replace(self.tmp, self.target)
 
     def abort(self) -> None:
-        """Drop the temporary file if it was not committed (safe to call twice)."""
         self.fh.close()
         Path(self.tmp).unlink(missing_ok=True)
 
@@ -82,18 +70,8 @@ class LocalBlobStore(BlobStore):
     def _path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
 
-    def put(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
-        writer = BlobWriter(self, sha256, size)
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-            writer.commit()
-        finally:
-            writer.abort()
-
-    def writer(self, sha256: str, size: int) -> BlobWriter:
-        """A writer for a blob received in pieces (the hub's upload route)."""
-        return BlobWriter(self, sha256, size)
+    def writer(self, sha256: str, size: int) -> LocalBlobWriter:
+        return LocalBlobWriter(self, sha256, size)
 
     def open(self, sha256: str, start: int = 0, end: int | None = None) -> BinaryIO:
         return _RangeReader(open(self._path(sha256), "rb"), start, end)  # type: ignore[return-value]

@@ -9,12 +9,11 @@ Downloads are redirects to presigned GETs: bytes never pass through the hub.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from peft_hub.errors import ChecksumMismatchError, StorageError
-from peft_hub.hub.storage.base import BlobStat, BlobStore, UploadTarget
+from peft_hub.errors import StorageError
+from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTarget
 
 #: boto error codes -> what they mean to us.
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -23,6 +22,62 @@ _CONFLICT = {"412", "PreconditionFailed"}
 
 def _b64(sha256: str) -> str:
     return base64.b64encode(bytes.fromhex(sha256)).decode()
+
+
+#: Multipart part size for blobs the hub receives itself; smaller ones are one PUT.
+PART_BYTES = 16 * 1024 * 1024
+
+
+class S3BlobWriter(BlobWriter):
+    """Streams a blob into S3 as a multipart upload completed only when size
+    and sha256 match, so wrong bytes never appear under the blob's key. A blob
+    of at most one part is a single PUT that S3 checks against its sha256.
+    ``If-None-Match: *`` keeps an existing blob from ever being replaced."""
+
+    def __init__(self, store: S3BlobStore, sha256: str, size: int) -> None:
+        super().__init__(sha256, size)
+        self.client, self.bucket, self.key = store.client, store.bucket, store._key(sha256)
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def _write(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while len(self.buffer) >= PART_BYTES and self.written < self.size:
+            self._send_part(bytes(self.buffer[:PART_BYTES]))
+            del self.buffer[:PART_BYTES]
+
+    def _send_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        part = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                       PartNumber=number, Body=data)
+        self.parts.append({"PartNumber": number, "ETag": part["ETag"]})
+
+    def commit(self) -> None:
+        from botocore.exceptions import ClientError
+
+        self.verify()
+        try:
+            if self.upload_id is None:
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
+                                       ChecksumSHA256=_b64(self.sha256), IfNoneMatch="*")
+                return
+            if self.buffer:
+                self._send_part(bytes(self.buffer))
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                                  MultipartUpload={"Parts": self.parts}, IfNoneMatch="*")
+            self.upload_id = None
+        except ClientError as exc:
+            # 412: the blob is already stored, and by its name it holds these bytes.
+            if exc.response["Error"]["Code"] not in _CONFLICT:
+                raise StorageError(str(exc)) from exc
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            self.upload_id = None
 
 
 class S3BlobStore(BlobStore):
@@ -54,20 +109,8 @@ class S3BlobStore(BlobStore):
     def _key(self, sha256: str) -> str:
         return f"{self.prefix}sha256/{sha256}"
 
-    def put(self, sha256: str, size: int, chunks: Iterator[bytes]) -> None:
-        from botocore.exceptions import ClientError
-
-        data = b"".join(chunks)
-        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatchError(f"blob {sha256}: bytes do not match the declared digest or size")
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(sha256), Body=data,
-                ChecksumSHA256=_b64(sha256), IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in _CONFLICT:
-                raise StorageError(str(exc)) from exc
+    def writer(self, sha256: str, size: int) -> S3BlobWriter:
+        return S3BlobWriter(self, sha256, size)
 
     def open(self, sha256: str, start: int = 0, end: int | None = None) -> BinaryIO:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(sha256)}
