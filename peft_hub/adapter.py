@@ -129,6 +129,15 @@ class AdapterMeta:
         return asdict(self)
 
 
+#: The ``--max-lora-rank`` values vLLM accepts (its default is 16).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int | None:
+    """The smallest ``--max-lora-rank`` vLLM needs to serve an adapter of this rank."""
+    return next((v for v in VLLM_LORA_RANKS if v >= rank), None)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 4 * 1024 * 1024) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

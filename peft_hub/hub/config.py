@@ -36,5 +36,8 @@ class Settings(BaseSettings):
     s3_public_url: str | None = None
     #: Lifetime of presigned S3 URLs, in seconds.
     presign_expiry: int = 3600
-    #: Secret that signs web session cookies; generated per process when unset.
+    #: Secret that signs web session cookies and upload URLs; generated per
+    #: process when unset (set it when running several hub processes).
     session_secret: str | None = None
+    #: Mark the web session cookie Secure (set when the hub is served over HTTPS).
+    secure_cookies: bool = False

@@ -75,5 +75,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(signin.ReadOnlyCookieGuard)
     app.add_middleware(
         SessionMiddleware, secret_key=settings.session_secret or secrets.token_urlsafe(32),
-        session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=False,
+        session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=settings.secure_cookies,
     )

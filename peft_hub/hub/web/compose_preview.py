@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from peft_hub.adapter import WEIGHTS_NAME, validate_repo_id
+from peft_hub.adapter import WEIGHTS_NAME, validate_repo_id, vllm_max_lora_rank
 from peft_hub.errors import PeftHubError
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
@@ -27,7 +27,6 @@ METHODS = ("stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"
 MERGE_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 DEFAULT_MAX_RANK = 64  # compose's --max-rank default
 #: The ``--max-lora-rank`` values vLLM accepts (as in peft_hub.compose.card).
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 HEADER_READ_CAP = 16 * 1024 * 1024 + 8
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.weight)?$")
@@ -179,7 +178,7 @@ def build(picked: list[Picked], method: str, rank: int | None, density: float | 
     live = [p for p in found if p.weight]
     preview.result_rank = _result_rank(preview, live) if live else None
     if preview.result_rank is not None:
-        preview.vllm_rank = next((v for v in VLLM_RANKS if v >= preview.result_rank), None)
+        preview.vllm_rank = vllm_max_lora_rank(preview.result_rank)
         if preview.result_rank > max_rank:
             hint = (f"pass a rank (e.g. {max_rank}) with svd to truncate, or a higher max rank"
                     if method == "stack" else "pass a smaller rank or a higher max rank")

@@ -16,7 +16,7 @@ from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.web import charts
 from peft_hub.hub.web.card import render_card, split_front_matter
-from peft_hub.hub.web.compose_preview import VLLM_RANKS
+from peft_hub.adapter import vllm_max_lora_rank
 
 AUTO_CLASSES = {
     "CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
@@ -90,7 +90,7 @@ def snippets(hub_url: str, adapter: Adapter, rev_label: str | None, meta: dict[s
     )
     if meta.get("method") == "LORA":
         rank = meta.get("max_rank") or meta.get("rank") or 0
-        vllm_rank = next((v for v in VLLM_RANKS if v >= rank), None)
+        vllm_rank = vllm_max_lora_rank(rank)
         env = f"HF_ENDPOINT={shlex.quote(hub_url)}" + (" HF_TOKEN=<your peft-hub token>" if adapter.private else "")
         args = ["vllm", "serve", base, "--enable-lora", "--lora-modules", f"{adapter.name}={repo_id}"]
         if vllm_rank:
