@@ -93,3 +93,28 @@ def test_cuda_quantization_loads_on_cuda(merged):
     assert report.device.startswith("cuda")
     model = AutoModelForCausalLM.from_pretrained(root / "q-cuda", device_map="cuda")
     assert model(torch.tensor([[1, 2, 3]], device="cuda")).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("method", ["nf4", "int8"])
+@pytest.mark.parametrize("shape", [(3000, 200), (1001, 96), (7, 64)])
+def test_blockwise_cpu_quantization_equals_bitsandbytes_on_the_whole_tensor(shape, method):
+    import bitsandbytes as bnb
+
+    from peft_hub.gpu_runtime.quantize import NF4_BLOCKSIZE, quantize_weight
+
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    ours = quantize_weight(weight, method, compute_dtype=torch.bfloat16, device=torch.device("cpu"))
+    with torch.device("meta"):
+        if method == "nf4":
+            module = bnb.nn.Linear4bit(shape[1], shape[0], bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+        else:
+            module = bnb.nn.Linear8bitLt(shape[1], shape[0], bias=False, has_fp16_weights=False)
+    if method == "nf4":
+        module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", blocksize=NF4_BLOCKSIZE,
+                                          compress_statistics=False, module=module).to("cpu")
+    else:
+        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to("cpu")
+    theirs = module.state_dict()
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key

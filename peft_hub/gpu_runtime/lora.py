@@ -61,12 +61,46 @@ class LoraDelta:
     embedding: bool = False
     magnitude: torch.Tensor | None = None  # DoRA: (out,) or (embedding_dim,)
 
-    def delta(self, transposed: bool) -> torch.Tensor:
-        """``s * B @ A`` in fp32, laid out like the stored base weight."""
-        A, B = self.A.float(), self.B.float()
-        d = (B @ A) * self.scale  # (out, in)
+    def _factors(self, w: torch.Tensor, transposed: bool, base_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, R)`` in fp32 on ``w``'s device with ``L @ R`` laid out like ``w``."""
+        A = self.A.to(device=w.device, dtype=torch.float32)  # (r, in)
+        B = self.B.to(device=w.device, dtype=torch.float32)  # (out, r)
         # Embeddings store (num_embeddings, dim), the transpose of B @ A; Conv1D stores (in, out).
-        return d.T if (self.embedding or transposed) else d
+        L, R = (A.T, B.T) if (self.embedding or transposed) else (B, A)
+        if tuple(w.shape) != (L.shape[0], R.shape[1]):
+            raise IncompatibleAdaptersError(
+                f"{self.module}: B @ A has shape {(L.shape[0], R.shape[1])} but the base's {base_key} is "
+                f"{tuple(w.shape)}; the adapter was trained on a different model"
+            )
+        return L, R
+
+    def merge_rows(self, w: torch.Tensor, *, transposed: bool, base_key: str, dtype: torch.dtype) -> torch.Tensor:
+        """``w + s * L @ R`` in fp32, a few rows at a time, written into a new ``dtype`` tensor.
+
+        Blocks of ~4 MB stay in cache through the upcast, the fused
+        multiply-add and the downcast, and no full-size fp32 copy exists.
+        """
+        L, R = self._factors(w, transposed, base_key)
+        out = torch.empty(w.shape, dtype=dtype, device=w.device)
+        step = max(1, (1 << 20) // max(1, w.shape[1]))
+        for i in range(0, w.shape[0], step):
+            block = w[i:i + step].to(torch.float32)  # (rows, cols); a view when w is fp32
+            block.addmm_(L[i:i + step], R, alpha=self.scale)
+            out[i:i + step] = block
+        return out
+
+    def merge_into(self, w: torch.Tensor, *, transposed: bool, base_key: str) -> torch.Tensor:
+        """``w += s * B @ A`` in place (fp32 ``w``), laid out like the stored weight; then DoRA.
+
+        ``addmm_`` fuses the product and the sum, so the full-size delta is
+        never materialised: one pass over ``w`` and no temporary of its size.
+        """
+        L, R = self._factors(w, transposed, base_key)
+        w.addmm_(L, R, alpha=self.scale)
+        if self.magnitude is not None:
+            _dora_(w, self.magnitude.to(device=w.device, dtype=torch.float32),
+                   per_column=self.embedding or transposed)
+        return w
 
 
 @dataclass
@@ -78,15 +112,25 @@ class TensorUpdate:
     lora: LoraDelta | None = None  # merged into a weight
     bias_delta: torch.Tensor | None = None  # lora_B.bias * s, added to a bias
 
-    def apply(self, base: torch.Tensor | None, *, transposed: bool, base_key: str) -> torch.Tensor:
-        """The updated tensor in fp32 (on ``base``'s device).
+    def apply(
+        self, base: torch.Tensor | None, *, transposed: bool, base_key: str, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The updated tensor in ``dtype``, computed in fp32 (on ``base``'s device).
 
         Args:
             base: the stored base tensor (any float dtype), or None when the
-                update is a pure replacement of a tensor the base lacks.
+                update is a pure replacement of a tensor the base lacks. It may be
+                modified in place.
             transposed: the base stores this weight as ``(in, out)`` (GPT-2's Conv1D).
             base_key: the base tensor's name, for error messages.
+            dtype: the dtype of the result.
         """
+        if (base is not None and self.replacement is None and self.bias_delta is None
+                and self.lora is not None and self.lora.magnitude is None):
+            return self.lora.merge_rows(base, transposed=transposed, base_key=base_key, dtype=dtype)
+        return self._apply_fp32(base, transposed=transposed, base_key=base_key).to(dtype)
+
+    def _apply_fp32(self, base: torch.Tensor | None, *, transposed: bool, base_key: str) -> torch.Tensor:
         w = self.replacement if self.replacement is not None else base
         if w is None:
             raise IncompatibleAdaptersError(f"the base model has no tensor {base_key} for {self.key}")
@@ -96,29 +140,17 @@ class TensorUpdate:
                 f"{tuple(base.shape)} (was the vocabulary resized?)"
             )
         device = base.device if base is not None else w.device
-        w = w.to(device=device, dtype=torch.float32)
+        # Never modify the adapter's own tensors in place; the base tensor is a fresh read.
+        w = w.to(device=device, dtype=torch.float32, copy=w is self.replacement)
         if self.bias_delta is not None:
-            return w + self.bias_delta.to(device=device, dtype=torch.float32)
-        if self.lora is None:
-            return w
-        lora = LoraDelta(
-            self.lora.module, self.lora.A.to(device), self.lora.B.to(device), self.lora.scale,
-            self.lora.embedding, None if self.lora.magnitude is None else self.lora.magnitude.to(device),
-        )
-        delta = lora.delta(transposed)
-        if delta.shape != w.shape:
-            raise IncompatibleAdaptersError(
-                f"{lora.module}: B @ A has shape {tuple(delta.shape)} but the base's {base_key} is "
-                f"{tuple(w.shape)}; the adapter was trained on a different model"
-            )
-        merged = w + delta
-        if lora.magnitude is None:
-            return merged
-        return _dora(merged, lora.magnitude.float(), per_column=lora.embedding or transposed)
+            w += self.bias_delta.to(device=device, dtype=torch.float32)
+        if self.lora is not None:
+            self.lora.merge_into(w, transposed=transposed, base_key=base_key)
+        return w
 
 
-def _dora(merged: torch.Tensor, magnitude: torch.Tensor, *, per_column: bool) -> torch.Tensor:
-    """DoRA's merge, ``m * V / ||V||`` with the norm taken per output unit.
+def _dora_(merged: torch.Tensor, magnitude: torch.Tensor, *, per_column: bool) -> None:
+    """DoRA's merge in place, ``m * V / ||V||`` with the norm taken per output unit.
 
     PEFT normalises each output unit over its inputs. For ``(out, in)``
     weights that is a row norm; Conv1D's ``(in, out)`` and embeddings'
@@ -126,9 +158,10 @@ def _dora(merged: torch.Tensor, magnitude: torch.Tensor, *, per_column: bool) ->
     """
     if per_column:
         norm = torch.linalg.norm(merged, dim=0)  # (out,) or (dim,)
-        return merged * (magnitude / norm).view(1, -1)
-    norm = torch.linalg.norm(merged, dim=1)  # (out,)
-    return merged * (magnitude / norm).view(-1, 1)
+        merged.mul_((magnitude / norm).view(1, -1))
+    else:
+        norm = torch.linalg.norm(merged, dim=1)  # (out,)
+        merged.mul_((magnitude / norm).view(-1, 1))
 
 
 def check_mergeable(config: dict[str, Any]) -> None:

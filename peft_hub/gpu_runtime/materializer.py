@@ -115,7 +115,10 @@ def materialize(
         )
         adapter_config, updates = load_updates(adapter_dir, weight=weight)
     mapped = map_to_base(updates, set(ckpt.weight_map))
-    layout = model_layout(base)
+    # Only quantization needs the module tree (which weights are Linear). Without it,
+    # Conv1D weights are recognised by shape and the adapter's fan_in_fan_out, which
+    # PEFT rewrites to match the module type when it creates the adapter.
+    layout = model_layout(base) if quantize != "none" else None
     if quantize != "none" and layout is None:
         raise InvalidInputError(f"cannot quantize: transformers cannot build the architecture of {base}")
 

@@ -133,6 +133,7 @@ def train_lora(
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    model.eval().to("cpu").save_pretrained(out_dir)
+    # save_embedding_layers=False: otherwise PEFT looks the base name up on the Hub to check the vocabulary
+    model.eval().to("cpu").save_pretrained(out_dir, save_embedding_layers=False)
     return {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "trainable_params": sum(p.numel() for p in params)}

@@ -1,0 +1,199 @@
+"""Materialize benchmarks, each against its peer in the same run.
+
+A ~1 GB bf16 Llama (hidden 2048, intermediate 5632, 8 layers, vocab 32000,
+~490M parameters) is built from a config and saved in ~250 MB shards, with a
+rank-16 LoRA on all seven projections. Each measurement runs in its own
+subprocess, which reports the wall time of the operation (imports excluded)
+and its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
+
+- ``peft``: transformers load, ``PeftModel.from_pretrained``,
+  ``merge_and_unload``, ``save_pretrained`` (the usual way);
+- ``stream``: ``peft_hub.gpu_runtime.materialize`` (no model instantiated);
+  targets: >= 2x faster than ``peft``, <= 0.5x its peak RSS;
+- ``load``: a plain ``AutoModelForCausalLM.from_pretrained`` of the base;
+- ``load-nf4`` / ``load-int8``: the same with a ``BitsAndBytesConfig``
+  (transformers quantizing while it loads);
+- ``stream-nf4`` / ``stream-int8``: quantized materialize;
+  target: <= 2x the time of a plain load.
+
+Prints every figure and the ratios. Not a test.
+
+    python bench/bench_materialize.py [--workdir DIR] [--repeats 1] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
+
+HIDDEN, INTER, LAYERS, VOCAB, RANK = 2048, 5632, 8, 32000, 16
+SHARD = "250MB"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MODES = ["load", "peft", "stream", "load-nf4", "stream-nf4", "load-int8", "stream-int8"]
+
+
+def build(work: Path) -> None:
+    """The base model (bf16 shards) and a random rank-16 LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False,
+    )
+    torch.set_default_dtype(torch.bfloat16)
+    model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    model.save_pretrained(work / "base", max_shard_size=SHARD)
+    lora = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS, init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(work / "lora", save_embedding_layers=False)
+
+
+def child(mode: str, work: Path) -> dict:
+    """Run one measurement in this process; return seconds and peak RSS."""
+    import torch
+
+    # Each side imports only what it needs: the streaming path never imports transformers
+    # unless it quantizes, and that is part of what it saves.
+    if mode.startswith("stream"):
+        from peft_hub.gpu_runtime.materializer import materialize
+    else:
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        bnb = {
+            "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.bfloat16),
+            "int8": BitsAndBytesConfig(load_in_8bit=True),
+        }
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = work / f"out-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    if mode == "load":
+        AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16)
+    elif mode.startswith("load-"):
+        AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16, device_map="cpu",
+                                             quantization_config=bnb[mode.split("-")[1]])
+    elif mode == "peft":
+        from peft import PeftModel
+
+        model = AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16)
+        model = PeftModel.from_pretrained(model, work / "lora").merge_and_unload()
+        model.save_pretrained(out, max_shard_size=SHARD)
+    elif mode == "stream":
+        materialize(work / "base", str(work / "lora"), out, device="cpu")
+    elif mode.startswith("stream-"):
+        materialize(work / "base", str(work / "lora"), out, device="cpu", quantize=mode.split("-")[1])
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024}
+
+
+def measure(mode: str, work: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, "--workdir", str(work)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(work: Path) -> float:
+    """Max |stream - peft| over all merged tensors, in units of one bf16 ulp of the value."""
+    import torch
+    from safetensors import safe_open
+
+    index = json.loads((work / "out-stream" / "model.safetensors.index.json").read_text())["weight_map"]
+    peft_index = json.loads((work / "out-peft" / "model.safetensors.index.json").read_text())["weight_map"]
+    worst = 0.0
+    for key, shard in index.items():
+        if not any(t in key for t in TARGETS):
+            continue
+        with safe_open(work / "out-stream" / shard, "pt") as a, safe_open(work / "out-peft" / peft_index[key], "pt") as b:
+            x, y = a.get_tensor(key).float(), b.get_tensor(key).float()
+        ulp = torch.finfo(torch.bfloat16).eps * y.abs().clamp(min=1e-30)
+        worst = max(worst, ((x - y).abs() / ulp).max().item())
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per mode; the median is reported.")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.workdir)))
+        return
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-materialize-"))
+    work.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    if not (work / "lora" / "adapter_config.json").exists():
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); "
+                               f"import bench_materialize as b; from pathlib import Path; b.build(Path({str(work)!r}))"],
+                              check=False)
+        if proc.returncode != 0:
+            sys.exit("building the base model failed")
+        print(f"built the base in {time.perf_counter() - t:.0f}s")
+    size = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
+    shards = len(list((work / "base").glob("*.safetensors")))
+    print(f"base: {size / 1e9:.2f} GB bf16 in {shards} shards; LoRA rank {RANK} on {len(TARGETS)} projections x {LAYERS} layers")
+    for path in (work / "base").glob("*.safetensors"):  # same page-cache state for every mode
+        with open(path, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+
+    results: dict[str, dict] = {}
+    for mode in args.modes.split(","):
+        runs = [measure(mode, work) for _ in range(args.repeats)]
+        results[mode] = {
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            "baseline_rss_mb": statistics.median(r["baseline_rss_mb"] for r in runs),
+        }
+        r = results[mode]
+        print(f"{mode:<12} {r['seconds']:7.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB "
+              f"(after imports {r['baseline_rss_mb']:.0f} MB)", flush=True)
+
+    def ratio(a: str, b: str, key: str) -> str:
+        if a in results and b in results:
+            return f"{results[a][key] / results[b][key]:.2f}"
+        return "n/a"
+
+    print()
+    print(f"peft / stream time:            {ratio('peft', 'stream', 'seconds')}x   (target >= 2)")
+    print(f"stream / peft peak RSS:        {ratio('stream', 'peft', 'peak_rss_mb')}x   (target <= 0.5)")
+    for q in ("nf4", "int8"):
+        print(f"stream-{q} / load time:       {ratio(f'stream-{q}', 'load', 'seconds')}x   (target <= 2)")
+        print(f"stream-{q} / load-{q} time:   {ratio(f'stream-{q}', f'load-{q}', 'seconds')}x")
+    if "peft" in results and "stream" in results:
+        print(f"stream vs peft merged weights: max {compare(work):.2f} bf16 ulp apart")
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
