@@ -96,17 +96,31 @@ def test_cuda_quantization_loads_on_cuda(merged):
 
 
 @pytest.mark.parametrize("method", ["nf4", "int8"])
-@pytest.mark.parametrize("shape", [(3000, 200), (1001, 96), (7, 64)])
+@pytest.mark.parametrize("shape", [(3000, 200), (1001, 96), (7, 64), (3, 21), "edges"])
 def test_blockwise_cpu_quantization_equals_bitsandbytes_on_the_whole_tensor(shape, method):
     import bitsandbytes as bnb
 
     from peft_hub.gpu_runtime.quantize import NF4_BLOCKSIZE, quantize_weight
 
-    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    ours = quantize_weight(weight, method, compute_dtype=torch.bfloat16, device=torch.device("cpu"))
+    if shape == "edges":
+        # fp32 rows whose absmax is 1, so the scaled values are exactly the bucket bounds,
+        # their float neighbours and the lookup grid's edges: where a table lookup could slip.
+        from bitsandbytes.functional import get_4bit_type
+
+        code = get_4bit_type("nf4", device="cpu").float()
+        bounds = (code[:-1] + code[1:]) / 2
+        values = torch.cat([bounds, torch.nextafter(bounds, torch.tensor(2.0)),
+                            torch.nextafter(bounds, torch.tensor(-2.0)), -1 + torch.arange(4097) / 2048.0,
+                            torch.tensor([0.0, -0.0, 1.0, -1.0])])
+        values = torch.cat([values, torch.zeros(-len(values) % 63)]).reshape(-1, 63)
+        weight = torch.cat([torch.ones(len(values), 1), values], dim=1)  # (rows, 64) fp32
+        shape = tuple(weight.shape)
+    else:
+        weight = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    ours = quantize_weight(weight, method, compute_dtype=weight.dtype, device=torch.device("cpu"))
     with torch.device("meta"):
         if method == "nf4":
-            module = bnb.nn.Linear4bit(shape[1], shape[0], bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+            module = bnb.nn.Linear4bit(shape[1], shape[0], bias=False, compute_dtype=weight.dtype, quant_type="nf4")
         else:
             module = bnb.nn.Linear8bitLt(shape[1], shape[0], bias=False, has_fp16_weights=False)
     if method == "nf4":
