@@ -74,6 +74,10 @@ def child(mode: str, work: Path) -> dict:
     # unless it quantizes, and that is part of what it saves.
     if mode.startswith("stream"):
         from peft_hub.gpu_runtime.materializer import materialize
+
+        if mode != "stream":  # quantizing needs transformers and bnb: import them untimed, as for load-*
+            import bitsandbytes  # noqa: F401
+            from transformers import AutoModelForCausalLM  # noqa: F401
     else:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
