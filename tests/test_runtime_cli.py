@@ -8,10 +8,10 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
-from peft_hub.cli import cli
 from test_runtime_helpers import write_jsonl
 from tiny_models import make_lora, tiny_llama
+
+from peft_hub.cli import cli
 
 
 def test_cli_module_imports_without_torch():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_runtime_helpers import FakeHub
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.gpu_runtime.demo import TASKS, run_demo
-from test_runtime_helpers import FakeHub
 
 SHORT = {"pretrain_steps": 3, "lora_steps": 3, "words": ["cat", "dog", "owl", "hat"], "device": "cpu"}
 

@@ -44,14 +44,14 @@ class FakeHub:
     def add(self, repo_id: str, path: Path, revision: str = "r1") -> None:
         self.store[f"{repo_id}@{revision}"] = self.store[repo_id] = (path, revision)
 
-    def push(self, path, *, name=None, **_):  # noqa: ANN001, ANN003
+    def push(self, path, *, name=None, **_):
         revision = f"rev{len(self.store)}"
         dest = self.root / name.replace("/", "__") / revision
         shutil.copytree(path, dest)
         self.add(name, dest, revision)
         return Pushed(name, revision)
 
-    def pull(self, ref, output_dir=None):  # noqa: ANN001
+    def pull(self, ref, output_dir=None):
         self.pulls.append(ref)
         if ref not in self.store:
             from peft_hub.errors import AdapterNotFoundError
@@ -60,7 +60,7 @@ class FakeHub:
         path, revision = self.store[ref]
         return Pulled(path, ref.partition("@")[0], revision)
 
-    def add_evals(self, ref, evals):  # noqa: ANN001
+    def add_evals(self, ref, evals):
         self.evals.append((ref, evals))
         return {"added": len(evals)}
 

@@ -17,11 +17,15 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError, UnsupportedAdapterError
-from peft_hub.gpu_runtime.materializer import INFO_NAME, materialize
 from test_runtime_helpers import FakeHub, cuda
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
+
+from peft_hub.errors import (
+    IncompatibleAdaptersError,
+    InvalidInputError,
+    UnsupportedAdapterError,
+)
+from peft_hub.gpu_runtime.materializer import INFO_NAME, materialize
 
 ATOL_FP32 = 1e-6
 
@@ -40,8 +44,8 @@ def _load_dir(path: Path) -> dict[str, torch.Tensor]:
 
 def _assert_close_to(ours: dict, ref: dict, atol: float = ATOL_FP32) -> None:
     assert set(ours) == set(ref)
-    for key in ref:
-        torch.testing.assert_close(ours[key], ref[key], atol=atol, rtol=0, msg=key)
+    for key, value in ref.items():
+        torch.testing.assert_close(ours[key], value, atol=atol, rtol=0, msg=key)
 
 
 ARCHS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

@@ -12,10 +12,10 @@ import json
 
 import pytest
 import torch
-
-from peft_hub.gpu_runtime.materializer import materialize
 from test_runtime_helpers import cuda
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
+
+from peft_hub.gpu_runtime.materializer import materialize
 
 ARCHS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 BNB_CLASS = {"nf4": "Linear4bit", "int8": "Linear8bitLt"}
@@ -41,7 +41,7 @@ def merged(request, tmp_path_factory):
 def test_quantized_output_equals_transformers_quantizing_the_merged_model(merged, method):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    arch, root, ref = merged
+    _, root, ref = merged
     out = root / f"q-{method}"
     report = materialize(root / "base", str(root / "lora"), out, quantize=method, dtype="fp32", device="cpu")
     config = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -73,7 +73,7 @@ def test_quantized_output_equals_transformers_quantizing_the_merged_model(merged
 def test_quantized_bf16_output_loads_and_generates(merged):
     from transformers import AutoModelForCausalLM
 
-    arch, root, _ = merged
+    _, root, _ = merged
     out = root / "q-bf16"
     materialize(root / "base", str(root / "lora"), out, quantize="nf4", dtype="bf16", device="cpu")
     config = json.loads((out / "config.json").read_text())
@@ -117,6 +117,8 @@ def test_blockwise_cpu_quantization_equals_bitsandbytes_on_the_whole_tensor(shap
         shape = tuple(weight.shape)
     else:
         weight = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        weight[0] = 0  # an all-zero row: absmax 0
+        weight[-1, 0] = 70000.0  # beyond fp16's range
     ours = quantize_weight(weight, method, compute_dtype=weight.dtype, device=torch.device("cpu"))
     with torch.device("meta"):
         if method == "nf4":

@@ -9,13 +9,17 @@ import math
 
 import pytest
 import torch
+from test_runtime_helpers import FakeHub, cuda, write_jsonl
+from tiny_models import make_lora, tiny_llama
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row
-from peft_hub.gpu_runtime.tokenizer import build_char_tokenizer, load_tokenizer, save_char_tokenizer
+from peft_hub.gpu_runtime.tokenizer import (
+    build_char_tokenizer,
+    load_tokenizer,
+    save_char_tokenizer,
+)
 from peft_hub.gpu_runtime.validator import validate
-from test_runtime_helpers import FakeHub, cuda, write_jsonl
-from tiny_models import make_lora, tiny_llama
 
 TEXT_ROWS = [{"text": f"the cat {i} sat on the mat"} for i in range(5)]
 PC_ROWS = [{"prompt": f"add {i}+{i}=", "completion": str(2 * i)} for i in range(6)]
@@ -62,14 +66,14 @@ def test_loss_and_accuracy_equal_a_direct_computation(setup):
     assert report.models[0].metrics["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
     with_adapter = PeftModel.from_pretrained(copy.deepcopy(base), root / "a").eval()
-    loss_a, acc_a = _direct_metrics(with_adapter, tok, TEXT_ROWS + PC_ROWS)
+    loss_a, _ = _direct_metrics(with_adapter, tok, TEXT_ROWS + PC_ROWS)
     assert report.models[1].metrics["loss"] == pytest.approx(loss_a, abs=1e-5)
     assert abs(loss_a - loss) > 1e-3  # the adapter really changes the model
     assert report.delta(str(root / "a"))["loss"] == pytest.approx(loss_a - loss, abs=1e-5)
 
 
 def test_prompt_completion_rows_score_only_the_completion(setup):
-    root, base, _, _ = setup
+    root, _, _, _ = setup
     tok = load_tokenizer(root / "base")
     ids, labels = encode_loss_row({"prompt": "add 2+2=", "completion": "4"}, tok, 1024)
     n_prompt = len(tok("add 2+2=")["input_ids"])
@@ -201,7 +205,7 @@ def test_char_tokenizer_round_trips_and_fits_the_tiny_vocab(tmp_path):
     from transformers import AutoTokenizer
 
     tok = build_char_tokenizer()
-    assert len(tok) == 100 <= 128
+    assert len(tok) == 100  # fits the 128-token vocabulary of the tiny models
     text = "Hello, World!\nupper: horse -> HORSE"
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1

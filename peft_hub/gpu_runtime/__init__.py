@@ -19,7 +19,7 @@ _EXPORTS = {
     "run_demo": "peft_hub.gpu_runtime.demo",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from peft_hub.errors import InvalidInputError
 
@@ -106,9 +107,7 @@ def run_demo(
     Returns:
         A :class:`DemoReport`, also written to ``workdir/demo_report.json``.
     """
-    import torch
-
-    from peft_hub.gpu_runtime.device import resolve_device
+    from peft_hub.gpu_runtime.device import resolve_device, single_cpu_thread
 
     started = time.perf_counter()
     work = Path(workdir)
@@ -118,15 +117,9 @@ def run_demo(
         (work / sub).mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     words = list(words or WORDS)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # Models this small are all per-op overhead: a second thread only adds
-        # synchronisation, and on a busy machine it makes every step 5-20x slower.
-        torch.set_num_threads(1)
-    try:
+    # Models this small are all per-op overhead: see single_cpu_thread.
+    with single_cpu_thread(dev):
         return _run(work, hub, dev, words, namespace, pretrain_steps, lora_steps, quantizations, seed, log, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretrain_steps: int, lora_steps: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -47,3 +49,22 @@ def default_compute_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+@contextmanager
+def single_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run torch on one intra-op thread while on the CPU, then restore the setting.
+
+    Streaming merges and tiny models are memory- or overhead-bound: a second
+    thread adds little on an idle machine, and on a busy one its spin-waits
+    made each step 10-30x slower in our measurements (see docs/runtime.md).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -21,7 +21,11 @@ from typing import Any
 import torch
 
 from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, pattern_value
-from peft_hub.errors import IncompatibleAdaptersError, InvalidAdapterError, UnsupportedAdapterError
+from peft_hub.errors import (
+    IncompatibleAdaptersError,
+    InvalidAdapterError,
+    UnsupportedAdapterError,
+)
 
 PREFIX = "base_model.model."
 

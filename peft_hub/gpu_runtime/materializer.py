@@ -13,17 +13,28 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from peft_hub import __version__
 from peft_hub.errors import InvalidInputError
-from peft_hub.gpu_runtime.device import CONFIG_DTYPE_NAMES, DTYPE_NAMES, resolve_device, resolve_dtype
+from peft_hub.gpu_runtime.device import (
+    CONFIG_DTYPE_NAMES,
+    DTYPE_NAMES,
+    resolve_device,
+    resolve_dtype,
+)
 from peft_hub.gpu_runtime.lora import load_updates, map_to_base
-from peft_hub.gpu_runtime.quantize import QUANTIZATIONS, Quantization, model_layout, quantization_config
+from peft_hub.gpu_runtime.quantize import (
+    QUANTIZATIONS,
+    Quantization,
+    model_layout,
+    quantization_config,
+)
 from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters
 from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint
 from peft_hub.gpu_runtime.stream import stream_merge

@@ -201,7 +201,7 @@ class _Nf4Codes:
         for v in bounds.numpy():
             self.bnd[int((float(v) + 1) * g / 2)] = v
 
-    def __call__(self, x):  # noqa: ANN001, ANN204 - numpy float32 in, uint8 out
+    def __call__(self, x):
         import numpy as np
 
         idx = ((x + np.float32(1)) * np.float32(self.CELLS / 2)).astype(np.int32)
@@ -223,19 +223,21 @@ def _nf4_codes() -> _Nf4Codes:
 
 
 def _int8_cpu(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``Int8Params``' row-wise absmax quantization (via fp16, as bnb does), ~1 MB of rows at a time.
+    """``Int8Params``' row-wise absmax quantization, reproduced bit for bit, ~1 MB of rows at a time.
 
-    Rows are quantized independently, so blocking changes nothing but speed
-    and memory. The keys are ``Linear8bitLt._save_to_state_dict``'s: the int8
-    weight, ``SCB`` (per-row scales) and ``weight_format`` 0 (row-major).
+    bnb rounds the weight to fp16, takes each row's absmax and computes
+    ``round(A * (127 / absmax))``, where fp16 times fp32 promotes to fp32. We
+    do the same with the fp16 values widened to fp32 first (exact), which
+    avoids the CPU's slow fp16 arithmetic. Rows are independent, so blocking
+    changes nothing. The keys are ``Linear8bitLt._save_to_state_dict``'s: the
+    int8 weight, ``SCB`` (per-row absmax) and ``weight_format`` 0 (row-major).
     """
-    from bitsandbytes.functional import int8_vectorwise_quant
-
     rows, cols = weight.shape
     step = _row_step(cols)
     codes, scales = [], []
     for i in range(0, rows, step):
-        cb, scb, _ = int8_vectorwise_quant(weight[i:i + step].contiguous().to(torch.float16))
-        codes.append(cb)
-        scales.append(scb)
+        block = weight[i:i + step].to(torch.float16).float()  # (rows, cols), fp16-rounded values
+        absmax = block.abs().amax(dim=1)  # (rows,)
+        codes.append(torch.round(block * (127.0 / absmax.unsqueeze(-1))).to(torch.int8))
+        scales.append(absmax)
     return {"weight": torch.cat(codes), "SCB": torch.cat(scales), "weight_format": torch.tensor(0, dtype=torch.uint8)}

@@ -7,9 +7,10 @@ pulled through the hub client. Several adapters are composed first by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from peft_hub.errors import InvalidInputError
 

@@ -18,7 +18,13 @@ from typing import BinaryIO
 import torch
 
 from peft_hub.errors import InvalidAdapterError, InvalidInputError, UnsafeFormatError
-from peft_hub.safetensors_header import CONVERT_HINT, DTYPE_SIZES, SafetensorsHeader, TensorInfo, read_header_path
+from peft_hub.safetensors_header import (
+    CONVERT_HINT,
+    DTYPE_SIZES,
+    SafetensorsHeader,
+    TensorInfo,
+    read_header_path,
+)
 
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -148,7 +154,7 @@ class ShardWriter:
         raw += b" " * (-len(raw) % 8)  # keeps the data section 8-byte aligned, as safetensors does
         self.path = path
         self.data_bytes = offset
-        self._fh = open(path, "wb", buffering=0)  # unbuffered: copy_file_range writes to the fd directly
+        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close(); unbuffered: copy_file_range writes to the fd directly
         self._fh.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 
@@ -199,7 +205,7 @@ class ShardWriter:
         if self._next != len(self._expected):
             raise RuntimeError(f"{self.path.name}: {len(self._expected) - self._next} tensors were never written")
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> ShardWriter:  # noqa: PYI034 - final in practice
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,17 +9,24 @@ Linear weight is also quantized as it goes.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from peft_hub.errors import IncompatibleAdaptersError
+from peft_hub.gpu_runtime.device import single_cpu_thread
 from peft_hub.gpu_runtime.lora import TensorUpdate, candidate_keys
 from peft_hub.gpu_runtime.quantize import ModelLayout, Quantization, quantize_weight
 from peft_hub.gpu_runtime.shards import (
-    FLOAT_DTYPES, INDEX_NAME, ST_DTYPES, Checkpoint, ShardWriter, read_tensor,
+    FLOAT_DTYPES,
+    INDEX_NAME,
+    ST_DTYPES,
+    Checkpoint,
+    ShardWriter,
+    read_tensor,
 )
 from peft_hub.progress import tqdm
 
@@ -94,18 +101,9 @@ def stream_merge(
     Returns:
         Counts, bytes written and the new weight map.
     """
-    if device.type == "cpu":
-        # The per-tensor work is memory-bound; a second intra-op thread adds little on an
-        # idle machine and, on a busy one, spin-waits that made blocks 10-30x slower.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return _stream_merge(ckpt, updates, out_dir, dtype=dtype, device=device, quantize=quantize,
-                                 layout=layout, fan_in_fan_out=fan_in_fan_out)
-        finally:
-            torch.set_num_threads(threads)
-    return _stream_merge(ckpt, updates, out_dir, dtype=dtype, device=device, quantize=quantize, layout=layout,
-                         fan_in_fan_out=fan_in_fan_out)
+    with single_cpu_thread(device):
+        return _stream_merge(ckpt, updates, out_dir, dtype=dtype, device=device, quantize=quantize,
+                             layout=layout, fan_in_fan_out=fan_in_fan_out)
 
 
 def _stream_merge(
@@ -133,7 +131,7 @@ def _stream_merge(
                 floating = info.dtype in FLOAT_DTYPES
                 st = out_st if floating else info.dtype
 
-                def load(info=info) -> torch.Tensor:
+                def load(info=info, header=header) -> torch.Tensor:
                     return read_tensor(fh, header, info).to(device)
 
                 def value(name=name, info=info, upd=upd) -> torch.Tensor:
@@ -151,12 +149,13 @@ def _stream_merge(
                         w = w.T.contiguous()  # transformers quantizes Conv1D weights as (out, in)
                     prefix = name[: -len("weight")]
                     for k, t in quantize_weight(w, quantize, compute_dtype=dtype, device=device).items():
-                        plan.append((prefix + k, ST_DTYPES[t.dtype], tuple(t.shape), lambda wr, k=prefix + k, t=t: wr.write(k, t)))
+                        key = prefix + k
+                        plan.append((key, ST_DTYPES[t.dtype], tuple(t.shape), lambda wr, k=key, t=t: wr.write(k, t)))
                     stats.quantized += 1
                     stats.merged += upd is not None
                 elif upd is not None:
                     if not floating:
-                        raise IncompatibleAdaptersError(f"the adapter changes {name}, which is not a floating-point tensor")
+                        raise IncompatibleAdaptersError(f"the adapter changes {name}, which is not floating-point")
                     plan.append((name, st, info.shape, lambda wr, n=name, v=value: wr.write(n, v())))
                     stats.merged += 1
                 elif floating and info.dtype != out_st:
@@ -168,23 +167,17 @@ def _stream_merge(
                     stats.copied += 1
             metadata = {**header.metadata, "format": "pt"}
             with ShardWriter(out_dir / shard, [(n, d, s) for n, d, s, _ in plan], metadata) as writer:
-                for (name, _, _, emit), info in zip(plan, _infos(plan, header)):
+                for name, _, _, emit in plan:
                     emit(writer)
                     stats.weight_map[name] = shard
-                    if info is not None:
-                        bar.update(info.end - info.start)
+                    if name in header.tensors:  # not the extra quantization-state tensors
+                        bar.update(header.tensors[name].end - header.tensors[name].start)
             stats.bytes_written += writer.data_bytes
     bar.close()
     if ckpt.sharded:
-        import json
-
         metadata = {**ckpt.index_metadata, "total_size": stats.bytes_written}
         (out_dir / INDEX_NAME).write_text(
             json.dumps({"metadata": metadata, "weight_map": dict(sorted(stats.weight_map.items()))}, indent=2) + "\n"
         )
     return stats
 
-
-def _infos(plan, header):
-    """The base tensor behind each planned output (None for extra quantization state)."""
-    return [header.tensors.get(name) for name, *_ in plan]

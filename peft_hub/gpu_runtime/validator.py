@@ -17,15 +17,21 @@ import contextlib
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from peft_hub import __version__
 from peft_hub.errors import InvalidInputError
 from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row, pad_batch, read_jsonl
-from peft_hub.gpu_runtime.device import DTYPE_NAMES, default_compute_dtype, resolve_device, resolve_dtype
+from peft_hub.gpu_runtime.device import (
+    DTYPE_NAMES,
+    default_compute_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from peft_hub.gpu_runtime.quantize import QUANTIZATIONS, Quantization
 from peft_hub.gpu_runtime.refs import ResolvedAdapter, resolve_adapters, split_spec
 from peft_hub.gpu_runtime.report import ModelResult, ValidationReport

@@ -32,8 +32,8 @@ COLORS = ["red", "blue", "green", "yellow", "white", "black", "brown", "pink"]
 
 
 def sentence(rng: random.Random) -> str:
-    the = lambda: rng.choice(["the", "a", "my", "her", "his", "our"])  # noqa: E731
-    noun = lambda: rng.choice(ANIMALS + THINGS)  # noqa: E731
+    the = lambda: rng.choice(["the", "a", "my", "her", "his", "our"])
+    noun = lambda: rng.choice(ANIMALS + THINGS)
     name, place, adj = rng.choice(NAMES), rng.choice(PLACES), rng.choice(ADJECTIVES)
     verb, move, time = rng.choice(VERBS), rng.choice(MOVES), rng.choice(TIMES)
     patterns = [
@@ -53,7 +53,8 @@ def sentence(rng: random.Random) -> str:
     return rng.choice(patterns)()
 
 
-def main(path: Path = Path(__file__).with_name("corpus.txt"), n: int = 4000) -> None:
+def main(path: Path | None = None, n: int = 4000) -> None:
+    path = path or Path(__file__).with_name("corpus.txt")
     rng = random.Random(0)
     lines = []
     while len(lines) < n:
