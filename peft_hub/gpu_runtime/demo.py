@@ -6,7 +6,7 @@ Everything runs on the CPU in a few minutes:
    ``data/corpus.txt`` (simple English sentences), with a character tokenizer;
 2. two LoRAs are trained on two synthetic tasks over a fixed word list:
    ``upper`` (``upper: horse`` -> ``HORSE``) and ``reverse`` (``reverse: horse`` -> ``esroh``),
-   with a quarter of each batch replaying corpus text;
+   with a quarter of each batch replaying 32-character windows of the corpus;
 3. with a hub, both are pushed (``hub=None`` skips every hub step);
 4. they are composed (exact stacking: ``ΔW = ΔW_upper + ΔW_reverse``);
 5. the composition is materialized unquantized, nf4 and int8;
@@ -84,7 +84,7 @@ def run_demo(
     *,
     namespace: str = "demo",
     pretrain_steps: int = 150,
-    lora_steps: int = 400,
+    lora_steps: int = 500,
     words: list[str] | None = None,
     quantizations: tuple[str, ...] = ("nf4", "int8"),
     seed: int = 0,
@@ -140,8 +140,8 @@ def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretr
         data, prompts, rows = write_task_files(task, words, work / "tasks")
         files[task] = (data, prompts)
         path = work / "adapters" / task
-        stats = train_lora(base, rows, path, steps=lora_steps, seed=seed + i, base_name=f"{namespace}/base",
-                           replay=corpus, replay_fraction=0.25, device=dev)
+        stats = train_lora(base, rows, path, steps=lora_steps, batch_size=16, lr=5e-3, seed=seed + i,
+                           base_name=f"{namespace}/base", replay=corpus, replay_fraction=0.25, device=dev)
         adapters[task] = {"path": str(path), "ref": str(path), "train": stats}
 
     if hub is not None:

@@ -90,12 +90,13 @@ def train_lora(
     base_name: str | None = None,
     replay: str | None = None,
     replay_fraction: float = 0.0,
+    replay_chars: int = 32,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Train a LoRA on ``{"prompt", "completion"}`` rows (loss on the completion) and save it.
 
     With ``replay`` (plain text, e.g. the pretraining corpus), that share of
-    each batch is random 64-character windows of it, scored as text: the
+    each batch is random ``replay_chars``-character windows of it, scored as text: the
     adapter then learns its task while keeping the base's behaviour elsewhere,
     which makes it disturb other adapters less when they are composed.
 
@@ -123,8 +124,8 @@ def train_lora(
         n_replay = int(batch_size * replay_fraction) if replay else 0
         batch = [encoded[i] for i in rng.choices(range(len(encoded)), k=batch_size - n_replay)]
         for _ in range(n_replay):
-            start = rng.randrange(0, max(1, len(replay) - 64))
-            batch.append(encode_loss_row({"text": replay[start:start + 64]}, tok, 256))
+            start = rng.randrange(0, max(1, len(replay) - replay_chars))
+            batch.append(encode_loss_row({"text": replay[start:start + replay_chars]}, tok, 256))
         x = torch.tensor(pad_batch([b[0] for b in batch], tok.pad_token_id), device=device)
         y = torch.tensor(pad_batch([b[1] for b in batch], IGNORE), device=device)
         mask = torch.tensor(pad_batch([[1] * len(b[0]) for b in batch], 0), device=device)
