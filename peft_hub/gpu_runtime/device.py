@@ -57,7 +57,7 @@ def single_cpu_thread(device: torch.device) -> Iterator[None]:
 
     Streaming merges and tiny models are memory- or overhead-bound: a second
     thread adds little on an idle machine, and on a busy one its spin-waits
-    made each step 10-30x slower in our measurements (see docs/runtime.md).
+    made each step 5-35x slower in our measurements (see docs/runtime.md).
     """
     if device.type != "cpu":
         yield
