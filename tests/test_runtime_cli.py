@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from test_runtime_helpers import write_jsonl
+from test_runtime_helpers import one_torch_thread, write_jsonl  # noqa: F401 - fixture
 from tiny_models import make_lora, tiny_llama
 
 from peft_hub.cli import cli

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_runtime_helpers import FakeHub
+from test_runtime_helpers import FakeHub, one_torch_thread  # noqa: F401 - fixture
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.gpu_runtime.demo import TASKS, run_demo

@@ -15,6 +15,18 @@ import torch
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models are per-op overhead: one thread is faster, and far steadier on a busy machine.
+
+    Import this fixture into a test module to apply it there (and only there).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass
 class Pulled:
     path: Path

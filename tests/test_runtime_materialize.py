@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_runtime_helpers import FakeHub, cuda
+from test_runtime_helpers import FakeHub, cuda, one_torch_thread  # noqa: F401 - fixture
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.errors import (

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_runtime_helpers import cuda
+from test_runtime_helpers import cuda, one_torch_thread  # noqa: F401 - fixture
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.gpu_runtime.materializer import materialize

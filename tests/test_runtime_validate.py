@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from test_runtime_helpers import FakeHub, cuda, write_jsonl
-from tiny_models import make_lora, tiny_llama
+from test_runtime_helpers import FakeHub, cuda, one_torch_thread, write_jsonl  # noqa: F401 - fixture
+from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
-from peft_hub.errors import InvalidInputError
+from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
 from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row
 from peft_hub.gpu_runtime.tokenizer import (
     build_char_tokenizer,
@@ -185,6 +185,9 @@ def test_input_errors(setup, tmp_path):
     bad.write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(InvalidInputError, match="bad.jsonl:2: not valid JSON"):
         validate(root / "base", data=bad, device="cpu")
+    gpt2_lora = make_lora(tiny_gpt2(), tmp_path / "gpt2_lora")
+    with pytest.raises(IncompatibleAdaptersError, match="cannot attach"):
+        validate(root / "base", str(gpt2_lora), data=data, device="cpu")
     no_tok = tmp_path / "no_tok"
     tiny_llama().save_pretrained(no_tok)
     with pytest.raises(InvalidInputError, match="save_char_tokenizer"):

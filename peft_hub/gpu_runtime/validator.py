@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from peft_hub import __version__
-from peft_hub.errors import InvalidInputError
+from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
 from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row, pad_batch, read_jsonl
 from peft_hub.gpu_runtime.device import (
     DTYPE_NAMES,
@@ -121,11 +121,7 @@ def validate(
         model, quant_label = _load_base(base, quantize, compute_dtype, dev)
         names = [f"adapter_{i}" for i in range(len(resolved))]
         if resolved:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, resolved[0][1], adapter_name=names[0])
-            for name, (_, path, _) in zip(names[1:], resolved[1:]):
-                model.load_adapter(path, adapter_name=name)
+            model = _attach_adapters(model, names, resolved)
         model.eval()
 
     def run(label: str) -> ModelResult:
@@ -171,6 +167,36 @@ def _split_list(adapters: str | Sequence[str]) -> list[str]:
     return specs
 
 
+def _attach_adapters(model: Any, names: list[str], resolved: list[tuple[str, Path, list[ResolvedAdapter]]]) -> Any:
+    """Wrap the base in a PeftModel holding every adapter under its own name."""
+    from peft import PeftModel
+
+    for i, (name, (spec, path, _)) in enumerate(zip(names, resolved)):
+        try:
+            if i == 0:
+                model = PeftModel.from_pretrained(model, path, adapter_name=name)
+            else:
+                model.load_adapter(path, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as exc:  # PEFT's "target modules not found", shape errors
+            raise IncompatibleAdaptersError(f"cannot attach {spec} to the base: {exc}") from exc
+    return model
+
+
+def _check_cpu_4bit(model: Any, device: torch.device) -> None:
+    """bitsandbytes' CPU 4-bit kernels (AVX512-BF16 path) need ``in_features % 64 == 0``."""
+    if device.type != "cpu":
+        return
+    import bitsandbytes as bnb
+
+    for name, module in model.named_modules():
+        if (isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False)
+                and module.in_features % 64):
+            raise InvalidInputError(
+                f"bitsandbytes' CPU 4-bit kernels need in_features to be a multiple of 64, and {name} has "
+                f"{module.in_features}: use --quantize int8 or none here, or a GPU"
+            )
+
+
 def _load_base(base: Path, quantize: Quantization, dtype: torch.dtype, device: torch.device) -> tuple[Any, str]:
     """Load the base model; returns it and a label for its quantization."""
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
@@ -196,6 +222,8 @@ def _load_base(base: Path, quantize: Quantization, dtype: torch.dtype, device: t
         qc = existing if isinstance(existing, dict) else existing.to_dict()
         label = "nf4" if qc.get("load_in_4bit") else "int8" if qc.get("load_in_8bit") else str(qc.get("quant_method"))
         label += " (pre-quantized)"
+    if label.startswith("nf4"):
+        _check_cpu_4bit(model, device)
     return model.eval(), label
 
 
@@ -250,3 +278,4 @@ def _generation_metrics(model: Any, tok: Any, rows: list[dict[str, Any]], batch_
         for i in range(len(rows))
     ]
     return sum(hits) / len(hits), samples
+
