@@ -13,7 +13,7 @@ from test_runtime_helpers import FakeHub, cuda, one_torch_thread, write_jsonl  #
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
-from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row
+from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row
 from peft_hub.gpu_runtime.tokenizer import (
     build_char_tokenizer,
     load_tokenizer,

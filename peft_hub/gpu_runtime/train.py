@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row, pad_batch
+from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row, pad_batch
 from peft_hub.gpu_runtime.tokenizer import build_char_tokenizer
 from peft_hub.progress import tqdm
 

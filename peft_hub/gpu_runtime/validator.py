@@ -25,7 +25,7 @@ import torch
 
 from peft_hub import __version__
 from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
-from peft_hub.gpu_runtime.data import IGNORE, encode_loss_row, pad_batch, read_jsonl
+from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row, pad_batch, read_jsonl
 from peft_hub.gpu_runtime.device import (
     DTYPE_NAMES,
     default_compute_dtype,
