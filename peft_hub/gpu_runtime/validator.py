@@ -25,13 +25,13 @@ import torch
 
 from peft_hub import __version__
 from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
-from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row, pad_batch, read_jsonl
 from peft_hub.gpu_runtime.device import (
     DTYPE_NAMES,
     default_compute_dtype,
     resolve_device,
     resolve_dtype,
 )
+from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row, pad_batch, read_jsonl
 from peft_hub.gpu_runtime.quantize import QUANTIZATIONS, Quantization
 from peft_hub.gpu_runtime.refs import ResolvedAdapter, resolve_adapters, split_spec
 from peft_hub.gpu_runtime.report import ModelResult, ValidationReport
