@@ -187,6 +187,14 @@ def test_composed_adapters_equal_the_sum_of_both_merges(tmp_path):
     assert [a["path"] for a in report.adapters] == [str(tmp_path / "a"), str(tmp_path / "b")]
     assert report.weights == [1.0, 0.5]
 
+    # options reach compose: TIES at density 0.5, truncated to rank 2
+    ties = materialize(tmp_path / "base", f"{tmp_path / 'a'}+{tmp_path / 'b'}", tmp_path / "ties", device="cpu",
+                       method="ties", density=0.5, rank=2)
+    merged = load_file(tmp_path / "ties" / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    delta = merged[key] - base.state_dict()[key]
+    assert ties.merged == report.merged and torch.linalg.matrix_rank(delta).item() == 2
+
 
 def test_single_adapter_weight_scales_the_delta(tmp_path):
     base = tiny_llama()

@@ -24,6 +24,9 @@ METHODS = click.Choice(["stack", "svd", "ties", "dare_linear", "dare_ties", "mag
 @click.argument("adapters", metavar="ADAPTER[+ADAPTER...]")
 @click.option("--weights", default=None, help="Comma-separated weights, one per adapter.")
 @click.option("--method", type=METHODS, default=None, help="How to compose several adapters (default: compose's).")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="Composed rank, for the truncating methods.")
+@click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Fraction kept, for ties/dare/magnitude_prune.")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
               help="Output model directory (default: ./<base>-merged[-<quant>]).")
 @click.option("--dtype", type=DTYPE, default=None, help="Output dtype (default: the base's).")
@@ -31,8 +34,9 @@ METHODS = click.Choice(["stack", "svd", "ties", "dare_linear", "dare_ties", "mag
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where merges run.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.pass_obj
-def materialize(hub: Any, base: str, adapters: str, weights: str | None, method: str | None,
-                output_dir: str | None, dtype: str | None, quantize: str, device: str, force: bool) -> None:
+def materialize(hub: Any, base: str, adapters: str, weights: str | None, method: str | None, rank: int | None,
+                density: float | None, output_dir: str | None, dtype: str | None, quantize: str, device: str,
+                force: bool) -> None:
     """Merge ADAPTER[+ADAPTER...] into BASE and write a standalone transformers model.
 
     Each ADAPTER is a local directory or a hub ref (owner/name[@revision]);
@@ -43,8 +47,8 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
 
     if output_dir is None:
         output_dir = f"{Path(base).name}-merged" + ("" if quantize == "none" else f"-{quantize}")
-    report = run(base, adapters, output_dir, weights=weights, method=method, dtype=dtype, quantize=quantize,
-                 device=device, client=hub, force=force)
+    report = run(base, adapters, output_dir, weights=weights, method=method, rank=rank, density=density, dtype=dtype,
+                 quantize=quantize, device=device, client=hub, force=force)
     click.echo(
         f"{report.output_dir}: {report.merged} tensors merged, {report.copied} copied, {report.cast} cast, "
         f"{report.quantized} quantized ({report.quantization}); {report.dtype}, {report.shards} shard(s), "

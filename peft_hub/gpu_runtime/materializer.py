@@ -76,6 +76,8 @@ def materialize(
     *,
     weights: str | Sequence[float] | None = None,
     method: str | None = None,
+    rank: int | None = None,
+    density: float | None = None,
     dtype: str | torch.dtype | None = None,
     quantize: Quantization = "none",
     device: str = "auto",
@@ -89,7 +91,7 @@ def materialize(
         adapters: ``"A+B"`` or a list of refs; each a directory or a hub ref.
         output_dir: where to write; must not exist unless ``force``.
         weights: one weight per adapter (for one adapter: scales its delta).
-        method: the compose method when there are several adapters.
+        method, rank, density: how several adapters are composed (see ``compose_dirs``).
         dtype: ``bf16``/``fp16``/``fp32``; default: the base's floating dtype.
         quantize: ``none``, ``int8`` or ``nf4`` (bitsandbytes).
         device: ``auto``, ``cpu`` or ``cuda``: where merges and quantization run.
@@ -122,7 +124,8 @@ def materialize(
 
     with tempfile.TemporaryDirectory(prefix="peft-hub-materialize-") as scratch:
         adapter_dir, resolved, weight = resolve_adapters(
-            adapters, scratch=Path(scratch), weights=weights, method=method, client=client
+            adapters, scratch=Path(scratch), weights=weights, method=method, rank=rank, density=density,
+            client=client,
         )
         adapter_config, updates = load_updates(adapter_dir, weight=weight)
     mapped = map_to_base(updates, set(ckpt.weight_map))

@@ -90,6 +90,8 @@ def resolve_adapters(
     scratch: Path,
     weights: str | Sequence[float] | None = None,
     method: str | None = None,
+    rank: int | None = None,
+    density: float | None = None,
     client: Any = None,
 ) -> tuple[Path, list[ResolvedAdapter], float]:
     """Resolve ``ADAPTER[+ADAPTER…]`` to one LoRA directory.
@@ -99,7 +101,7 @@ def resolve_adapters(
         scratch: an empty directory for the composed adapter (caller cleans it up).
         weights: one weight per adapter. With a single adapter the weight
             scales its delta; with several it goes to ``compose_dirs``.
-        method: the compose method (``None``: compose's default).
+        method, rank, density: passed to ``compose_dirs`` (``None``: its defaults).
         client: a ``HubClient`` for refs that are not directories.
 
     Returns:
@@ -116,5 +118,5 @@ def resolve_adapters(
         raise InvalidInputError(f"composing several adapters needs peft_hub.compose, which failed to import: {exc}") from exc
     out = scratch / "composed"
     parents = [{"ref": r.repo_id or r.ref, "revision": r.revision} for r in resolved]
-    compose_dirs([r.path for r in resolved], ws, out, method=method, parents=parents)
+    compose_dirs([r.path for r in resolved], ws, out, method=method, rank=rank, density=density, parents=parents)
     return out, resolved, 1.0
