@@ -189,3 +189,31 @@ def test_ref_convertor_is_name_or_name_at_revision(segment, matches):
 ])
 def test_sign_in_only_redirects_within_the_hub(target, expected):
     assert safe_next(target) == expected
+
+
+def test_base_value_recorded_by_validate_is_the_base_line():
+    from datetime import datetime, timezone
+
+    from peft_hub.hub.models import Eval, Revision
+    from peft_hub.hub.web import charts
+
+    now = datetime.now(timezone.utc)
+    revisions = [Revision(id=1, adapter_id=1, sha="a" * 40, created_at=now)]
+    own = Eval(id=1, revision_id=1, metric="loss", value=0.9, dataset="upper.jsonl", extra={"base_value": 8.9})
+    rows, built = charts.build([(own, "a" * 40)], revisions, "a" * 40)
+    assert rows[0]["delta"] == pytest.approx(0.9 - 8.9)
+    assert built[0].base[1] == 8.9
+    assert charts.headline([own]) is own
+
+
+def test_headline_prefers_the_largest_gain_over_the_base():
+    from peft_hub.hub.models import Eval
+
+    def ev(i: int, metric: str, value: float, base: float) -> Eval:
+        return Eval(id=i, revision_id=1, metric=metric, value=value, dataset="d", extra={"base_value": base})
+
+    off_task = ev(3, "exact_match", 0.0, 0.0)       # newest, no gain
+    on_task = ev(2, "exact_match", 1.0, 0.1)        # +900 %
+    loss = ev(1, "loss", 0.9, 8.9)                  # -90 %: lower is better, so +90 %
+    assert charts.headline([off_task, on_task, loss]) is on_task
+    assert charts.headline([off_task, loss]) is loss

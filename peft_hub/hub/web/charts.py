@@ -1,9 +1,11 @@
 """Evals for the adapter page: the table rows, and one line chart per metric
 across revisions with the base model's score as a reference line.
 
-Convention: an eval whose ``extra`` has ``"variant": "base"`` is the *base
-model's* score on that dataset (recorded against any revision of the adapter,
-so it travels with it). Every other eval is the adapter's own score.
+Conventions for the base model's score on a dataset: an eval whose ``extra``
+has ``"variant": "base"`` (``peft-hub eval add --base``), or the
+``extra.base_value`` that ``peft-hub validate --push-evals`` records next to
+the adapter's own score, measured in the same run. Every other eval is the
+adapter's own score.
 
 The charts are laid out here as plain numbers; the template draws them as
 inline SVG, so every label goes through Jinja's autoescaping.
@@ -23,6 +25,12 @@ LEFT, RIGHT, TOP, BOTTOM = 50, 12, 24, 44
 
 def is_base(e: Eval) -> bool:
     return isinstance(e.extra, dict) and e.extra.get("variant") == "base"
+
+
+def base_value(e: Eval) -> float | None:
+    """The base model's score carried by one of the adapter's own evals."""
+    value = e.extra.get("base_value") if isinstance(e.extra, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def series_key(e: Eval) -> tuple[str, str, str | None, str | None]:
@@ -110,6 +118,8 @@ def build(evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha:
             base_scores[series_key(e)] = e.value
         else:
             latest.setdefault(series_key(e), {})[sha] = e.value
+            if (carried := base_value(e)) is not None:
+                base_scores[series_key(e)] = carried
     rows = []
     for e, sha in reversed(evals):
         base = base_scores.get(series_key(e))
@@ -124,6 +134,25 @@ def build(evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha:
     return rows, charts
 
 
+#: Metrics where a smaller value is better; every other metric counts as "higher is better".
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ppl", "wer", "cer", "error", "error_rate"})
+
+
+def gain(e: Eval) -> float | None:
+    """How much better than the base model this eval is, relative to the base's
+    score (positive: better), or None without a base score on the same eval."""
+    base = base_value(e)
+    if base is None:
+        return None
+    sign = -1.0 if e.metric.lower() in LOWER_IS_BETTER else 1.0
+    return sign * (e.value - base) / max(abs(base), 1e-9)
+
+
 def headline(evals: list[Eval]) -> Eval | None:
-    """The newest eval of the adapter itself (not a base-model score), if any."""
-    return next((e for e in evals if not is_base(e)), None)
+    """The adapter's most telling eval: the largest gain over the base model
+    where evals carry a base score, else the newest of its own evals."""
+    own = [e for e in evals if not is_base(e)]
+    scored = [(g, e) for e in own if (g := gain(e)) is not None]
+    if scored:
+        return max(scored, key=lambda pair: pair[0])[1]
+    return own[0] if own else None
