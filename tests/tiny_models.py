@@ -83,5 +83,6 @@ def make_lora(
     )
     model = get_peft_model(copy.deepcopy(base), config)
     model.peft_config["default"].base_model_name_or_path = base_name
-    model.save_pretrained(path)
+    # save_embedding_layers=False: "auto" would look the base name up on the Hub.
+    model.save_pretrained(path, save_embedding_layers=False)
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import tempfile
 from collections.abc import Sequence
@@ -224,7 +225,25 @@ def _load_base(base: Path, quantize: Quantization, dtype: torch.dtype, device: t
         label += " (pre-quantized)"
     if label.startswith("nf4"):
         _check_cpu_4bit(model, device)
+    if label.startswith("int8"):
+        # bitsandbytes logs the same fp16-cast notice on every int8 matmul.
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_OnceFilter())
     return model.eval(), label
+
+
+class _OnceFilter(logging.Filter):
+    """Let each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 def _loss_metrics(model: Any, encoded: list[tuple[list[int], list[int]]], batch_size: int, device: torch.device,
