@@ -201,7 +201,12 @@ def _check_cpu_4bit(model: Any, device: torch.device) -> None:
 def _load_base(base: Path, quantize: Quantization, dtype: torch.dtype, device: torch.device) -> tuple[Any, str]:
     """Load the base model; returns it and a label for its quantization."""
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.utils import logging as hf_logging
 
+    from peft_hub.progress import progress_disabled
+
+    if progress_disabled():  # transformers' "Loading weights" bar follows our setting
+        hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(base)
     existing = getattr(config, "quantization_config", None)
     if existing and quantize != "none":
