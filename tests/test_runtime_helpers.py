@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from peft_hub.client import PulledAdapter, PushResult
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
 
@@ -25,19 +26,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@dataclass
-class Pulled:
-    path: Path
-    repo_id: str
-    revision: str
-
-
-@dataclass
-class Pushed:
-    repo_id: str
-    revision: str
 
 
 class FakeHub:
@@ -61,7 +49,7 @@ class FakeHub:
         dest = self.root / name.replace("/", "__") / revision
         shutil.copytree(path, dest)
         self.add(name, dest, revision)
-        return Pushed(name, revision)
+        return PushResult(name, revision, True, 0, 0)
 
     def pull(self, ref, output_dir=None):
         self.pulls.append(ref)
@@ -70,7 +58,7 @@ class FakeHub:
 
             raise AdapterNotFoundError(f"no adapter {ref}")
         path, revision = self.store[ref]
-        return Pulled(path, ref.partition("@")[0], revision)
+        return PulledAdapter(path, ref.partition("@")[0], revision)
 
     def add_evals(self, ref, evals):
         self.evals.append((ref, evals))
