@@ -32,6 +32,11 @@ def test_client_hub_and_cli_import_without_torch(code):
     assert not {"torch", "transformers", "peft", "safetensors.torch"} & loaded
 
 
+def test_cli_starts_without_fastapi_or_torch():
+    loaded = _modules_after_import("from peft_hub.cli import cli")
+    assert not {"fastapi", "sqlmodel", "torch", "uvicorn"} & loaded
+
+
 def test_client_never_imports_the_hub():
     loaded = _modules_after_import(_import_all("peft_hub.client"))
     assert "torch" not in loaded
