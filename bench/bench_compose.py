@@ -5,12 +5,19 @@
    ``add_weighted_adapter(combination_type="svd")`` (dense ΔW, dense SVD).
    Prints the speed-up and how far apart the two products are, relative to
    max|ΔW|.
-2. Three 7B-shaped adapters (32 layers x q,k,v,o,gate,up,down; hidden 4096,
+2. The dense truncation of one merged module (TIES of three rank-16
+   adapters, density 0.2; and DARE-TIES of three equal ones, the hardest
+   spectrum measured): exact ``torch.linalg.svd`` against the randomized SVD,
+   time and accuracy (kept energy, Frobenius error against Eckart–Young's,
+   products).
+3. Three 7B-shaped adapters (32 layers x q,k,v,o,gate,up,down; hidden 4096,
    intermediate 11008; rank 16; bf16) composed from files to a file, in a
    subprocess that reports its own wall time and peak RSS, against the
-   targets of 15 s and 1.5 x inputs + 300 MB.
+   targets of 15 s and 1.5 x inputs + 300 MB; then TIES (density 0.2) to
+   rank 16 with ``svd="auto"``, against the time the exact dense SVDs alone
+   would have taken (per module as measured in 2).
 
-    python bench/bench_compose.py [--repeats 5] [--skip-peft-11008]
+    python bench/bench_compose.py [--repeats 5] [--skip-peft-11008] [--skip-7b-ties]
 """
 
 from __future__ import annotations
@@ -76,8 +83,8 @@ def peft_svd(d: int, k: int, factors) -> tuple[float, torch.Tensor]:
 
 def ours_svd(factors, repeats: int) -> tuple[float, torch.Tensor]:
     """peft_hub's exact factor-space truncation, as the engine runs it; returns (median seconds, ΔW)."""
-    from peft_hub.compose.engine import intra_op_threads
     from peft_hub.compose.lowrank import stack_factors, truncate_factors
+    from peft_hub.compose.threads import intra_op_threads
 
     coeffs = [w * ALPHA / RANK for w in WEIGHTS]
     times = []
@@ -120,7 +127,7 @@ def bench_module(d: int, k: int, repeats: int, dense_reference: bool) -> dict:
             "rel_err": err(ours, theirs), "ours_exact": err(ours, ref), "peft_exact": err(theirs, ref)}
 
 
-# --- 2. 7B-shaped adapters from files ---------------------------------------
+# --- 3. 7B-shaped adapters from files ---------------------------------------
 
 
 def write_7b_adapter(path: Path, seed: int) -> int:
@@ -148,12 +155,13 @@ from pathlib import Path
 start = time.perf_counter()
 from peft_hub.compose import compose_dirs
 imported = time.perf_counter()
-paths, out, method, rank = json.loads(sys.argv[1])
-report = compose_dirs([Path(p) for p in paths], [0.5, 0.3, 0.2], Path(out), method=method, rank=rank)
+paths, out, kwargs = json.loads(sys.argv[1])
+report = compose_dirs([Path(p) for p in paths], [0.5, 0.3, 0.2], Path(out), **kwargs)
 done = time.perf_counter()
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"compose_s": done - imported, "total_s": done - start, "rank": report.rank,
-                  "energy": report.energy_kept, "maxrss_mb": int(hwm.split()[1]) / 1024}))
+                  "energy": report.energy_kept, "truncation": report.truncation,
+                  "maxrss_mb": int(hwm.split()[1]) / 1024}))
 """
 # Peak RSS is this process's VmHWM, not getrusage's ru_maxrss: Linux carries
 # ru_maxrss across fork+exec, so a child of this (large) process would report
@@ -164,25 +172,78 @@ _BASELINE = (
 )
 
 
-def bench_7b(tmp: Path) -> dict:
+RUNS_7B = {  # label -> compose_dirs keyword arguments
+    "stack": {"method": "stack"},
+    "svd": {"method": "svd", "rank": RANK},
+    "ties": {"method": "ties", "density": 0.2, "rank": RANK, "svd": "auto"},
+}
+
+
+def bench_7b(tmp: Path, labels: list[str]) -> dict:
     sizes = [write_7b_adapter(tmp / f"a{i}", i) for i in range(3)]
     inputs_mb = sum(sizes) / 2**20
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     baseline = subprocess.run([sys.executable, "-c", _BASELINE], capture_output=True, text=True, env=env, check=True)
     baseline = float(baseline.stdout)
     runs = {}
-    for method, rank in (("stack", None), ("svd", RANK)):
-        arg = json.dumps([[str(tmp / f"a{i}") for i in range(3)], str(tmp / f"out-{method}"), method, rank])
+    for label in labels:
+        arg = json.dumps([[str(tmp / f"a{i}") for i in range(3)], str(tmp / f"out-{label}"), RUNS_7B[label]])
         out = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True, env=env, check=True)
-        runs[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        runs[method]["output_mb"] = (tmp / f"out-{method}" / "adapter_model.safetensors").stat().st_size / 2**20
+        runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs[label]["output_mb"] = (tmp / f"out-{label}" / "adapter_model.safetensors").stat().st_size / 2**20
     return {"inputs_mb": inputs_mb, "limit_mb": 1.5 * inputs_mb + 300, "import_rss_mb": baseline, "runs": runs}
+
+
+# --- 2. dense truncation: exact against randomized --------------------------
+
+
+def merged_module(d: int, k: int, kind: str) -> tuple[torch.Tensor, float]:
+    """A merged dense ΔW as the engine builds it; returns it and the merge's seconds.
+
+    ``ties``: the bench adapters with weights 0.5, 0.3, 0.2, TIES at density
+    0.2. ``dare_ties``: equal weights 0.5, DARE-TIES at density 0.2, whose 48
+    leading singular values are nearly equal over a noise floor half as high.
+    """
+    from peft_hub.compose.engine import module_generator
+    from peft_hub.compose.merge_methods import merge_dense
+
+    weights = WEIGHTS if kind == "ties" else (0.5, 0.5, 0.5)
+    start = time.perf_counter()
+    tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip((random_factors(d, k, s) for s in range(3)), weights)]
+    merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "bench"))  # type: ignore[arg-type]
+    return merged, time.perf_counter() - start
+
+
+def bench_truncation(d: int, k: int, kind: str, repeats: int) -> dict:
+    from peft_hub.compose.lowrank import dense_truncate, frobenius_sq
+
+    m, merge_s = merged_module(d, k, kind)
+    total = frobenius_sq(m)
+    start = time.perf_counter()
+    be, ae, kept_e, _, _ = dense_truncate(m, RANK, svd="exact")
+    exact_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        br, ar, kept_r, _, _ = dense_truncate(m, RANK, svd="randomized", signal_rank=3 * RANK,
+                                              generator=torch.Generator().manual_seed(0))
+        times.append(time.perf_counter() - start)
+    pe, pr = be @ ae, br @ ar
+    # Errors summed in float64: they differ in the 7th digit, below float32's resolution.
+    opt_err = frobenius_sq(m - pe) ** 0.5  # Eckart–Young's error, as the exact SVD reaches it
+    return {
+        "shape": f"{d}x{k}", "kind": kind, "merge_s": merge_s, "exact_s": exact_s, "rand_s": statistics.median(times),
+        "kept_fraction": kept_e / total, "energy_rel": (kept_e - kept_r) / kept_e,
+        "err_ratio": frobenius_sq(m - pr) ** 0.5 / opt_err,
+        "prod_rel": float((pr - pe).abs().max() / pe.abs().max()),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-peft-11008", action="store_true", help="skip the slowest PEFT run")
+    parser.add_argument("--skip-7b-ties", action="store_true", help="skip the 7B-shaped TIES run (minutes)")
     parser.add_argument("--dense-reference", action="store_true",
                         help="check against a dense float64 SVD (minutes) instead of the float64 factor path")
     args = parser.parse_args()
@@ -198,15 +259,35 @@ def main() -> None:
               f"{'dense ' if args.dense_reference else ''}float64 truncation: "
               f"ours {r['ours_exact']:.1e}, PEFT {r['peft_exact']:.1e}")
 
+    dense = [bench_truncation(4096, 4096, "ties", args.repeats), bench_truncation(4096, 11008, "ties", args.repeats),
+             bench_truncation(4096, 4096, "dare_ties", args.repeats)]
+    for r in dense:
+        print(f"[2] {r['kind']} 3x r16, density 0.2, -> r16 on {r['shape']} (merge {r['merge_s']:.1f} s): "
+              f"exact SVD {r['exact_s']:.1f} s, randomized {r['rand_s']:.2f} s ({r['exact_s'] / r['rand_s']:.0f}x faster)\n"
+              f"    exact keeps {r['kept_fraction']:.4f} of the energy; randomized keeps {r['energy_rel']:.1e} less "
+              f"(relative, target <= 1e-3); Frobenius error {r['err_ratio'] - 1:+.1e} relative to Eckart-Young's "
+              f"(target <= 1e-2); max|product diff| / max|exact| = {r['prod_rel']:.1e}")
+
+    labels = ["stack", "svd"] if args.skip_7b_ties else ["stack", "svd", "ties"]
     with tempfile.TemporaryDirectory(prefix="bench-compose-") as tmp:
-        r = bench_7b(Path(tmp))
-    print(f"[2] 7B-shaped: 3 adapters x {LAYERS * len(SHAPES)} modules, inputs {r['inputs_mb']:.0f} MB (bf16); "
+        r = bench_7b(Path(tmp), labels)
+    print(f"[3] 7B-shaped: 3 adapters x {LAYERS * len(SHAPES)} modules, inputs {r['inputs_mb']:.0f} MB (bf16); "
           f"RSS after importing torch + compose: {r['import_rss_mb']:.0f} MB")
-    for method, run in r["runs"].items():
-        print(f"    {method:5s} -> rank {run['rank']}: compose {run['compose_s']:.2f} s (target <= 15 s, "
-              f"{15 / run['compose_s']:.1f}x under), with imports {run['total_s']:.2f} s; peak RSS {run['maxrss_mb']:.0f} MB "
-              f"= {run['maxrss_mb'] / r['limit_mb']:.2f} of the limit {r['limit_mb']:.0f} MB; output {run['output_mb']:.0f} MB; "
-              f"energy kept {run['energy']:.4f}")
+    for label, run in r["runs"].items():
+        line = (f"    {label:5s} -> rank {run['rank']}: compose {run['compose_s']:.2f} s, with imports {run['total_s']:.2f} s; "
+                f"peak RSS {run['maxrss_mb']:.0f} MB")
+        if label == "ties":
+            # The exact SVD alone, per module shape, as measured in [2]: 128 square and 96 4096 x 11008 modules.
+            square, wide = dense[0]["exact_s"], dense[1]["exact_s"]
+            exact_only = LAYERS * (4 * square + 3 * wide)
+            line += (f" (dense float32 work, 180 MB per 4096x11008 tensor); output {run['output_mb']:.0f} MB; energy kept "
+                     f"{run['energy']:.4f}; truncation {run['truncation']}; the exact SVDs alone would take about "
+                     f"{exact_only / 60:.0f} min ({exact_only / run['compose_s']:.1f}x this whole run)")
+        else:
+            line += (f" = {run['maxrss_mb'] / r['limit_mb']:.2f} of the limit {r['limit_mb']:.0f} MB; output "
+                     f"{run['output_mb']:.0f} MB; energy kept {run['energy']:.4f} (target <= 15 s, "
+                     f"{15 / run['compose_s']:.1f}x under)")
+        print(line)
 
 
 if __name__ == "__main__":

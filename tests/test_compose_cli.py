@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,10 @@ from test_compose_support import adapter, assert_deltas_close, base, lineage_of,
 
 from peft_hub.compose import cli as compose_cli
 from peft_hub.compose.refs import default_output, resolve_ref, split_refs
-from peft_hub.errors import InvalidInputError, RankLimitError
+from peft_hub.errors import ComposeError, InvalidInputError, RankLimitError
+from peft_hub.client import PulledAdapter, PushResult
 
 REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-@dataclass
-class Pulled:
-    path: Path
-    repo_id: str
-    revision: str
-
-
-@dataclass
-class Pushed:
-    repo_id: str
-    revision: str
 
 
 class FakeClient:
@@ -38,14 +25,14 @@ class FakeClient:
     def __init__(self, dirs: dict[str, Path]) -> None:
         self.dirs, self.pushed = dirs, []
 
-    def pull(self, ref: str) -> Pulled:
+    def pull(self, ref: str) -> PulledAdapter:
         name = ref.split("@")[0]
         repo_id = name if "/" in name else f"me/{name}"
-        return Pulled(self.dirs[repo_id], repo_id, REV)
+        return PulledAdapter(self.dirs[repo_id], repo_id, REV)
 
-    def push(self, path: Path, *, name: str) -> Pushed:
+    def push(self, path: Path, *, name: str) -> PushResult:
         self.pushed.append((Path(path), name))
-        return Pushed(name, "f" * 40)
+        return PushResult(name, "f" * 40, True, 0, 0)
 
 
 def _run(args: list[str], obj=None, command=compose_cli.compose):
@@ -103,6 +90,27 @@ def test_interpolate_command(tmp_path):
     assert lineage_of(out)["method"] == "interpolate"
 
 
+def test_svd_flag(tmp_path):
+    a, b = adapter(r=4, seed=1), adapter(r=4, seed=2)
+    out = tmp_path / "ties"
+    result = _run([f"{a}+{b}", "--method", "ties", "--density", "0.5", "--rank", "4", "--svd", "randomized",
+                   "--seed", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Truncation: randomized SVD on 14 modules" in result.output
+    params = lineage_of(out)["params"]
+    assert (params["svd"], params["seed"]) == ("randomized", 3)
+    bad = _run([f"{a}+{b}", "--method", "ties", "--density", "0.5", "--svd", "fast", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "'fast' is not one of" in bad.output
+    exact = _run([str(a), str(b), "--t", "0.5", "--rank", "2", "--svd", "exact", "-o", str(tmp_path / "i")],
+                 command=compose_cli.interpolate)
+    assert exact.exit_code == 0, exact.output
+    refused = _run([str(a), str(b), "--t", "0.5", "--rank", "2", "--svd", "randomized", "-o", str(tmp_path / "j")],
+                   command=compose_cli.interpolate)
+    assert isinstance(refused.exception, ComposeError) and not (tmp_path / "j").exists()
+    for command in (compose_cli.compose, compose_cli.interpolate):
+        assert next(p for p in command.params if p.name == "svd").default == "auto"
+
+
 def test_push_without_client(tmp_path):
     result = _run([str(adapter(r=4, seed=1)), "-o", str(tmp_path / "o"), "--push", "me/x"])
     assert isinstance(result.exception, InvalidInputError)
@@ -134,8 +142,10 @@ def test_resolver(tmp_path):
 
 def test_methods_match_the_library():
     from peft_hub.compose.api import METHODS
+    from peft_hub.compose.lowrank import TRUNCATIONS
 
     assert compose_cli.METHODS == METHODS
+    assert compose_cli.TRUNCATIONS == TRUNCATIONS
 
 
 @pytest.mark.parametrize(("module", "forbidden"), [

@@ -155,9 +155,17 @@ def test_interpolate_with_rank_truncates_exactly(tmp_path):
     assert all(rel_err(got[n], best_rank(exact[n], 4)) < 1e-5 for n in exact)
 
 
+def _with_saved_embedding(src, dst):
+    """``src`` as PEFT saves it with ``save_embedding_layers=True``: a full copy of the embedding beside the factors."""
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(copy.deepcopy(base()), src).save_pretrained(dst, save_embedding_layers=True)
+    return dst
+
+
 def test_embedding_lora(tmp_path):
-    parents = [adapter(r=4, seed=101, target_modules=["embed_tokens", "q_proj"]),
-               adapter(r=2, seed=102, target_modules=["embed_tokens"])]
+    parents = [_with_saved_embedding(adapter(r=4, seed=101, target_modules=["embed_tokens", "q_proj"]), tmp_path / "p1"),
+               _with_saved_embedding(adapter(r=2, seed=102, target_modules=["embed_tokens"]), tmp_path / "p2")]
     weights = [1.0, -2.0]
     compose_dirs(parents, weights, tmp_path / "stack")
     assert_deltas_close(peft_deltas(base(), tmp_path / "stack"), weighted_sum(base(), parents, weights))

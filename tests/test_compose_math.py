@@ -9,6 +9,7 @@ from test_compose_support import best_rank, rel_err
 
 from peft_hub.compose import lowrank, merge_methods
 from peft_hub.compose.engine import module_generator
+from peft_hub.compose.threads import intra_op_threads
 
 
 def _factors(d: int, k: int, ranks: list[int], seed: int = 0):
@@ -55,9 +56,99 @@ def test_dense_truncate_equals_best_rank():
     # A clear gap after the 7th singular value, as trained deltas have; fp32 SVD
     # of a matrix with nearly equal σ₇ and σ₈ has an ill-conditioned truncation.
     m = torch.randn(40, 7, generator=g) @ torch.randn(7, 70, generator=g) + 0.1 * torch.randn(40, 70, generator=g)
-    b, a, kept, total = lowrank.dense_truncate(m, 7)
+    b, a, kept, total, how = lowrank.dense_truncate(m, 7)
+    assert how == "exact"  # auto on a small matrix, so no generator is needed
     assert rel_err(b @ a, best_rank(m, 7)) < 1e-5
-    assert 0 < kept < total
+    s = torch.linalg.svdvals(m.double())
+    assert kept == pytest.approx(float(s[:7].square().sum()), rel=1e-6)
+    assert total == pytest.approx(float(m.double().square().sum()), rel=1e-12)
+
+
+# --- randomized truncation ---------------------------------------------------
+
+
+def _merged(kind: str, d: int = 512, k: int = 768, r: int = 8) -> torch.Tensor:
+    """A merged dense ΔW as the engine builds it: three weighted rank-``r`` task deltas, merged at density 0.2.
+
+    ``ties`` with weights 0.5, 0.3, 0.2 has a gap after σ_r; ``dare`` (DARE-TIES
+    of three equal tasks) has σ₁…σ₃ᵣ nearly equal over a noise floor, the
+    hardest spectrum for a randomized range finder among those measured.
+    """
+    g = torch.Generator().manual_seed(0)
+    weights = (0.5, 0.3, 0.2) if kind == "ties" else (0.5, 0.5, 0.5)
+    tasks = [w * (torch.randn(d, r, generator=g) @ torch.randn(r, k, generator=g)) for w in weights]
+    if kind == "ties":
+        return merge_methods.ties(tasks, 0.2, "total")
+    return merge_methods.dare_ties(tasks, 0.2, g, "total")
+
+
+def _optimum(m: torch.Tensor, r: int) -> tuple[torch.Tensor, float, float]:
+    """The best rank-r product, its energy and ‖m‖²_F, by dense float64 SVD."""
+    with intra_op_threads(1):  # 0.1 s; with 2 threads on a loaded 2-core machine, up to 10 s
+        u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vh[:r], float(s[:r].square().sum()), float(s.square().sum())
+
+
+def _check_near_optimal(m, b, a, kept, total, opt_kept, opt_total):
+    """Energy within 1e-3 of the optimum's, Frobenius error within 1 % of Eckart–Young's, energy exact for (B, A)."""
+    product = b.double() @ a.double()
+    assert abs(kept - opt_kept) <= 1e-3 * opt_kept
+    assert torch.linalg.norm(m.double() - product) <= 1.01 * (opt_total - opt_kept) ** 0.5
+    assert kept == pytest.approx(float(product.square().sum()), rel=1e-6)  # reported = what the factors hold
+    assert total == pytest.approx(opt_total, rel=1e-9)
+
+
+def test_randomized_truncation_matches_exact_svd():
+    m = _merged("ties")
+    best, opt_kept, opt_total = _optimum(m, 8)
+    b, a, kept, total, how = lowrank.dense_truncate(
+        m, 8, svd="randomized", signal_rank=24, generator=torch.Generator().manual_seed(0)
+    )
+    assert how == "randomized" and b.shape == (512, 8) and a.shape == (8, 768) and b.dtype == torch.float32
+    assert rel_err(b @ a, best) < 1e-4
+    _check_near_optimal(m, b, a, kept, total, opt_kept, opt_total)
+    again = lowrank.dense_truncate(m, 8, svd="randomized", signal_rank=24, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], b) and torch.equal(again[1], a) and again[2] == kept
+    other = lowrank.dense_truncate(m, 8, svd="randomized", signal_rank=24, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(other[0], b)
+    assert rel_err(other[0] @ other[1], best) < 1e-4
+    _check_near_optimal(m, *other[:4], opt_kept, opt_total)
+
+
+def test_randomized_truncation_on_a_flat_spectrum():
+    """With σ₈ ≈ σ₉ the best rank-8 product is ill-determined, but its energy and error are not."""
+    m = _merged("dare")
+    _, opt_kept, opt_total = _optimum(m, 8)
+    for seed in (0, 1):
+        b, a, kept, total, _ = lowrank.dense_truncate(
+            m, 8, svd="randomized", signal_rank=24, generator=torch.Generator().manual_seed(seed)
+        )
+        _check_near_optimal(m, b, a, kept, total, opt_kept, opt_total)
+    # The same sketch without subspace iterations keeps far less: they are what makes it accurate.
+    _, s, _ = lowrank.randomized_svd(m, 8, sketch=24 + lowrank.OVERSAMPLE, power_iters=0,
+                                     generator=torch.Generator().manual_seed(0))
+    assert float(s.square().sum()) < 0.9 * opt_kept
+
+
+def test_auto_truncation_is_exact_up_to_1024():
+    assert lowrank.resolve_truncation("auto", 1024, 11008) == "exact"
+    assert lowrank.resolve_truncation("auto", 11008, 1024) == "exact"
+    assert lowrank.resolve_truncation("auto", 1025, 1025) == "randomized"
+    assert lowrank.resolve_truncation("exact", 4096, 4096) == "exact"
+    assert lowrank.resolve_truncation("randomized", 8, 8) == "randomized"
+    with pytest.raises(ValueError, match="unknown truncation"):
+        lowrank.resolve_truncation("fast", 8, 8)  # type: ignore[arg-type]
+    big = torch.randn(1025, 1030, generator=torch.Generator().manual_seed(0))
+    assert lowrank.dense_truncate(big, 4, generator=torch.Generator().manual_seed(0))[4] == "randomized"
+    with pytest.raises(ValueError, match="generator"):
+        lowrank.dense_truncate(big, 4)
+
+
+def test_factor_energy_is_the_products_norm():
+    b, a = _factors(30, 50, [5])[0]
+    assert lowrank.factor_energy(b, a) == pytest.approx(float((b.double() @ a.double()).square().sum()), rel=1e-12)
+    m = torch.randn(1000, 3)
+    assert lowrank.frobenius_sq(m, block=7) == pytest.approx(float(m.double().square().sum()), rel=1e-12)
 
 
 # --- merge methods ---------------------------------------------------------

@@ -121,6 +121,20 @@ def test_dense_methods_match_peft_then_truncate(tmp_path, method, kw):
     assert all(rel_err(got[n], best_rank(want[n], 4)) < 1e-4 for n in want)
 
 
+def test_dense_truncation_choice(tmp_path):
+    """auto is exact on small modules; randomized runs through the engine and lands on the same adapter."""
+    parents = [adapter(r=4, seed=1), adapter(r=4, seed=2), adapter(r=4, seed=3)]
+    weights = [0.5, 0.3, 0.2]
+    auto = compose_dirs(parents, weights, tmp_path / "auto", method="ties", density=0.4, rank=4)
+    assert auto.truncation == {"exact": len(auto.module_ranks)}
+    assert auto.lineage["params"]["svd"] == "auto"
+    rand = compose_dirs(parents, weights, tmp_path / "rand", method="ties", density=0.4, rank=4, svd="randomized")
+    assert rand.truncation == {"randomized": len(rand.module_ranks)}
+    assert rand.lineage["params"]["svd"] == "randomized"
+    assert_deltas_close(peft_deltas(base(), tmp_path / "rand"), peft_deltas(base(), tmp_path / "auto"), 1e-4)
+    assert rand.energy_kept == pytest.approx(auto.energy_kept, rel=1e-3)
+
+
 def test_dare_seeds(tmp_path):
     parents = [adapter(r=4, seed=1), adapter(r=4, seed=2)]
     for name, method, density, seed in [("a", "dare_linear", 0.5, 0), ("b", "dare_linear", 0.5, 0),

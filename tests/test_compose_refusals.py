@@ -122,10 +122,20 @@ def test_truncated_rank_above_max_rank(tmp_path):
     ({"rank": 0}, "positive"),
     ({"majority_sign": "mean"}, "majority_sign"),
     ({"parents": [{"ref": "x"}]}, "parent records"),
+    ({"method": "ties", "density": 0.5, "svd": "fast"}, "svd must be one of"),
+    ({"method": "svd", "rank": 4, "svd": "randomized"}, "randomized applies to ties"),
+    ({"svd": "randomized"}, "stack/svd truncates exactly"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ComposeError, match=message):
         compose_dirs([adapter(r=4, seed=1), adapter(r=4, seed=2)], None, tmp_path / "out", **kwargs)
+
+
+def test_interpolate_truncates_from_factors_only(tmp_path):
+    a, b = adapter(r=4, seed=1), adapter(r=4, seed=2)
+    with pytest.raises(ComposeError, match="randomized applies to"):
+        interpolate_dirs(a, b, 0.5, tmp_path / "out", rank=2, svd="randomized")
+    assert interpolate_dirs(a, b, 0.5, tmp_path / "exact", rank=2, svd="exact").method == "svd"
 
 
 def test_interpolate_t_must_be_finite(tmp_path):

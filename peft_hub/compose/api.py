@@ -17,6 +17,7 @@ from peft_hub.adapter import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from peft_hub.compose.card import LINEAGE_KEY, lineage, render_card, vllm_max_lora_rank
 from peft_hub.compose.engine import Method, stream_compose
 from peft_hub.compose.io import dtype_name, parse_dtype, st_to_torch
+from peft_hub.compose.lowrank import TRUNCATIONS, Truncation
 from peft_hub.compose.merge_methods import MERGE_METHODS, MajoritySign
 from peft_hub.compose.plan import (
     AdapterInput,
@@ -43,6 +44,7 @@ class ComposeReport:
     energy_kept: float  # Σ kept / Σ total of ‖ΔW‖²_F over all modules; 1.0 when exact
     module_energy: dict[str, float] = field(default_factory=dict)  # per module, same fraction
     module_ranks: dict[str, int] = field(default_factory=dict)
+    truncation: dict[str, int] = field(default_factory=dict)  # dense methods: modules per SVD kind ("exact", "randomized")
     vllm_max_lora_rank: int | None = None
     dtype: str = "fp32"
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +62,7 @@ def compose_dirs(
     density: float | None = None,
     majority_sign: Literal["total", "frequency"] = "total",
     seed: int = 0,
+    svd: Literal["auto", "exact", "randomized"] = "auto",
     dtype: str | None = None,
     force: bool = False,
     parents: list[dict] | None = None,
@@ -79,7 +82,13 @@ def compose_dirs(
         max_rank: refuse outputs with a larger rank.
         density: fraction kept, for the merge methods (required there).
         majority_sign: sign election for ``ties``/``dare_ties``.
-        seed: for the DARE methods' random drops.
+        seed: for the DARE methods' random drops and the randomized SVD's sketch.
+        svd: how the merge methods truncate their dense result to ``rank``:
+            ``exact`` (``torch.linalg.svd``), ``randomized`` (subspace
+            iteration, see :func:`peft_hub.compose.lowrank.randomized_svd`),
+            or ``auto`` (exact when min(d, k) ≤ 1024, else randomized).
+            ``stack`` and ``svd`` are exact from the factors at any size, so
+            they accept ``auto`` and ``exact`` and refuse ``randomized``.
         dtype: ``fp32``/``fp16``/``bf16`` for the output (default: the inputs').
         force: compose adapters that declare different base models.
         parents: ``{"ref", "revision"}`` per path, for lineage (default: the path, no revision).
@@ -93,7 +102,7 @@ def compose_dirs(
     """
     return _compose(
         [Path(p) for p in paths], weights, Path(output_dir), method=method, rank=rank, max_rank=max_rank,
-        density=density, majority_sign=majority_sign, seed=seed, dtype=dtype, force=force, parents=parents,
+        density=density, majority_sign=majority_sign, seed=seed, svd=svd, dtype=dtype, force=force, parents=parents,
         record_method=None, record_params={},
     )
 
@@ -106,6 +115,7 @@ def interpolate_dirs(
     *,
     rank: int | None = None,
     max_rank: int = 64,
+    svd: Literal["auto", "exact", "randomized"] = "auto",
     dtype: str | None = None,
     force: bool = False,
     parents: list[dict] | None = None,
@@ -116,6 +126,9 @@ def interpolate_dirs(
         a, b: adapter directories; ``t=0`` gives ``a`` and ``t=1`` gives ``b``.
         t: the interpolation parameter (outside [0, 1] extrapolates).
         output_dir, rank, max_rank, dtype, force, parents: as in :func:`compose_dirs`.
+        svd: as in :func:`compose_dirs`; interpolation stacks or truncates
+            from the factors, which is exact at any size, so ``randomized``
+            is refused.
 
     Returns:
         A :class:`ComposeReport` whose lineage method is ``interpolate``.
@@ -124,14 +137,14 @@ def interpolate_dirs(
         raise ComposeError(f"t must be a finite number, got {t}")
     return _compose(
         [Path(a), Path(b)], [1.0 - t, t], Path(output_dir), method="stack" if rank is None else "svd",
-        rank=rank, max_rank=max_rank, density=None, majority_sign="total", seed=0, dtype=dtype, force=force,
+        rank=rank, max_rank=max_rank, density=None, majority_sign="total", seed=0, svd=svd, dtype=dtype, force=force,
         parents=parents, record_method="interpolate", record_params={"t": t},
     )
 
 
 def _check_args(
     paths: list[Path], weights: list[float], method: str | None, rank: int | None, max_rank: int,
-    density: float | None, majority_sign: str, parents: list[dict] | None, dtype: str | None,
+    density: float | None, majority_sign: str, svd: str, parents: list[dict] | None, dtype: str | None,
 ) -> None:
     if dtype is not None:
         parse_dtype(dtype)
@@ -156,6 +169,13 @@ def _check_args(
             raise ComposeError(f"{method} needs --density in (0, 1], got {density}")
     elif density is not None:
         raise ComposeError(f"--density applies to {', '.join(MERGE_METHODS)}, not {method or 'stack'}")
+    if svd not in TRUNCATIONS:
+        raise ComposeError(f"svd must be one of {', '.join(TRUNCATIONS)}, got {svd!r}")
+    if svd == "randomized" and method not in MERGE_METHODS:
+        raise ComposeError(
+            f"--svd randomized applies to {', '.join(MERGE_METHODS)}; {method or 'stack/svd'} truncates exactly "
+            "from the low-rank factors (milliseconds per module), so there is nothing to approximate"
+        )
     if majority_sign not in ("total", "frequency"):
         raise ComposeError(f"majority_sign must be 'total' or 'frequency', got {majority_sign!r}")
     if parents is not None and len(parents) != len(paths):
@@ -249,12 +269,12 @@ def _prepare_output(output_dir: Path) -> Path:
 
 def _compose(
     paths: list[Path], weights: list[float] | None, output_dir: Path, *, method: Method | None, rank: int | None,
-    max_rank: int, density: float | None, majority_sign: MajoritySign, seed: int, dtype: str | None, force: bool,
-    parents: list[dict] | None, record_method: str | None, record_params: dict[str, Any],
+    max_rank: int, density: float | None, majority_sign: MajoritySign, seed: int, svd: Truncation, dtype: str | None,
+    force: bool, parents: list[dict] | None, record_method: str | None, record_params: dict[str, Any],
 ) -> ComposeReport:
     start = time.perf_counter()
     weights = [float(w) for w in weights] if weights is not None else [1.0] * len(paths)
-    _check_args(paths, weights, method, rank, max_rank, density, majority_sign, parents, dtype)
+    _check_args(paths, weights, method, rank, max_rank, density, majority_sign, svd, parents, dtype)
     _check_output(output_dir, paths)
     inputs = [read_adapter(p) for p in paths]
     base_model = check_base_models(inputs, force)
@@ -266,7 +286,7 @@ def _compose(
 
     params: dict[str, Any] = {**record_params, "weights": weights, "rank": rank, "max_rank": max_rank}
     if method in MERGE_METHODS:
-        params |= {"density": density, "seed": seed}
+        params |= {"density": density, "seed": seed, "svd": svd}
         if method in ("ties", "dare_ties"):
             params["majority_sign"] = majority_sign
     params |= {"dtype": dtype_name(out_dtype), "force": force}
@@ -284,7 +304,7 @@ def _compose(
         results, carried = stream_compose(
             inputs, modules, ranks, extras, tmp / WEIGHTS_NAME, out_dtype=out_dtype,
             metadata={"format": "pt", LINEAGE_KEY: json.dumps(record)}, method=method, density=density,
-            majority_sign=majority_sign, seed=seed,
+            majority_sign=majority_sign, seed=seed, svd=svd,
         )
         kept = sum(r.energy_kept or 0.0 for r in results)
         total = sum(r.energy_total or 0.0 for r in results)
@@ -304,6 +324,7 @@ def _compose(
     return ComposeReport(
         output_dir=output_dir, method=method, rank=top, max_rank=max_rank, energy_kept=fraction,
         module_energy={r.name: r.fraction for r in results}, module_ranks=dict(ranks),
+        truncation=dict(Counter(r.truncation for r in results if r.truncation)),
         vllm_max_lora_rank=vllm_max_lora_rank(top), dtype=dtype_name(out_dtype), lineage=record,
         seconds=time.perf_counter() - start,
     )

@@ -15,6 +15,7 @@ from peft_hub.compose.refs import default_output, resolve_ref, split_refs
 from peft_hub.errors import InvalidInputError
 
 METHODS = ("stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+TRUNCATIONS = ("auto", "exact", "randomized")
 SHOWN_MODULES = 5
 
 
@@ -33,6 +34,9 @@ def _print_report(report: Any) -> None:
         f"Wrote {report.output_dir} ({report.method}, {len(report.module_ranks)} modules, rank {report.rank}, "
         f"{report.dtype}); energy kept {report.energy_kept:.6f}"
     )
+    if report.truncation:
+        how = ", ".join(f"{kind} SVD on {n} module{'s' if n != 1 else ''}" for kind, n in sorted(report.truncation.items()))
+        click.echo(f"Truncation: {how}")
     worst = sorted(report.module_energy.items(), key=lambda kv: kv[1])[:SHOWN_MODULES]
     if worst and worst[0][1] < 1.0:
         click.echo("Least energy kept:")
@@ -51,7 +55,11 @@ def _push(client: Any, out_dir: Path, name: str) -> None:
 
 def _output_options(fn: Any) -> Any:
     for option in reversed([
-        click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate to this rank by exact SVD."),
+        click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate to this rank."),
+        click.option("--svd", type=click.Choice(TRUNCATIONS), default="auto", show_default=True,
+                     help="How ties/dare/magnitude_prune truncate their dense result to --rank: exact SVD, randomized "
+                          "SVD, or auto (exact when min(d, k) <= 1024). stack/svd/interpolate are exact from the "
+                          "factors at any size and refuse randomized."),
         click.option("--max-rank", type=click.IntRange(min=1), default=64, show_default=True,
                      help="Refuse outputs of a higher rank."),
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
@@ -72,12 +80,12 @@ def _output_options(fn: Any) -> Any:
               help="Default: stack exactly if the result fits --max-rank, svd if --rank is given.")
 @click.option("--density", type=float, default=None, help="Fraction kept, for ties/dare/magnitude_prune.")
 @click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the DARE methods.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the DARE methods and the randomized SVD.")
 @_output_options
 @click.pass_obj
 def compose(
     client: Any, adapters: str, weights: list[float] | None, method: str | None, density: float | None,
-    majority_sign: str, seed: int, rank: int | None, max_rank: int, dtype: str | None, force: bool,
+    majority_sign: str, seed: int, rank: int | None, svd: str, max_rank: int, dtype: str | None, force: bool,
     output: Path | None, push: str | None,
 ) -> None:
     """Combine adapters: ΔW = Σ wᵢ·ΔWᵢ, exactly (stack) or truncated (svd, ties, dare_*, magnitude_prune).
@@ -90,7 +98,8 @@ def compose(
     out = output or default_output([r.ref for r in resolved], method or ("svd" if rank else "stack"))
     report = compose_dirs(
         [r.path for r in resolved], weights, out, method=method, rank=rank, max_rank=max_rank, density=density,
-        majority_sign=majority_sign, seed=seed, dtype=dtype, force=force, parents=[r.parent() for r in resolved],
+        majority_sign=majority_sign, seed=seed, svd=svd, dtype=dtype, force=force,
+        parents=[r.parent() for r in resolved],
     )
     _print_report(report)
     if push:
@@ -104,8 +113,8 @@ def compose(
 @_output_options
 @click.pass_obj
 def interpolate(
-    client: Any, a: str, b: str, t: float, rank: int | None, max_rank: int, dtype: str | None, force: bool,
-    output: Path | None, push: str | None,
+    client: Any, a: str, b: str, t: float, rank: int | None, svd: str, max_rank: int, dtype: str | None,
+    force: bool, output: Path | None, push: str | None,
 ) -> None:
     """Blend two adapters: ΔW = (1 − t)·ΔW_A + t·ΔW_B, exact unless --rank is given."""
     from peft_hub.compose.api import interpolate_dirs
@@ -113,7 +122,7 @@ def interpolate(
     ra, rb = resolve_ref(a, client), resolve_ref(b, client)
     out = output or default_output([ra.ref, rb.ref], f"interp{t:g}")
     report = interpolate_dirs(
-        ra.path, rb.path, t, out, rank=rank, max_rank=max_rank, dtype=dtype, force=force,
+        ra.path, rb.path, t, out, rank=rank, max_rank=max_rank, svd=svd, dtype=dtype, force=force,
         parents=[ra.parent(), rb.parent()],
     )
     _print_report(report)

@@ -7,8 +7,6 @@ This is the only place that joins the pure math (:mod:`.lowrank`,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,9 +14,10 @@ from typing import Literal
 import torch
 
 from peft_hub.compose.io import StreamingWriter, TensorReader, st_to_torch
-from peft_hub.compose.lowrank import dense_truncate, stack_factors, truncate_factors
+from peft_hub.compose.lowrank import Truncation, dense_truncate, stack_factors, truncate_factors
 from peft_hub.compose.merge_methods import MajoritySign, merge_dense
 from peft_hub.compose.plan import AdapterInput, ModulePlan
+from peft_hub.compose.threads import intra_op_threads
 from peft_hub.errors import IncompatibleAdaptersError
 from peft_hub.progress import tqdm
 
@@ -33,6 +32,7 @@ class ModuleResult:
     rank: int
     energy_kept: float | None  # Σ kept σ², i.e. ‖B'A'‖²_F; None when exact by construction
     energy_total: float | None  # ‖ΔW‖²_F of the (merged) delta; None when not computed
+    truncation: str | None = None  # "exact" or "randomized" dense SVD; None for the factor methods
 
     @property
     def fraction(self) -> float:
@@ -45,26 +45,6 @@ def module_generator(seed: int, name: str) -> torch.Generator:
     """A generator seeded from ``seed`` and the module name, so results do not depend on order."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-@contextmanager
-def intra_op_threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads (None: leave as is), restoring the setting after.
-
-    The factor-space methods work on thin (d, R) matrices with R of a few
-    dozen: OpenMP fan-out costs more than it saves there, and when another
-    process holds a core, a thin QR with 2 threads is 10-50x slower than
-    with 1 (it waits at every barrier for the preempted thread).
-    """
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -86,6 +66,7 @@ def compute_module(
     density: float | None = None,
     majority_sign: MajoritySign = "total",
     seed: int = 0,
+    svd: Truncation = "auto",
     out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, ModuleResult]:
     """Compose one module.
@@ -96,6 +77,8 @@ def compute_module(
         method: ``stack`` (exact), ``svd`` (exact truncation) or a dense merge method.
         rank: the output rank for this module (ignored by ``stack``).
         density, majority_sign, seed: for the dense merge methods.
+        svd: how the dense merge methods truncate (``auto``, ``exact``,
+            ``randomized``); the factor methods are exact at any size.
         out_dtype: the dtype that will be written; ``stack`` computes in the
             wider of it and the inputs', so each value is rounded once.
 
@@ -120,8 +103,10 @@ def compute_module(
         generator=module_generator(seed, plan.name),
     )
     del tasks
-    b, a, kept, total = dense_truncate(merged, rank)
-    return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
+    b, a, kept, total, how = dense_truncate(
+        merged, rank, svd=svd, signal_rank=plan.stacked_rank, generator=module_generator(seed, f"{plan.name}/svd"),
+    )
+    return b, a, ModuleResult(plan.name, b.shape[1], kept, total, how)
 
 
 def stream_compose(
@@ -137,6 +122,7 @@ def stream_compose(
     density: float | None,
     majority_sign: MajoritySign,
     seed: int,
+    svd: Truncation = "auto",
 ) -> tuple[list[ModuleResult], list[str]]:
     """Compose every module and write the output safetensors file as it goes.
 
@@ -148,7 +134,7 @@ def stream_compose(
         weights_path: the file to write.
         out_dtype: dtype of the written factors.
         metadata: safetensors ``__metadata__``.
-        method, density, majority_sign, seed: see :func:`compute_module`.
+        method, density, majority_sign, seed, svd: see :func:`compute_module`.
 
     Returns:
         Per-module results, and the keys carried through.
@@ -169,13 +155,16 @@ def stream_compose(
 
     results = []
     writer = StreamingWriter(weights_path, entries, metadata)
-    threads = 1 if method in ("stack", "svd") else None  # the dense methods do want every core
+    # The factor methods work on thin (d, R) matrices, where a second thread costs
+    # more than it saves; the dense methods' large products use every core, and
+    # lowrank drops to one thread around their thin steps.
+    threads = 1 if method in ("stack", "svd") else None
     try:
         with TensorReader([a.weights_path for a in inputs]) as reader, intra_op_threads(threads):
             for m in tqdm(modules, desc="compose", unit="module"):
                 b, a, result = compute_module(
                     m, load_factors(reader, m), method=method, rank=ranks[m.name],
-                    density=density, majority_sign=majority_sign, seed=seed, out_dtype=out_dtype,
+                    density=density, majority_sign=majority_sign, seed=seed, svd=svd, out_dtype=out_dtype,
                 )
                 if result.rank != ranks[m.name]:
                     raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")
