@@ -58,8 +58,12 @@ def random_factors(d: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 # --- 1. one module against PEFT ---------------------------------------------
 
 
-def peft_svd(d: int, k: int, factors) -> tuple[float, torch.Tensor]:
-    """PEFT's add_weighted_adapter(svd) on a one-Linear model; returns (seconds, ΔW)."""
+def peft_svd(d: int, k: int, factors, dtype: torch.dtype = torch.float32) -> tuple[float, torch.Tensor]:
+    """PEFT's add_weighted_adapter(svd) on a one-Linear model in ``dtype``; returns (seconds, ΔW).
+
+    In float32 (what PEFT users run) it is the timing peer; in float64 its
+    dense SVD is exact enough to check our products to 1e-5 and beyond.
+    """
     from peft import LoraConfig, get_peft_model
 
     class One(torch.nn.Module):
@@ -71,6 +75,7 @@ def peft_svd(d: int, k: int, factors) -> tuple[float, torch.Tensor]:
     model = get_peft_model(One(), copy.deepcopy(config), adapter_name="p0")
     for i in (1, 2):
         model.add_adapter(f"p{i}", copy.deepcopy(config))
+    model.to(dtype)
     with torch.no_grad():
         for i, (b, a) in enumerate(factors):
             model.base_model.model.lin.lora_A[f"p{i}"].weight.copy_(a)
@@ -244,6 +249,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-peft-11008", action="store_true", help="skip the slowest PEFT run")
     parser.add_argument("--skip-7b-ties", action="store_true", help="skip the 7B-shaped TIES run (minutes)")
+    parser.add_argument("--peft-float64", action="store_true",
+                        help="also run PEFT's svd merge in float64 on 4096x4096 and compare products with ours")
+    parser.add_argument("--only-module", action="store_true", help="run part 1 only")
     parser.add_argument("--dense-reference", action="store_true",
                         help="check against a dense float64 SVD (minutes) instead of the float64 factor path")
     args = parser.parse_args()
@@ -258,6 +266,16 @@ def main() -> None:
               f"    max|ours - PEFT| / max|ΔW| = {r['rel_err']:.1e} (target <= 1e-5); against the "
               f"{'dense ' if args.dense_reference else ''}float64 truncation: "
               f"ours {r['ours_exact']:.1e}, PEFT {r['peft_exact']:.1e}")
+
+    if args.peft_float64:
+        factors = [random_factors(4096, 4096, seed) for seed in range(3)]
+        _, ours = ours_svd(factors, 1)
+        seconds, theirs = peft_svd(4096, 4096, factors, torch.float64)
+        rel = float((ours.double() - theirs).abs().max() / theirs.abs().max())
+        print(f"[1b] PEFT's svd merge in float64 on 4096x4096 ({seconds:.1f} s): "
+              f"max|ours - PEFT| / max|ΔW| = {rel:.1e} (target <= 1e-5)")
+    if args.only_module:
+        return
 
     dense = [bench_truncation(4096, 4096, "ties", args.repeats), bench_truncation(4096, 11008, "ties", args.repeats),
              bench_truncation(4096, 4096, "dare_ties", args.repeats)]
