@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from peft_hub.cli import cli
+from tiny_models import dir_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,7 @@ def test_push_pull_search_show_tag_eval(run, llama_adapter, tmp_path):
 
     out = run("pull", "admin/support", "-o", str(tmp_path / "pulled")).output
     assert f"admin/support@{revision} -> {tmp_path / 'pulled'}" in out
-    assert {p.name: p.read_bytes() for p in (tmp_path / "pulled").iterdir()} == {
-        p.name: p.read_bytes() for p in llama_adapter.iterdir()}
+    assert dir_bytes(tmp_path / "pulled") == dir_bytes(llama_adapter)
 
     found = json.loads(run("ls", "--base-model", "tiny-llama", "--min-rank", "8", "--json").output)
     assert [a["id"] for a in found["items"]] == ["admin/support"]

@@ -25,11 +25,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from tiny_models import dir_bytes  # noqa: E402
+
 pytestmark = pytest.mark.integration
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir())}
 
 
 @pytest.fixture
@@ -48,7 +46,7 @@ def test_snapshot_download_by_tag_and_by_revision_id_is_byte_identical(hub, push
     for revision in (None, "main", "v1", pushed):
         folder = snapshot_download("admin/support", revision=revision, endpoint=hub.url, cache_dir=cache, token=False)
         assert Path(folder).name == pushed  # the snapshot is keyed by our revision id
-        assert _files(folder) == _files(llama_adapter)
+        assert dir_bytes(folder) == dir_bytes(llama_adapter)
     # hf_hub_download of one file, by tag and by id, lands on the same cached blob.
     by_tag = hf_hub_download("admin/support", "adapter_model.safetensors", revision="v1", endpoint=hub.url,
                              cache_dir=tmp_path / "one", token=False)
@@ -140,7 +138,7 @@ def test_private_adapter_is_invisible_without_a_token(hub, llama_adapter, tmp_pa
     info = _api(hub, True).model_info("admin/secret")
     assert (info.sha, info.private) == (revision, True)
     folder = snapshot_download("admin/secret", endpoint=hub.url, cache_dir=tmp_path / "mine", token=hub.admin_token)
-    assert _files(folder) == _files(llama_adapter)
+    assert dir_bytes(folder) == dir_bytes(llama_adapter)
 
     # A peft-hub token that is wrong is refused as bad credentials, not hidden as a missing repo.
     with pytest.raises(HfHubHTTPError) as bad:

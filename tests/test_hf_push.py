@@ -29,11 +29,9 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from tiny_models import dir_bytes  # noqa: E402
+
 pytestmark = pytest.mark.integration
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir())}
 
 
 def _revision_of(path: Path) -> str:
@@ -79,9 +77,9 @@ def test_upload_folder_publishes_the_same_revision_as_a_native_push(hub, api, ll
 
     with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "native") as client:
         pulled = client.pull("admin/pushed", tmp_path / "out")
-    assert pulled.revision == commit.oid and _files(pulled.path) == _files(llama_adapter)
+    assert pulled.revision == commit.oid and dir_bytes(pulled.path) == dir_bytes(llama_adapter)
     folder = snapshot_download("admin/pushed", endpoint=hub.url, cache_dir=tmp_path / "hf", token=False)
-    assert _files(folder) == _files(llama_adapter)
+    assert dir_bytes(folder) == dir_bytes(llama_adapter)
 
     # Pushing the same folder again changes nothing.
     again = api.upload_folder(folder_path=str(llama_adapter), repo_id="admin/pushed")
@@ -109,7 +107,7 @@ def test_commits_apply_on_top_of_main(hub, api, llama_adapter, tmp_path):
     assert Path(latest, "adapter_model.safetensors").read_bytes() == (llama_adapter / "adapter_model.safetensors").read_bytes()
     # Older revisions stay reachable by id.
     old = snapshot_download("admin/inc", revision=first, endpoint=hub.url, cache_dir=tmp_path / "hf", token=False)
-    assert _files(old) == _files(llama_adapter)
+    assert dir_bytes(old) == dir_bytes(llama_adapter)
 
     with pytest.raises(HfHubHTTPError) as missing:
         api.delete_file("nope.json", repo_id="admin/inc")

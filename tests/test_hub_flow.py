@@ -18,11 +18,9 @@ from peft_hub.errors import (
     InvalidNameError, PermissionDeniedError, RevisionNotFoundError, UnsafeFormatError,
 )
 
+from tiny_models import dir_bytes  # noqa: E402
+
 pytestmark = pytest.mark.integration
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
 def _spec(path: Path) -> list[dict]:
@@ -49,7 +47,7 @@ def test_push_pull_roundtrip_is_byte_identical_and_loads_in_peft(hub, llama_adap
 
         pulled = client.pull("admin/support", tmp_path / "out")
         assert pulled.revision == pushed.revision
-        assert _files(pulled.path) == _files(llama_adapter)
+        assert dir_bytes(pulled.path) == dir_bytes(llama_adapter)
 
         # A second pull, of another ref to the same files, transfers nothing.
         assert client.pull(f"admin/support@{pushed.revision}", tmp_path / "out2").bytes_downloaded == 0
@@ -237,7 +235,7 @@ def test_gc_deletes_only_unreferenced_blobs_past_grace(hub, llama_adapter, tmp_p
     assert old_card not in _stored_blobs(hub)
     # Shared blobs (config, weights) are still referenced by admin/keep.
     pulled = client.pull("admin/keep", tmp_path / "keep")
-    assert _files(pulled.path) == _files(llama_adapter)
+    assert dir_bytes(pulled.path) == dir_bytes(llama_adapter)
     reader = HubClient(hub.url, client.create_token(scope="write", namespace="w")["token"], cache_dir=tmp_path / "c")
     with pytest.raises(PermissionDeniedError):
         reader.gc()

@@ -86,3 +86,8 @@ def make_lora(
     # save_embedding_layers=False: "auto" would look the base name up on the Hub.
     model.save_pretrained(path, save_embedding_layers=False)
     return path
+
+
+def dir_bytes(path: str | Path) -> dict[str, bytes]:
+    """Every file of a directory by name, to compare adapters byte for byte."""
+    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir())}

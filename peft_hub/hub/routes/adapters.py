@@ -99,8 +99,7 @@ def preupload(
 def commit(
     owner: str, name: str, body: CommitRequest, session: SessionDep, store: StoreDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    """Publish the uploaded blobs as a new revision, atomically."""
-    require_write(principal, validate_repo_id(f"{owner}/{name}")[0])
+    """Publish the uploaded blobs as a new revision, atomically (publish checks write access)."""
     adapter, revision, created = publish(
         session, store, principal=principal, repo_id=f"{owner}/{name}", entries=[f.entry() for f in body.files],
         message=body.message, tags=body.tags, private=body.private,
