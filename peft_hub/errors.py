@@ -93,6 +93,19 @@ class ChecksumMismatchError(InvalidInputError):
     code = "checksum_mismatch"
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """The request body is larger than this route accepts."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+
+class UploadRequiredError(InvalidInputError):
+    """A commit named a blob its author has not uploaded (and cannot read)."""
+
+    code = "upload_required"
+
+
 # --- lookup ----------------------------------------------------------------
 
 
@@ -142,6 +155,17 @@ class PermissionDeniedError(PeftHubError, PermissionError):
 
     code = "forbidden"
     status_code = 403
+
+
+class RateLimitedError(PeftHubError):
+    """Too many failed attempts; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str = "", retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConflictError(PeftHubError):
@@ -208,6 +232,8 @@ _BY_STATUS: dict[int, type[PeftHubError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    413: PayloadTooLargeError,
+    429: RateLimitedError,
     422: InvalidInputError,
     400: InvalidInputError,
     502: StorageError,

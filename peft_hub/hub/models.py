@@ -45,6 +45,11 @@ class Token(SQLModel, table=True):
     scope: str = Field(max_length=8)  # read | write | admin
     namespaces: list[str] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
+    #: A label chosen at creation, shown by ``token ls``.
+    name: str = Field(default="", max_length=64)
+    #: After this instant the token is refused; None: it does not expire.
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 class Adapter(SQLModel, table=True):
@@ -143,3 +148,41 @@ class LineageEdge(SQLModel, table=True):
     parent_sha256: str | None = Field(default=None, max_length=64)
     weight: float | None = None
     method: str = Field(default="", max_length=32)
+
+
+class BlobUpload(SQLModel, table=True):
+    """A receipt: ``user_id`` proved it holds the bytes of blob ``sha256``.
+
+    Blobs are shared by sha256 across users, but access is not: a commit may
+    name a blob only when its author has a receipt, or can already read a
+    revision that holds the blob (see ``hub.possession``).
+    """
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="namespace.id", primary_key=True)
+    size: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds only a random id; this row holds
+    the sha256 of that id and the token it acts with. Sign-out deletes it."""
+
+    id_hash: str = Field(primary_key=True, max_length=64)
+    token_id: int = Field(foreign_key="token.id", index=True)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what, when and from where: pushes, tag moves, deletes, tokens,
+    memberships, gc and bursts of failed sign-ins."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(default="", max_length=64, index=True)
+    action: str = Field(max_length=32, index=True)
+    target: str = Field(default="", max_length=300)
+    client: str = Field(default="", max_length=64)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

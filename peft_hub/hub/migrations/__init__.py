@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
@@ -19,8 +19,22 @@ def _initial(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
+def _security(conn: Connection) -> None:
+    """Upload receipts, server-side web sessions, the audit log, token expiry."""
+    from peft_hub.hub import models
+
+    for column, kind in (("name", "VARCHAR(64) NOT NULL DEFAULT ''"), ("expires_at", "TIMESTAMP"),
+                         ("last_used_at", "TIMESTAMP")):
+        existing = {c["name"] for c in inspect(conn).get_columns("token")}
+        if column not in existing:
+            conn.execute(text(f"ALTER TABLE token ADD COLUMN {column} {kind}"))
+    tables = [models.BlobUpload.__table__, models.WebSession.__table__, models.AuditEvent.__table__]
+    SQLModel.metadata.create_all(conn, tables=tables)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _initial),
+    (2, "upload receipts, web sessions, audit log, token expiry", _security),
 ]
 
 
