@@ -1,7 +1,8 @@
 """Verify stored blobs and publish a revision.
 
 Both push paths, the native API and the Hugging Face–compatible one, end
-here: every blob is checked (present, right size, right sha256), the adapter
+here: the author must hold every blob it names (see ``possession``), every
+blob is checked (present, right size, right sha256), the adapter
 is validated again from the stored bytes, and only then is the revision
 committed in one transaction.
 """
@@ -16,31 +17,26 @@ from typing import BinaryIO
 from sqlmodel import Session
 
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
-from peft_hub.errors import ChecksumMismatchError
-from peft_hub.hub import crud
+from peft_hub.errors import ChecksumMismatchError, UploadRequiredError
+from peft_hub.hub import crud, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
 
 
-def missing_blobs(store: BlobStore, entries: list[FileEntry]) -> list[FileEntry]:
-    """The entries whose blob is not stored yet (or is stored with a wrong size)."""
-    return [e for e in entries if (stat := store.stat(e.sha256)) is None or stat.size != e.size]
-
-
-def verify_blob(store: BlobStore, entry: FileEntry) -> None:
+def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry) -> None:
     """Make sure the stored blob is exactly the declared bytes.
 
     Stores that keep a verified checksum (local writes, S3 checksums) are
-    trusted; otherwise the blob is read and hashed. A blob that fails is
-    deleted, so a retry can upload it again.
+    trusted; otherwise the blob is read and hashed. Nothing is deleted for a
+    wrong declared size, and a blob whose bytes do not verify is discarded
+    only when it is the caller's own unreferenced upload.
     """
     stat = store.stat(entry.sha256)
     if stat is None:
-        raise ChecksumMismatchError(f"{entry.path}: blob {entry.sha256} was not uploaded")
+        raise UploadRequiredError(f"{entry.path}: blob {entry.sha256} is not stored (any more); upload it again")
     if stat.size != entry.size:
-        store.delete(entry.sha256)
-        raise ChecksumMismatchError(f"{entry.path}: stored {stat.size} bytes, expected {entry.size}")
+        raise ChecksumMismatchError(f"{entry.path}: blob {entry.sha256} is {stat.size} bytes, not {entry.size}")
     if stat.verified_sha256 == entry.sha256:
         return
     digest = hashlib.sha256()
@@ -48,7 +44,7 @@ def verify_blob(store: BlobStore, entry: FileEntry) -> None:
         while block := fh.read(8 * 1024 * 1024):
             digest.update(block)
     if digest.hexdigest() != entry.sha256:
-        store.delete(entry.sha256)
+        possession.discard_if_own(session, store, principal, entry.sha256)
         raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest.hexdigest()}, not {entry.sha256}")
 
 
@@ -77,8 +73,9 @@ def publish(
     for tag in tags:
         crud.validate_tag(tag)
     check_entries(entries)
+    possession.require_held(session, store, principal, entries)
     for entry in entries:
-        verify_blob(store, entry)
+        verify_blob(session, store, principal, entry)
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:

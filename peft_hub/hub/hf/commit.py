@@ -39,6 +39,8 @@ class Operation:
     kind: Literal["add", "delete", "delete_folder"]
     path: str
     entry: FileEntry | None = None
+    #: The bytes came inline in the commit (the hub received them itself).
+    inline: bool = False
 
 
 @dataclass
@@ -108,9 +110,9 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
         elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= MAX_FILES:
             raise InvalidInputError(f"a commit adds at most {MAX_FILES} files (an adapter has at most {MAX_FILES})")
         elif key == "file":
-            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store)))
+            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store), inline=True))
         elif key == "lfsFile":
-            parsed.operations.append(Operation("add", value.get("path"), await run_in_threadpool(_lfs_file, value, store)))
+            parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value)))
         elif key == "deletedFile":
             parsed.operations.append(Operation("delete", str(value.get("path", ""))))
         elif key == "deletedFolder":
@@ -135,18 +137,18 @@ async def _inline_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
     return FileEntry(path, len(data), sha256)
 
 
-def _lfs_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
+def _lfs_file(value: dict[str, Any]) -> FileEntry:
+    """An LFS file by oid. A missing size (copies omit it) is left as None and
+    filled in from what the author holds: never from the store, which would
+    tell anyone whether a blob exists."""
     path = check_path(value.get("path"))
     oid = value.get("oid")
-    if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not _SHA256.match(oid):
+    if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not _SHA256.fullmatch(oid):
         raise InvalidInputError(f"{path}: an lfsFile needs a sha256 'oid'")
     size = value.get("size")
-    if not isinstance(size, int):  # copies omit it; the stored blob knows
-        stat = store.stat(oid)
-        if stat is None:
-            raise InvalidInputError(f"{path}: blob {oid} was not uploaded")
-        size = stat.size
-    return FileEntry(path, size, oid)
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= size_cap(path)):
+        raise InvalidInputError(f"{path}: 'size' must be an integer between 0 and {size_cap(path)}")
+    return FileEntry(path, size, oid)  # type: ignore[arg-type]
 
 
 def apply_operations(parent: list[FileEntry], operations: list[Operation]) -> list[FileEntry]:

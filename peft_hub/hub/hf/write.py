@@ -24,7 +24,7 @@ from peft_hub.errors import (
     InvalidInputError,
     NotImplementedByHubError,
 )
-from peft_hub.hub import crud
+from peft_hub.hub import crud, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.hf import blobs
@@ -44,6 +44,9 @@ from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import receive
 
 router = APIRouter()
+
+#: Objects one LFS batch request may name (an adapter has far fewer files).
+MAX_LFS_OBJECTS = 256
 
 XET_HINT = (
     "peft-hub does not speak the Xet protocol. Set HF_HUB_DISABLE_XET=1 so huggingface_hub uploads "
@@ -165,6 +168,8 @@ def _upload_plan(
     session: Session, principal: Principal | None, owner: str, name: str, files: list[Any]
 ) -> dict[str, Any]:
     adapter = _writable(session, principal, owner, name)
+    if not isinstance(files, list) or len(files) > MAX_LFS_OBJECTS:
+        raise InvalidInputError(f"'files' must be a list of at most {MAX_LFS_OBJECTS} files")
     parent = _parent_files(session, adapter)
     out = []
     for spec in files:
@@ -205,19 +210,26 @@ async def lfs_batch(
     if body.get("operation") != "upload":
         raise InvalidInputError("this LFS endpoint takes uploads; download files through /resolve")
     await run_in_threadpool(_writable, session, principal, owner, repo[: -len(".git")])
+    items = body.get("objects") or []
+    if not isinstance(items, list) or len(items) > MAX_LFS_OBJECTS:
+        raise InvalidInputError(f"'objects' must be a list of at most {MAX_LFS_OBJECTS} objects")
     key = blobs.signing_key(request.app.state, settings)
     expires = int(time.time()) + settings.presign_expiry
+    valid = [FileEntry(str(o["oid"]), o["size"], o["oid"]) for o in items
+             if isinstance(o, dict) and not _lfs_problem(o.get("oid"), o.get("size"))]
+    # Only blobs the caller holds count as present: no existence oracle.
+    have = await run_in_threadpool(possession.stored_and_held, session, store, principal, valid)
     objects = []
-    for obj in body.get("objects") or []:
-        oid, size = obj.get("oid"), obj.get("size")
-        item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
+    for obj in items:
+        oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
+        item: dict[str, Any] = {"oid": str(oid)[:64], "size": size if isinstance(size, int) else 0}
         problem = _lfs_problem(oid, size)
         if problem:
             item["error"] = {"code": 422, "message": problem}
         else:
-            stat = await run_in_threadpool(store.stat, oid)
-            if stat is None or stat.size != size:
-                query = urlencode({"size": size, "expires": expires, "signature": blobs.sign(key, oid, size, expires)})
+            if oid not in have:
+                signature = blobs.sign(key, oid, size, expires, principal.user.id)
+                query = urlencode({"size": size, "expires": expires, "user": principal.user.id, "signature": signature})
                 href = str(request.url_for("hf_lfs_upload", sha256=oid)) + "?" + query
                 item["actions"] = {"upload": {"href": href, "expires_in": settings.presign_expiry}}
             item["authenticated"] = True
@@ -238,13 +250,16 @@ def _lfs_problem(oid: Any, size: Any) -> str | None:
 
 @router.put("/api/hf/lfs/{sha256}", name="hf_lfs_upload")
 async def lfs_upload(
-    sha256: str, request: Request, store: StoreDep, settings: SettingsDep,
-    size: int = Query(ge=0), expires: int = Query(), signature: str = Query(),
+    sha256: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    size: int = Query(ge=0, le=WEIGHTS_MAX_BYTES), expires: int = Query(ge=0, le=2**62), user: int = Query(ge=0, le=2**62),
+    signature: str = Query(max_length=128),
 ) -> dict[str, Any]:
     """Receive one LFS object at a URL the batch endpoint signed; its bytes
-    are checked against the sha256 and size before they are kept."""
-    blobs.check_signature(blobs.signing_key(request.app.state, settings), sha256, size, expires, signature)
+    are checked against the sha256 and size before they are kept, and the
+    user the URL was issued to gets the upload receipt."""
+    blobs.check_signature(blobs.signing_key(request.app.state, settings), sha256, size, expires, user, signature)
     await receive(store, sha256, size, request.stream())
+    await run_in_threadpool(possession.record_receipt, session, user_id=user, sha256=sha256, size=size)
     return {"oid": sha256, "size": size}
 
 
@@ -263,6 +278,11 @@ def _publish_commit(
 ) -> tuple[Adapter, Revision, bool]:
     """Apply the operations to ``main`` as it is now; publishing re-reads
     ``main`` under a row lock and refuses if another commit moved it since."""
+    for op in parsed.operations:
+        if op.kind == "add" and op.inline:  # the hub itself received these bytes
+            possession.record_receipt(session, user_id=principal.user.id, sha256=op.entry.sha256, size=op.entry.size)
+        elif op.kind == "add" and op.entry.size is None:  # an lfsFile line without a size
+            op.entry = FileEntry(op.path, possession.size_for(session, principal, op.entry.sha256, op.path), op.entry.sha256)
     parent = _parent_files(session, adapter)
     current = crud.tags_of(session, adapter=adapter).get("main")
     if parsed.parent_commit and parsed.parent_commit != current:

@@ -9,10 +9,10 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 
 from peft_hub.adapter import CARD_NAME, validate_repo_id
 from peft_hub.errors import EntryNotFoundError
-from peft_hub.hub import crud
+from peft_hub.hub import crud, possession
 from peft_hub.hub.auth import require_scope, require_write
 from peft_hub.hub.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
-from peft_hub.hub.publish import missing_blobs, publish
+from peft_hub.hub.publish import publish
 from peft_hub.hub.schemas import (
     CommitRequest, EvalsRequest, PreuploadRequest, TagRequest, adapter_summary, revision_detail,
 )
@@ -77,15 +77,23 @@ def revisions(owner: str, name: str, session: SessionDep, principal: PrincipalDe
 
 @router.post("/{owner}/{name}/preupload")
 def preupload(
-    owner: str, name: str, body: PreuploadRequest, store: StoreDep, settings: SettingsDep, principal: PrincipalDep, request: Request
+    owner: str, name: str, body: PreuploadRequest, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    principal: PrincipalDep, request: Request,
 ) -> dict[str, Any]:
-    """Say which blobs are missing, and where to upload each one."""
+    """Say which blobs to upload, and where: every blob the caller has not
+    proved it holds, whether or not the store has it (no existence oracle)."""
     owner, name = validate_repo_id(f"{owner}/{name}")
-    require_write(principal, owner)
+    principal = require_write(principal, owner)
     entries = [f.entry() for f in body.files]
+    have = possession.stored_and_held(session, store, principal, entries)
     uploads = []
-    for entry in missing_blobs(store, entries):
-        target = store.upload_target(entry.sha256, entry.size, settings.presign_expiry)
+    for entry in entries:
+        if entry.sha256 in have:
+            continue
+        # A stored blob cannot take a second presigned PUT (If-None-Match), so
+        # a caller proving it holds one sends the bytes through the hub.
+        target = None if store.stat(entry.sha256) else store.upload_target(
+            entry.sha256, entry.size, settings.presign_expiry, uploader=str(principal.user.id))
         if target is None:
             url = str(request.url_for("upload_blob", sha256=entry.sha256)) + f"?size={entry.size}"
             uploads.append({"path": entry.path, "sha256": entry.sha256, "url": url, "method": "PUT", "headers": {}, "auth": True})

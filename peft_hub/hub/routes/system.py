@@ -6,10 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import validate_namespace
+from peft_hub.adapter import WEIGHTS_MAX_BYTES, validate_namespace
 from peft_hub.errors import InvalidInputError
-from peft_hub.hub import crud
+from peft_hub.hub import crud, possession
 from peft_hub.hub.auth import require_scope
 from peft_hub.hub.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.models import utcnow
@@ -57,13 +58,18 @@ def add_member(org: str, user: str, session: SessionDep, principal: PrincipalDep
 
 
 @router.put("/blobs/{sha256}", name="upload_blob", status_code=201)
-async def upload_blob(sha256: str, request: Request, store: StoreDep, principal: PrincipalDep, size: int = Query(ge=0)) -> dict[str, Any]:
-    """Receive a blob's bytes, verified before it is kept (the local backend's
-    upload target; S3 hands out presigned URLs instead)."""
-    require_scope(principal, "write")
+async def upload_blob(
+    sha256: str, request: Request, session: SessionDep, store: StoreDep, principal: PrincipalDep,
+    size: int = Query(ge=0, le=WEIGHTS_MAX_BYTES),
+) -> dict[str, Any]:
+    """Receive a blob's bytes, verified before it is kept, and note that the
+    caller holds them (the local backend's upload target, and S3's for a blob
+    that is already stored)."""
+    principal = require_scope(principal, "write")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise InvalidInputError("sha256 must be 64 lowercase hex digits")
     await receive(store, sha256, size, request.stream())
+    await run_in_threadpool(possession.record_receipt, session, user_id=principal.user.id, sha256=sha256, size=size)
     return {"sha256": sha256, "size": size}
 
 

@@ -22,6 +22,8 @@ class BlobStat:
     modified: datetime
     #: The store's own verified sha256, when it keeps one (S3 checksums).
     verified_sha256: str | None = None
+    #: The user id a direct (presigned) upload was signed for, where the store records it.
+    uploader: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class BlobStore(abc.ABC):
         """A URL that serves the blob without the hub, or None to stream it."""
         return None
 
-    def upload_target(self, sha256: str, size: int, expires: int) -> UploadTarget | None:
-        """A direct upload URL, or None when the hub receives the bytes itself."""
+    def upload_target(self, sha256: str, size: int, expires: int, uploader: str) -> UploadTarget | None:
+        """A direct upload URL that records ``uploader`` with the blob, or None
+        when the hub receives the bytes itself."""
         return None

@@ -32,7 +32,9 @@ class S3BlobWriter(BlobWriter):
     """Streams a blob into S3 as a multipart upload completed only when size
     and sha256 match, so wrong bytes never appear under the blob's key. A blob
     of at most one part is a single PUT that S3 checks against its sha256.
-    ``If-None-Match: *`` keeps an existing blob from ever being replaced."""
+    ``If-None-Match: *`` keeps an existing blob from ever being replaced, so
+    bytes for a blob S3 already holds (with its verified checksum) are only
+    hashed: the upload then proves possession without storing a copy."""
 
     def __init__(self, store: S3BlobStore, sha256: str, size: int) -> None:
         super().__init__(sha256, size)
@@ -40,8 +42,12 @@ class S3BlobWriter(BlobWriter):
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
+        stat = store.stat(sha256)
+        self.hash_only = stat is not None and stat.size == size and stat.verified_sha256 == sha256
 
     def _write(self, chunk: bytes) -> None:
+        if self.hash_only:
+            return
         self.buffer += chunk
         while len(self.buffer) >= PART_BYTES and self.written < self.size:
             self._send_part(bytes(self.buffer[:PART_BYTES]))
@@ -59,6 +65,8 @@ class S3BlobWriter(BlobWriter):
         from botocore.exceptions import ClientError
 
         self.verify()
+        if self.hash_only:
+            return
         try:
             if self.upload_id is None:
                 self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
@@ -130,7 +138,8 @@ class S3BlobStore(BlobStore):
         verified = head.get("ChecksumSHA256")
         verified_hex = base64.b64decode(verified).hex() if verified and "-" not in verified else None
         modified = head["LastModified"]
-        return BlobStat(sha256, head["ContentLength"], modified, verified_sha256=verified_hex)
+        uploader = (head.get("Metadata") or {}).get("uploader")
+        return BlobStat(sha256, head["ContentLength"], modified, verified_sha256=verified_hex, uploader=uploader)
 
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
@@ -152,14 +161,15 @@ class S3BlobStore(BlobStore):
             ExpiresIn=expires,
         )
 
-    def upload_target(self, sha256: str, size: int, expires: int) -> UploadTarget | None:
+    def upload_target(self, sha256: str, size: int, expires: int, uploader: str) -> UploadTarget | None:
         checksum = _b64(sha256)
         url = self.presigner.generate_presigned_url(
             "put_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256), "ContentLength": size,
-                "ChecksumSHA256": checksum, "IfNoneMatch": "*",
+                "ChecksumSHA256": checksum, "IfNoneMatch": "*", "Metadata": {"uploader": uploader},
             },
             ExpiresIn=expires,
         )
-        return UploadTarget(url, "PUT", {"x-amz-checksum-sha256": checksum, "If-None-Match": "*"})
+        headers = {"x-amz-checksum-sha256": checksum, "If-None-Match": "*", "x-amz-meta-uploader": uploader}
+        return UploadTarget(url, "PUT", headers)

@@ -1,0 +1,120 @@
+"""Who may name a blob in a commit.
+
+Blobs are stored once per sha256, whoever uploaded them, but knowing a
+sha256 never grants access to its bytes. A commit may reference a blob only
+when its author has proved possession, in one of three ways:
+
+- a *receipt*: the hub received and verified those bytes from this user
+  (a hub upload, an HF LFS upload, an inline file in an HF commit);
+- the S3 object itself records this user as its uploader (a presigned PUT
+  signs the ``x-amz-meta-uploader`` header, and ``If-None-Match: *`` means
+  only the first uploader's object ever exists);
+- the blob already belongs to a revision the user may read.
+
+Anything else must be uploaded again; the store still keeps one copy. Every
+answer here depends only on what the caller holds, never on whether the
+blob exists, so preupload and the LFS batch are no existence oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import exists
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from peft_hub.adapter import FileEntry
+from peft_hub.errors import UploadRequiredError
+from peft_hub.hub import crud
+from peft_hub.hub.auth import Principal
+from peft_hub.hub.models import Adapter, BlobUpload, Revision, RevisionFile
+from peft_hub.hub.storage import BlobStore
+
+
+def record_receipt(session: Session, *, user_id: int, sha256: str, size: int) -> None:
+    """Note that ``user_id`` uploaded these verified bytes (idempotent, race-safe)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.exec(  # type: ignore[call-overload]
+        insert(BlobUpload).values(sha256=sha256, user_id=user_id, size=size).on_conflict_do_nothing()
+    )
+
+
+def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[str]:
+    """The blobs among ``sha256s`` that the caller has proved it holds (receipts
+    and readable revisions; the S3 uploader check is :func:`require_held`'s)."""
+    wanted = sorted(set(sha256s))
+    if not wanted:
+        return set()
+    receipts = session.exec(
+        select(BlobUpload.sha256).where(BlobUpload.user_id == principal.user.id, col(BlobUpload.sha256).in_(wanted))
+    ).all()
+    readable = session.exec(
+        select(RevisionFile.sha256).distinct()
+        .join(Revision, Revision.id == RevisionFile.revision_id).join(Adapter, Adapter.id == Revision.adapter_id)
+        .where(col(RevisionFile.sha256).in_(wanted), crud._visible(principal))
+    ).all()
+    return set(receipts) | set(readable)
+
+
+def stored_and_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> set[str]:
+    """The sha256s the caller need not upload: held by the caller and stored
+    with the declared size. Everything else gets an upload URL."""
+    mine = held(session, principal, (e.sha256 for e in entries))
+    out = set()
+    for entry in entries:
+        if entry.sha256 in mine and (stat := store.stat(entry.sha256)) is not None and stat.size == entry.size:
+            out.add(entry.sha256)
+    return out
+
+
+def require_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
+    """Raise UploadRequiredError unless the caller holds every entry's blob.
+
+    The message is the same whether or not the blob exists in the store.
+    """
+    mine = held(session, principal, (e.sha256 for e in entries))
+    for entry in entries:
+        if entry.sha256 in mine:
+            continue
+        stat = store.stat(entry.sha256)
+        if stat is not None and stat.uploader == str(principal.user.id) and stat.size == entry.size:
+            record_receipt(session, user_id=principal.user.id, sha256=entry.sha256, size=stat.size)
+            mine.add(entry.sha256)
+            continue
+        raise UploadRequiredError(
+            f"{entry.path}: blob {entry.sha256} has not been uploaded by you; upload its bytes "
+            "(`peft-hub push` and huggingface_hub do this for you)"
+        )
+
+
+def discard_if_own(session: Session, store: BlobStore, principal: Principal, sha256: str) -> bool:
+    """Delete a blob that failed verification, only when it is the caller's own
+    unreferenced upload: never one a revision holds or another user uploaded."""
+    referenced = session.exec(select(exists().where(RevisionFile.sha256 == sha256))).one()
+    others = session.exec(
+        select(exists().where(BlobUpload.sha256 == sha256, BlobUpload.user_id != principal.user.id))
+    ).one()
+    if referenced or others:
+        return False
+    store.delete(sha256)
+    session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
+    return True
+
+
+def size_for(session: Session, principal: Principal, sha256: str, path: str) -> int:
+    """The size of a held blob, for HF ``lfsFile`` lines that omit it."""
+    row = session.exec(
+        select(BlobUpload.size).where(BlobUpload.user_id == principal.user.id, BlobUpload.sha256 == sha256)
+    ).first()
+    if row is None:
+        row = session.exec(
+            select(RevisionFile.size).join(Revision, Revision.id == RevisionFile.revision_id)
+            .join(Adapter, Adapter.id == Revision.adapter_id)
+            .where(RevisionFile.sha256 == sha256, crud._visible(principal))
+        ).first()
+    if row is None:
+        raise UploadRequiredError(f"{path}: blob {sha256} has not been uploaded by you; upload it through LFS first")
+    return int(row)
+
