@@ -10,7 +10,6 @@ stored until :func:`validate_files` has accepted them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections import Counter
@@ -18,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager
 
+from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
 from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
+from peft_hub.safeparse import load_yaml, loads_json, name_problem
 from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header
 
 CONFIG_NAME = "adapter_config.json"
@@ -35,6 +36,9 @@ KNOWN_PEFT_TYPES = frozenset({
     "TINYLORA", "PSOFT", "PEANUT", "SHADOW", "SUPERTUNING", "DEFT", "BONE",
 })
 
+#: The safetensors ``__metadata__`` key a composed adapter's lineage is read from.
+LINEAGE_KEY = "peft_hub.lineage"
+LINEAGE_MAX_CHARS = 64 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 WEIGHTS_MAX_BYTES = 8 * 1024**3
 #: The allowlist of other files: suffix -> size cap in bytes.
@@ -42,15 +46,25 @@ EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, 
 
 #: Names the web catalog and the API use for themselves.
 RESERVED_NAMES = frozenset({"api", "static", "compose", "login", "logout"})
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+#: ``\Z``, not ``$``: a ``$`` also matches before a final newline.
+NAME_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
 MAX_FILES = 32
+#: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
+MAX_FILENAME_BYTES = 255
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A user's value for an error message: repr'd (so control characters show
+    escaped) and cut short, so a megabyte of input makes a short message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def validate_namespace(part: str, *, what: str = "name") -> str:
     """Check one half of ``owner/name``; return it unchanged."""
-    if not NAME_RE.match(part) or ".." in part:
+    if not isinstance(part, str) or not NAME_RE.fullmatch(part) or ".." in part:
         raise InvalidNameError(
-            f"invalid {what} {part!r}: use 1-64 lowercase letters, digits, '-', '_' or '.', "
+            f"invalid {what} {shown(part)}: use 1-64 lowercase letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit, and no '..'"
         )
     if what in ("owner", "namespace", "organisation", "user") and part in RESERVED_NAMES:
@@ -64,16 +78,22 @@ def validate_repo_id(repo_id: str) -> tuple[str, str]:
     Returns:
         ``(owner, name)``.
     """
-    parts = repo_id.split("/")
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
     if len(parts) != 2:
-        raise InvalidNameError(f"invalid adapter id {repo_id!r}: expected 'owner/name'")
+        raise InvalidNameError(f"invalid adapter id {shown(repo_id)}: expected 'owner/name'")
     return validate_namespace(parts[0], what="owner"), validate_namespace(parts[1], what="name")
 
 
 def validate_filename(path: str) -> str:
-    """Check a file name inside an adapter: flat, allowlisted, no traversal."""
-    if not path or "/" in path or "\\" in path or path.startswith(".") or "\x00" in path:
-        raise InvalidAdapterError(f"file {path!r} is not allowed: adapters are flat directories of plain names")
+    """Check a file name inside an adapter: flat, allowlisted, no traversal,
+    no control characters, at most 255 bytes."""
+    if not isinstance(path, str) or not path or "/" in path or "\\" in path or path.startswith("."):
+        raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
+    problem = name_problem(path, MAX_FILENAME_BYTES)
+    if problem or len(path.encode("utf-8")) > MAX_FILENAME_BYTES:
+        raise InvalidAdapterError(
+            f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
+        )
     if path.lower().endswith(PICKLE_SUFFIXES):
         raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {CONVERT_HINT}")
     if path in (CONFIG_NAME, WEIGHTS_NAME):
@@ -148,26 +168,39 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 4 * 1024 * 1024) -> s
 
 
 def parse_config(raw: bytes) -> dict[str, Any]:
-    """Parse and check ``adapter_config.json``."""
-    try:
-        config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapterError(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
+    """Parse and check ``adapter_config.json``: bounded JSON, a known
+    ``peft_type``, and the type and range of every field the registry reads."""
+    config = loads_json(raw, what=CONFIG_NAME, error=InvalidAdapterError, strict_strings=True)
     if not isinstance(config, dict):
         raise InvalidAdapterError(f"{CONFIG_NAME} must be a JSON object")
     peft_type = config.get("peft_type")
-    if peft_type not in KNOWN_PEFT_TYPES:
-        raise InvalidAdapterError(f"{CONFIG_NAME}: unknown peft_type {peft_type!r}")
+    if not isinstance(peft_type, str) or peft_type not in KNOWN_PEFT_TYPES:
+        raise InvalidAdapterError(f"{CONFIG_NAME}: unknown peft_type {shown(peft_type)}")
+    check_config(config)
     return config
+
+
+_MATCHERS: dict[tuple[Any, ...], PatternMatcher] = {}
 
 
 def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     """PEFT's rule for ``rank_pattern``/``alpha_pattern``: a key matches a module
-    name when the name ends with it at a ``.`` boundary (keys are regexes)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+    name when the name ends with it at a ``.`` boundary (keys are regexes, run
+    on RE2 in linear time; one RE2 cannot compile is an InvalidAdapterError)."""
+    if not patterns:
+        return default
+    try:
+        key = tuple(patterns.items())
+        matcher = _MATCHERS.get(key)
+    except TypeError:  # unhashable values (AdaLoRA masks): no reuse
+        key, matcher = None, None
+    if matcher is None:
+        matcher = PatternMatcher(patterns)
+        if key is not None:
+            if len(_MATCHERS) >= 8:
+                _MATCHERS.pop(next(iter(_MATCHERS)))
+            _MATCHERS[key] = matcher
+    return matcher.value(module, default)
 
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.weight)?$")
@@ -176,13 +209,12 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.
 def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None:
     """For LoRA, every A/B pair must have the rank the config declares."""
     r = config.get("r")
-    rank_pattern = config.get("rank_pattern") or {}
-    for key, info in header.tensors.items():
-        m = _LORA_KEY.match(key)
-        if not m:
-            continue
+    matcher = PatternMatcher(config.get("rank_pattern") or {})
+    found = [(key, info, m) for key, info in header.tensors.items() if (m := _LORA_KEY.match(key))]
+    check_pattern_work(matcher, len({m.group("module") for _, _, m in found}), what=f"{CONFIG_NAME}: rank_pattern")
+    for key, info, m in found:
         module = m.group("module")
-        expected = pattern_value(rank_pattern, module, r)
+        expected = matcher.value(module, r)
         # A is (r, in[, kh, kw]) and B is (out, r[, 1, 1]); embeddings alike.
         if m.group("part") == "A":
             got = info.shape[0] if info.shape else None
@@ -190,13 +222,13 @@ def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None
             got = info.shape[1] if len(info.shape) > 1 else None
         if got != expected:
             raise InvalidAdapterError(
-                f"{key} has rank {got} but {CONFIG_NAME} says r={expected} for {module}"
+                f"{shown(key)} has rank {got} but {CONFIG_NAME} says r={expected} for {shown(module)}"
             )
 
 
 def card_summary(card: str, limit: int = 300) -> str:
     """The first paragraph of prose in a model card (no front matter, headings, HTML or code)."""
-    text = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)
+    text = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S).replace("\x00", "")
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     for block in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in block.strip().splitlines()]
@@ -212,12 +244,13 @@ def describe(
     method = config["peft_type"]
     rank = config.get("r") if isinstance(config.get("r"), int) else None
     alpha = config.get("lora_alpha", config.get("alpha"))
-    rank_pattern = {k: int(v) for k, v in (config.get("rank_pattern") or {}).items()}
+    # AdaLoRA's masks count the ranks it kept; other methods give ranks.
+    rank_pattern = {k: sum(v) if isinstance(v, list) else int(v) for k, v in (config.get("rank_pattern") or {}).items()}
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets]
     dtypes = Counter(t.dtype for t in header.tensors.values())
-    lineage = header.metadata.get("peft_hub.lineage")
+    lineage = header.metadata.get(LINEAGE_KEY)
     return AdapterMeta(
         base_model=config.get("base_model_name_or_path"),
         method=method,
@@ -234,9 +267,36 @@ def describe(
         dtype=dtypes.most_common(1)[0][0] if dtypes else None,
         total_size=sum(f.size for f in files),
         num_virtual_tokens=config.get("num_virtual_tokens"),
-        lineage=json.loads(lineage) if lineage else None,
+        lineage=parse_lineage(lineage) if lineage else None,
         description=card_summary(card),
     )
+
+
+def parse_lineage(raw: str) -> dict[str, Any]:
+    """The lineage record a composed adapter carries in its safetensors metadata."""
+    what = f"{WEIGHTS_NAME} metadata {LINEAGE_KEY}"
+    if len(raw) > LINEAGE_MAX_CHARS:
+        raise InvalidAdapterError(f"{what} is longer than {LINEAGE_MAX_CHARS} characters")
+    record = loads_json(raw, max_depth=16, what=what, error=InvalidAdapterError, strict_strings=True)
+    return check_lineage(record, what=what)
+
+
+def front_matter(text: str) -> str | None:
+    """A model card's YAML header: the lines between a leading ``---`` line and the next one."""
+    lines = text.lstrip("\ufeff").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    for end, line in enumerate(lines[1:], start=1):
+        if line.strip() == "---":
+            return "\n".join(lines[1:end])
+    return None
+
+
+def check_card(text: str) -> None:
+    """Refuse a model card whose YAML header is invalid, too deep, or an alias bomb."""
+    front = front_matter(text)
+    if front is not None:
+        load_yaml(front, what=f"the YAML front matter of {CARD_NAME}", error=InvalidAdapterError)
 
 
 def check_entries(entries: list[FileEntry]) -> None:
@@ -250,7 +310,7 @@ def check_entries(entries: list[FileEntry]) -> None:
         validate_filename(entry.path)
         if entry.size > size_cap(entry.path):
             raise InvalidAdapterError(f"{entry.path} is {entry.size} bytes, above the {size_cap(entry.path)} byte cap")
-        if not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
+        if not isinstance(entry.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
             raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
     for required in (CONFIG_NAME, WEIGHTS_NAME):
         if required not in names:
@@ -294,11 +354,14 @@ def validate_manifest(
             raw = fh.read(entry.size + 1)
         try:
             text = raw.decode("utf-8")
-            if entry.path.endswith(".json"):
-                json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text or JSON") from exc
+        except UnicodeDecodeError:
+            raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text") from None
+        if entry.path.lower().endswith(".json"):
+            loads_json(raw, what=entry.path, error=InvalidAdapterError)
+        elif "\x00" in text:
+            raise InvalidAdapterError(f"{entry.path} contains NUL bytes: it is not a text file")
         if entry.path == CARD_NAME:
+            check_card(text)
             card = text
     return describe(config, header, entries, card)
 

@@ -8,7 +8,6 @@ data exactly, and sizes that equal shape x dtype size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
+from peft_hub.safeparse import loads_json
 
 #: Bytes per element, for every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {
@@ -27,6 +27,8 @@ DTYPE_SIZES: dict[str, float] = {
 }
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: No real tensor has a dimension this large; the bound keeps size arithmetic exact.
+MAX_DIM = 1 << 48
 
 CONVERT_HINT = (
     "Only safetensors is accepted. Re-save the adapter with "
@@ -66,7 +68,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise InvalidAdapterError(f"safetensors header has a duplicate key {key!r}")
+            raise InvalidAdapterError(f"safetensors header has a duplicate key {_short(key)}")
         out[key] = value
     return out
 
@@ -108,10 +110,7 @@ def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> Safetens
         raise InvalidAdapterError(f"{name}: header is not valid UTF-8") from exc
     if not text.startswith("{"):
         raise InvalidAdapterError(f"{name}: header does not start with '{{'")
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise InvalidAdapterError(f"{name}: header is not valid JSON ({exc.msg})") from exc
+    obj = loads_json(text, what=f"{name}: header", error=InvalidAdapterError, object_pairs_hook=_no_duplicates)
     if not isinstance(obj, dict):
         raise InvalidAdapterError(f"{name}: header is not a JSON object")
 
@@ -140,25 +139,37 @@ def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> Safetens
     return SafetensorsHeader(tensors=tensors, metadata=metadata, data_offset=8 + n)
 
 
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _count(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
 def _tensor_info(key: str, entry: object, name: str) -> TensorInfo:
+    label = _short(key)
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise InvalidAdapterError(f"{name}: entry {key!r} must have exactly dtype, shape and data_offsets")
+        raise InvalidAdapterError(f"{name}: entry {label} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_SIZES:
-        raise InvalidAdapterError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidAdapterError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise InvalidAdapterError(f"{name}: tensor {label} has unknown dtype {_short(dtype, 32)}")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(_count(d, MAX_DIM) for d in shape):
+        raise InvalidAdapterError(f"{name}: tensor {label} has an invalid shape {_short(shape)}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or not all(_count(o, 1 << 62) for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise InvalidAdapterError(f"{name}: tensor {key!r} has invalid data_offsets {offsets!r}")
-    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
-    if nbytes != offsets[1] - offsets[0]:
+        raise InvalidAdapterError(f"{name}: tensor {label} has invalid data_offsets {_short(offsets)}")
+    # In bits, so F4 and F6 stay exact integers whatever the shape.
+    bits = math.prod(shape) * int(DTYPE_SIZES[dtype] * 8)
+    if bits != (offsets[1] - offsets[0]) * 8:
+        needs = f"{bits // 8}" + (f" and {bits % 8} bits" if bits % 8 else "")
         raise InvalidAdapterError(
-            f"{name}: tensor {key!r} is {offsets[1] - offsets[0]} bytes but shape {shape} of {dtype} needs {nbytes:g}"
+            f"{name}: tensor {label} is {offsets[1] - offsets[0]} bytes but shape {_short(shape)} of {dtype} needs {needs}"
         )
     return TensorInfo(key, dtype, tuple(shape), offsets[0], offsets[1])
 

@@ -177,7 +177,7 @@ def test_auth_private_adapters_and_namespaces(hub, llama_adapter, tmp_path):
     with pytest.raises(PermissionDeniedError):
         alice.push(llama_adapter, name="bob/x")
     with pytest.raises(PermissionDeniedError):
-        alice.create_token(scope="read")
+        alice.create_token(scope="read", namespace="bob")  # for herself is allowed; for others is not
 
     assert alice.info("alice/secret")["private"] is True
     for outsider in (bob, anon):

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from peft_hub.adapter import validate_dir, validate_namespace
-from peft_hub.client.cache import BlobCache, assemble
-from peft_hub.client.http import build_session, send
+from peft_hub.client.cache import BlobCache, assemble, check_revision
+from peft_hub.client.http import build_session, json_body, send
 from peft_hub.client.refs import Ref, parse_ref
-from peft_hub.client.transfers import download, upload
-from peft_hub.errors import AuthenticationError, ConflictError, InvalidNameError
+from peft_hub.client.transfers import download, remote_manifest, upload, upload_plan
+from peft_hub.errors import AuthenticationError, ConflictError, InvalidInputError, InvalidNameError
 from peft_hub.paths import save_token, token_file
 from peft_hub.progress import tqdm
 
@@ -86,8 +88,7 @@ class HubClient:
         self.close()
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = send(self.http, method, path, **kwargs)
-        return response.json() if response.content else None
+        return json_body(send(self.http, method, path, **kwargs))
 
     # --- identity ----------------------------------------------------------
 
@@ -115,16 +116,42 @@ class HubClient:
         return ref
 
     def create_token(
-        self, *, scope: str = "read", namespace: str | None = None, limit: list[str] | None = None
+        self, *, scope: str = "read", namespace: str | None = None, limit: list[str] | None = None, name: str = "",
+        expires_at: datetime | None = None,
     ) -> dict[str, Any]:
-        """Ask the hub for a new token (needs an admin token).
+        """Ask the hub for a new token; its plaintext is in ``["token"]``, shown once.
+
+        Anyone may create tokens for themselves, with no more scope, limits or
+        lifetime than their own token; an admin may create them for any user.
 
         Args:
-            scope: read, write or admin.
-            namespace: the user the token acts as (created if new); default: you.
+            scope: read, write or admin (admin only for admin users).
+            namespace: the user the token acts as (an admin's choice; created if new); default: you.
             limit: restrict the token to these namespaces.
+            name: a label shown by :meth:`list_tokens`.
+            expires_at: when the token stops working (naive times are UTC); default: never.
         """
-        return self._json("POST", "/api/tokens", json={"scope": scope, "namespace": namespace, "limit": limit})
+        body = {"scope": scope, "namespace": namespace, "limit": limit, "name": name,
+                "expires_at": expires_at.isoformat() if expires_at else None}
+        return self._json("POST", "/api/tokens", json=body)
+
+    def list_tokens(self, *, user: str | None = None) -> list[dict[str, Any]]:
+        """Your tokens (an admin may name another ``user``): ids, scopes, limits, times; never secrets."""
+        return self._json("GET", "/api/tokens", params={"user": user} if user else None)
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke one of your tokens (an admin: anyone's); its web sign-ins end too."""
+        self._json("DELETE", f"/api/tokens/{int(token_id)}")
+
+    def audit(
+        self, *, actor: str | None = None, action: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Audit events, newest first (needs an admin token without namespace limits)."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("actor", actor), ("action", action), ("since", since.isoformat() if since else None)):
+            if value:
+                params[key] = value
+        return self._json("GET", "/api/admin/audit", params=params)
 
     def add_member(self, org: str, user: str) -> dict[str, Any]:
         """Add ``user`` to organisation ``org`` (needs an admin token)."""
@@ -163,12 +190,11 @@ class HubClient:
         ref = self.resolve(name)
         files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
         plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files})
-        uploads = plan["uploads"]
-        sizes = {e.sha256: e.size for e in entries}
-        total = sum(sizes[u["sha256"]] for u in uploads)
+        targets = upload_plan(self.http, plan, entries)
+        total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
-            for target in uploads:
-                upload(self.http, target, path / target["path"], sizes[target["sha256"]], bar)
+            for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent
+                upload(self.http, target, path / target.entry.path, bar)
         body = {"files": files, "tags": list(tags), "private": private, "message": message}
         for attempt in range(3):
             try:
@@ -177,7 +203,10 @@ class HubClient:
             except ConflictError:  # another push to the same name committed first
                 if attempt == 2:
                     raise
-        return PushResult(ref.repo_id, detail["revision"], detail["created"], total, len(uploads), detail)
+        if not isinstance(detail, dict):
+            raise InvalidInputError("the hub's commit answer is not an object")
+        revision = check_revision(detail.get("revision"))
+        return PushResult(ref.repo_id, revision, detail.get("created") is True, total, len(targets), detail)
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
         """An adapter at a revision: metadata, files with sha256, tags."""
@@ -198,22 +227,23 @@ class HubClient:
             Where the adapter is, and its immutable revision id.
         """
         ref = self.resolve(ref)
-        detail = self.info(ref, count_download=True)
-        revision, files = detail["revision"], detail["files"]
-        missing = [f for f in files if not self.cache.has(f["sha256"], f["size"])]
-        total = sum(f["size"] for f in missing)
+        # Every name, digest, size and the revision id are checked before they
+        # become part of a path or a URL: the hub's answer is not trusted.
+        revision, files = remote_manifest(self.info(ref, count_download=True))
+        missing = [f for f in files if not self.cache.has(f.sha256, f.size)]
+        total = sum(f.size for f in missing)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {ref.repo_id}") as bar:
             for f in missing:
-                url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{f['path']}"
-                download(self.http, url, f["sha256"], f["size"], self.cache, bar)
-        blobs = {f["path"]: self.cache.blob_path(f["sha256"]) for f in files}
+                url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
+                download(self.http, url, f.sha256, f.size, self.cache, bar, name=f.path)
+        blobs = {f.path: self.cache.blob_path(f.sha256) for f in files}
         if output_dir is None:
             target = self.cache.snapshot_path(ref.repo_id, revision)
             if not target.is_dir():
                 assemble(blobs, target, link=True)
         else:
             target = assemble(blobs, Path(output_dir))
-        return PulledAdapter(target, ref.repo_id, revision, {f["path"]: f["sha256"] for f in files}, total)
+        return PulledAdapter(target, ref.repo_id, revision, {f.path: f.sha256 for f in files}, total)
 
     # --- discovery ---------------------------------------------------------
 
@@ -253,6 +283,10 @@ class HubClient:
 
     def evals(self, ref: str | Ref) -> list[dict[str, Any]]:
         return self._json("GET", f"/api/adapters/{self.resolve(ref).repo_id}/evals")
+
+    def delete_eval(self, ref: str | Ref, eval_id: int) -> None:
+        """Remove one eval result (needs write access to the adapter's namespace)."""
+        self._json("DELETE", f"/api/adapters/{self.resolve(ref).repo_id}/evals/{int(eval_id)}")
 
     def gc(self, *, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Delete unreferenced blobs older than the grace period (admin)."""

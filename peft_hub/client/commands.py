@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
@@ -184,9 +186,19 @@ def eval_add(
 @click.argument("ref")
 @pass_client
 def eval_ls(hub: HubClient, ref: str) -> None:
-    """List an adapter's evals."""
+    """List an adapter's evals (the first column is the id `eval rm` takes)."""
     for e in hub.evals(ref):
-        click.echo(f"{e['revision'][:12]}  {e['metric']:<16} {e['value']:<12.6g} {e['dataset']} {e['split'] or ''}")
+        click.echo(f"{e['id']:<6} {e['revision'][:12]}  {e['metric']:<16} {e['value']:<12.6g} {e['dataset']} {e['split'] or ''}")
+
+
+@eval_group.command("rm")
+@click.argument("ref")
+@click.argument("eval_id", type=int)
+@pass_client
+def eval_rm(hub: HubClient, ref: str, eval_id: int) -> None:
+    """Remove one eval result by its id (from `eval ls`)."""
+    hub.delete_eval(ref, eval_id)
+    click.echo(f"removed eval {eval_id}")
 
 
 @click.command()
@@ -218,15 +230,139 @@ def token() -> None:
     """API tokens."""
 
 
+_DURATION = re.compile(r"^(\d{1,7})([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration_or_time(text: str, flag: str) -> timedelta | datetime:
+    """``30d``, ``12h``, ``90m`` (also ``s``, ``w``) as a duration, or an ISO
+    date or time (UTC unless it names a zone); anything else is one clear error."""
+    match = _DURATION.match(text.strip().lower())
+    try:
+        if match:
+            amount = int(match.group(1))
+            if amount == 0:
+                raise InvalidInputError(f"{flag} {text!r}: the duration must be more than zero")
+            return timedelta(seconds=amount * _UNIT_SECONDS[match.group(2)])
+        at = datetime.fromisoformat(text.strip())
+    except InvalidInputError:
+        raise
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"{flag} expects a duration such as 30d, 12h or 90m, or an ISO date such as "
+                                f"2030-01-31; got {text!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """``--expires``: when a new token stops working, from a duration or an ISO date."""
+    now = now or datetime.now(timezone.utc)
+    when = _duration_or_time(text, "--expires")
+    try:
+        at = now + when if isinstance(when, timedelta) else when
+    except OverflowError:
+        raise InvalidInputError(f"--expires {text!r} is too far in the future") from None
+    if at <= now:
+        raise InvalidInputError(f"--expires {text!r} is in the past")
+    return at
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: a duration ago (``7d``) or an ISO date or time."""
+    now = now or datetime.now(timezone.utc)
+    when = _duration_or_time(text, "--since")
+    try:
+        return now - when if isinstance(when, timedelta) else when
+    except OverflowError:
+        raise InvalidInputError(f"--since {text!r} is too far in the past") from None
+
+
+def _when(value: str | None, empty: str = "-") -> str:
+    """An ISO time from the hub as ``YYYY-MM-DD HH:MM`` UTC."""
+    if not value:
+        return empty
+    try:
+        return datetime.fromisoformat(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return value
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
 @token.command("create")
-@click.option("--namespace", default=None, help="User the token acts as (created if new; default: you).")
-@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--namespace", default=None, help="User the token acts as (admins only; created if new; default: you).")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
+              help="No higher than your own token's.")
 @click.option("--limit", "limits", multiple=True, help="Only allow these namespaces (repeatable).")
+@click.option("--name", default="", help="A label shown by `token ls`.")
+@click.option("--expires", default=None, help="Lifetime (30d, 12h, 90m) or an ISO date; default: never, or your token's expiry.")
 @pass_client
-def token_create(hub: HubClient, namespace: str | None, scope: str, limits: tuple[str, ...]) -> None:
-    """Create a token (needs an admin token). It is printed once."""
-    out = hub.create_token(scope=scope, namespace=namespace, limit=list(limits) or None)
+def token_create(
+    hub: HubClient, namespace: str | None, scope: str, limits: tuple[str, ...], name: str, expires: str | None
+) -> None:
+    """Create a token for yourself (an admin: for anyone). It is printed once."""
+    expires_at = parse_expiry(expires) if expires is not None else None
+    out = hub.create_token(scope=scope, namespace=namespace, limit=list(limits) or None, name=name,
+                           expires_at=expires_at)
     click.echo(out["token"])
+
+
+@token.command("ls")
+@click.option("--user", default=None, help="Another user's tokens (admins only).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_client
+def token_ls(hub: HubClient, user: str | None, as_json: bool) -> None:
+    """List your tokens (never their secrets); * marks the one in use."""
+    tokens = hub.list_tokens(user=user)
+    if as_json:
+        _echo_json(tokens)
+        return
+    if not tokens:
+        click.echo("No tokens.")
+        return
+    rows = [("ID", "NAME", "SCOPE", "LIMITS", "CREATED", "EXPIRES", "LAST USED")]
+    for t in tokens:
+        expires = _when(t["expires_at"], "never") + (" (expired)" if t.get("expired") else "")
+        rows.append((f"{t['id']}{'*' if t.get('current') else ''}", t["name"] or "-", t["scope"],
+                     ",".join(t["namespaces"]) if t["namespaces"] is not None else "all",
+                     _when(t["created_at"]), expires, _when(t["last_used_at"], "never")))
+    _table(rows)
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID", type=int)
+@pass_client
+def token_revoke(hub: HubClient, token_id: int) -> None:
+    """Revoke token ID (from `token ls`); browsers signed in with it are signed out."""
+    hub.revoke_token(token_id)
+    click.echo(f"revoked token {token_id}")
+
+
+@click.command("audit")
+@click.option("--actor", default=None, help="Only events by this user.")
+@click.option("--action", default=None, help="Only this action (token.create, gc, auth.failed_burst, …).")
+@click.option("--since", default=None, help="Only events since this long ago (7d, 12h) or this ISO time.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_client
+def audit(hub: HubClient, actor: str | None, action: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """Show the audit log, newest first (admin)."""
+    since_at = parse_since(since) if since is not None else None
+    events = hub.audit(actor=actor, action=action, since=since_at, limit=limit)
+    if as_json:
+        _echo_json(events)
+        return
+    if not events:
+        click.echo("No audit events.")
+        return
+    rows = [("AT", "ACTOR", "ACTION", "TARGET", "CLIENT", "DETAIL")]
+    for e in events:
+        rows.append((_when(e["at"]), e["actor"] or "-", e["action"], e["target"] or "-", e["client"] or "-",
+                     json.dumps(e["detail"], sort_keys=True, separators=(",", ":")) if e["detail"] else ""))
+    _table(rows)
 
 
 @click.group()
@@ -244,4 +380,4 @@ def org_add_member(hub: HubClient, org_name: str, user: str) -> None:
     click.echo(f"{user} is a member of {org_name}")
 
 
-COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token, org]
+COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token, org, audit]

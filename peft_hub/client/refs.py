@@ -8,6 +8,14 @@ from peft_hub.adapter import validate_namespace, validate_repo_id
 from peft_hub.errors import InvalidNameError
 
 
+def _check_part(part: object, what: str) -> str:
+    # The owner can come from the hub (``whoami`` fills in a bare name), and
+    # both halves end up in cache paths, so every Ref checks them again.
+    if not isinstance(part, str) or "\n" in part:
+        raise InvalidNameError(f"invalid {what} {part!r:.80}")
+    return validate_namespace(part, what=what)
+
+
 @dataclass(frozen=True)
 class Ref:
     """A parsed reference; ``owner`` is None for a bare name."""
@@ -15,6 +23,13 @@ class Ref:
     owner: str | None
     name: str
     revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.owner is not None:
+            _check_part(self.owner, "owner")
+        _check_part(self.name, "name")
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise InvalidNameError(f"invalid revision {self.revision!r:.80}")
 
     @property
     def repo_id(self) -> str:

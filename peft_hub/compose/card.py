@@ -65,7 +65,9 @@ def render_card(
     vllm = vllm_max_lora_rank(rank)
     front = ["---", "library_name: peft", "tags:", "- peft-hub", "- lora", f"- compose-{record['method']}"]
     if base_model:
-        front.insert(1, f"base_model: {json.dumps(base_model)}")
+        # A JSON string is a YAML double-quoted scalar, but YAML refuses \uD83D-style
+        # surrogate escapes: write non-ASCII characters as themselves.
+        front.insert(1, f"base_model: {json.dumps(base_model, ensure_ascii=False)}")
     lines = [*front, "---", "", "# Composed LoRA adapter", ""]
     lines.append(
         f"Made by `peft-hub compose` with method **{record['method']}** from {len(record['parents'])} parent(s)"

@@ -11,17 +11,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peft_hub import __version__
 from peft_hub.errors import (
-    AdapterNotFoundError, ConflictError, EntryNotFoundError, InvalidInputError, PeftHubError, RevisionNotFoundError,
+    AdapterNotFoundError, AuthenticationError, ConflictError, EntryNotFoundError, InvalidInputError, NotFoundError,
+    PayloadTooLargeError, PeftHubError, PermissionDeniedError, RateLimitedError, RevisionNotFoundError,
 )
 from peft_hub.hub import crud
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import make_engine
+from peft_hub.hub.limits import RequestLimits
 from peft_hub.hub.migrations import upgrade
+from peft_hub.hub.ratelimit import AuthLimiter
 from peft_hub.hub.storage import open_store
 from peft_hub.paths import save_token
+from peft_hub.safeparse import one_line
 
 log = logging.getLogger("peft_hub.hub")
 
@@ -31,6 +36,18 @@ HF_ERROR_CODES = {
     RevisionNotFoundError: "RevisionNotFound",
     EntryNotFoundError: "EntryNotFound",
 }
+#: Starlette's own errors (no route, wrong method, ...) in the hub's error shape.
+HTTP_ERRORS: dict[int, type[PeftHubError]] = {
+    400: InvalidInputError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+    409: ConflictError, 413: PayloadTooLargeError, 422: InvalidInputError,
+}
+MAX_DETAIL_CHARS = 2000
+MAX_HEADER_CHARS = 200
+
+
+def header_safe(text: str, limit: int = MAX_HEADER_CHARS) -> str:
+    """``text`` as a header value: printable ASCII on one line (others escaped), at most ``limit`` characters."""
+    return one_line(text.encode("ascii", "backslashreplace").decode("ascii"), limit)
 
 
 def bootstrap(engine, settings: Settings) -> str | None:  # noqa: ANN001
@@ -52,13 +69,18 @@ def bootstrap(engine, settings: Settings) -> str | None:  # noqa: ANN001
 
 
 def render_error(request: Request, exc: PeftHubError) -> JSONResponse:
-    headers = {"X-Error-Code": exc.code, "X-Error-Message": exc.message[:500].encode("ascii", "replace").decode()}
+    """The one rendering of every error: ``{"error": code, "detail": message}``
+    on one line, and the same code and message as header-safe ``X-Error-*``."""
+    headers = {"X-Error-Code": exc.code, "X-Error-Message": header_safe(exc.message)}
     for cls, hf_code in HF_ERROR_CODES.items():
         if isinstance(exc, cls):
             headers["X-Error-Code"] = hf_code
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after)
     if request.method == "HEAD":
         return JSONResponse(None, status_code=exc.status_code, headers=headers)
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    body = {**exc.to_dict(), "detail": one_line(exc.message, MAX_DETAIL_CHARS)}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upgrade(engine)
         app.state.engine, app.state.settings = engine, settings
         app.state.store = open_store(settings.storage, s3_public_url=settings.s3_public_url)
+        app.state.auth_limiter = AuthLimiter.from_settings(settings)  # fresh counters per app
         token = bootstrap(engine, settings)
         if token:
             print(  # noqa: T201 - shown once, by design
@@ -81,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="peft-hub", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: they load scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="peft-hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(PeftHubError)
     async def _hub_error(request: Request, exc: PeftHubError) -> JSONResponse:
@@ -95,8 +119,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return render_error(request, InvalidInputError("; ".join(parts)))
+        errors = exc.errors()
+        parts = [f"{'.'.join(str(p)[:64] for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        return render_error(request, InvalidInputError("; ".join(parts) + more))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = HTTP_ERRORS.get(exc.status_code)
+        message = str(exc.detail)
+        if cls is not None and cls.status_code == exc.status_code:
+            response = render_error(request, cls(message))
+        else:  # 405 and the like: no class of ours, the same shape
+            code = cls.code if cls else "method_not_allowed" if exc.status_code == 405 else f"http_{exc.status_code}"
+            headers = {"X-Error-Code": code, "X-Error-Message": header_safe(message)}
+            body = None if request.method == "HEAD" else {"error": code, "detail": one_line(message, MAX_DETAIL_CHARS)}
+            response = JSONResponse(body, status_code=exc.status_code, headers=headers)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
 
     from peft_hub.hub import web
     from peft_hub.hub.routes import adapters, hf, system
@@ -105,4 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(hf.router)
     web.install(app, settings)
+    # Added last, so it is the outermost: limits apply before anything else runs.
+    app.add_middleware(RequestLimits)
     return app

@@ -41,3 +41,12 @@ class Settings(BaseSettings):
     session_secret: str | None = None
     #: Mark the web session cookie Secure (set when the hub is served over HTTPS).
     secure_cookies: bool = False
+    #: Failed authentications allowed per client address in a window; more get 429.
+    auth_failures_per_address: int = Field(default=10, ge=1)
+    #: Failed authentications allowed per token lookup prefix in a window; then
+    #: even the right token for that lookup gets 429 until the window passes.
+    auth_failures_per_lookup: int = Field(default=5, ge=1)
+    #: Length of the failed-authentication window, in seconds.
+    auth_failure_window_seconds: int = Field(default=60, ge=1)
+    #: Lifetime of a web sign-in, in seconds (never past its token's expiry).
+    web_session_seconds: int = Field(default=14 * 24 * 3600, ge=60)

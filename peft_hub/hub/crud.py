@@ -6,21 +6,27 @@ returns, so a publish (revision, files, tags, lineage) lands whole or not at all
 
 from __future__ import annotations
 
+import math
 import re
+import secrets
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, true
 from sqlmodel import Session, col, select
 
 from peft_hub.adapter import AdapterMeta, FileEntry
-from peft_hub.errors import AdapterNotFoundError, ConflictError, InvalidInputError, RevisionNotFoundError
-from peft_hub.hub.auth import Principal, can_read, hash_token, lookup_of, new_token
+from peft_hub.errors import (
+    AdapterNotFoundError, ConflictError, InvalidInputError, NotFoundError, RevisionNotFoundError,
+)
+from peft_hub.hub.auth import Principal, as_utc, can_read, hash_token, is_expired, lookup_of, new_token
 from peft_hub.hub.models import (
-    Adapter, Eval, LineageEdge, Membership, Namespace, Revision, RevisionFile, Tag, Token, utcnow,
+    Adapter, Eval, LineageEdge, Membership, Namespace, Revision, RevisionFile, Tag, Token, WebSession, utcnow,
 )
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \A and \Z: a "$" would also accept a final newline.
+SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
+TAG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SORTS = {"updated": Adapter.updated_at, "downloads": Adapter.downloads, "name": Adapter.name, "rank": Adapter.rank, "size": Adapter.total_size}
 
 
@@ -45,13 +51,75 @@ def create_token(
     session: Session, *, user: Namespace, scope: str, namespaces: list[str] | None = None, token: str | None = None
 ) -> str:
     """Store a new token for ``user`` and return its plaintext (shown once)."""
+    return issue_token(session, user=user, scope=scope, namespaces=namespaces, token=token)[1]
+
+
+def issue_token(
+    session: Session, *, user: Namespace, scope: str, namespaces: list[str] | None = None, token: str | None = None,
+    name: str = "", expires_at: datetime | None = None,
+) -> tuple[Token, str]:
+    """Store a new token for ``user``; return its row and its plaintext (shown once)."""
     token = token or new_token()
     lookup = lookup_of(token)
     if lookup is None:
         raise InvalidInputError("tokens start with 'phub_' and are at least 33 characters long")
-    session.add(Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces))
+    row = Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces,
+                name=name, expires_at=expires_at)
+    session.add(row)
     session.flush()
-    return token
+    return row, token
+
+
+def list_tokens(session: Session, *, user: Namespace) -> list[Token]:
+    """The user's tokens, oldest first."""
+    return list(session.exec(select(Token).where(Token.user_id == user.id).order_by(Token.id)))
+
+
+def get_token(session: Session, *, token_id: int) -> Token | None:
+    return session.get(Token, token_id)
+
+
+def revoke_token(session: Session, *, token: Token) -> None:
+    """Delete a token and every web session signed in with it."""
+    for web in session.exec(select(WebSession).where(WebSession.token_id == token.id)):
+        session.delete(web)
+    session.flush()
+    session.delete(token)
+    session.flush()
+
+
+def create_web_session(session: Session, *, token: Token, expires_at: datetime) -> tuple[WebSession, str]:
+    """A server-side web session acting with ``token``; returns it and the
+    random id for the cookie (only its sha256 is stored). Expired sessions
+    are swept out on the way."""
+    now = utcnow()
+    for stale in session.exec(select(WebSession).where(WebSession.expires_at <= now)):
+        session.delete(stale)
+    if token.expires_at is not None:
+        expires_at = min(expires_at, as_utc(token.expires_at))
+    raw = secrets.token_urlsafe(32)
+    web = WebSession(id_hash=hash_token(raw), token_id=token.id, csrf=secrets.token_urlsafe(32), expires_at=expires_at)
+    session.add(web)
+    session.flush()
+    return web, raw
+
+
+def resolve_web_session(session: Session, *, raw_id: str) -> tuple[WebSession, Token] | None:
+    """The live session for a cookie's id and its token; None when the id is
+    unknown, the session expired, or its token expired or was revoked.
+
+    Read-only, so it can run before ``auth.touch``; expired rows are swept by
+    :func:`create_web_session`.
+    """
+    if not raw_id or len(raw_id) > 128:
+        return None
+    web = session.get(WebSession, hash_token(raw_id))
+    if web is None or as_utc(web.expires_at) <= utcnow():
+        return None
+    token = session.get(Token, web.token_id)
+    if token is None or is_expired(token):
+        return None
+    return web, token
 
 
 def add_member(session: Session, *, org: str, user: str) -> Namespace:
@@ -125,6 +193,7 @@ def publish_revision(
     tags: list[str] = (),
     private: bool | None = None,
     parent: str | None | bool = False,
+    principal: Principal | None = None,
 ) -> tuple[Adapter, Revision, bool]:
     """Record a verified revision and move ``main`` (and ``tags``) to it.
 
@@ -133,6 +202,8 @@ def publish_revision(
             the revision ``main`` must still point at (None: no revision yet);
             False skips the check. ``main`` is read with a row lock, so two
             such commits cannot both build on the same parent.
+        principal: the pusher, whose read access decides which lineage
+            parents are linked to adapters in the hub.
 
     Returns:
         The adapter, the revision, and whether the revision is new.
@@ -160,7 +231,7 @@ def publish_revision(
         session.flush()
         for entry in entries:
             session.add(RevisionFile(revision_id=revision.id, path=entry.path, sha256=entry.sha256, size=entry.size))
-        _record_lineage(session, revision=revision, meta=meta)
+        _record_lineage(session, revision=revision, meta=meta, principal=principal)
     for tag in ("main", *tags):
         set_tag(session, adapter=adapter, tag=tag, revision=revision)
     adapter.updated_at = utcnow()
@@ -176,28 +247,45 @@ def _mirror_meta(adapter: Adapter, meta: AdapterMeta) -> None:
     adapter.description = meta.description
 
 
-def _record_lineage(session: Session, *, revision: Revision, meta: AdapterMeta) -> None:
-    lineage = meta.lineage or {}
-    for position, parent in enumerate(lineage.get("parents") or []):
-        ref = str(parent.get("ref", ""))[:300]
+def _record_lineage(session: Session, *, revision: Revision, meta: AdapterMeta, principal: Principal | None) -> None:
+    """Store the parents a pushed file names. A parent is linked to an adapter
+    only when the pusher may read it and any revision it cites is one of that
+    adapter's: a lineage cannot probe names or claim a place in a stranger's
+    "used in" list. Everything else is kept as the text the file carries."""
+    lineage = meta.lineage if isinstance(meta.lineage, dict) else {}
+    parents = lineage.get("parents") if isinstance(lineage.get("parents"), list) else []
+    for position, parent in enumerate(p for p in parents[:64] if isinstance(p, dict)):
+        ref, cited = str(parent.get("ref", ""))[:300], _text(parent.get("revision"), 40)
         parent_adapter = None
         if ref.count("/") == 1:
             owner, _, pname = ref.partition("/")
             parent_adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == pname)).first()
+        if parent_adapter is not None and not (
+            can_read(principal, parent_adapter)
+            and (cited is None or session.exec(select(Revision.id).where(
+                Revision.adapter_id == parent_adapter.id, Revision.sha == cited)).first() is not None)
+        ):
+            parent_adapter = None
         weight = parent.get("weight")
         session.add(LineageEdge(
             child_revision_id=revision.id, position=position, parent_ref=ref,
             parent_adapter_id=parent_adapter.id if parent_adapter else None,
-            parent_revision=parent.get("revision"), parent_sha256=parent.get("sha256"),
-            weight=float(weight) if isinstance(weight, (int, float)) else None,
+            parent_revision=cited, parent_sha256=_text(parent.get("sha256"), 64),
+            weight=float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            and math.isfinite(weight) else None,
             method=str(lineage.get("method", ""))[:32],
         ))
 
 
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
 def validate_tag(tag: str) -> str:
     """Tags are short names that cannot be mistaken for revision ids."""
-    if not TAG_RE.match(tag) or SHA_RE.match(tag) or ".." in tag:
-        raise InvalidInputError(f"invalid tag {tag!r}: use up to 64 letters, digits, '.', '_' or '-'")
+    if not isinstance(tag, str) or not TAG_RE.match(tag) or SHA_RE.match(tag) or ".." in tag:
+        shown = repr(tag) if len(repr(tag)) <= 80 else repr(tag)[:79] + "…"
+        raise InvalidInputError(f"invalid tag {shown}: use up to 64 letters, digits, '.', '_' or '-'")
     return tag
 
 
@@ -258,6 +346,17 @@ def add_evals(session: Session, *, revision: Revision, evals: list[dict[str, Any
     return rows
 
 
+def delete_eval(session: Session, *, adapter: Adapter, eval_id: int) -> None:
+    """Delete one eval of one of ``adapter``'s revisions; NotFoundError otherwise."""
+    row = session.exec(
+        select(Eval).join(Revision, Revision.id == Eval.revision_id)
+        .where(Eval.id == eval_id, Revision.adapter_id == adapter.id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"eval {eval_id} not found in {adapter.owner}/{adapter.name}")
+    session.delete(row)
+
+
 def list_evals(session: Session, *, adapter: Adapter) -> list[tuple[Eval, str]]:
     """Every eval of every revision, oldest first, with the revision sha."""
     return list(session.exec(
@@ -266,18 +365,21 @@ def list_evals(session: Session, *, adapter: Adapter) -> list[tuple[Eval, str]]:
     ).all())
 
 
-def lineage(session: Session, *, adapter: Adapter, revision: Revision) -> dict[str, list[dict[str, Any]]]:
-    """The revision's parents, and the adapters composed from this one."""
+def lineage(session: Session, *, adapter: Adapter, revision: Revision, principal: Principal | None) -> dict[str, list[dict[str, Any]]]:
+    """The revision's parents and the adapters composed from this one, as
+    ``principal`` may see them: a parent it cannot read shows only the name
+    the file carries (no revision, no sha256, nothing that tells a private
+    adapter from a missing one), and children it cannot read are left out."""
     parents = []
     for edge in session.exec(select(LineageEdge).where(LineageEdge.child_revision_id == revision.id).order_by(LineageEdge.position)):
         parent = session.get(Adapter, edge.parent_adapter_id) if edge.parent_adapter_id else None
+        seen = parent is not None and can_read(principal, parent)
         parents.append({
-            "ref": edge.parent_ref, "revision": edge.parent_revision, "sha256": edge.parent_sha256,
-            "weight": edge.weight, "method": edge.method,
-            "in_hub": parent is not None and not parent.private, "private": bool(parent and parent.private),
+            "ref": edge.parent_ref, "weight": edge.weight, "method": edge.method, "in_hub": seen,
+            "revision": edge.parent_revision if seen else None, "sha256": edge.parent_sha256 if seen else None,
         })
     children = session.exec(
-        select(Adapter.owner, Adapter.name, Revision.sha, LineageEdge.weight, LineageEdge.method, Adapter.private)
+        select(Adapter, Revision.sha, LineageEdge.weight, LineageEdge.method)
         .join(Revision, Revision.id == LineageEdge.child_revision_id)
         .join(Adapter, Adapter.id == Revision.adapter_id)
         .where(LineageEdge.parent_adapter_id == adapter.id)
@@ -285,8 +387,8 @@ def lineage(session: Session, *, adapter: Adapter, revision: Revision) -> dict[s
     return {
         "parents": parents,
         "children": [
-            {"id": f"{o}/{n}", "revision": sha, "weight": w, "method": m, "private": p}
-            for o, n, sha, w, m, p in children
+            {"id": f"{child.owner}/{child.name}", "revision": sha, "weight": w, "method": m}
+            for child, sha, w, m in children if can_read(principal, child)
         ],
     }
 
@@ -295,13 +397,18 @@ def lineage(session: Session, *, adapter: Adapter, revision: Revision) -> dict[s
 
 
 def _visible(principal: Principal | None):  # noqa: ANN202
-    if principal is not None and principal.is_admin:
-        return True
+    """The adapters ``principal`` may see: public ones, and private ones it
+    ``owns`` (the same rule as ``auth.can_read``; limits bind admins too)."""
     if principal is None:
         return Adapter.private == False  # noqa: E712
-    owners = {principal.user.name, *principal.orgs}
-    if principal.namespaces is not None:
-        owners &= set(principal.namespaces)
+    if principal.is_admin:
+        if principal.namespaces is None:
+            return true()
+        owners = set(principal.namespaces)
+    else:
+        owners = {principal.user.name, *principal.orgs}
+        if principal.namespaces is not None:
+            owners &= set(principal.namespaces)
     return or_(Adapter.private == False, col(Adapter.owner).in_(owners))  # noqa: E712
 
 

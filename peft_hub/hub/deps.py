@@ -1,4 +1,9 @@
-"""FastAPI dependencies: the session, the store, the settings and the caller."""
+"""FastAPI dependencies: the session, the store, the settings and the caller.
+
+The caller comes from ``Authorization: Bearer`` (checked behind the failed-
+attempt limits of :mod:`peft_hub.hub.ratelimit`), or, for reads only, from the
+web session cookie, which holds a random id of a server-side ``WebSession``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
-from peft_hub.hub.auth import Principal, authenticate
+from peft_hub.errors import AuthenticationError
+from peft_hub.hub import audit, crud
+from peft_hub.hub.auth import Principal, authenticate, lookup_of, principal_for
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import session_scope
 from peft_hub.hub.storage import BlobStore
+
+#: The web session cookie: a random id, never the token.
+SESSION_COOKIE = "peft_hub_session"
+#: The cookie authenticates these methods only; a change needs the token in a header.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -26,13 +38,57 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def client_address(request: Request) -> str:
+    """The peer's address, which rate limits and audit events are keyed by."""
+    return request.client.host if request.client else ""
+
+
 def bearer_token(request: Request) -> str | None:
-    """The token from ``Authorization: Bearer``, or from the web session cookie."""
+    """The token from ``Authorization: Bearer``, if any."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    web_session = request.scope.get("session")
-    return web_session.get("token") if web_session else None
+    return None
+
+
+def authenticate_request(request: Request, session: Session, token: str) -> Principal:
+    """``auth.authenticate`` behind the failed-attempt limits.
+
+    A client address or token lookup over its limit gets RateLimitedError
+    (429) before the token is even checked; a failure that fills a limit is
+    written to the audit log at once, in its own transaction, since this
+    request's session will be rolled back.
+    """
+    limiter = request.app.state.auth_limiter
+    address, lookup = client_address(request), lookup_of(token)
+    limiter.check(address=address, lookup=lookup)
+    try:
+        return authenticate(session, token)
+    except AuthenticationError:
+        for kind, key in limiter.failed(address=address, lookup=lookup):
+            audit.record_now(
+                request.app.state.engine, actor="", action="auth.failed_burst", target=f"{kind}:{key}", client=address,
+                detail={"kind": kind, "failures": limiter.limit_of(kind), "window_seconds": limiter.window_seconds,
+                        "path": request.url.path[:200]},
+            )
+        raise
+
+
+def cookie_principal(request: Request, session: Session) -> Principal | None:
+    """The signed-in browser's principal, for safe methods only.
+
+    Also leaves the signed-in user's name and the session's CSRF token in
+    ``request.scope["session"]`` for the page renderer.
+    """
+    if request.method not in SAFE_METHODS:
+        return None
+    found = crud.resolve_web_session(session, raw_id=request.cookies.get(SESSION_COOKIE, ""))
+    if found is None:
+        return None
+    web, token = found
+    principal = principal_for(session, token)
+    request.scope["session"] = {"user": principal.user.name, "csrf": web.csrf}
+    return principal
 
 
 # scope="function": the session commits when the route returns, before the
@@ -42,9 +98,12 @@ SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 def get_principal(request: Request, session: SessionDep) -> Principal | None:
     token = bearer_token(request)
-    return authenticate(session, token) if token else None
+    if token:
+        return authenticate_request(request, session, token)
+    return cookie_principal(request, session)
 
 
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
+ClientDep = Annotated[str, Depends(client_address)]

@@ -91,4 +91,5 @@ def publish(
     return crud.publish_revision(
         session, owner=owner, name=name, entries=entries, meta=meta, sha=manifest_digest(entries),
         author=principal.user.name, message=message, tags=list(tags), private=private, parent=parent,
+        principal=principal,
     )

@@ -1,21 +1,75 @@
-"""Request bodies and the JSON shapes the native API returns."""
+"""Request bodies and the JSON shapes the native API returns.
+
+Every field is bounded: strict types (no ``true`` for an integer, no
+``"5"``), ranges that fit the database columns, finite numbers, and strings
+without NUL, control characters or unpaired surrogates, so a bad body is a
+422 here and never an overflow or an encoding error in the database.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
-from peft_hub.adapter import FileEntry
+from peft_hub.adapter import MAX_FILENAME_BYTES, WEIGHTS_MAX_BYTES, FileEntry
+from peft_hub.safeparse import check_strings, json_depth, name_problem, text_problem
 from peft_hub.hub import crud
+from peft_hub.hub.auth import Principal
 from peft_hub.hub.models import Adapter, Revision
 from sqlmodel import Session
 
 
+def _name(value: str) -> str:
+    problem = name_problem(value, len(value))
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def Name(max_length: int, min_length: int = 0) -> Any:  # noqa: N802 - a type
+    """A short single-line string: no control characters, NUL or surrogates."""
+    return Annotated[str, StringConstraints(strict=True, min_length=min_length, max_length=max_length),
+                     AfterValidator(_name)]
+
+
+def Text(max_length: int) -> Any:  # noqa: N802 - a type
+    """Free text (newlines allowed), without NUL or unpaired surrogates."""
+    return Annotated[str, StringConstraints(strict=True, max_length=max_length), AfterValidator(_text)]
+
+
+#: A finite float: NaN and infinities do not fit a JSON column on PostgreSQL.
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+TEN_YEARS = 10 * 366 * 86400
+EXTRA_MAX_BYTES = 16 * 1024
+
+
+def _extra(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        raise ValueError("must be plain JSON with finite numbers") from None
+    if len(encoded) > EXTRA_MAX_BYTES:
+        raise ValueError(f"must be at most {EXTRA_MAX_BYTES} bytes of JSON")
+    if json_depth(encoded.encode()) > 8:
+        raise ValueError("must be nested at most 8 levels deep")
+    check_strings(value, what="extra")
+    return value
+
+
 class FileSpec(BaseModel):
-    path: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
+    path: Name(MAX_FILENAME_BYTES, min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", strict=True)
+    size: StrictInt = Field(ge=0, le=WEIGHTS_MAX_BYTES)
 
     def entry(self) -> FileEntry:
         return FileEntry(self.path, self.size, self.sha256)
@@ -27,40 +81,47 @@ class PreuploadRequest(BaseModel):
 
 class CommitRequest(BaseModel):
     files: list[FileSpec] = Field(max_length=64)
-    tags: list[str] = Field(default_factory=list, max_length=16)
-    private: bool | None = None
-    message: str = Field(default="", max_length=4000)
+    tags: list[Name(64, min_length=1)] = Field(default_factory=list, max_length=16)
+    private: StrictBool | None = None
+    message: Text(4000) = ""
 
 
 class TagRequest(BaseModel):
-    revision: str
+    #: A tag or a 40-hex revision id.
+    revision: Name(64, min_length=1)
 
 
 class EvalIn(BaseModel):
-    metric: str = Field(min_length=1, max_length=128)
-    value: float
-    dataset: str = Field(min_length=1, max_length=256)
-    dataset_version: str | None = Field(default=None, max_length=128)
-    split: str | None = Field(default=None, max_length=64)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    metric: Name(128, min_length=1)
+    value: Finite
+    dataset: Name(256, min_length=1)
+    dataset_version: Name(128) | None = None
+    split: Name(64) | None = None
+    extra: Annotated[dict[Name(128), Any], Field(max_length=64), AfterValidator(_extra)] = Field(default_factory=dict)
 
 
 class EvalsRequest(BaseModel):
-    revision: str = "main"
+    revision: Name(64, min_length=1) = "main"
     evals: list[EvalIn] = Field(min_length=1, max_length=1000)
 
 
 class TokenRequest(BaseModel):
     scope: Literal["read", "write", "admin"] = "read"
-    #: The user the token acts as (created if new); default: the caller.
+    #: The user the token acts as (created if new, admins only); default: the caller.
     namespace: str | None = None
-    #: Restrict the token to these namespaces (default: all the user may use).
+    #: Restrict the token to these namespaces (default: all the user may use,
+    #: or the calling token's own limits when it has some).
     limit: list[str] | None = Field(default=None, max_length=32)
+    #: A label shown by ``token ls`` (printable text: it reaches terminals).
+    name: str = Field(default="", max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")
+    #: When the token stops working (naive times are UTC); default: never, or
+    #: the calling token's own expiry when it has one.
+    expires_at: datetime | None = None
 
 
 class GcRequest(BaseModel):
-    grace_seconds: int | None = Field(default=None, ge=0)
-    dry_run: bool = False
+    grace_seconds: StrictInt | None = Field(default=None, ge=0, le=TEN_YEARS)
+    dry_run: StrictBool = False
 
 
 def adapter_summary(adapter: Adapter) -> dict[str, Any]:
@@ -74,13 +135,17 @@ def adapter_summary(adapter: Adapter) -> dict[str, Any]:
     }
 
 
-def revision_detail(session: Session, adapter: Adapter, revision: Revision) -> dict[str, Any]:
-    """Everything about one revision of an adapter."""
+def revision_detail(session: Session, adapter: Adapter, revision: Revision, principal: Principal | None) -> dict[str, Any]:
+    """Everything about one revision of an adapter, as ``principal`` may see it."""
     files = crud.revision_files(session, revision=revision)
+    meta = dict(revision.meta or {})
+    if isinstance(meta.get("lineage"), dict):  # the file's own record names parents' sha256s
+        parents = crud.lineage(session, adapter=adapter, revision=revision, principal=principal)["parents"]
+        meta["lineage"] = {**meta["lineage"], "parents": parents}
     return {
         **adapter_summary(adapter),
         "revision": revision.sha, "message": revision.message, "author": revision.author,
-        "created_at": revision.created_at.isoformat(), "meta": revision.meta,
+        "created_at": revision.created_at.isoformat(), "meta": meta,
         "tags": crud.tags_of(session, adapter=adapter),
         "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
     }

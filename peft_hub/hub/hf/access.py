@@ -10,8 +10,8 @@ from sqlmodel import Session
 from peft_hub.adapter import validate_repo_id
 from peft_hub.errors import AdapterNotFoundError, AuthenticationError, InvalidNameError
 from peft_hub.hub import crud
-from peft_hub.hub.auth import PREFIX, Principal, authenticate
-from peft_hub.hub.deps import SessionDep, bearer_token
+from peft_hub.hub.auth import PREFIX, Principal
+from peft_hub.hub.deps import SessionDep, authenticate_request, bearer_token, cookie_principal
 from peft_hub.hub.models import Adapter
 
 #: ``huggingface_hub`` raises a plain HTTP error, not RepositoryNotFoundError,
@@ -28,10 +28,12 @@ def hf_principal(request: Request, session: SessionDep) -> Principal | None:
     token that is wrong or revoked is refused.
     """
     token = bearer_token(request)
-    if not token or not token.startswith(PREFIX):
+    if not token:
+        return cookie_principal(request, session)  # a signed-in browser, for reads
+    if not token.startswith(PREFIX):
         return None
     try:
-        return authenticate(session, token)
+        return authenticate_request(request, session, token)
     except AuthenticationError:
         raise AuthenticationError(INVALID_CREDENTIALS) from None
 

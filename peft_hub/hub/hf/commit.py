@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
 from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
 from peft_hub.hub.uploads import put_small
 from peft_hub.hub.storage import BlobStore
+from peft_hub.safeparse import loads_json
 
 #: Files up to this size are sent inline, base64 in the commit itself
 #: (``uploadMode: regular``). That needs no LFS and, above all, no Xet, so a
@@ -94,10 +94,8 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
     parsed = ParsedCommit()
     max_line = INLINE_MAX_BYTES * 4 // 3 + 64 * 1024
     async for line in ndjson_lines(chunks, max_line):
-        try:
-            item = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInputError(f"a commit line is not JSON: {exc}") from None
+        # Bounded depth, and no NUL or broken Unicode in the message and paths.
+        item = loads_json(line, what="a commit line", strict_strings=True)
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise InvalidInputError("every commit line is an object with 'key' and 'value'")
         key, value = item.get("key"), item["value"]

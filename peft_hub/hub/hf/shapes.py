@@ -10,12 +10,18 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
-from peft_hub.adapter import CARD_NAME, AdapterMeta
+from peft_hub.adapter import CARD_NAME, AdapterMeta, front_matter
+from peft_hub.errors import InvalidInputError
+from peft_hub.hub.limits import SizedCache
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.storage import BlobStore
+from peft_hub.safeparse import load_yaml
 
 #: Model cards larger than this are not parsed for ``cardData``.
 CARD_PARSE_MAX = 1024 * 1024
+#: Parsed card headers, by the card blob's sha256 (blobs never change),
+#: weighed by the length of the YAML they came from.
+_card_cache = SizedCache(64 * 1024 * 1024)
 
 
 def iso(moment: datetime) -> str:
@@ -57,39 +63,37 @@ def sibling(f: RevisionFile) -> dict[str, Any]:
 
 
 def card_metadata(store: BlobStore, files: list[RevisionFile]) -> dict[str, Any]:
-    """The YAML front matter of the model card, or ``{}``.
+    """The YAML front matter of the model card as plain JSON data, or ``{}``.
 
-    PyYAML is optional on the server: without it ``cardData`` carries only
-    what the registry itself knows.
+    Parsed once per card blob and bounded (depth, aliases, expansion), so the
+    answer is never much larger than the card, and a header the hub would
+    refuse today (pushed before the check) reads as ``{}``. The result is
+    shared: callers copy it before changing it.
     """
     card = next((f for f in files if f.path == CARD_NAME), None)
     if card is None or card.size > CARD_PARSE_MAX:
         return {}
-    try:
-        import yaml
-    except ImportError:
-        return {}
+    cached = _card_cache.get(card.sha256)
+    if cached is not None:
+        return cached
     with store.open(card.sha256) as fh:
         text = fh.read(CARD_PARSE_MAX).decode("utf-8", "replace")
     front = split_front_matter(text)
-    if front is None:
-        return {}
-    try:
-        data = yaml.safe_load(front)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    data: Any = {}
+    if front is not None:
+        try:
+            data = load_yaml(front, what="the card's YAML front matter")
+        except InvalidInputError:
+            data = {}
+    data = data if isinstance(data, dict) else {}
+    # Python objects weigh several times their YAML; 4 bytes a character is the guess.
+    _card_cache.put(card.sha256, data, 4 * len(front or "") + 64)
+    return data
 
 
-def split_front_matter(text: str) -> str | None:
-    """The YAML between a leading ``---`` line and the next one, if any."""
-    lines = text.lstrip("\ufeff").splitlines()
-    if not lines or lines[0].strip() != "---":
-        return None
-    for end, line in enumerate(lines[1:], start=1):
-        if line.strip() == "---":
-            return "\n".join(lines[1:end])
-    return None
+#: The YAML between a leading ``---`` line and the next one, if any (one rule
+#: for the push check and for ``cardData``).
+split_front_matter = front_matter
 
 
 def model_info(

@@ -42,6 +42,7 @@ from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.publish import publish
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import receive
+from peft_hub.safeparse import load_yaml, loads_json
 
 router = APIRouter()
 
@@ -116,10 +117,7 @@ async def delete_repo(request: Request, session: SessionDep, principal: HfPrinci
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidInputError("the body must be a JSON object") from None
+    body = loads_json(await request.body(), what="the body", strict_strings=True)
     if not isinstance(body, dict):
         raise InvalidInputError("the body must be a JSON object")
     return body
@@ -129,20 +127,25 @@ async def _json_object(request: Request) -> dict[str, Any]:
 async def validate_yaml(request: Request) -> JSONResponse:
     """Check a model card's YAML front matter before a commit uploads anything."""
     body = await _json_object(request)
-    front = split_front_matter(str(body.get("content") or ""))
+    content = body.get("content")
+    front = split_front_matter(content if isinstance(content, str) else "")
     if front is not None:
-        try:
-            import yaml
-        except ImportError:  # the server cannot judge; the commit will still validate files
-            return JSONResponse({"errors": [], "warnings": []})
-        try:
-            data = yaml.safe_load(front)
-        except yaml.YAMLError as exc:
-            return JSONResponse({"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []}, status_code=400)
+        try:  # bounded: an alias bomb or a deep nest is an error, not a hang
+            data = load_yaml(front, what="the YAML front matter")
+        except InvalidInputError as exc:
+            return _yaml_refused(exc.message)
         if data is not None and not isinstance(data, dict):
-            return JSONResponse({"errors": [{"message": "the metadata must be a YAML mapping"}], "warnings": []},
-                                status_code=400)
+            return _yaml_refused("the metadata must be a YAML mapping")
     return JSONResponse({"errors": [], "warnings": []})
+
+
+def _yaml_refused(message: str) -> JSONResponse:
+    """HF's answer (400 with ``errors``, which huggingface_hub shows), plus the hub's error code."""
+    from peft_hub.hub.app import header_safe
+
+    body = {"error": InvalidInputError.code, "detail": message, "errors": [{"message": message}], "warnings": []}
+    headers = {"X-Error-Code": InvalidInputError.code, "X-Error-Message": header_safe(message)}
+    return JSONResponse(body, status_code=400, headers=headers)
 
 
 # --- uploads -----------------------------------------------------------------

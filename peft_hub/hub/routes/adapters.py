@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from peft_hub.adapter import CARD_NAME, validate_repo_id
@@ -19,6 +19,10 @@ from peft_hub.hub.schemas import (
 
 router = APIRouter(prefix="/api/adapters", tags=["adapters"])
 
+MAX_INT32 = 2**31 - 1
+#: Deep pages cost an OFFSET scan; nobody reads page 10,001 of a search.
+MAX_PAGE = 10_000
+
 
 def _load(session: SessionDep, principal: PrincipalDep, owner: str, name: str):  # noqa: ANN202
     owner, name = validate_repo_id(f"{owner}/{name}")
@@ -29,17 +33,17 @@ def _load(session: SessionDep, principal: PrincipalDep, owner: str, name: str): 
 def search(
     session: SessionDep,
     principal: PrincipalDep,
-    q: str | None = None,
-    base_model: str | None = None,
-    method: str | None = None,
-    min_rank: int | None = Query(None, ge=0),
-    max_rank: int | None = Query(None, ge=0),
-    target_module: str | None = None,
-    owner: str | None = None,
-    tag: str | None = None,
-    sort: str = "updated",
-    order: str = "desc",
-    page: int = Query(1, ge=1),
+    q: str | None = Query(None, max_length=200),
+    base_model: str | None = Query(None, max_length=300),
+    method: str | None = Query(None, max_length=32),
+    min_rank: int | None = Query(None, ge=0, le=MAX_INT32),
+    max_rank: int | None = Query(None, ge=0, le=MAX_INT32),
+    target_module: str | None = Query(None, max_length=128),
+    owner: str | None = Query(None, max_length=64),
+    tag: str | None = Query(None, max_length=64),
+    sort: str = Query("updated", max_length=16),
+    order: str = Query("desc", max_length=4),
+    page: int = Query(1, ge=1, le=MAX_PAGE),
     per_page: int = Query(20, ge=1, le=100),
 ) -> dict[str, Any]:
     """Search adapters with a text query and filters; sorted and paginated."""
@@ -53,7 +57,8 @@ def search(
 
 @router.get("/{owner}/{name}")
 def show(
-    owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = "main", download: bool = False
+    owner: str, name: str, session: SessionDep, principal: PrincipalDep,
+    revision: str = Query("main", max_length=64), download: bool = False,
 ) -> dict[str, Any]:
     """An adapter at a revision (a tag or a 40-hex id): metadata, files, tags.
 
@@ -63,7 +68,7 @@ def show(
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
     if download:
         crud.count_download(session, adapter=adapter)
-    return revision_detail(session, adapter, rev)
+    return revision_detail(session, adapter, rev, principal)
 
 
 @router.get("/{owner}/{name}/revisions")
@@ -90,10 +95,7 @@ def preupload(
     for entry in entries:
         if entry.sha256 in have:
             continue
-        # A stored blob cannot take a second presigned PUT (If-None-Match), so
-        # a caller proving it holds one sends the bytes through the hub.
-        target = None if store.stat(entry.sha256) else store.upload_target(
-            entry.sha256, entry.size, settings.presign_expiry, uploader=str(principal.user.id))
+        target = store.upload_target(entry.sha256, entry.size, settings.presign_expiry, uploader=str(principal.user.id))
         if target is None:
             url = str(request.url_for("upload_blob", sha256=entry.sha256)) + f"?size={entry.size}"
             uploads.append({"path": entry.path, "sha256": entry.sha256, "url": url, "method": "PUT", "headers": {}, "auth": True})
@@ -112,7 +114,7 @@ def commit(
         session, store, principal=principal, repo_id=f"{owner}/{name}", entries=[f.entry() for f in body.files],
         message=body.message, tags=body.tags, private=body.private,
     )
-    return {**revision_detail(session, adapter, revision), "created": created}
+    return {**revision_detail(session, adapter, revision, principal), "created": created}
 
 
 @router.get("/{owner}/{name}/resolve/{revision}/{path}")
@@ -142,7 +144,7 @@ def blob_response(store, settings, sha256: str, filename: str, headers: dict[str
 
 
 @router.get("/{owner}/{name}/card")
-def card(owner: str, name: str, session: SessionDep, store: StoreDep, principal: PrincipalDep, revision: str = "main") -> Response:
+def card(owner: str, name: str, session: SessionDep, store: StoreDep, principal: PrincipalDep, revision: str = Query("main", max_length=64)) -> Response:
     """The model card (README.md) as Markdown text."""
     adapter = _load(session, principal, owner, name)
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
@@ -182,9 +184,9 @@ def delete(owner: str, name: str, session: SessionDep, principal: PrincipalDep) 
 
 @router.post("/{owner}/{name}/evals", status_code=201)
 def add_evals(owner: str, name: str, body: EvalsRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Attach eval results to a revision (any caller with write scope who can read it)."""
+    """Attach eval results to a revision (needs write access to the adapter's namespace)."""
     adapter = _load(session, principal, owner, name)
-    principal = require_scope(principal, "write")
+    principal = require_write(principal, adapter.owner)
     revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
     rows = crud.add_evals(session, revision=revision, evals=[e.model_dump() for e in body.evals], added_by=principal.user.name)
     return {"revision": revision.sha, "added": len(rows)}
@@ -194,16 +196,24 @@ def add_evals(owner: str, name: str, body: EvalsRequest, session: SessionDep, pr
 def list_evals(owner: str, name: str, session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
     adapter = _load(session, principal, owner, name)
     return [
-        {**e.model_dump(exclude={"id", "revision_id"}), "revision": sha, "created_at": e.created_at.isoformat()}
+        {**e.model_dump(exclude={"revision_id"}), "revision": sha, "created_at": e.created_at.isoformat()}
         for e, sha in crud.list_evals(session, adapter=adapter)
     ]
 
 
+@router.delete("/{owner}/{name}/evals/{eval_id}", status_code=204)
+def delete_eval(owner: str, name: str, eval_id: Annotated[int, Path(ge=1, le=2**62)], session: SessionDep, principal: PrincipalDep) -> Response:
+    """Remove one eval result (the adapter's owners only)."""
+    adapter = _load(session, principal, owner, name)
+    require_write(principal, adapter.owner)
+    crud.delete_eval(session, adapter=adapter, eval_id=eval_id)
+    return Response(status_code=204)
+
+
 @router.get("/{owner}/{name}/lineage")
-def lineage(owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = "main") -> dict[str, Any]:
+def lineage(owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = Query("main", max_length=64)) -> dict[str, Any]:
     """Parents (with weights and method) of a revision, and children of the adapter."""
     adapter = _load(session, principal, owner, name)
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
-    out = crud.lineage(session, adapter=adapter, revision=rev)
-    out["children"] = [c for c in out["children"] if not c.pop("private") or (principal and principal.owns(c["id"].split("/")[0]))]
+    out = crud.lineage(session, adapter=adapter, revision=rev, principal=principal)
     return {"id": f"{adapter.owner}/{adapter.name}", "revision": rev.sha, **out}

@@ -1,8 +1,12 @@
 """S3-compatible storage through boto3.
 
-Clients upload straight to S3 with a presigned PUT that carries the blob's
-sha256 as an ``x-amz-checksum-sha256`` header and ``If-None-Match: *``, so S3
-itself rejects corrupted bytes and a stored blob can never be replaced.
+Clients upload straight to S3 with a presigned PUT that signs the blob's
+sha256 as an ``x-amz-checksum-sha256`` header, so S3 itself rejects any other
+bytes: a stored blob can only ever be rewritten with the same bytes. The PUT
+also signs ``x-amz-meta-uploader``, the user it was issued to, which is how
+the hub learns who proved possession (see ``hub.possession``). Every caller
+who does not hold a blob gets such a URL whether or not the blob is stored,
+so the answer tells nothing about other users' files.
 Downloads are redirects to presigned GETs: bytes never pass through the hub.
 """
 
@@ -167,9 +171,9 @@ class S3BlobStore(BlobStore):
             "put_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256), "ContentLength": size,
-                "ChecksumSHA256": checksum, "IfNoneMatch": "*", "Metadata": {"uploader": uploader},
+                "ChecksumSHA256": checksum, "Metadata": {"uploader": uploader},
             },
             ExpiresIn=expires,
         )
-        headers = {"x-amz-checksum-sha256": checksum, "If-None-Match": "*", "x-amz-meta-uploader": uploader}
+        headers = {"x-amz-checksum-sha256": checksum, "x-amz-meta-uploader": uploader}
         return UploadTarget(url, "PUT", headers)

@@ -8,19 +8,16 @@ Pages: ``/`` (catalog), ``/{owner}``, ``/{owner}/{name}[@rev]``, ``/compose``,
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 
 from peft_hub.hub.config import Settings
+from peft_hub.hub.deps import SESSION_COOKIE  # noqa: F401 - the cookie's name, re-exported
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-SESSION_COOKIE = "peft_hub_session"
-SESSION_MAX_AGE = 14 * 24 * 3600
 
 #: Path prefixes that are never an owner: the API and the static files.
 RESERVED_PREFIXES = ("api", "static")
@@ -55,7 +52,7 @@ class RefConvertor(NamespaceConvertor):
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Add the catalog's routes, static files and session middleware to the hub.
+    """Add the catalog's routes and static files to the hub.
 
     Called last by ``create_app``, so the API and the Hugging Face–compatible
     routes are matched first; the page routes' convertors keep them from
@@ -71,9 +68,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(signin.make_router(renderer))
     app.include_router(pages.make_router(renderer))
-    # Added first, so it runs inside the session middleware and sees its scope.
-    app.add_middleware(signin.ReadOnlyCookieGuard)
-    app.add_middleware(
-        SessionMiddleware, secret_key=settings.session_secret or secrets.token_urlsafe(32),
-        session_cookie=SESSION_COOKIE, max_age=SESSION_MAX_AGE, same_site="lax", https_only=settings.secure_cookies,
-    )
+    # Sign-in is a server-side session (see signin.py): no session middleware,
+    # and the cookie authenticates reads only (see deps.cookie_principal).

@@ -6,15 +6,28 @@ HTML off (a ``<script>`` in the card comes out as text) and refuses
 allowlist of tags, attributes and URL schemes. Images are turned into links,
 because the catalog loads nothing from outside the hub, and headings are
 demoted two levels to nest under the page's own.
+
+Rendering is bounded twice over. markdown-it-py spends 5-50 µs on each
+character that can start markup (``[``, ``*``, ``|``, a line break, ...), so
+a card is rendered as Markdown only up to :data:`MAX_RENDER_UNITS` of those
+(about a quarter of a second at worst, and far more than any real card
+needs) and the rest is shown as escaped plain text; nesting stops at
+markdown-it's ``maxNesting``. And each card is rendered once: the HTML is
+kept, by the sha256 of the text, in a cache bounded in bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html as html_lib
 import re
+from typing import Any
 
 import nh3
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
+
+from peft_hub.hub.limits import SizedCache
 
 TAGS = {
     "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em",
@@ -26,6 +39,15 @@ URL_SCHEMES = {"http", "https", "mailto"}
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+
+#: Characters where markdown-it's inline parser stops to try a rule, plus line
+#: breaks (each starts a block); the cost of rendering follows their count.
+MARKUP_CHARS = "\n!#$%&*+-:<=>@[\\]^_`{}~|"
+MAX_RENDER_UNITS = 12_000
+_CHUNK = 4096
+#: The most of a stored card that is read (the push cap for ``.md`` files).
+CARD_READ_MAX = 1024 * 1024
+_rendered = SizedCache(32 * 1024 * 1024)
 
 
 def _markdown() -> MarkdownIt:
@@ -60,12 +82,54 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
     return m.group(1), text[m.end():]
 
 
+def markup_units(text: str) -> int:
+    """How much work ``text`` is for markdown-it: its markup characters, line breaks twice."""
+    return sum(text.count(c) for c in MARKUP_CHARS) + text.count("\n")
+
+
+def render_budget(text: str, units: int = MAX_RENDER_UNITS) -> int:
+    """Where to stop rendering Markdown: the end of the last line within ``units``."""
+    spent = 0
+    for start in range(0, len(text), _CHUNK):
+        spent += markup_units(text[start:start + _CHUNK])
+        if spent > units:
+            cut = text.rfind("\n", 0, start)
+            return cut + 1 if cut > 0 else start
+    return len(text)
+
+
 def render_card(text: str) -> str:
-    """Markdown -> HTML that is safe to insert in a page.
+    """Markdown -> HTML that is safe to insert in a page, rendered once per text.
 
     HTML comments (Hugging Face card templates are full of them) are dropped
     rather than shown as escaped text; all other raw HTML shows as text.
+    Past the render budget the card continues as plain text.
     """
-    html = _MD.render(_COMMENT.sub("", text))
-    return nh3.clean(html, tags=TAGS, attributes=ATTRIBUTES, url_schemes=URL_SCHEMES,
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    cached = _rendered.get(key)
+    if cached is not None:
+        return cached
+    body = _COMMENT.sub("", text)
+    cut = render_budget(body)
+    safe = nh3.clean(_MD.render(body[:cut]), tags=TAGS, attributes=ATTRIBUTES, url_schemes=URL_SCHEMES,
                      link_rel="nofollow noopener noreferrer", strip_comments=True)
+    if cut < len(body):  # escaped text has no markup left for nh3 to judge
+        safe += ("<p><em>The rest of this card is too long to render; it is shown as plain text.</em></p>"
+                 f"<pre>{html_lib.escape(body[cut:], quote=False)}</pre>")
+    _rendered.put(key, safe, len(safe))
+    return safe
+
+
+def card_from_blob(store: Any, sha256: str, size: int) -> tuple[str | None, str]:
+    """A stored card's YAML header (as text) and its body as safe HTML, read
+    and rendered once per blob (blobs never change)."""
+    cached = _rendered.get(f"blob:{sha256}")
+    if cached is not None:
+        return cached
+    with store.open(sha256, 0, min(size, CARD_READ_MAX)) as fh:
+        text = fh.read().decode("utf-8", errors="replace")
+    front, body = split_front_matter(text)
+    result = (front, render_card(body))
+    # The HTML string is shared with render_card's own entry; count it once more anyway.
+    _rendered.put(f"blob:{sha256}", result, len(result[1]) + len(front or ""))
+    return result

@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlmodel import Session
 
-from peft_hub.adapter import CARD_NAME, EXTRA_FILE_CAPS
+from peft_hub.adapter import CARD_NAME
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.web import charts
-from peft_hub.hub.web.card import render_card, split_front_matter
+from peft_hub.hub.web.card import card_from_blob
 from peft_hub.adapter import vllm_max_lora_rank
 
 AUTO_CLASSES = {
@@ -34,24 +34,14 @@ def read_card(store: BlobStore, files: list[Any]) -> tuple[str | None, str | Non
     entry = next((f for f in files if f.path == CARD_NAME), None)
     if entry is None:
         return None, None
-    with store.open(entry.sha256, 0, min(entry.size, EXTRA_FILE_CAPS[".md"])) as fh:
-        text = fh.read().decode("utf-8", errors="replace")
-    front, body = split_front_matter(text)
-    return front, render_card(body)
+    return card_from_blob(store, entry.sha256, entry.size)  # read and rendered once per blob
 
 
 def lineage_view(session: Session, adapter: Adapter, revision: Revision, principal: Principal | None) -> dict[str, Any]:
     """Parents with links (where the viewer may see them) and visible children."""
-    raw = crud.lineage(session, adapter=adapter, revision=revision)
-    parents = []
-    for p in raw["parents"]:
-        owner = p["ref"].split("/")[0]
-        visible = p["in_hub"] or (p["private"] and principal is not None and principal.owns(owner))
-        parents.append({**p, "href": page_link(p["ref"], p["revision"]) if visible else None})
-    children = [
-        {**c, "href": page_link(c["id"], c["revision"])} for c in raw["children"]
-        if not c["private"] or (principal is not None and principal.owns(c["id"].split("/")[0]))
-    ]
+    raw = crud.lineage(session, adapter=adapter, revision=revision, principal=principal)
+    parents = [{**p, "href": page_link(p["ref"], p["revision"]) if p["in_hub"] else None} for p in raw["parents"]]
+    children = [{**c, "href": page_link(c["id"], c["revision"])} for c in raw["children"]]
     record = (revision.meta or {}).get("lineage") or {}
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
     return {"parents": parents, "children": children, "method": record.get("method"), "params": params}

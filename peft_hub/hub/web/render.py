@@ -107,7 +107,7 @@ class Renderer:
         base = {
             "request": request, "path": request.url.path,
             "hub_url": str(request.base_url).rstrip("/"),
-            "user": session.get("user") if session.get("token") else None,
+            "user": session.get("user"),  # set only for a live server-side session (deps.cookie_principal)
             "csrf_token": session.get("csrf", ""),
         }
         html = self.env.get_template(template).render(**base, **context)
