@@ -272,3 +272,17 @@ def test_another_users_token_reads_and_writes_nothing_private(world):
         assert page.status_code == 404 and "secret adapter" not in page.text
     assert snapshot(hub) == before
     anonymous.close()
+
+
+def test_pushes_tag_moves_and_deletes_are_audited(world, llama_adapter):
+    alice, admin = world["alice"], world["admin"]
+    pushed = alice.push(llama_adapter, name="alice/audited")
+    alice.set_tag("alice/audited", "prod")
+    alice.delete_tag("alice/audited", "prod")
+    alice.delete("alice/audited")
+    events = [(e["action"], e["target"]) for e in admin.audit(actor="alice")]
+    assert events[:4] == [("adapter.delete", "alice/audited"), ("tag.delete", "alice/audited:prod"),
+                          ("tag.move", "alice/audited:prod"), ("push", f"alice/audited@{pushed.revision}")]
+    refused = world["mallory"].delete("/api/adapters/alice/secret")
+    assert refused.status_code == 404
+    assert not [e for e in admin.audit(actor="mallory") if e["action"] == "adapter.delete"]

@@ -47,7 +47,8 @@ MAX_HEADER_CHARS = 200
 
 def header_safe(text: str, limit: int = MAX_HEADER_CHARS) -> str:
     """``text`` as a header value: printable ASCII on one line (others escaped), at most ``limit`` characters."""
-    return one_line(text.encode("ascii", "backslashreplace").decode("ascii"), limit)
+    flat = one_line(text.encode("ascii", "backslashreplace").decode("ascii"), len(text) * 10 + 10)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def bootstrap(engine, settings: Settings) -> str | None:  # noqa: ANN001

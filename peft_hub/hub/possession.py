@@ -99,8 +99,13 @@ def discard_if_own(session: Session, store: BlobStore, principal: Principal, sha
     if referenced or others:
         return False
     store.delete(sha256)
-    session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
+    forget(session, sha256=sha256)
     return True
+
+
+def forget(session: Session, *, sha256: str) -> None:
+    """Drop the receipts of a blob that is gone from the store."""
+    session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
 
 
 def size_for(session: Session, principal: Principal, sha256: str, path: str) -> int:

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
 from peft_hub.errors import ChecksumMismatchError, UploadRequiredError
-from peft_hub.hub import crud, possession
+from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
@@ -59,11 +59,14 @@ def publish(
     tags: list[str] = (),
     private: bool | None = None,
     parent: str | None | bool = False,
+    client: str = "",
 ) -> tuple[Adapter, Revision, bool]:
-    """Verify, validate and commit a revision made of already-uploaded blobs.
+    """Verify, validate and commit a revision made of already-uploaded blobs,
+    with its ``push`` audit event in the same transaction.
 
     Args:
         parent: see :func:`crud.publish_revision`; False for whole-manifest pushes.
+        client: the caller's address, for the audit log.
 
     Returns:
         The adapter, the revision, and whether the revision is new.
@@ -88,8 +91,11 @@ def publish(
             fh.close()
 
     meta = validate_manifest(entries, open_stored)
-    return crud.publish_revision(
+    adapter, revision, created = crud.publish_revision(
         session, owner=owner, name=name, entries=entries, meta=meta, sha=manifest_digest(entries),
         author=principal.user.name, message=message, tags=list(tags), private=private, parent=parent,
         principal=principal,
     )
+    audit.record(session, actor=principal.user.name, action="push", target=f"{owner}/{name}@{revision.sha}",
+                 client=client, detail={"created": created, "tags": ["main", *tags], "files": len(entries)})
+    return adapter, revision, created

@@ -24,9 +24,9 @@ from peft_hub.errors import (
     InvalidInputError,
     NotImplementedByHubError,
 )
-from peft_hub.hub import crud, possession
+from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import Principal, require_write
-from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.deps import ClientDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.hf import blobs
 from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
 from peft_hub.hub.hf.commit import (
@@ -107,13 +107,19 @@ async def create_repo(request: Request, session: SessionDep, principal: HfPrinci
 
 
 @router.delete("/api/repos/delete")
-async def delete_repo(request: Request, session: SessionDep, principal: HfPrincipalDep) -> dict[str, Any]:
+async def delete_repo(request: Request, session: SessionDep, principal: HfPrincipalDep, client: ClientDep) -> dict[str, Any]:
     """Delete an adapter and its revisions (blobs go at the next gc)."""
     body = await _json_object(request)
     owner = body.get("organization") or (principal.user.name if principal else "")
-    adapter = _writable(session, principal, owner, str(body.get("name") or ""))
-    await run_in_threadpool(crud.delete_adapter, session, adapter=adapter)
+    await run_in_threadpool(_delete, session, principal, str(owner), str(body.get("name") or ""), client)
     return {}
+
+
+def _delete(session: Session, principal: Principal | None, owner: str, name: str, client: str) -> None:
+    adapter = _writable(session, principal, owner, name)
+    crud.delete_adapter(session, adapter=adapter)
+    audit.record(session, actor=principal.user.name, action="adapter.delete",
+                 target=f"{adapter.owner}/{adapter.name}", client=client)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -277,7 +283,7 @@ def xet_token(owner: str, name: str, rev: str) -> None:
 
 
 def _publish_commit(
-    session: Session, store: BlobStore, principal: Principal, adapter: Adapter, parsed: ParsedCommit
+    session: Session, store: BlobStore, principal: Principal, adapter: Adapter, parsed: ParsedCommit, client: str
 ) -> tuple[Adapter, Revision, bool]:
     """Apply the operations to ``main`` as it is now; publishing re-reads
     ``main`` under a row lock and refuses if another commit moved it since."""
@@ -292,19 +298,19 @@ def _publish_commit(
         raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
     entries = apply_operations(list(parent.values()), parsed.operations)
     return publish(session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
-                   entries=entries, message=parsed.message, parent=current)
+                   entries=entries, message=parsed.message, parent=current, client=client)
 
 
 @router.post("/api/models/{owner}/{name}/commit/{rev}")
 async def commit(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
-    principal: HfPrincipalDep, create_pr: str | None = None,
+    principal: HfPrincipalDep, client: ClientDep, create_pr: str | None = None,
 ) -> dict[str, Any]:
     """Apply an NDJSON commit on top of ``main`` and publish the result whole."""
     _main_only(rev, create_pr)
     adapter = await run_in_threadpool(_writable, session, principal, owner, name)
     parsed = await read_commit(request.stream(), store)
-    adapter, revision, created = await run_in_threadpool(_publish_commit, session, store, principal, adapter, parsed)
+    adapter, revision, created = await run_in_threadpool(_publish_commit, session, store, principal, adapter, parsed, client)
     base = _base(request)
     return {
         "success": True, "commitOid": revision.sha, "commitUrl": f"{base}/{adapter.owner}/{adapter.name}/commit/{revision.sha}",

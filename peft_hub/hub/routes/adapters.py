@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 
 from peft_hub.adapter import CARD_NAME, validate_repo_id
 from peft_hub.errors import EntryNotFoundError
-from peft_hub.hub import crud, possession
+from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import require_scope, require_write
-from peft_hub.hub.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.publish import publish
 from peft_hub.hub.schemas import (
     CommitRequest, EvalsRequest, PreuploadRequest, TagRequest, adapter_summary, revision_detail,
@@ -107,12 +107,13 @@ def preupload(
 
 @router.post("/{owner}/{name}/commit", status_code=201)
 def commit(
-    owner: str, name: str, body: CommitRequest, session: SessionDep, store: StoreDep, principal: PrincipalDep
+    owner: str, name: str, body: CommitRequest, session: SessionDep, store: StoreDep, principal: PrincipalDep,
+    client: ClientDep,
 ) -> dict[str, Any]:
     """Publish the uploaded blobs as a new revision, atomically (publish checks write access)."""
     adapter, revision, created = publish(
         session, store, principal=principal, repo_id=f"{owner}/{name}", entries=[f.entry() for f in body.files],
-        message=body.message, tags=body.tags, private=body.private,
+        message=body.message, tags=body.tags, private=body.private, client=client,
     )
     return {**revision_detail(session, adapter, revision, principal), "created": created}
 
@@ -156,29 +157,37 @@ def card(owner: str, name: str, session: SessionDep, store: StoreDep, principal:
 
 
 @router.put("/{owner}/{name}/tags/{tag}")
-def put_tag(owner: str, name: str, tag: str, body: TagRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, str]:
+def put_tag(
+    owner: str, name: str, tag: str, body: TagRequest, session: SessionDep, principal: PrincipalDep, client: ClientDep
+) -> dict[str, str]:
     adapter = _load(session, principal, owner, name)
-    require_write(principal, adapter.owner)
+    principal = require_write(principal, adapter.owner)
     crud.validate_tag(tag)
     revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
     crud.set_tag(session, adapter=adapter, tag=tag, revision=revision)
+    audit.record(session, actor=principal.user.name, action="tag.move", target=f"{adapter.owner}/{adapter.name}:{tag}",
+                 client=client, detail={"revision": revision.sha})
     return {"tag": tag, "revision": revision.sha}
 
 
 @router.delete("/{owner}/{name}/tags/{tag}", status_code=204)
-def delete_tag(owner: str, name: str, tag: str, session: SessionDep, principal: PrincipalDep) -> Response:
+def delete_tag(owner: str, name: str, tag: str, session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
     adapter = _load(session, principal, owner, name)
-    require_write(principal, adapter.owner)
+    principal = require_write(principal, adapter.owner)
     crud.delete_tag(session, adapter=adapter, tag=tag)
+    audit.record(session, actor=principal.user.name, action="tag.delete",
+                 target=f"{adapter.owner}/{adapter.name}:{tag}", client=client)
     return Response(status_code=204)
 
 
 @router.delete("/{owner}/{name}", status_code=204)
-def delete(owner: str, name: str, session: SessionDep, principal: PrincipalDep) -> Response:
+def delete(owner: str, name: str, session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
     """Delete an adapter; its blobs are removed by the next gc."""
     adapter = _load(session, principal, owner, name)
-    require_write(principal, adapter.owner)
+    principal = require_write(principal, adapter.owner)
     crud.delete_adapter(session, adapter=adapter)
+    audit.record(session, actor=principal.user.name, action="adapter.delete",
+                 target=f"{adapter.owner}/{adapter.name}", client=client)
     return Response(status_code=204)
 
 
@@ -202,11 +211,16 @@ def list_evals(owner: str, name: str, session: SessionDep, principal: PrincipalD
 
 
 @router.delete("/{owner}/{name}/evals/{eval_id}", status_code=204)
-def delete_eval(owner: str, name: str, eval_id: Annotated[int, Path(ge=1, le=2**62)], session: SessionDep, principal: PrincipalDep) -> Response:
+def delete_eval(
+    owner: str, name: str, eval_id: Annotated[int, Path(ge=1, le=2**62)], session: SessionDep, principal: PrincipalDep,
+    client: ClientDep,
+) -> Response:
     """Remove one eval result (the adapter's owners only)."""
     adapter = _load(session, principal, owner, name)
-    require_write(principal, adapter.owner)
+    principal = require_write(principal, adapter.owner)
     crud.delete_eval(session, adapter=adapter, eval_id=eval_id)
+    audit.record(session, actor=principal.user.name, action="eval.delete",
+                 target=f"{adapter.owner}/{adapter.name}", client=client, detail={"eval": eval_id})
     return Response(status_code=204)
 
 

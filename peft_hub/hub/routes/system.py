@@ -198,6 +198,7 @@ def gc(
             continue
         if not body.dry_run:
             store.delete(blob.sha256)
+            possession.forget(session, sha256=blob.sha256)
         deleted.append(blob.sha256)
         freed += blob.size
     audit.record(session, actor=principal.user.name, action="gc", client=client,
