@@ -51,6 +51,8 @@ NAME_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
 MAX_FILES = 32
 #: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
 MAX_FILENAME_BYTES = 255
+#: Path separators, and what Windows refuses or a quoted Content-Disposition cannot hold.
+_UNSAFE_IN_NAMES = '/\\"<>:|?*'
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -87,7 +89,7 @@ def validate_repo_id(repo_id: str) -> tuple[str, str]:
 def validate_filename(path: str) -> str:
     """Check a file name inside an adapter: flat, allowlisted, no traversal,
     no control characters, at most 255 bytes."""
-    if not isinstance(path, str) or not path or "/" in path or "\\" in path or path.startswith("."):
+    if not isinstance(path, str) or not path or path.startswith(".") or any(c in path for c in _UNSAFE_IN_NAMES):
         raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
     problem = name_problem(path, MAX_FILENAME_BYTES)
     if problem or len(path.encode("utf-8")) > MAX_FILENAME_BYTES:
@@ -197,8 +199,8 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     if matcher is None:
         matcher = PatternMatcher(patterns)
         if key is not None:
-            if len(_MATCHERS) >= 8:
-                _MATCHERS.pop(next(iter(_MATCHERS)))
+            if len(_MATCHERS) >= 8:  # a handful of configs at a time; clear() is safe across threads
+                _MATCHERS.clear()
             _MATCHERS[key] = matcher
     return matcher.value(module, default)
 
@@ -226,6 +228,9 @@ def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None
             )
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def card_summary(card: str, limit: int = 300) -> str:
     """The first paragraph of prose in a model card (no front matter, headings, HTML or code)."""
     text = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S).replace("\x00", "")
@@ -233,7 +238,8 @@ def card_summary(card: str, limit: int = 300) -> str:
     for block in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in block.strip().splitlines()]
         if lines and not lines[0].startswith(("#", "<", "|", "-", "*", "!", "[")):
-            return " ".join(lines)[:limit]
+            # No control characters: the summary is printed by the CLI and shown in lists.
+            return _CONTROL.sub(" ", " ".join(lines))[:limit]
     return ""
 
 
@@ -357,7 +363,7 @@ def validate_manifest(
         except UnicodeDecodeError:
             raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text") from None
         if entry.path.lower().endswith(".json"):
-            loads_json(raw, what=entry.path, error=InvalidAdapterError)
+            loads_json(raw, what=entry.path, error=InvalidAdapterError, allow_nan=True)
         elif "\x00" in text:
             raise InvalidAdapterError(f"{entry.path} contains NUL bytes: it is not a text file")
         if entry.path == CARD_NAME:

@@ -81,6 +81,7 @@ def loads_json(
     what: str = "the JSON",
     error: type[InvalidInputError] = InvalidInputError,
     strict_strings: bool = False,
+    allow_nan: bool = False,
     object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
 ) -> Any:
     """Parse JSON from a user, refusing what the standard parser would choke on.
@@ -92,11 +93,13 @@ def loads_json(
         error: the class to raise (e.g. InvalidAdapterError).
         strict_strings: also refuse NUL and unpaired surrogates in strings
             and keys (text that a database column cannot hold).
+        allow_nan: accept NaN and infinities, as Python's own ``json.dump``
+            writes them (for files that are only checked, never stored).
         object_pairs_hook: passed to :func:`json.loads`.
 
     Returns:
-        The parsed value. NaN, Infinity, numbers that overflow a float and
-        integers of more than 32 digits are refused.
+        The parsed value. NaN, Infinity and numbers that overflow a float
+        (unless ``allow_nan``) and integers of more than 32 digits are refused.
 
     Raises:
         ``error``: naming ``what`` and the problem, in one line.
@@ -108,7 +111,8 @@ def loads_json(
     except UnicodeDecodeError:
         raise error(f"{what} is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+        value = json.loads(text, parse_constant=None if allow_nan else _refuse_constant,
+                           parse_float=None if allow_nan else _finite_float,
                            parse_int=_bounded_int, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None

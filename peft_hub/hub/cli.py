@@ -20,7 +20,11 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, log_lev
     overrides = {k: v for k, v in {"db_url": db_url, "storage": storage, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
     click.echo(f"peft-hub serving on http://{host}:{port} (db: {settings.db_url}, storage: {settings.storage})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=True)
+    # X-Forwarded-For is believed only from the proxies named in
+    # PEFT_HUB_TRUSTED_PROXIES: rate limits and the audit log key on the address.
+    proxies = settings.trusted_proxies
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
 
 
 @click.group()

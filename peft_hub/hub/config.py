@@ -36,9 +36,12 @@ class Settings(BaseSettings):
     s3_public_url: str | None = None
     #: Lifetime of presigned S3 URLs, in seconds.
     presign_expiry: int = 3600
-    #: Secret that signs web session cookies and upload URLs; generated per
-    #: process when unset (set it when running several hub processes).
+    #: Secret that signs the HF LFS upload URLs; generated per process when
+    #: unset (set it when running several hub processes).
     session_secret: str | None = None
+    #: Comma-separated addresses of reverse proxies whose X-Forwarded-For is
+    #: believed (e.g. ``127.0.0.1`` behind a local nginx); empty: none.
+    trusted_proxies: str = ""
     #: Mark the web session cookie Secure (set when the hub is served over HTTPS).
     secure_cookies: bool = False
     #: Failed authentications allowed per client address in a window; more get 429.

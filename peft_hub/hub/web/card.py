@@ -10,7 +10,7 @@ demoted two levels to nest under the page's own.
 Rendering is bounded twice over. markdown-it-py spends 5-50 µs on each
 character that can start markup (``[``, ``*``, ``|``, a line break, ...), so
 a card is rendered as Markdown only up to :data:`MAX_RENDER_UNITS` of those
-(about a quarter of a second at worst, and far more than any real card
+(a fifth of a second at worst, and far more than any real card
 needs) and the rest is shown as escaped plain text; nesting stops at
 markdown-it's ``maxNesting``. And each card is rendered once: the HTML is
 kept, by the sha256 of the text, in a cache bounded in bytes.
@@ -43,7 +43,7 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", r
 #: Characters where markdown-it's inline parser stops to try a rule, plus line
 #: breaks (each starts a block); the cost of rendering follows their count.
 MARKUP_CHARS = "\n!#$%&*+-:<=>@[\\]^_`{}~|"
-MAX_RENDER_UNITS = 12_000
+MAX_RENDER_UNITS = 8_000
 _CHUNK = 4096
 #: The most of a stored card that is read (the push cap for ``.md`` files).
 CARD_READ_MAX = 1024 * 1024
@@ -83,8 +83,9 @@ def split_front_matter(text: str) -> tuple[str | None, str]:
 
 
 def markup_units(text: str) -> int:
-    """How much work ``text`` is for markdown-it: its markup characters, line breaks twice."""
-    return sum(text.count(c) for c in MARKUP_CHARS) + text.count("\n")
+    """How much work ``text`` is for markdown-it: its markup characters, and
+    line breaks three times (each may open a block: a list item costs ~50 µs)."""
+    return sum(text.count(c) for c in MARKUP_CHARS) + 2 * text.count("\n")
 
 
 def render_budget(text: str, units: int = MAX_RENDER_UNITS) -> int:
