@@ -381,10 +381,12 @@ def test_a_body_that_is_not_a_revision_is_a_peft_hub_error(hub, ws, body):
     assert ws.tree() == before
 
 
-@pytest.mark.parametrize("name", ["../../escape", "admin\n", "", None, 7, "a/b", "API"])
-def test_a_hostile_whoami_name_never_becomes_a_path(hub, ws, name):
+@pytest.mark.parametrize("answer", [
+    *({"name": n} for n in ["../../escape", "admin\n", "", None, 7, "a/b", "API", ["admin"]]), ["admin"], None, 7,
+], ids=lambda v: repr(v)[:30])
+def test_a_hostile_whoami_name_never_becomes_a_path(hub, ws, answer):
     _serve_good(hub)
-    hub.whoami = {"name": name}
+    hub.whoami = answer
     before = ws.tree()
     with ws.client(hub) as client, pytest.raises(InvalidNameError):
         client.pull("support")
@@ -584,6 +586,16 @@ def test_a_hostile_commit_answer_is_refused(hub, adapter, answer):
     hub.commit = answer
     with HubClient(hub.url, TOKEN) as client, pytest.raises(InvalidInputError):
         client.push(adapter, name="admin/support")
+
+
+def test_an_upload_answered_with_a_redirect_is_not_followed(hub, other, adapter):
+    hub.preupload = _plan(adapter, lambda s: f"{other.url}/put/{s}")
+    other.serve = lambda request, name: (
+        RedirectResponse(f"{other.url}/elsewhere/{name}", status_code=307) if name.startswith("put/") else Response()
+    )
+    with HubClient(hub.url, TOKEN) as client, pytest.raises(StorageError, match="redirect"):
+        client.push(adapter, name="admin/support")
+    assert other.seen("/put/") and not other.seen("/elsewhere/") and not hub.seen("/commit")
 
 
 def test_an_object_store_refusing_an_upload_is_a_clean_error(hub, other, adapter):

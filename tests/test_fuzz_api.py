@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
@@ -255,16 +256,21 @@ FUZZ_SETTINGS = settings(
 def _call_and_check(case: Any, hub: FuzzHub, who: str) -> None:
     headers = _bearer(hub.admin_token()) if who == "admin" else {}
     mark = len(hub.log.records)
-    response = case.call(base_url=hub.url, headers=headers, timeout=TIMEOUT, allow_redirects=False)
-    if case.method.upper() == "DELETE" and case.operation.path.startswith("/api/tokens"):
-        hub.token_checked = False  # it may have revoked the admin token
-    if server_failure(response.status_code, response.content):
-        log = hub.log.since(mark)
-        pytest.fail(
-            f"{case.operation.label} as {who} answered {response.status_code}: {response.text[:300]}\n"
-            f"bug: {signature(log, response.text)}\nreproduce: {case.as_curl_command(headers=headers)}\n"
-            f"server log:\n{hub.log.last_traceback(mark)}"
-        )
+    try:
+        response = case.call(base_url=hub.url, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+    except requests.ConnectionError as exc:  # a dropped connection is a failure too
+        outcome, text = f"dropped the connection ({exc})", type(exc).__name__
+    else:
+        if not server_failure(response.status_code, response.content):
+            if case.method.upper() == "DELETE" and case.operation.path.startswith("/api/tokens"):
+                hub.token_checked = False  # it may have revoked the admin token
+            return
+        outcome, text = f"answered {response.status_code}: {response.text[:300]}", response.text
+    log = hub.log.since(mark)
+    pytest.fail(
+        f"{case.operation.label} as {who} {outcome}\nbug: {signature(log, text)}\n"
+        f"reproduce: {case.as_curl_command(headers=headers)}\nserver log:\n{hub.log.last_traceback(mark)}"
+    )
 
 
 @admin_schema.parametrize()

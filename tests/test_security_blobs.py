@@ -286,3 +286,14 @@ def test_pushes_tag_moves_and_deletes_are_audited(world, llama_adapter):
     refused = world["mallory"].delete("/api/adapters/alice/secret")
     assert refused.status_code == 404
     assert not [e for e in admin.audit(actor="mallory") if e["action"] == "adapter.delete"]
+
+
+def test_sizes_and_counters_are_64_bit(hub):
+    """Files up to the 8 GiB weights cap must fit the size columns on PostgreSQL too."""
+    from sqlalchemy import BigInteger, Integer, inspect
+
+    columns = {(t, c["name"]): c["type"] for t in ("revisionfile", "adapter", "blobupload")
+               for c in inspect(hub.app.state.engine).get_columns(t)}
+    for key in (("revisionfile", "size"), ("adapter", "total_size"), ("adapter", "downloads"), ("blobupload", "size")):
+        kind = columns[key]
+        assert isinstance(kind, BigInteger) or (hub.backend == "embedded" and isinstance(kind, Integer)), (key, kind)

@@ -42,7 +42,8 @@ def test_pages_render_on_each_backend(hub, tmp_path):
 
     composed = httpx.get(f"{hub.url}/team/c").text
     assert re.search(r'href="/team/a@[0-9a-f]{40}" class="lineage-link"', composed)
-    assert "team/b</span> <span class=\"muted\">private" in composed  # not linked for the public
+    # Not linked for the public, and not told apart from a parent that does not exist.
+    assert "team/b</span> <span class=\"muted\">not in this hub" in composed and pb.revision not in composed
 
     preview = httpx.get(f"{hub.url}/compose", params=[("a", "team/a"), ("a", "team/c"), ("w", "0.5"), ("w", "0.5")]).text
     assert "✓ Compatible" in preview and '<strong id="result-rank">20</strong>' in preview

@@ -111,7 +111,8 @@ class HubClient:
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         if ref.owner is None:
             if self._me is None:
-                self._me = self.whoami()["name"]
+                me = self.whoami()  # Ref checks the name: the hub may answer anything
+                self._me = me.get("name") if isinstance(me, dict) else me
             ref = Ref(self._me, ref.name, ref.revision)
         return ref
 

@@ -24,7 +24,9 @@ import httpx
 from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
 from peft_hub.client.cache import BlobCache, check_name, check_revision, check_sha256
 from peft_hub.client.http import origin, raise_for_status, redact
-from peft_hub.errors import ChecksumMismatchError, HubUnreachableError, InvalidAdapterError, InvalidInputError
+from peft_hub.errors import (
+    ChecksumMismatchError, HubUnreachableError, InvalidAdapterError, InvalidInputError, StorageError,
+)
 from peft_hub.progress import tqdm
 
 CHUNK = 1024 * 1024
@@ -164,6 +166,8 @@ def upload(session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm) -
         try:
             if response.status_code == 412:  # If-None-Match: someone stored the same blob first
                 return
+            if response.is_redirect:  # never followed: the body would go, and the token, where the hub did not say
+                raise StorageError(f"the upload of {path.name} to {redact(target.url)} was answered with a redirect")
             raise_for_status(response)
         finally:
             response.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -61,7 +61,7 @@ class Adapter(SQLModel, table=True):
     owner: str = Field(index=True, max_length=64)
     name: str = Field(index=True, max_length=64)
     private: bool = False
-    downloads: int = 0
+    downloads: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
     # Denormalised from the revision ``main`` points at, for search.
@@ -69,7 +69,7 @@ class Adapter(SQLModel, table=True):
     method: str | None = Field(default=None, index=True)
     rank: int | None = None
     max_rank: int | None = None
-    total_size: int = 0
+    total_size: int = Field(default=0, sa_type=BigInteger)
     target_modules: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     description: str = ""
 
@@ -94,7 +94,7 @@ class RevisionFile(SQLModel, table=True):
     revision_id: int = Field(foreign_key="revision.id", primary_key=True)
     path: str = Field(primary_key=True, max_length=255)
     sha256: str = Field(index=True, max_length=64)
-    size: int
+    size: int = Field(sa_type=BigInteger)
 
 
 class Tag(SQLModel, table=True):
@@ -160,7 +160,7 @@ class BlobUpload(SQLModel, table=True):
 
     sha256: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="namespace.id", primary_key=True)
-    size: int
+    size: int = Field(sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow)
 
 

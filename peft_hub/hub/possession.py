@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import exists
+from sqlalchemy.engine import Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
@@ -101,6 +102,18 @@ def discard_if_own(session: Session, store: BlobStore, principal: Principal, sha
     store.delete(sha256)
     forget(session, sha256=sha256)
     return True
+
+
+def discard_unclaimed(engine: Engine, store: BlobStore, sha256s: list[str]) -> None:
+    """Delete blobs a refused request stored itself, unless meanwhile a
+    revision or a receipt (another request's) has claimed them."""
+    if not sha256s:
+        return
+    with Session(engine) as session:
+        claimed = set(session.exec(select(RevisionFile.sha256).where(col(RevisionFile.sha256).in_(sha256s))).all())
+        claimed |= set(session.exec(select(BlobUpload.sha256).where(col(BlobUpload.sha256).in_(sha256s))).all())
+    for sha256 in set(sha256s) - claimed:
+        store.delete(sha256)
 
 
 def forget(session: Session, *, sha256: str) -> None:

@@ -33,9 +33,14 @@ async def receive(store: BlobStore, sha256: str, size: int, chunks: AsyncIterato
         await run_in_threadpool(writer.abort)
 
 
-def put_small(store: BlobStore, sha256: str, data: bytes) -> None:
-    """Store a small blob received whole, unless it is already there."""
+def put_small(store: BlobStore, sha256: str, data: bytes) -> bool:
+    """Store a small blob received whole, unless it is already there.
+
+    Returns:
+        Whether this call stored it (so a refused commit can take it back).
+    """
     stat = store.stat(sha256)
     if stat is not None and stat.size == len(data):
-        return
+        return False
     store.put(sha256, len(data), [data])
+    return True

@@ -31,7 +31,7 @@ INLINE_MAX_BYTES = 64 * 1024 * 1024
 #: Git bookkeeping files an HF client may send; they mean nothing here and are skipped.
 IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
 MAX_MESSAGE = 4000
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 
 
 @dataclass
@@ -84,12 +84,12 @@ async def ndjson_lines(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIter
         yield bytes(buffer)
 
 
-async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedCommit:
+async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore, stored: list[str]) -> ParsedCommit:
     """Parse the commit body; inline files are stored as blobs as they arrive.
 
     A refused file name (a pickle, say) stops the commit before its bytes are
-    stored. Blobs stored for a commit that is refused later are never
-    referenced, and ``gc`` removes them.
+    stored. The sha256 of each blob this call newly stored is appended to
+    ``stored``, so a commit refused later can take them back.
     """
     parsed = ParsedCommit()
     max_line = INLINE_MAX_BYTES * 4 // 3 + 64 * 1024
@@ -108,7 +108,7 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
         elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= MAX_FILES:
             raise InvalidInputError(f"a commit adds at most {MAX_FILES} files (an adapter has at most {MAX_FILES})")
         elif key == "file":
-            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store), inline=True))
+            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store, stored), inline=True))
         elif key == "lfsFile":
             parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value)))
         elif key == "deletedFile":
@@ -120,7 +120,7 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore) -> ParsedC
     return parsed
 
 
-async def _inline_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
+async def _inline_file(value: dict[str, Any], store: BlobStore, stored: list[str]) -> FileEntry:
     path = check_path(value.get("path"))
     if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
         raise InvalidInputError(f"{path}: inline content must be a base64 string")
@@ -131,7 +131,8 @@ async def _inline_file(value: dict[str, Any], store: BlobStore) -> FileEntry:
     if len(data) > size_cap(path):
         raise InvalidAdapterError(f"{path} is {len(data)} bytes, above the {size_cap(path)} byte cap")
     sha256 = hashlib.sha256(data).hexdigest()
-    await run_in_threadpool(put_small, store, sha256, data)
+    if await run_in_threadpool(put_small, store, sha256, data):
+        stored.append(sha256)
     return FileEntry(path, len(data), sha256)
 
 

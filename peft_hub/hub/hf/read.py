@@ -67,7 +67,7 @@ def _info(session: Session, store: BlobStore, adapter: Adapter, revision: Revisi
 def tree(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
     path: str = "", recursive: bool = False, expand: bool = False,
-    cursor: str | None = None, limit: int | None = Query(None, ge=1),
+    cursor: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1, le=1000),
 ) -> JSONResponse:
     """The files of a revision, paged with a ``Link: <…>; rel="next"`` header.
 

@@ -309,8 +309,15 @@ async def commit(
     """Apply an NDJSON commit on top of ``main`` and publish the result whole."""
     _main_only(rev, create_pr)
     adapter = await run_in_threadpool(_writable, session, principal, owner, name)
-    parsed = await read_commit(request.stream(), store)
-    adapter, revision, created = await run_in_threadpool(_publish_commit, session, store, principal, adapter, parsed, client)
+    stored: list[str] = []
+    try:
+        parsed = await read_commit(request.stream(), store, stored)
+        adapter, revision, created = await run_in_threadpool(
+            _publish_commit, session, store, principal, adapter, parsed, client)
+    except BaseException:
+        # A refused commit leaves the store as it found it.
+        await run_in_threadpool(possession.discard_unclaimed, request.app.state.engine, store, stored)
+        raise
     base = _base(request)
     return {
         "success": True, "commitOid": revision.sha, "commitUrl": f"{base}/{adapter.owner}/{adapter.name}/commit/{revision.sha}",

@@ -32,9 +32,20 @@ def _security(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=tables)
 
 
+def _big_sizes(conn: Connection) -> None:
+    """Sizes and counters as 64-bit integers: files up to the 8 GiB cap fit.
+    (SQLite's INTEGER is 64-bit already.)"""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, column in (("revisionfile", "size"), ("adapter", "total_size"), ("adapter", "downloads"),
+                          ("blobupload", "size")):
+        conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _initial),
     (2, "upload receipts, web sessions, audit log, token expiry", _security),
+    (3, "64-bit sizes", _big_sizes),
 ]
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -127,7 +127,7 @@ def list_tokens(session: SessionDep, principal: PrincipalDep, user: str | None =
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
     """Revoke (delete) a token and end its web sessions: its owner, or an admin."""
     principal = require_scope(principal, "read")
     row = crud.get_token(session, token_id=token_id)

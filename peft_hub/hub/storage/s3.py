@@ -13,6 +13,7 @@ Downloads are redirects to presigned GETs: bytes never pass through the hub.
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -22,6 +23,12 @@ from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTar
 #: boto error codes -> what they mean to us.
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _CONFLICT = {"412", "PreconditionFailed"}
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name in RFC 6266 form, safe whatever it holds."""
+    ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _b64(sha256: str) -> str:
@@ -160,7 +167,7 @@ class S3BlobStore(BlobStore):
             "get_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256),
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                "ResponseContentDisposition": content_disposition(filename),
             },
             ExpiresIn=expires,
         )

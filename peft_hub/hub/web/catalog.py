@@ -23,15 +23,20 @@ FACETS = ("base_model", "method", "owner")
 SORTS = {"updated": "desc", "name": "asc", "rank": "asc", "size": "asc", "downloads": "desc"}
 
 
-def parse_int(text: str | None, problems: list[str], what: str) -> int | None:
+#: Larger numbers in a query mean nothing here and would overflow the database's integers.
+MAX_QUERY_INT = 2**31 - 1
+
+
+def parse_int(text: str | None, problems: list[str], what: str, *, maximum: int = MAX_QUERY_INT) -> int | None:
+    """A whole number from a query parameter, or None with a note in ``problems``."""
     if text is None or not text.strip():
         return None
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 12 else -1
     except ValueError:
         value = -1
-    if value < 0:
-        problems.append(f"{what} must be a whole number ≥ 0; {text!r} was ignored")
+    if not 0 <= value <= maximum:
+        problems.append(f"{what} must be a whole number from 0 to {maximum}; {text[:20]!r} was ignored")
         return None
     return value
 
@@ -61,7 +66,7 @@ class CatalogQuery:
             problems.append(f"unknown sort {sort!r}; sorted by last update")
             sort = "updated"
         order = params.get("order") if params.get("order") in ("asc", "desc") else SORTS[sort]
-        page = parse_int(params.get("page"), problems, "page") or 1
+        page = parse_int(params.get("page"), problems, "page", maximum=10_000) or 1
         return cls(**text, min_rank=parse_int(params.get("min_rank"), problems, "min rank"),
                    max_rank=parse_int(params.get("max_rank"), problems, "max rank"),
                    sort=sort, order=order, page=max(page, 1), problems=problems)
