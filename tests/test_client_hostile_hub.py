@@ -566,6 +566,8 @@ def test_the_uploaded_file_is_chosen_by_digest_never_by_the_hubs_path(hub, other
 @pytest.mark.parametrize("plan", [
     {"uploads": [{"path": "x", "sha256": "f" * 64, "url": "/api/blobs/x", "method": "PUT"}]},
     {"uploads": [{"sha256": None, "url": "/api/blobs/x"}]},
+    {"uploads": [{"sha256": ["{sha}"], "url": "/api/blobs/x"}]},
+    {"uploads": [{"sha256": {"{sha}": 1}, "url": "/api/blobs/x"}]},
     {"uploads": [{"sha256": "{sha}", "url": "file:///etc/passwd", "method": "PUT"}]},
     {"uploads": [{"sha256": "{sha}", "url": "/api/blobs/x", "method": "DELETE"}]},
     {"uploads": [{"sha256": "{sha}", "url": "/api/blobs/x", "headers": ["x"]}]},
@@ -728,11 +730,12 @@ def test_a_pull_after_a_failed_one_succeeds(hub, ws):
 # --- error mapping, pure (MockTransport) --------------------------------------------------
 
 
-def _streamed(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Response:
-    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://hub.test") as session:
-        with session.stream("GET", "/x?X-Amz-Signature=s3cret") as response:
-            with pytest.raises(PeftHubError) as info:
-                raise_for_status(response)
+def _streamed(handler: Callable[[httpx.Request], httpx.Response]) -> PeftHubError:
+    """The error ``raise_for_status`` makes of a streamed, unread response (the ResponseNotRead case)."""
+    session = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://hub.test")
+    with session, session.stream("GET", "/x?X-Amz-Signature=s3cret") as response, \
+            pytest.raises(PeftHubError) as info:
+        raise_for_status(response)
     return info.value
 
 
@@ -770,7 +773,8 @@ def test_odd_error_bodies_map_by_status(body, status, error):
 
 
 def test_a_non_json_success_body_is_a_peft_hub_error():
-    with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")),
-                      base_url="http://hub.test") as session:
-        with pytest.raises(PeftHubError, match="not JSON"):
-            json_body(session.get("/api/adapters/a/b?sig=s3cret"))
+    session = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")),
+                           base_url="http://hub.test")
+    with session, pytest.raises(PeftHubError, match="not JSON") as info:
+        json_body(session.get("/api/adapters/a/b?sig=s3cret"))
+    assert "s3cret" not in str(info.value)

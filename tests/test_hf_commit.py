@@ -68,13 +68,14 @@ def test_read_commit_stores_inline_files_and_skips_git_files(tmp_path):
         _file(".gitattributes", b"*.safetensors filter=lfs\n"),
         {"key": "lfsFile", "value": {"path": "adapter_model.safetensors", "algo": "sha256", "oid": "b" * 64, "size": 9}},
         {"key": "deletedFile", "value": {"path": "README.md"}},
-    ), store))
+    ), store, stored := []))
     assert (parsed.message, parsed.parent_commit) == ("s\n\nd", "a" * 40)
     assert [(op.kind, op.path) for op in parsed.operations] == [
         ("add", "adapter_config.json"), ("add", "adapter_model.safetensors"), ("delete", "README.md"),
     ]
     sha = hashlib.sha256(config).hexdigest()
     assert parsed.operations[0].entry == FileEntry("adapter_config.json", len(config), sha)
+    assert parsed.operations[0].inline and not parsed.operations[1].inline and stored == [sha]
     with store.open(sha) as fh:
         assert fh.read() == config
 
@@ -90,7 +91,7 @@ def test_read_commit_stores_inline_files_and_skips_git_files(tmp_path):
 def test_read_commit_refuses_bad_lines_before_storing_them(tmp_path, item, error):
     store = open_store(str(tmp_path / "blobs"))
     with pytest.raises(error):
-        asyncio.run(read_commit(_body(item), store))
+        asyncio.run(read_commit(_body(item), store, []))
     assert list(store.iterate()) == []
 
 
@@ -98,7 +99,7 @@ def test_read_commit_caps_files_and_line_length(tmp_path):
     store = open_store(str(tmp_path / "blobs"))
     many = [_file(f"f{i}.txt", b"%d" % i) for i in range(MAX_FILES + 1)]
     with pytest.raises(InvalidInputError, match="at most"):
-        asyncio.run(read_commit(_body(*many, chunk=4096), store))
+        asyncio.run(read_commit(_body(*many, chunk=4096), store, []))
 
     async def collect():
         return [line async for line in ndjson_lines(_body({"a": "x" * 100}, chunk=16), max_line=50)]

