@@ -297,3 +297,49 @@ def test_sizes_and_counters_are_64_bit(hub):
     for key in (("revisionfile", "size"), ("adapter", "total_size"), ("adapter", "downloads"), ("blobupload", "size")):
         kind = columns[key]
         assert isinstance(kind, BigInteger) or (hub.backend == "embedded" and isinstance(kind, Integer)), (key, kind)
+
+
+def test_a_push_survives_losing_its_upload_proof_to_a_race(world, llama_adapter, monkeypatch):
+    """Between alice's upload and her commit, mallory uploads the same bytes
+    (on S3 her presigned PUT now names her as the uploader). alice's commit
+    is refused as upload_required, and the client sends the bytes again."""
+    hub, tmp = world["hub"], world["tmp"]
+    src = tmp / "race"
+    shutil.copytree(llama_adapter, src)
+    (src / "README.md").write_text("# raced\n" + os.urandom(8).hex())
+    mallory = HubClient(hub.url, world["mallory_token"], cache_dir=tmp / "m")
+    real = HubClient._upload_missing
+    calls = []
+
+    def interleaved(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if self is mallory:
+            return out
+        calls.append(out)
+        if len(calls) == 1:
+            mallory.push(src, name="mallory/race", private=True)
+        return out
+
+    monkeypatch.setattr(HubClient, "_upload_missing", interleaved)
+    result = world["alice"].push(src, name="alice/race")
+    assert world["alice"].info("alice/race")["revision"] == result.revision
+    assert calls[0][1] >= 1  # at least the new card; alice holds the rest from earlier pushes
+    if hub.backend == "s3-postgres":
+        assert len(calls) == 2 and calls[1][1] >= 1  # the proof was lost and the bytes went again
+    assert blob_intact(hub, next(f["sha256"] for f in _spec(src) if f["path"] == "README.md"))
+
+
+def test_rate_limited_errors_carry_retry_after_to_the_client(embedded_hub, tmp_path):
+    from peft_hub.errors import AuthenticationError, RateLimitedError
+
+    bad = HubClient(embedded_hub.url, "phub_" + "0" * 12 + "x" * 40, cache_dir=tmp_path)
+    seen = []
+    for _ in range(30):
+        try:
+            bad.whoami()
+        except RateLimitedError as exc:
+            seen.append(exc.retry_after)
+            break
+        except AuthenticationError:
+            continue
+    assert seen and 0 < seen[0] <= 60

@@ -11,12 +11,12 @@ from urllib.parse import quote
 
 import httpx
 
-from peft_hub.adapter import validate_dir, validate_namespace
+from peft_hub.adapter import FileEntry, validate_dir, validate_namespace
 from peft_hub.client.cache import BlobCache, assemble, check_revision
 from peft_hub.client.http import build_session, json_body, send
 from peft_hub.client.refs import Ref, parse_ref
 from peft_hub.client.transfers import download, remote_manifest, upload, upload_plan
-from peft_hub.errors import AuthenticationError, ConflictError, InvalidInputError, InvalidNameError
+from peft_hub.errors import AuthenticationError, ConflictError, InvalidInputError, InvalidNameError, UploadRequiredError
 from peft_hub.paths import save_token, token_file
 from peft_hub.progress import tqdm
 
@@ -190,24 +190,34 @@ class HubClient:
                 raise InvalidNameError(f"{exc}; pass --name owner/name") from None
         ref = self.resolve(name)
         files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
+        body = {"files": files, "tags": list(tags), "private": private, "message": message}
+        total = count = 0
+        for attempt in range(3):
+            sent, n = self._upload_missing(ref, path, entries, files)
+            total, count = total + sent, count + n
+            try:
+                detail = self._json("POST", f"/api/adapters/{ref.repo_id}/commit", json=body)
+                break
+            # Another push to the same name committed first; or between our
+            # upload and commit a blob's proof went away (another user's
+            # identical upload on S3, a gc): ask again and send what is asked.
+            except (ConflictError, UploadRequiredError):
+                if attempt == 2:
+                    raise
+        if not isinstance(detail, dict):
+            raise InvalidInputError("the hub's commit answer is not an object")
+        revision = check_revision(detail.get("revision"))
+        return PushResult(ref.repo_id, revision, detail.get("created") is True, total, count, detail)
+
+    def _upload_missing(self, ref: Ref, path: Path, entries: list[FileEntry], files: list[dict[str, Any]]) -> tuple[int, int]:
+        """Upload what the hub asks for; returns the bytes and files sent."""
         plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files})
         targets = upload_plan(self.http, plan, entries)
         total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent
                 upload(self.http, target, path / target.entry.path, bar)
-        body = {"files": files, "tags": list(tags), "private": private, "message": message}
-        for attempt in range(3):
-            try:
-                detail = self._json("POST", f"/api/adapters/{ref.repo_id}/commit", json=body)
-                break
-            except ConflictError:  # another push to the same name committed first
-                if attempt == 2:
-                    raise
-        if not isinstance(detail, dict):
-            raise InvalidInputError("the hub's commit answer is not an object")
-        revision = check_revision(detail.get("revision"))
-        return PushResult(ref.repo_id, revision, detail.get("created") is True, total, len(targets), detail)
+        return total, len(targets)
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
         """An adapter at a revision: metadata, files with sha256, tags."""

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from peft_hub import __version__
-from peft_hub.errors import HubUnreachableError, PeftHubError, error_from_code
+from peft_hub.errors import HubUnreachableError, PeftHubError, RateLimitedError, error_from_code
 
 #: How much of an error body is read: enough for any message, not a flood.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -101,7 +101,11 @@ def raise_for_status(response: httpx.Response) -> httpx.Response:
         detail = response.headers.get("x-error-message") or f"HTTP {response.status_code} from {redact(response.request.url)}"
     if not isinstance(detail, str):
         detail = json.dumps(detail, ensure_ascii=False, default=str)
-    raise error_from_code(code, clean_text(detail), response.status_code)
+    error = error_from_code(code, clean_text(detail), response.status_code)
+    if isinstance(error, RateLimitedError):
+        retry_after = response.headers.get("retry-after", "")
+        error.retry_after = int(retry_after) if retry_after.isdigit() and len(retry_after) < 7 else 60
+    raise error
 
 
 def json_body(response: httpx.Response) -> Any:
