@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import struct
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from raw_adapters import zero_safetensors
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -483,16 +483,6 @@ def test_non_http_upload_urls_are_refused(url):
 # --- push against a hostile preupload answer ------------------------------------------
 
 
-def _safetensors(tensors: dict[str, list[int]]) -> bytes:
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        n = 4 * shape[0] * shape[1]
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
-
-
 @pytest.fixture
 def adapter(tmp_path) -> Path:  # noqa: ANN001
     path = tmp_path / "support"
@@ -500,7 +490,7 @@ def adapter(tmp_path) -> Path:  # noqa: ANN001
     (path / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
     ))
-    (path / "adapter_model.safetensors").write_bytes(_safetensors({
+    (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
         "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
     }))
     return path

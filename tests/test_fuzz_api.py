@@ -26,7 +26,6 @@ import random
 import re
 import secrets
 import string
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from raw_adapters import zero_safetensors
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -156,18 +156,8 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _safetensors(tensors: dict[str, list[int]]) -> bytes:
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        n = 4 * shape[0] * shape[1]
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
-
-
 CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
-WEIGHTS = _safetensors({
+WEIGHTS = zero_safetensors({
     "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
 })
 

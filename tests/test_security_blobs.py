@@ -343,3 +343,27 @@ def test_rate_limited_errors_carry_retry_after_to_the_client(embedded_hub, tmp_p
         except AuthenticationError:
             continue
     assert seen and 0 < seen[0] <= 60
+
+
+def test_no_stored_eval_breaks_a_page(world):
+    """Extreme values pass the API's finite check; an infinity written straight
+    into the database (an older hub accepted them) must not break the page either."""
+    from sqlmodel import Session
+
+    from peft_hub.hub.models import Eval, Revision
+
+    hub, alice = world["hub"], world["alice"]
+    alice.push(world["secret"], name="alice/extreme", private=False)
+    alice.add_evals("alice/extreme", [{"metric": "acc", "value": v, "dataset": "d", "extra": {"base_value": b}}
+                                      for v, b in ((1e308, -1e308), (5e-324, 0.0), (-0.0, 1e-300))])
+    with Session(hub.app.state.engine) as session:
+        revision = session.exec(__import__("sqlmodel").select(Revision)).all()[-1]
+        session.add(Eval(revision_id=revision.id, metric="acc", value=float("inf"), dataset="d", extra={"base_value": 1e308}))
+        session.commit()
+    for path in ("/alice/extreme", "/?q=extreme", "/api/adapters/alice/extreme/evals"):
+        r = httpx.get(f"{hub.url}{path}")
+        assert r.status_code == 200, (path, r.text[:300])
+    for bad in (float("nan"), float("inf"), "1.0", True):
+        r = world["mallory"].post("/api/adapters/mallory/x/evals", content=json.dumps(
+            {"evals": [{"metric": "m", "value": bad, "dataset": "d"}]}), headers={"Content-Type": "application/json"})
+        assert r.status_code in (404, 422), (bad, r.status_code)

@@ -8,10 +8,10 @@ audit row commit together, or neither does. For example, from a publish::
                  target=f"{owner}/{name}@{revision.sha}", client=client,
                  detail={"tags": tags, "created": created})
 
-Actions recorded today: ``token.create``, ``token.revoke``,
-``org.member_add``, ``gc`` and ``auth.failed_burst``; the publish and
-adapter routes add ``push``, ``tag.move``, ``tag.delete`` and
-``adapter.delete``. Keep action names dotted and at most 32 characters.
+Actions recorded: ``push`` (publish, both APIs), ``tag.move``,
+``tag.delete``, ``adapter.delete``, ``eval.add``, ``eval.delete``,
+``token.create``, ``token.revoke``, ``org.member_add``, ``gc`` and
+``auth.failed_burst``. Keep action names dotted and at most 32 characters.
 
 :func:`record_now` writes in its own short transaction, for events that must
 survive the failing request that caused them (a burst of failed sign-ins).

@@ -54,7 +54,7 @@ def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[
     readable = session.exec(
         select(RevisionFile.sha256).distinct()
         .join(Revision, Revision.id == RevisionFile.revision_id).join(Adapter, Adapter.id == Revision.adapter_id)
-        .where(col(RevisionFile.sha256).in_(wanted), crud._visible(principal))
+        .where(col(RevisionFile.sha256).in_(wanted), crud.visible_clause(principal))
     ).all()
     return set(receipts) | set(readable)
 
@@ -130,7 +130,7 @@ def size_for(session: Session, principal: Principal, sha256: str, path: str) -> 
         row = session.exec(
             select(RevisionFile.size).join(Revision, Revision.id == RevisionFile.revision_id)
             .join(Adapter, Adapter.id == Revision.adapter_id)
-            .where(RevisionFile.sha256 == sha256, crud._visible(principal))
+            .where(RevisionFile.sha256 == sha256, crud.visible_clause(principal))
         ).first()
     if row is None:
         raise UploadRequiredError(f"{path}: blob {sha256} has not been uploaded by you; upload it through LFS first")

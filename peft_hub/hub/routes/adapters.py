@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from peft_hub.adapter import CARD_NAME, validate_repo_id
 from peft_hub.errors import EntryNotFoundError
 from peft_hub.hub import audit, crud, possession
-from peft_hub.hub.auth import require_scope, require_write
+from peft_hub.hub.auth import require_write
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.publish import publish
 from peft_hub.hub.schemas import (
@@ -192,12 +192,16 @@ def delete(owner: str, name: str, session: SessionDep, principal: PrincipalDep, 
 
 
 @router.post("/{owner}/{name}/evals", status_code=201)
-def add_evals(owner: str, name: str, body: EvalsRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+def add_evals(
+    owner: str, name: str, body: EvalsRequest, session: SessionDep, principal: PrincipalDep, client: ClientDep
+) -> dict[str, Any]:
     """Attach eval results to a revision (needs write access to the adapter's namespace)."""
     adapter = _load(session, principal, owner, name)
     principal = require_write(principal, adapter.owner)
     revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
     rows = crud.add_evals(session, revision=revision, evals=[e.model_dump() for e in body.evals], added_by=principal.user.name)
+    audit.record(session, actor=principal.user.name, action="eval.add", target=f"{adapter.owner}/{adapter.name}@{revision.sha}",
+                 client=client, detail={"evals": len(rows)})
     return {"revision": revision.sha, "added": len(rows)}
 
 

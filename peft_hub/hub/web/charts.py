@@ -20,6 +20,14 @@ from typing import Any
 from peft_hub.hub.models import Eval, Revision
 
 WIDTH, HEIGHT = 400, 230
+#: Values a chart can place; others (non-finite, or beyond any real metric)
+#: are listed in the table but left out of charts and gains.
+CHARTABLE = 1e15
+
+
+def chartable(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and abs(value) <= CHARTABLE
 LEFT, RIGHT, TOP, BOTTOM = 50, 12, 24, 44
 
 
@@ -30,7 +38,7 @@ def is_base(e: Eval) -> bool:
 def base_value(e: Eval) -> float | None:
     """The base model's score carried by one of the adapter's own evals."""
     value = e.extra.get("base_value") if isinstance(e.extra, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if chartable(value) else None
 
 
 def series_key(e: Eval) -> tuple[str, str, str | None, str | None]:
@@ -75,7 +83,7 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.ceil(lo / step) * step
     ticks, v = [], first
-    while v <= hi + step * 1e-9:
+    while v <= hi + step * 1e-9 and len(ticks) <= 2 * count:
         ticks.append(round(v, 12))
         v += step
     return ticks
@@ -89,7 +97,9 @@ def layout(key: tuple, by_revision: list[tuple[str, float]], base: float | None,
     """Place the points (oldest revision on the left) and the base line."""
     values = [v for _, v in by_revision] + ([base] if base is not None else [])
     lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.12 if hi > lo else (abs(hi) * 0.1 or 1.0)
+    # A span too small against the values' size is drawn as flat, so the tick
+    # arithmetic never underflows.
+    pad = (hi - lo) * 0.12 if hi - lo > 1e-9 * max(abs(hi), abs(lo), 1.0) else (abs(hi) * 0.1 or 1.0)
     lo, hi = lo - pad, hi + pad
     chart = Chart(key[0], key[1], ", ".join(p for p in key[2:] if p), [], None)
 
@@ -114,6 +124,8 @@ def build(evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha:
     base_scores: dict[tuple, float] = {}
     latest: dict[tuple, dict[str, float]] = {}
     for e, sha in evals:  # oldest first, so later evals overwrite earlier ones
+        if not chartable(e.value):
+            continue
         if is_base(e):
             base_scores[series_key(e)] = e.value
         else:
@@ -125,7 +137,7 @@ def build(evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha:
         base = base_scores.get(series_key(e))
         rows.append({
             "eval": e, "sha": sha, "is_base": is_base(e),
-            "delta": None if is_base(e) or base is None else e.value - base,
+            "delta": None if is_base(e) or base is None or not chartable(e.value) else e.value - base,
         })
     charts = []
     for key in sorted(latest, key=lambda k: tuple(str(p) for p in k)):
@@ -142,7 +154,7 @@ def gain(e: Eval) -> float | None:
     """How much better than the base model this eval is, relative to the base's
     score (positive: better), or None without a base score on the same eval."""
     base = base_value(e)
-    if base is None:
+    if base is None or not chartable(e.value):
         return None
     sign = -1.0 if e.metric.lower() in LOWER_IS_BETTER else 1.0
     return sign * (e.value - base) / max(abs(base), 1e-9)

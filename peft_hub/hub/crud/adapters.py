@@ -1,145 +1,24 @@
-"""Database reads and writes, as keyword-only functions of a session.
-
-Nothing here commits: the request's session commits once when the route
-returns, so a publish (revision, files, tags, lineage) lands whole or not at all.
-"""
+"""Adapters, revisions, tags, evals and lineage; and the HF API's empty repos."""
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, true
 from sqlmodel import Session, col, select
 
 from peft_hub.adapter import AdapterMeta, FileEntry
 from peft_hub.errors import (
     AdapterNotFoundError, ConflictError, InvalidInputError, NotFoundError, RevisionNotFoundError,
 )
-from peft_hub.hub.auth import Principal, as_utc, can_read, hash_token, is_expired, lookup_of, new_token
-from peft_hub.hub.models import (
-    Adapter, Eval, LineageEdge, Membership, Namespace, Revision, RevisionFile, Tag, Token, WebSession, utcnow,
-)
+from peft_hub.hub.auth import Principal, can_read
+from peft_hub.hub.crud.accounts import ensure_namespace
+from peft_hub.hub.models import Adapter, Eval, LineageEdge, Revision, RevisionFile, Tag, utcnow
 
 # \A and \Z: a "$" would also accept a final newline.
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 TAG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-SORTS = {"updated": Adapter.updated_at, "downloads": Adapter.downloads, "name": Adapter.name, "rank": Adapter.rank, "size": Adapter.total_size}
-
-
-# --- namespaces and tokens --------------------------------------------------
-
-
-def get_namespace(session: Session, *, name: str) -> Namespace | None:
-    return session.exec(select(Namespace).where(Namespace.name == name)).first()
-
-
-def ensure_namespace(session: Session, *, name: str, kind: str = "user", is_admin: bool = False) -> Namespace:
-    """The namespace ``name``, created when missing."""
-    ns = get_namespace(session, name=name)
-    if ns is None:
-        ns = Namespace(name=name, kind=kind, is_admin=is_admin)
-        session.add(ns)
-        session.flush()
-    return ns
-
-
-def create_token(
-    session: Session, *, user: Namespace, scope: str, namespaces: list[str] | None = None, token: str | None = None
-) -> str:
-    """Store a new token for ``user`` and return its plaintext (shown once)."""
-    return issue_token(session, user=user, scope=scope, namespaces=namespaces, token=token)[1]
-
-
-def issue_token(
-    session: Session, *, user: Namespace, scope: str, namespaces: list[str] | None = None, token: str | None = None,
-    name: str = "", expires_at: datetime | None = None,
-) -> tuple[Token, str]:
-    """Store a new token for ``user``; return its row and its plaintext (shown once)."""
-    token = token or new_token()
-    lookup = lookup_of(token)
-    if lookup is None:
-        raise InvalidInputError("tokens start with 'phub_' and are at least 33 characters long")
-    row = Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces,
-                name=name, expires_at=expires_at)
-    session.add(row)
-    session.flush()
-    return row, token
-
-
-def list_tokens(session: Session, *, user: Namespace) -> list[Token]:
-    """The user's tokens, oldest first."""
-    return list(session.exec(select(Token).where(Token.user_id == user.id).order_by(Token.id)))
-
-
-def get_token(session: Session, *, token_id: int) -> Token | None:
-    return session.get(Token, token_id)
-
-
-def revoke_token(session: Session, *, token: Token) -> None:
-    """Delete a token and every web session signed in with it."""
-    for web in session.exec(select(WebSession).where(WebSession.token_id == token.id)):
-        session.delete(web)
-    session.flush()
-    session.delete(token)
-    session.flush()
-
-
-def create_web_session(session: Session, *, token: Token, expires_at: datetime) -> tuple[WebSession, str]:
-    """A server-side web session acting with ``token``; returns it and the
-    random id for the cookie (only its sha256 is stored). Expired sessions
-    are swept out on the way."""
-    now = utcnow()
-    for stale in session.exec(select(WebSession).where(WebSession.expires_at <= now)):
-        session.delete(stale)
-    if token.expires_at is not None:
-        expires_at = min(expires_at, as_utc(token.expires_at))
-    raw = secrets.token_urlsafe(32)
-    web = WebSession(id_hash=hash_token(raw), token_id=token.id, csrf=secrets.token_urlsafe(32), expires_at=expires_at)
-    session.add(web)
-    session.flush()
-    return web, raw
-
-
-def resolve_web_session(session: Session, *, raw_id: str) -> tuple[WebSession, Token] | None:
-    """The live session for a cookie's id and its token; None when the id is
-    unknown, the session expired, or its token expired or was revoked.
-
-    Read-only, so it can run before ``auth.touch``; expired rows are swept by
-    :func:`create_web_session`.
-    """
-    if not raw_id or len(raw_id) > 128:
-        return None
-    web = session.get(WebSession, hash_token(raw_id))
-    if web is None or as_utc(web.expires_at) <= utcnow():
-        return None
-    token = session.get(Token, web.token_id)
-    if token is None or is_expired(token):
-        return None
-    return web, token
-
-
-def add_member(session: Session, *, org: str, user: str) -> Namespace:
-    """Make ``user`` a member of organisation ``org`` (both created if new)."""
-    org_ns = ensure_namespace(session, name=org, kind="org")
-    if org_ns.kind != "org":
-        raise ConflictError(f"{org!r} is a user, not an organisation")
-    user_ns = ensure_namespace(session, name=user)
-    if user_ns.kind != "user":
-        raise ConflictError(f"{user!r} is an organisation, not a user")
-    if session.get(Membership, (user_ns.id, org_ns.id)) is None:
-        session.add(Membership(user_id=user_ns.id, org_id=org_ns.id))
-        session.flush()
-    return org_ns
-
-
-def count_namespaces(session: Session) -> int:
-    return session.exec(select(func.count()).select_from(Namespace)).one()
-
-
 # --- adapters and revisions -------------------------------------------------
 
 
@@ -391,114 +270,6 @@ def lineage(session: Session, *, adapter: Adapter, revision: Revision, principal
             for child, sha, w, m in children if can_read(principal, child)
         ],
     }
-
-
-# --- search -----------------------------------------------------------------
-
-
-def _visible(principal: Principal | None):  # noqa: ANN202
-    """The adapters ``principal`` may see: public ones, and private ones it
-    ``owns`` (the same rule as ``auth.can_read``; limits bind admins too)."""
-    if principal is None:
-        return Adapter.private == False  # noqa: E712
-    if principal.is_admin:
-        if principal.namespaces is None:
-            return true()
-        owners = set(principal.namespaces)
-    else:
-        owners = {principal.user.name, *principal.orgs}
-        if principal.namespaces is not None:
-            owners &= set(principal.namespaces)
-    return or_(Adapter.private == False, col(Adapter.owner).in_(owners))  # noqa: E712
-
-
-def search_filters(
-    *,
-    principal: Principal | None,
-    q: str | None = None,
-    base_model: str | None = None,
-    method: str | None = None,
-    min_rank: int | None = None,
-    max_rank: int | None = None,
-    target_module: str | None = None,
-    owner: str | None = None,
-    tag: str | None = None,
-) -> list[Any]:
-    """The WHERE clauses shared by search, facets and the web catalog."""
-    clauses: list[Any] = [_visible(principal), Adapter.method.is_not(None)]
-    if q:
-        like = f"%{q.lower()}%"
-        clauses.append(or_(
-            func.lower(Adapter.name).like(like), func.lower(Adapter.owner).like(like),
-            func.lower(Adapter.base_model).like(like), func.lower(Adapter.description).like(like),
-        ))
-    if base_model:
-        clauses.append(Adapter.base_model == base_model)
-    if method:
-        clauses.append(func.upper(Adapter.method) == method.upper())
-    if min_rank is not None:
-        clauses.append(Adapter.max_rank >= min_rank)
-    if max_rank is not None:
-        clauses.append(Adapter.rank <= max_rank)
-    if owner:
-        clauses.append(Adapter.owner == owner)
-    if tag:
-        clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
-    if target_module:
-        # JSON arrays are stored as text on both backends; match the quoted element.
-        from sqlalchemy import String, cast
-
-        clauses.append(cast(Adapter.target_modules, String).like(f'%"{target_module}"%'))
-    return clauses
-
-
-def search_adapters(
-    session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1, per_page: int = 20
-) -> tuple[list[Adapter], int]:
-    """One page of adapters matching ``clauses``, and the total count."""
-    if sort not in SORTS:
-        raise InvalidInputError(f"sort must be one of {', '.join(SORTS)}")
-    if order not in ("asc", "desc"):
-        raise InvalidInputError("order must be asc or desc")
-    column = SORTS[sort]
-    ordering = [column.asc() if order == "asc" else column.desc(), Adapter.id.asc()]
-    total = session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
-    items = session.exec(
-        select(Adapter).where(*clauses).order_by(*ordering).offset((page - 1) * per_page).limit(per_page)
-    ).all()
-    return list(items), total
-
-
-def facets(session: Session, *, clauses: list[Any]) -> dict[str, list[tuple[str, int]]]:
-    """Counts per base model, method and owner among matching adapters."""
-    out = {}
-    for name, column in (("base_model", Adapter.base_model), ("method", Adapter.method), ("owner", Adapter.owner)):
-        rows = session.exec(
-            select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
-        ).all()
-        out[name] = [(value, count) for value, count in rows if value]
-    return out
-
-
-def referenced_blobs(session: Session) -> set[str]:
-    return set(session.exec(select(RevisionFile.sha256).distinct()).all())
-
-
-# --- web catalog ------------------------------------------------------------
-
-
-def main_revision_evals(session: Session, *, adapter_ids: list[int]) -> dict[int, list[Eval]]:
-    """The evals of each adapter's ``main`` revision, newest first (for the catalog's headline eval)."""
-    if not adapter_ids:
-        return {}
-    rows = session.exec(
-        select(Tag.adapter_id, Eval).join(Eval, Eval.revision_id == Tag.revision_id)
-        .where(Tag.name == "main", col(Tag.adapter_id).in_(adapter_ids)).order_by(col(Eval.id).desc())
-    ).all()
-    out: dict[int, list[Eval]] = {}
-    for adapter_id, row in rows:
-        out.setdefault(adapter_id, []).append(row)
-    return out
 
 
 # --- Hugging Face-compatible API --------------------------------------------
