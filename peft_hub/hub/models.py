@@ -186,3 +186,21 @@ class AuditEvent(SQLModel, table=True):
     target: str = Field(default="", max_length=300)
     client: str = Field(default="", max_length=64)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Blob(SQLModel, table=True):
+    """One row per stored blob: the point where publish and gc agree.
+
+    Both take the row's write lock first (an upsert that updates it), so a gc
+    can never delete a blob between a publish's check and its commit, and a
+    publish that comes after a gc sees the blob gone. ``checked_mtime`` is the
+    store's modification time when the bytes last verified: a local file
+    changed since is treated as unverified, so the next upload repairs it.
+    ``corrupt`` is set by ``fsck`` when the stored bytes do not verify.
+    """
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    checked_mtime: float | None = None
+    corrupt: bool = False
+    created_at: datetime = Field(default_factory=utcnow)

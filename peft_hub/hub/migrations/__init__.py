@@ -42,10 +42,18 @@ def _big_sizes(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT"))
 
 
+def _blob_rows(conn: Connection) -> None:
+    """The blob table publish and gc lock (rows appear as blobs are used)."""
+    from peft_hub.hub import models
+
+    SQLModel.metadata.create_all(conn, tables=[models.Blob.__table__])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _initial),
     (2, "upload receipts, web sessions, audit log, token expiry", _security),
     (3, "64-bit sizes", _big_sizes),
+    (4, "blob rows for publish/gc agreement", _blob_rows),
 ]
 
 
