@@ -28,18 +28,25 @@ from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry
 from peft_hub.errors import UploadRequiredError
-from peft_hub.hub import crud
+from peft_hub.hub import crud, ledger
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.models import Adapter, BlobUpload, Revision, RevisionFile
+from peft_hub.hub.models import Adapter, Blob, BlobUpload, Revision, RevisionFile, utcnow
 from peft_hub.hub.storage import BlobStore
 
 
 def record_receipt(session: Session, *, user_id: int, sha256: str, size: int) -> None:
-    """Note that ``user_id`` uploaded these verified bytes (idempotent, race-safe)."""
+    """Note that ``user_id`` holds these verified bytes (idempotent, race-safe).
+    A receipt's time is also a lease: gc keeps a blob with a fresh receipt."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.exec(  # type: ignore[call-overload]
-        insert(BlobUpload).values(sha256=sha256, user_id=user_id, size=size).on_conflict_do_nothing()
-    )
+    stmt = insert(BlobUpload).values(sha256=sha256, user_id=user_id, size=size, created_at=utcnow())
+    session.exec(stmt.on_conflict_do_update(  # type: ignore[call-overload]
+        index_elements=["sha256", "user_id"], set_={"created_at": stmt.excluded.created_at}))
+
+
+def record_upload(session: Session, store: BlobStore, *, user_id: int, sha256: str, size: int) -> None:
+    """The hub just received and verified these bytes from ``user_id``."""
+    record_receipt(session, user_id=user_id, sha256=sha256, size=size)
+    ledger.note_verified(session, store, sha256, size)
 
 
 def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[str]:
@@ -60,13 +67,19 @@ def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[
 
 
 def stored_and_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> set[str]:
-    """The sha256s the caller need not upload: held by the caller and stored
-    with the declared size. Everything else gets an upload URL."""
+    """The sha256s the caller need not upload: held by the caller, stored with
+    the declared size, and trusted as stored (see ``ledger.trusted``; a file
+    changed in the store must be uploaded again, which repairs it). Renews the
+    caller's receipts for them, so a gc running before the commit keeps them."""
     mine = held(session, principal, (e.sha256 for e in entries))
-    out = set()
-    for entry in entries:
-        if entry.sha256 in mine and (stat := store.stat(entry.sha256)) is not None and stat.size == entry.size:
-            out.add(entry.sha256)
+    stored = ledger.verified_in_store(session, store, [e.sha256 for e in entries if e.sha256 in mine])
+    out = {e.sha256 for e in entries if e.sha256 in stored and stored[e.sha256].size == e.size}
+    if out:
+        session.exec(  # type: ignore[call-overload]
+            BlobUpload.__table__.update()
+            .where(BlobUpload.user_id == principal.user.id, col(BlobUpload.sha256).in_(sorted(out)))
+            .values(created_at=utcnow())
+        )
     return out
 
 
@@ -107,18 +120,14 @@ def discard_if_own(session: Session, store: BlobStore, principal: Principal, sha
 def discard_unclaimed(engine: Engine, store: BlobStore, sha256s: list[str]) -> None:
     """Delete blobs a refused request stored itself, unless meanwhile a
     revision or a receipt (another request's) has claimed them."""
-    if not sha256s:
-        return
-    with Session(engine) as session:
-        claimed = set(session.exec(select(RevisionFile.sha256).where(col(RevisionFile.sha256).in_(sha256s))).all())
-        claimed |= set(session.exec(select(BlobUpload.sha256).where(col(BlobUpload.sha256).in_(sha256s))).all())
-    for sha256 in set(sha256s) - claimed:
-        store.delete(sha256)
+    for sha256 in sorted(set(sha256s)):
+        ledger.collect(engine, store, sha256, cutoff=None)
 
 
 def forget(session: Session, *, sha256: str) -> None:
-    """Drop the receipts of a blob that is gone from the store."""
+    """Drop the receipts and the ledger row of a blob that is gone from the store."""
     session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
+    session.exec(Blob.__table__.delete().where(Blob.sha256 == sha256))  # type: ignore[call-overload]
 
 
 def size_for(session: Session, principal: Principal, sha256: str, path: str) -> int:

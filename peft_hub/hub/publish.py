@@ -9,7 +9,6 @@ committed in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -18,34 +17,34 @@ from sqlmodel import Session
 
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
 from peft_hub.errors import ChecksumMismatchError, UploadRequiredError
-from peft_hub.hub import audit, crud, possession
+from peft_hub.hub import audit, crud, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
-from peft_hub.hub.models import Adapter, Revision
+from peft_hub.hub.models import Adapter, Blob, Revision
 from peft_hub.hub.storage import BlobStore
 
 
-def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry) -> None:
-    """Make sure the stored blob is exactly the declared bytes.
+def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None) -> None:
+    """Make sure the stored blob is exactly the declared bytes (called with
+    the blob's ledger row locked, so no gc can remove it before the commit).
 
-    Stores that keep a verified checksum (local writes, S3 checksums) are
-    trusted; otherwise the blob is read and hashed. Nothing is deleted for a
-    wrong declared size, and a blob whose bytes do not verify is discarded
-    only when it is the caller's own unreferenced upload.
+    Bytes are trusted without reading them when the store keeps a checksum of
+    its own (S3) or the file has not changed since the hub verified it;
+    otherwise they are read and hashed. Nothing is deleted for a wrong
+    declared size, and a blob whose bytes do not verify is discarded only when
+    it is the caller's own unreferenced upload.
     """
     stat = store.stat(entry.sha256)
     if stat is None:
         raise UploadRequiredError(f"{entry.path}: blob {entry.sha256} is not stored (any more); upload it again")
     if stat.size != entry.size:
         raise ChecksumMismatchError(f"{entry.path}: blob {entry.sha256} is {stat.size} bytes, not {entry.size}")
-    if stat.verified_sha256 == entry.sha256:
+    if ledger.trusted(row, stat):
         return
-    digest = hashlib.sha256()
-    with store.open(entry.sha256) as fh:
-        while block := fh.read(8 * 1024 * 1024):
-            digest.update(block)
-    if digest.hexdigest() != entry.sha256:
+    digest = ledger.hash_stored(store, entry.sha256)
+    if digest != entry.sha256:
         possession.discard_if_own(session, store, principal, entry.sha256)
-        raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest.hexdigest()}, not {entry.sha256}")
+        raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest}, not {entry.sha256}")
+    ledger.note_verified(session, store, entry.sha256, entry.size)
 
 
 def publish(
@@ -77,8 +76,9 @@ def publish(
         crud.validate_tag(tag)
     check_entries(entries)
     possession.require_held(session, store, principal, entries)
+    rows = ledger.lock(session, {e.sha256: e.size for e in entries})
     for entry in entries:
-        verify_blob(session, store, principal, entry)
+        verify_blob(session, store, principal, entry, rows.get(entry.sha256))
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:

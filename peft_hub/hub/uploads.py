@@ -40,7 +40,7 @@ def put_small(store: BlobStore, sha256: str, data: bytes) -> bool:
         Whether this call stored it (so a refused commit can take it back).
     """
     stat = store.stat(sha256)
-    if stat is not None and stat.size == len(data):
-        return False
+    if stat is not None and stat.size == len(data) and stat.verified_sha256 == sha256:
+        return False  # the store vouches for these bytes (S3's checksum); else rewrite, which repairs
     store.put(sha256, len(data), [data])
     return True

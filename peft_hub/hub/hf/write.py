@@ -268,7 +268,7 @@ async def lfs_upload(
     user the URL was issued to gets the upload receipt."""
     blobs.check_signature(blobs.signing_key(request.app.state, settings), sha256, size, expires, user, signature)
     await receive(store, sha256, size, request.stream())
-    await run_in_threadpool(possession.record_receipt, session, user_id=user, sha256=sha256, size=size)
+    await run_in_threadpool(possession.record_upload, session, store, user_id=user, sha256=sha256, size=size)
     return {"oid": sha256, "size": size}
 
 
@@ -289,7 +289,7 @@ def _publish_commit(
     ``main`` under a row lock and refuses if another commit moved it since."""
     for op in parsed.operations:
         if op.kind == "add" and op.inline:  # the hub itself received these bytes
-            possession.record_receipt(session, user_id=principal.user.id, sha256=op.entry.sha256, size=op.entry.size)
+            possession.record_upload(session, store, user_id=principal.user.id, sha256=op.entry.sha256, size=op.entry.size)
         elif op.kind == "add" and op.entry.size is None:  # an lfsFile line without a size
             op.entry = FileEntry(op.path, possession.size_for(session, principal, op.entry.sha256, op.path), op.entry.sha256)
     parent = _parent_files(session, adapter)
@@ -315,7 +315,9 @@ async def commit(
         adapter, revision, created = await run_in_threadpool(
             _publish_commit, session, store, principal, adapter, parsed, client)
     except BaseException:
-        # A refused commit leaves the store as it found it.
+        # A refused commit leaves the store as it found it. Roll back first:
+        # the discard locks the blobs' rows in a transaction of its own.
+        await run_in_threadpool(session.rollback)
         await run_in_threadpool(possession.discard_unclaimed, request.app.state.engine, store, stored)
         raise
     base = _base(request)

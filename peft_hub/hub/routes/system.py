@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import WEIGHTS_MAX_BYTES, validate_namespace
 from peft_hub.errors import InvalidInputError, NamespaceNotFoundError, NotFoundError, PermissionDeniedError
-from peft_hub.hub import audit, crud, possession
+from peft_hub.hub import audit, crud, ledger, possession
 from peft_hub.hub.auth import Principal, as_utc, is_expired, require_admin, require_scope, scope_rank
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.models import Namespace, Token, utcnow
@@ -176,13 +176,14 @@ async def upload_blob(
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise InvalidInputError("sha256 must be 64 lowercase hex digits")
     await receive(store, sha256, size, request.stream())
-    await run_in_threadpool(possession.record_receipt, session, user_id=principal.user.id, sha256=sha256, size=size)
+    await run_in_threadpool(possession.record_upload, session, store, user_id=principal.user.id, sha256=sha256, size=size)
     return {"sha256": sha256, "size": size}
 
 
 @router.post("/admin/gc")
 def gc(
-    body: GcRequest, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep, client: ClientDep
+    body: GcRequest, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
+    client: ClientDep,
 ) -> dict[str, Any]:
     """Delete blobs no revision references, once older than the grace period."""
     principal = require_admin(principal)
@@ -196,11 +197,13 @@ def gc(
         if blob.modified > cutoff:
             kept += 1
             continue
-        if not body.dry_run:
-            store.delete(blob.sha256)
-            possession.forget(session, sha256=blob.sha256)
-        deleted.append(blob.sha256)
-        freed += blob.size
+        # Each deletion re-checks under the blob's lock (see hub.ledger), so a
+        # publish racing this gc either keeps the blob or is told to upload it.
+        if body.dry_run or ledger.collect(request.app.state.engine, store, blob.sha256, cutoff):
+            deleted.append(blob.sha256)
+            freed += blob.size
+        else:
+            kept += 1
     audit.record(session, actor=principal.user.name, action="gc", client=client,
                  detail={"deleted": len(deleted), "bytes_freed": freed, "kept_in_grace": kept, "dry_run": body.dry_run,
                          "grace_seconds": grace})

@@ -86,7 +86,7 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             return None
         modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
-        return BlobStat(sha256, st.st_size, modified, verified_sha256=sha256)
+        return BlobStat(sha256, st.st_size, modified)  # files keep no checksum: see hub.ledger
 
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
