@@ -1,4 +1,7 @@
-"""gc racing pushes: a revision must never reference a blob that is not stored.
+"""The blob ledger: gc never races a push into a broken revision, and a
+blob whose stored bytes changed is repaired by the next push.
+
+gc racing pushes: a revision must never reference a blob that is not stored.
 
 One thread re-pushes content whose blobs it has just orphaned (so preupload
 finds them held and stored, and the client uploads nothing), while another
@@ -84,3 +87,29 @@ def test_pushes_racing_gc_never_publish_a_missing_blob(hub, llama_adapter, tmp_p
     assert all(blob_intact(hub, sha) for sha in {f.sha256 for f in files})
     pulled = client.pull("admin/keep", tmp_path / "out")
     assert (pulled.path / "README.md").read_text().startswith("# version")
+
+
+def _corrupt(hub, sha256: str) -> None:
+    """Change a stored blob's bytes behind the hub's back (same size)."""
+    store = hub.app.state.store
+    with store.open(sha256) as fh:
+        data = bytearray(fh.read())
+    data[-1] ^= 0xFF
+    if hub.backend == "embedded":
+        time.sleep(0.01)  # a new mtime, as any real write gives
+        store.local_path(sha256).write_bytes(bytes(data))
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=store._key(sha256), Body=bytes(data))
+
+
+def test_a_push_repairs_a_blob_whose_stored_bytes_changed(hub, llama_adapter, tmp_path):
+    client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache")
+    first = client.push(llama_adapter, name="admin/fragile")
+    weights = next(f["sha256"] for f in first.detail["files"] if f["path"] == "adapter_model.safetensors")
+    _corrupt(hub, weights)
+    assert not blob_intact(hub, weights)
+    again = client.push(llama_adapter, name="admin/fragile")
+    assert again.revision == first.revision and again.files_uploaded >= 1  # the changed blob was sent again
+    assert blob_intact(hub, weights)
+    pulled = client.pull("admin/fragile", tmp_path / "out")
+    assert (pulled.path / "adapter_model.safetensors").read_bytes() == (llama_adapter / "adapter_model.safetensors").read_bytes()
