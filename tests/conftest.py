@@ -8,6 +8,8 @@ from pathlib import Path
 
 os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The client's retries back off for real; tests that provoke them need not wait long.
+os.environ.setdefault("PEFT_HUB_RETRY_WAIT", "0.01")
 sys.path.insert(0, str(Path(__file__).parent))
 
 

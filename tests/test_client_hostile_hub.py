@@ -250,7 +250,9 @@ class Workspace:
         assert not stray, stray
         for p in new:
             path = self.root / p
-            if path.is_file():  # only blobs whose name is their verified digest
+            if path.is_file():  # only blobs whose name is their verified digest, and their verification stamps
+                if path.parent.name == "verified":
+                    path = path.parent.parent / "blobs" / path.name
                 assert path.parent.name == "blobs" and sha(path.read_bytes()) == path.name, p
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,11 +14,14 @@ from urllib.parse import quote
 import httpx
 
 from peft_hub.adapter import FileEntry, validate_dir, validate_namespace
-from peft_hub.client.cache import BlobCache, assemble, check_revision
-from peft_hub.client.http import build_session, json_body, send
+from peft_hub.client.cache import BlobCache, BlobChangedError, assemble, check_revision, links
+from peft_hub.client.http import RetryPolicy, build_session, clean_text, json_body, raise_for_status, send
 from peft_hub.client.refs import Ref, parse_ref
 from peft_hub.client.transfers import download, remote_manifest, upload, upload_plan
-from peft_hub.errors import AuthenticationError, ConflictError, InvalidInputError, InvalidNameError, UploadRequiredError
+from peft_hub.errors import (
+    AuthenticationError, ConflictError, HubUnreachableError, InvalidInputError, InvalidNameError, PeftHubError,
+    UploadRequiredError, error_from_code,
+)
 from peft_hub.paths import save_token, token_file
 from peft_hub.progress import tqdm
 
@@ -62,6 +67,10 @@ class HubClient:
         token: an API token (default ``$PEFT_HUB_TOKEN``, then the saved token).
         cache_dir: where pulled blobs are cached (default ``$PEFT_HUB_CACHE``).
         transport: an httpx transport, for tests.
+        timeout: seconds a read or write may stall, or an ``httpx.Timeout``
+            (default ``$PEFT_HUB_TIMEOUT``, else 60; connecting: 10).
+        retry: how failures that may pass are retried (default
+            :meth:`RetryPolicy.from_env`; ``RetryPolicy(attempts=1)`` never retries).
     """
 
     def __init__(
@@ -71,11 +80,14 @@ class HubClient:
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.url = (url or os.environ.get("PEFT_HUB_URL") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("PEFT_HUB_TOKEN") or saved_token()
         self.cache = BlobCache(cache_dir)
-        self.http = build_session(self.url, self.token, transport)
+        self.retry = retry or RetryPolicy.from_env()
+        self.http = build_session(self.url, self.token, transport, timeout=timeout)
         self._me: str | None = None
 
     def close(self) -> None:
@@ -87,8 +99,8 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return json_body(send(self.http, method, path, **kwargs))
+    def _json(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
+        return json_body(send(self.http, method, path, retry=self.retry, idempotent=idempotent, **kwargs))
 
     # --- identity ----------------------------------------------------------
 
@@ -196,7 +208,9 @@ class HubClient:
             sent, n = self._upload_missing(ref, path, entries, files)
             total, count = total + sent, count + n
             try:
-                detail = self._json("POST", f"/api/adapters/{ref.repo_id}/commit", json=body)
+                # Idempotent by content: the same manifest gives the same
+                # revision ("created": false on a repeat), so it may be retried.
+                detail = self._json("POST", f"/api/adapters/{ref.repo_id}/commit", json=body, idempotent=True)
                 break
             # Another push to the same name committed first; or between our
             # upload and commit a blob's proof went away (another user's
@@ -211,12 +225,12 @@ class HubClient:
 
     def _upload_missing(self, ref: Ref, path: Path, entries: list[FileEntry], files: list[dict[str, Any]]) -> tuple[int, int]:
         """Upload what the hub asks for; returns the bytes and files sent."""
-        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files})
+        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files}, idempotent=True)
         targets = upload_plan(self.http, plan, entries)
         total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent
-                upload(self.http, target, path / target.entry.path, bar)
+                upload(self.http, target, path / target.entry.path, bar, retry=self.retry)
         return total, len(targets)
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
@@ -231,8 +245,12 @@ class HubClient:
         """Download an adapter, verifying every file's sha256.
 
         Files already in the cache (from any adapter or revision) are not
-        transferred again. Without ``output_dir`` the adapter is assembled as a
-        snapshot inside the cache, which is what compose and materialize use.
+        transferred again, unless their cached copy fails its check (then it
+        is fetched again, never handed over). Without ``output_dir`` the
+        adapter is assembled as a snapshot inside the cache (read-only hard
+        links), which is what compose and materialize use; ``output_dir``
+        gets copies, hashed as they are made. Downloads are retried per
+        ``self.retry``, and what a killed pull left in the cache is removed.
 
         Returns:
             Where the adapter is, and its immutable revision id.
@@ -241,20 +259,33 @@ class HubClient:
         # Every name, digest, size and the revision id are checked before they
         # become part of a path or a URL: the hub's answer is not trusted.
         revision, files = remote_manifest(self.info(ref, count_download=True))
-        missing = [f for f in files if not self.cache.has(f.sha256, f.size)]
-        total = sum(f.size for f in missing)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {ref.repo_id}") as bar:
-            for f in missing:
-                url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
-                download(self.http, url, f.sha256, f.size, self.cache, bar, name=f.path)
-        blobs = {f.path: self.cache.blob_path(f.sha256) for f in files}
-        if output_dir is None:
-            target = self.cache.snapshot_path(ref.repo_id, revision)
-            if not target.is_dir():
-                assemble(blobs, target, link=True)
-        else:
-            target = assemble(blobs, Path(output_dir))
-        return PulledAdapter(target, ref.repo_id, revision, {f.path: f.sha256 for f in files}, total)
+        label = f"{ref.repo_id}@{revision[:12]}"
+        self.cache.leftovers(remove=True)
+        downloaded = 0
+        for last in (False, True):
+            missing = [f for f in files if self.cache.checked(f.sha256, f.size) is None]
+            downloaded += sum(f.size for f in missing)
+            with tqdm(total=sum(f.size for f in missing), unit="B", unit_scale=True, desc=f"pull {ref.repo_id}") as bar:
+                for f in missing:
+                    url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
+                    download(self.http, url, f.sha256, f.size, self.cache, bar, name=f"{label}: {f.path}",
+                             retry=self.retry)
+            blobs = {f.path: self.cache.blob_path(f.sha256) for f in files}
+            try:
+                if output_dir is None:
+                    target = self.cache.snapshot_path(ref.repo_id, revision)
+                    if not links(target, blobs):
+                        assemble(blobs, target, link=True)
+                        for f in files:  # the new links changed the blobs' ctime, not their bytes
+                            self.cache.restamp(f.sha256)
+                else:
+                    target = assemble(blobs, Path(output_dir), digests={f.path: f.sha256 for f in files})
+                break
+            except BlobChangedError as exc:  # changed between its check and its copy: fetch it again, once
+                self.cache.discard(exc.sha256)
+                if last:
+                    raise BlobChangedError(f"{label}: {exc}", exc.sha256) from None
+        return PulledAdapter(target, ref.repo_id, revision, {f.path: f.sha256 for f in files}, downloaded)
 
     # --- discovery ---------------------------------------------------------
 
@@ -302,3 +333,79 @@ class HubClient:
     def gc(self, *, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Delete unreferenced blobs older than the grace period (admin)."""
         return self._json("POST", "/api/admin/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
+
+    def fsck_events(self, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+        """The hub's fsck as it runs (admin): ``start``, ``progress`` and
+        ``problem`` events, then ``done`` with the report. An ``error`` event
+        is raised as the error it names; so is a stream that stops early."""
+        try:
+            with self.http.stream("POST", "/api/admin/fsck", json={"repair": repair}) as response:
+                raise_for_status(response)
+                for event in _ndjson(response.iter_bytes()):
+                    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+                        raise PeftHubError("the hub sent an fsck event that is not an object with an 'event' name")
+                    if event["event"] == "error":
+                        raise error_from_code(str(event.get("error")), clean_text(str(event.get("detail", ""))))
+                    if event["event"] == "done" and not isinstance(event.get("report"), dict):
+                        raise PeftHubError("the hub's fsck report is not an object")
+                    yield event
+                    if event["event"] == "done":
+                        return
+        except httpx.TransportError as exc:
+            raise HubUnreachableError(f"cannot reach {self.url}: {exc}") from exc
+        raise PeftHubError("the hub's fsck stream ended before its report")
+
+    def fsck(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check on the hub that every blob a revision references is stored
+        with the right size and sha256, with a progress bar (admin).
+
+        Args:
+            repair: mark blobs whose bytes do not verify as corrupt (owners are
+                then asked to upload them again) and the revisions that need a
+                missing or corrupt blob as broken. Nothing is ever deleted.
+
+        Returns:
+            The report: ``clean``, ``problems`` (each naming the ``files`` —
+            adapter, revision, path — that need the blob), ``counts``,
+            ``unreferenced`` objects (count and bytes) and what ``repaired`` marked.
+        """
+        with tqdm(total=0, unit="B", unit_scale=True, desc="fsck") as bar:
+            for event in self.fsck_events(repair=repair):
+                kind = event["event"]
+                if kind == "start" and isinstance(event.get("bytes"), int):
+                    bar.total = event["bytes"]
+                    bar.refresh()
+                elif kind == "progress" and isinstance(event.get("bytes_checked"), int):
+                    bar.update(max(0, event["bytes_checked"] - bar.n))
+                elif kind == "done":
+                    return event["report"]
+        raise PeftHubError("the hub's fsck stream ended before its report")  # fsck_events raises first
+
+
+#: The longest NDJSON line read from the hub (a report of many problems is a few MB).
+NDJSON_LINE_LIMIT = 32 * 1024 * 1024
+
+
+def _ndjson(chunks: Iterable[bytes], limit: int = NDJSON_LINE_LIMIT) -> Iterator[Any]:
+    """Parse a stream of newline-separated JSON values, no line longer than ``limit``."""
+    buffer = bytearray()
+    for chunk in chunks:
+        start = len(buffer)
+        buffer += chunk
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            start = 0
+            if line.strip():
+                yield _json_line(line)
+        if len(buffer) > limit:
+            raise PeftHubError(f"the hub sent a line longer than {limit} bytes")
+    if buffer.strip():
+        yield _json_line(bytes(buffer))
+
+
+def _json_line(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise PeftHubError("the hub sent a line that is not JSON") from None

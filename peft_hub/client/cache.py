@@ -1,9 +1,18 @@
 """The local cache: blobs by sha256, plus snapshot directories per revision.
 
-A blob is written to a ``<sha>.<random>.incomplete`` file, hashed as it
-arrives, and renamed into place only when its digest matches, so the cache
-never holds a bad file. Pulling again, or pulling another revision that shares
-files, reads from here.
+A blob is downloaded into a ``<sha>.<random>.incomplete`` file, hashed as it
+arrives, and renamed into place only when its digest matches. Cached blobs
+are read-only (0444), so a snapshot (a hard link to the blob) cannot be
+edited in place by mistake; directories handed to the user (``pull -o``) get
+copies, hashed as they are copied, so editing them never touches the cache.
+Root ignores file modes, and a file can be changed behind our back, so each
+blob's verification is recorded as a stamp of its size, mtime, ctime and
+inode (``verified/<sha>``): a blob whose stamp no longer matches is hashed
+again before it is used, and removed (then fetched again) if it is wrong.
+
+Temporary files and staging directories are held under an ``flock`` by the
+process that writes them; whatever a killed process leaves behind is no
+longer locked, and the next pull (or ``cache verify``) removes it.
 
 Every name that becomes part of a path here (a sha256, a revision id, a file
 name) is checked first: they come from the hub, and a path must never be
@@ -12,16 +21,25 @@ steered by it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from peft_hub.adapter import validate_repo_id
-from peft_hub.errors import InvalidAdapterError
+from peft_hub.client.staging import delete, lock, scandir, staging_dir, staging_leftovers, sweep
+from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError
 from peft_hub.paths import cache_dir
+from peft_hub.progress import tqdm
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
@@ -29,6 +47,8 @@ REVISION_RE = re.compile(r"[0-9a-f]{40}")
 _FORBIDDEN = set('/\\:*?"<>|')
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 MAX_NAME_BYTES = 255
+CHUNK = 1024 * 1024
+_TEMP_BLOB_RE = re.compile(r"[0-9a-f]{64}\.[a-z0-9_]+\.(new|incomplete)")
 
 
 def check_sha256(value: object, what: str = "sha256") -> str:
@@ -64,8 +84,74 @@ def check_name(name: object) -> str:
     return name
 
 
+class BlobChangedError(ChecksumMismatchError):
+    """A cached blob's bytes changed after it was checked (found while copying it)."""
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the cache ----------------------------------------------------------------------
+
+
+def _fingerprint(st: os.stat_result) -> tuple[int, int, int, int]:
+    # The ctime is in it because no one can set it back: an edit that
+    # restores the mtime still changes the ctime, and so forces a new hash.
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+@dataclass
+class Partial:
+    """A download in progress: its temporary file, open and locked by this process."""
+
+    path: Path
+    fh: BinaryIO
+
+
+@dataclass
+class Snapshot:
+    """One assembled revision in the cache."""
+
+    repo_id: str
+    revision: str
+    path: Path
+    files: int
+    size: int
+
+
+@dataclass
+class CacheReport:
+    """What :meth:`BlobCache.verify` found, and what it removed."""
+
+    root: Path
+    blobs: int = 0
+    size: int = 0
+    #: sha256s of blobs whose bytes hash to something else.
+    corrupt: list[str] = field(default_factory=list)
+    #: Temporary files and staging directories no live process owns, stray files, stale stamps.
+    leftovers: list[Path] = field(default_factory=list)
+    #: Snapshots that link a corrupt blob (a repair removes them; the next pull rebuilds them).
+    snapshots: list[Path] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not (self.corrupt or self.leftovers or self.snapshots)
+
+
 class BlobCache:
-    """Blobs under ``root/blobs/<sha256>``; snapshots under ``root/snapshots``."""
+    """Blobs under ``root/blobs/<sha256>``, their verification stamps under
+    ``root/verified/<sha256>``, snapshots under ``root/snapshots``."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root else cache_dir()
@@ -73,22 +159,194 @@ class BlobCache:
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / check_sha256(sha256)
 
-    def has(self, sha256: str, size: int) -> bool:
-        path = self.blob_path(sha256)
-        return path.is_file() and path.stat().st_size == size
-
-    def incomplete_path(self, sha256: str) -> Path:
-        """A new, empty temporary file for one download of ``sha256`` (unique, so
-        two pulls of the same blob never write into each other's file)."""
-        blobs = self.root / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{check_sha256(sha256)}.", suffix=".incomplete", dir=blobs)
-        os.close(fd)
-        return Path(name)
+    def stamp_path(self, sha256: str) -> Path:
+        return self.root / "verified" / check_sha256(sha256)
 
     def snapshot_path(self, repo_id: str, revision: str) -> Path:
         owner, name = validate_repo_id(repo_id)
         return self.root / "snapshots" / owner / name / check_revision(revision)
+
+    # --- verified blobs ---------------------------------------------------------
+
+    def checked(self, sha256: str, size: int) -> Path | None:
+        """The cached blob ``sha256`` if it holds exactly those ``size`` bytes, else None.
+
+        A blob whose stamp still matches is trusted; any other is hashed
+        again. A blob that is wrong is removed, so the caller fetches it anew.
+        """
+        path = self.blob_path(sha256)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            self.discard(sha256)
+            return None
+        if self._stamp(sha256) == _fingerprint(st):
+            return path
+        if st.st_mode & 0o222:  # cached before blobs were read-only
+            with suppress(OSError):
+                os.chmod(path, 0o444)
+            st = os.lstat(path)
+        if file_sha256(path) != sha256 or _fingerprint(os.lstat(path)) != _fingerprint(st):
+            self.discard(sha256)  # wrong, or changed while it was hashed: fetch it again
+            return None
+        self._write_stamp(sha256, st)
+        return path
+
+    def has(self, sha256: str, size: int) -> bool:
+        return self.checked(sha256, size) is not None
+
+    def discard(self, sha256: str) -> None:
+        """Remove a blob and its stamp (a pull rebuilds the snapshots that linked it)."""
+        delete(self.stamp_path(sha256))
+        delete(self.blob_path(sha256))
+
+    def restamp(self, sha256: str) -> None:
+        """Stamp a blob again after this process linked it: a link changes the
+        ctime, not the bytes. Only if its size, mtime and inode are unchanged."""
+        old = self._stamp(sha256)
+        with suppress(FileNotFoundError):
+            st = os.lstat(self.blob_path(sha256))
+            now = _fingerprint(st)
+            if old is not None and (old[0], old[1], old[3]) == (now[0], now[1], now[3]):
+                self._write_stamp(sha256, st)
+
+    def _stamp(self, sha256: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(int(v) for v in self.stamp_path(sha256).read_text().split())
+        except (OSError, ValueError):
+            return None
+
+    def _write_stamp(self, sha256: str, st: os.stat_result) -> None:
+        # Best effort: without a stamp (a read-only cache) the blob is hashed each time.
+        stamps = self.root / "verified"
+        with suppress(OSError):
+            stamps.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".new", dir=stamps)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(" ".join(map(str, _fingerprint(st))) + "\n")
+                os.replace(tmp, self.stamp_path(sha256))
+            finally:
+                delete(Path(tmp))
+
+    # --- downloads ----------------------------------------------------------------
+
+    @contextmanager
+    def partial(self, sha256: str) -> Iterator[Partial]:
+        """A new temporary file for one download of ``sha256``: unique (two pulls of
+        one blob never write into each other's file), locked while this process
+        lives, and removed on the way out unless :meth:`commit` moved it into place."""
+        blobs = self.root / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        # Made as .new, locked, then renamed: an .incomplete file is locked by
+        # its owner for as long as the owner lives, so an unlocked one is debris.
+        fd, name = tempfile.mkstemp(prefix=f"{check_sha256(sha256)}.", suffix=".new", dir=blobs)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w+b") as fh:
+                lock(fh.fileno())
+                path = path.rename(path.with_suffix(".incomplete"))
+                yield Partial(path, fh)
+        finally:
+            delete(path)
+
+    def commit(self, part: Partial, sha256: str) -> Path:
+        """Move a verified download into place, read-only, and stamp it."""
+        part.fh.flush()
+        os.fsync(part.fh.fileno())  # the name must never point at bytes a crash lost
+        os.chmod(part.path, 0o444)
+        final = self.blob_path(sha256)
+        os.replace(part.path, final)  # while still locked, so no cleanup takes it first
+        self._write_stamp(sha256, os.lstat(final))
+        return final
+
+    # --- leftovers, verification, listing --------------------------------------------
+
+    def _snapshot_dirs(self) -> list[Path]:
+        """Each adapter's directory of snapshots (``snapshots/owner/name``)."""
+        return [p for owner in scandir(self.root / "snapshots") for p in scandir(owner)
+                if p.is_dir() and not p.is_symlink()]
+
+    def leftovers(self, *, remove: bool = False) -> list[Path]:
+        """Temporary files and staging directories that no live process owns
+        (what a killed pull leaves behind); ``remove`` deletes them."""
+        temp = [p for p in scandir(self.root / "blobs") if _TEMP_BLOB_RE.fullmatch(p.name)]
+        temp += [p for p in scandir(self.root / "verified") if p.name.startswith(".") and p.name.endswith(".new")]
+        found = sweep(iter(temp), remove)
+        for adapter in self._snapshot_dirs():
+            found += staging_leftovers(adapter, remove=remove)
+        return found
+
+    def snapshots(self) -> list[Snapshot]:
+        """The assembled revisions in the cache."""
+        out = []
+        for adapter in self._snapshot_dirs():
+            for path in scandir(adapter):
+                if REVISION_RE.fullmatch(path.name) and path.is_dir():
+                    files = [p for p in scandir(path) if p.is_file()]
+                    out.append(Snapshot(f"{adapter.parent.name}/{adapter.name}", path.name, path, len(files),
+                                        sum(p.stat().st_size for p in files)))
+        return out
+
+    def blobs(self) -> list[Path]:
+        """The cached blobs (files named by a sha256)."""
+        return [p for p in scandir(self.root / "blobs") if SHA256_RE.fullmatch(p.name)]
+
+    def info(self) -> dict[str, Any]:
+        """Where the cache is and what it holds: ``path``, ``blobs``, ``bytes``, ``snapshots``, ``leftovers``."""
+        blobs = self.blobs()
+        return {"path": self.root, "blobs": len(blobs), "bytes": sum(p.lstat().st_size for p in blobs),
+                "snapshots": len(self.snapshots()), "leftovers": len(self.leftovers())}
+
+    def verify(self, *, repair: bool = False) -> CacheReport:
+        """Hash every cached blob and look for leftovers.
+
+        Args:
+            repair: remove corrupt blobs (and the snapshots that link them),
+                leftovers and stray files, so the next pull fetches what is
+                missing. Without it nothing is removed; good blobs are stamped
+                either way, so pulls need not hash them again.
+
+        Returns:
+            What was found (and, with ``repair``, removed).
+        """
+        report = CacheReport(self.root, repaired=repair)
+        blobs = self.blobs()
+        bad_inodes: set[tuple[int, int]] = set()
+        with tqdm(total=sum(p.lstat().st_size for p in blobs), unit="B", unit_scale=True, desc="verify") as bar:
+            for path in blobs:
+                st = os.lstat(path)
+                report.blobs += 1
+                report.size += st.st_size
+                if stat.S_ISREG(st.st_mode) and file_sha256(path) == path.name:
+                    if _fingerprint(os.lstat(path)) == _fingerprint(st):
+                        self._write_stamp(path.name, st)
+                else:
+                    report.corrupt.append(path.name)
+                    bad_inodes.add((st.st_dev, st.st_ino))
+                bar.update(st.st_size)
+        report.leftovers = self.leftovers()
+        known = {p.name for p in blobs}
+        for path in scandir(self.root / "blobs"):
+            if path.name not in known and not _TEMP_BLOB_RE.fullmatch(path.name):
+                report.leftovers.append(path)
+        for path in scandir(self.root / "verified"):
+            if SHA256_RE.fullmatch(path.name) and path.name not in known:
+                report.leftovers.append(path)  # the stamp of a blob that is gone
+        for snap in self.snapshots():
+            if any((p.lstat().st_dev, p.lstat().st_ino) in bad_inodes for p in scandir(snap.path)):
+                report.snapshots.append(snap.path)
+        if repair:
+            for sha256 in report.corrupt:
+                self.discard(sha256)
+            for path in (*report.leftovers, *report.snapshots):
+                delete(path)
+        return report
+
+
+# --- assembling directories ----------------------------------------------------------
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -99,30 +357,64 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def assemble(files: dict[str, Path], target: Path, *, link: bool = False) -> Path:
+def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
+    """Copy a cached blob, hashing the bytes as they go: what lands in ``dst``
+    is exactly the bytes named ``sha256``, or nothing is handed over."""
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(CHUNK):
+            digest.update(block)
+            fout.write(block)
+    if digest.hexdigest() != sha256:
+        raise BlobChangedError(f"the cached copy of {dst.name} changed: it hashes to {digest.hexdigest()}, "
+                               f"not {sha256}", sha256)
+
+
+def assemble(
+    files: dict[str, Path], target: Path, *, link: bool = False, digests: dict[str, str] | None = None
+) -> Path:
     """Atomically make ``target`` a directory holding exactly ``files``.
 
     The directory is built beside the target and renamed into place; an
     existing target is swapped out only after the new one is complete.
-    Snapshots inside the cache hard-link blobs; directories handed to the
-    user get copies, so editing them can never corrupt the cache.
+    Snapshots inside the cache hard-link blobs (read-only); directories handed
+    to the user get copies, so editing them can never corrupt the cache, and
+    with ``digests`` every copy is hashed on the way (raising
+    :class:`BlobChangedError` for a blob that changed since it was checked).
+    Staging directories a killed process left beside ``target`` are removed first.
     """
     target = Path(target)
     for name in files:  # callers check names already; this keeps every write inside the target
         check_name(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".incomplete", dir=target.parent))
-    try:
+    staging_leftovers(target.parent, remove=True)
+    with staging_dir(target.parent, target.name) as staging:
         for name, src in files.items():
-            (link_or_copy if link else shutil.copyfile)(src, staging / name)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if link:
+                link_or_copy(src, staging / name)
+            elif digests is not None:
+                _copy_checked(src, staging / name, digests[name])
+            else:
+                shutil.copyfile(src, staging / name)
+        if target.exists() or target.is_symlink():
+            old = target.with_name(f".{target.name}.peft-hub-{secrets.token_hex(4)}.old")
             os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(old, target)  # the user keeps what they had
+                raise
+            delete(old)
         else:
             os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
+
+
+def links(target: Path, blobs: dict[str, Path]) -> bool:
+    """Whether ``target`` holds exactly ``blobs``' names, each a hard link to its cached blob."""
+    try:
+        return {p.name for p in target.iterdir()} == set(blobs) and all(
+            os.path.samefile(target / name, blob) for name, blob in blobs.items()
+        )
+    except OSError:
+        return False

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from peft_hub.client.api import HubClient
+from peft_hub.client.http import clean_text
 from peft_hub.errors import InvalidInputError
 
 pass_client = click.make_pass_decorator(HubClient)
@@ -225,6 +226,58 @@ def gc(hub: HubClient, grace_seconds: int | None, dry_run: bool) -> None:
     click.echo(f"{verb} {len(out['deleted'])} blob(s), {_size(out['bytes_freed'])}; {out['kept_in_grace']} kept within the grace period")
 
 
+@click.group("cache")
+def cache_group() -> None:
+    """The local cache of pulled files ($PEFT_HUB_CACHE)."""
+
+
+@cache_group.command("info")
+@pass_client
+def cache_info(hub: HubClient) -> None:
+    """Show where the cache is and what it holds."""
+    info = hub.cache.info()
+    click.echo(f"{info['path']}: {info['blobs']} blob(s), {_size(info['bytes'])}, {info['snapshots']} snapshot(s), "
+               f"{info['leftovers']} leftover(s)")
+
+
+@cache_group.command("ls")
+@pass_client
+def cache_ls(hub: HubClient) -> None:
+    """List the adapters assembled in the cache (owner/name@revision)."""
+    snapshots = hub.cache.snapshots()
+    if not snapshots:
+        click.echo("No adapters in the cache.")
+        return
+    _table([("ADAPTER", "FILES", "SIZE", "PATH")] + [
+        (f"{s.repo_id}@{s.revision[:12]}", str(s.files), _size(s.size), str(s.path)) for s in snapshots
+    ])
+
+
+@cache_group.command("verify")
+@click.option("--repair", is_flag=True, help="Remove what is wrong; the next pull fetches it again.")
+@pass_client
+def cache_verify(hub: HubClient, repair: bool) -> None:
+    """Hash every cached blob; report corrupt blobs and leftovers of killed pulls.
+
+    Without --repair nothing is removed and the exit code is 1 when anything
+    is wrong; with it, corrupt blobs (and the snapshots that link them) and
+    leftovers are removed.
+    """
+    report = hub.cache.verify(repair=repair)
+    done = " (removed)" if repair else ""
+    for sha256 in report.corrupt:
+        click.echo(f"corrupt   blob {sha256}: its bytes hash to something else{done}")
+    for path in report.snapshots:
+        click.echo(f"corrupt   snapshot {path}: links a corrupt blob{done}")
+    for path in report.leftovers:
+        click.echo(f"leftover  {path}{done}")
+    click.echo(f"{report.blobs} blob(s), {_size(report.size)} verified in {report.root}: "
+               + ("all good" if report.clean else f"{len(report.corrupt)} corrupt, {len(report.leftovers)} leftover(s)"))
+    if not (report.clean or repair):
+        click.echo("Run `peft-hub cache verify --repair` to remove them.", err=True)
+        raise SystemExit(1)
+
+
 @click.group()
 def token() -> None:
     """API tokens."""
@@ -380,4 +433,58 @@ def org_add_member(hub: HubClient, org_name: str, user: str) -> None:
     click.echo(f"{user} is a member of {org_name}")
 
 
-COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token, org, audit]
+@click.command("fsck")
+@click.option("--repair", is_flag=True, help="Mark corrupt blobs and broken revisions (deletes and fetches nothing).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_client
+def fsck(hub: HubClient, repair: bool, as_json: bool) -> None:
+    """Check that the store holds every blob the revisions need, with the
+    right size and sha256 (admin). Exits 1 when it finds a problem."""
+    report = hub.fsck(repair=repair)
+    if as_json:
+        _echo_json(report)
+    else:
+        _print_fsck(report)
+    if report.get("clean") is not True:
+        click.get_current_context().exit(1)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _print_fsck(report: dict[str, Any]) -> None:
+    """One line per file that needs a bad blob, then the totals (hub text cleaned for the terminal)."""
+    click.echo(f"checked {_count(report.get('blobs_checked'))} blob(s), {_size(_count(report.get('bytes_checked')))}, "
+               f"of {_count(report.get('revisions'))} revision(s)")
+    problems = report.get("problems") if isinstance(report.get("problems"), list) else []
+    for p in (p for p in problems if isinstance(p, dict)):
+        kind, why = clean_text(str(p.get("problem")), 20), clean_text(str(p.get("detail") or ""), 200)
+        files = [f for f in p.get("files") or [] if isinstance(f, dict)] if isinstance(p.get("files"), list) else []
+        for f in files:
+            click.echo(f"{kind:<14} {clean_text(str(f.get('adapter')), 140)}@{clean_text(str(f.get('revision')), 40)}  "
+                       f"{clean_text(str(f.get('path')), 300)}  ({why})")
+        if not files:
+            click.echo(f"{kind:<14} sha256:{clean_text(str(p.get('sha256')), 64)}  ({why})")
+        if _count(p.get("file_count")) > len(files):
+            click.echo(f"{'':<14} ... and {_count(p.get('file_count')) - len(files)} more file(s)")
+    unref = report.get("unreferenced") if isinstance(report.get("unreferenced"), dict) else {}
+    click.echo(f"unreferenced   {_count(unref.get('count'))} object(s), {_size(_count(unref.get('bytes')))} "
+               "(not deleted; `peft-hub gc` collects them)")
+    repaired = report.get("repaired")
+    if isinstance(repaired, dict):
+        click.echo(f"repaired       marked {_count(repaired.get('blobs_marked_corrupt'))} blob(s) corrupt and "
+                   f"{_count(repaired.get('revisions_marked_broken'))} revision(s) broken; cleared "
+                   f"{_count(repaired.get('blobs_cleared'))} blob(s) and {_count(repaired.get('revisions_cleared'))} "
+                   f"revision(s); {_count(repaired.get('skipped_changed'))} changed while checked, left for the next run")
+    total = _count(report.get("problem_count"))
+    if report.get("clean") is True:
+        click.echo("clean")
+    elif isinstance(repaired, dict):
+        click.echo(f"{total} problem(s) marked; a push of an affected adapter uploads its missing and corrupt blobs again")
+    else:
+        click.echo(f"{total} problem(s); `peft-hub fsck --repair` marks them")
+
+
+COMMANDS = [login, whoami, push, pull, search, ls, show, tag, eval_group, rm, gc, token, org, audit, fsck,
+            cache_group]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from peft_hub.adapter import CARD_NAME, validate_repo_id
-from peft_hub.errors import EntryNotFoundError
+from peft_hub.errors import EntryNotFoundError, StorageError
 from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import require_write
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
@@ -139,6 +139,9 @@ def blob_response(store, settings, sha256: str, filename: str, headers: dict[str
         return RedirectResponse(url, status_code=302, headers=headers)
     local_path = getattr(store, "local_path", None)
     if local_path is not None:  # FileResponse handles Range and HEAD
+        if not local_path(sha256).is_file():
+            raise StorageError(f"{filename}: its blob {sha256} is missing from the hub's store; "
+                               "an admin can find every such file with `peft-hub fsck`")
         return FileResponse(local_path(sha256), headers=headers, media_type="application/octet-stream",
                             filename=filename, content_disposition_type="attachment")
     return StreamingResponse(store.open(sha256), headers=headers, media_type="application/octet-stream")
