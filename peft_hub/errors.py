@@ -185,6 +185,30 @@ class StorageError(PeftHubError, OSError):
     status_code = 502
 
 
+class UnavailableError(PeftHubError):
+    """A service the hub depends on is down or too busy; retry after ``retry_after`` seconds."""
+
+    code = "unavailable"
+    status_code = 503
+
+    def __init__(self, message: str = "", retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageUnavailableError(StorageError, UnavailableError):
+    """The blob store did not answer, failed (5xx) or is saturated; retry later."""
+
+    code = "storage_unavailable"
+    status_code = 503
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The database is down, or too busy (locks, timeouts, no free connection); retry later."""
+
+    code = "database_unavailable"
+
+
 class HubUnreachableError(PeftHubError, ConnectionError):
     """The hub could not be reached."""
 

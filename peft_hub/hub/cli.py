@@ -14,17 +14,33 @@ import click
 def serve(host: str, port: int, db_url: str | None, storage: str | None, log_level: str) -> None:
     """Start the hub (embedded SQLite and local files unless told otherwise)."""
     import uvicorn
+    from sqlalchemy.engine import make_url
 
     from peft_hub.hub import Settings, create_app
 
     overrides = {k: v for k, v in {"db_url": db_url, "storage": storage, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
-    click.echo(f"peft-hub serving on http://{host}:{port} (db: {settings.db_url}, storage: {settings.storage})")
+    _hub_logging(log_level)
+    db_shown = make_url(settings.db_url).render_as_string(hide_password=True)
+    click.echo(f"peft-hub serving on http://{host}:{port} (db: {db_shown}, storage: {settings.storage})")
     # X-Forwarded-For is believed only from the proxies named in
     # PEFT_HUB_TRUSTED_PROXIES: rate limits and the audit log key on the address.
     proxies = settings.trusted_proxies
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+
+
+def _hub_logging(level: str) -> None:
+    """Show the hub's own log lines (start-up waits, dependency failures) on
+    stderr, as uvicorn shows its own; uvicorn configures only its loggers."""
+    import logging
+
+    logger = logging.getLogger("peft_hub")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 @click.group()

@@ -53,3 +53,47 @@ class Settings(BaseSettings):
     auth_failure_window_seconds: int = Field(default=60, ge=1)
     #: Lifetime of a web sign-in, in seconds (never past its token's expiry).
     web_session_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+
+    # --- dependencies: timeouts and bounds -----------------------------------
+    # The client gives up on an answer after 60 s (its read timeout). Every
+    # bound below keeps the hub's own work on one request shorter than that,
+    # so a push the user saw fail did not happen: a write still running when
+    # ``write_deadline`` passes is rolled back instead of committed.
+
+    #: S3 endpoint the hub itself uses (default: boto3's, e.g. ``AWS_ENDPOINT_URL``).
+    s3_endpoint_url: str | None = None
+    #: Seconds to open a connection to S3.
+    s3_connect_timeout: float = Field(default=3.0, gt=0)
+    #: Seconds S3 may take to send the next bytes of an answer.
+    s3_read_timeout: float = Field(default=10.0, gt=0)
+    #: Attempts per S3 call, the first included (botocore "standard" retries).
+    s3_max_attempts: int = Field(default=3, ge=1, le=10)
+    #: Requests that may use the blob store at once; more wait for a slot.
+    #: Keep it below the worker threads (40) and the database pool, so reads
+    #: that need no storage always find a thread and a connection.
+    storage_concurrency: int = Field(default=16, ge=1, le=32)
+    #: Seconds a request waits for a storage slot before a 503 (storage busy).
+    storage_queue_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds to open a database connection.
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    #: Seconds a statement waits for a lock (PostgreSQL ``lock_timeout``;
+    #: SQLite's busy timeout) before the request fails with 503.
+    db_lock_timeout: float = Field(default=15.0, gt=0)
+    #: Seconds one statement may run (PostgreSQL ``statement_timeout``).
+    db_statement_timeout: float = Field(default=30.0, gt=0)
+    #: Connections kept open, and the extra ones allowed under load.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    #: Seconds a request waits for a free database connection before a 503.
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds from the last byte of a request to its commit: a change whose
+    #: work ran longer is rolled back (503), since its client may have given up.
+    write_deadline: float = Field(default=45.0, gt=0)
+    #: Seconds ``/api/health/ready`` gives the database and the store to answer.
+    ready_timeout: float = Field(default=5.0, gt=0)
+    #: Seconds the hub keeps retrying an unreachable database or store at start.
+    startup_timeout: float = Field(default=60.0, ge=0)
+    #: Age in seconds after which unfinished uploads are removed, at start and
+    #: by gc: S3 multipart uploads, and local temporary files when the file
+    #: system cannot tell whether a live writer holds them (else: at once).
+    stale_upload_seconds: int = Field(default=3600, ge=60)

@@ -7,7 +7,7 @@ web session cookie, which holds a random id of a server-side ``WebSession``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,8 +17,9 @@ from peft_hub.errors import AuthenticationError
 from peft_hub.hub import audit, crud
 from peft_hub.hub.auth import Principal, authenticate, lookup_of, principal_for
 from peft_hub.hub.config import Settings
-from peft_hub.hub.db import session_scope
+from peft_hub.hub.db import session_scope, write_deadline
 from peft_hub.hub.storage import BlobStore
+from peft_hub.hub.uploads import storage_slot
 
 #: The web session cookie: a random id, never the token.
 SESSION_COOKIE = "peft_hub_session"
@@ -27,11 +28,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    yield from session_scope(request.app.state.engine)
+    yield from session_scope(request.app.state.engine, write_deadline(request))
 
 
-def get_store(request: Request) -> BlobStore:
-    return request.app.state.store
+async def get_store(request: Request) -> AsyncIterator[BlobStore]:
+    """The store, while the route holds a storage slot (see ``uploads.storage_slot``)."""
+    async with storage_slot(request.app.state):
+        yield request.app.state.store
 
 
 def get_settings(request: Request) -> Settings:
@@ -103,7 +106,7 @@ def get_principal(request: Request, session: SessionDep) -> Principal | None:
     return cookie_principal(request, session)
 
 
-StoreDep = Annotated[BlobStore, Depends(get_store)]
+StoreDep = Annotated[BlobStore, Depends(get_store, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
 ClientDep = Annotated[str, Depends(client_address)]

@@ -3,17 +3,52 @@
 Both upload routes use this: the native one on local storage, and the
 Hugging Face LFS one on either backend. Writes happen in a worker thread, in
 1 MiB pieces, so the event loop never blocks on disk or S3.
+
+Every route that uses the store runs under a storage slot
+(:func:`storage_slot`, taken by the ``StoreDep`` dependency), so a slow store
+holds at most ``storage_concurrency`` worker threads and database
+connections: requests that need no store keep being answered.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 
+from peft_hub.errors import StorageUnavailableError
 from peft_hub.hub.storage import BlobStore
 
 FEED_BYTES = 1024 * 1024
+log = logging.getLogger("peft_hub.hub")
+
+
+@asynccontextmanager
+async def storage_slot(state: Any) -> AsyncIterator[None]:
+    """Hold one of the app's ``storage_concurrency`` storage slots.
+
+    The wait is on the event loop (no thread, no connection held) and lasts
+    at most ``storage_queue_timeout``; then a 503 says the store is busy.
+    """
+    limiter, settings = state.store_limiter, state.settings
+    borrower = object()  # released by whichever task ends the request
+    try:
+        with anyio.fail_after(settings.storage_queue_timeout):
+            await limiter.acquire_on_behalf_of(borrower)
+    except TimeoutError:
+        raise StorageUnavailableError(
+            f"storage ({state.store.where}) is busy: its {limiter.total_tokens:g} slots stayed taken for "
+            f"{settings.storage_queue_timeout:g} s (is it slow?); retry",
+            retry_after=max(1, round(settings.storage_queue_timeout)),
+        ) from None
+    try:
+        yield
+    finally:
+        limiter.release_on_behalf_of(borrower)
 
 
 async def receive(store: BlobStore, sha256: str, size: int, chunks: AsyncIterator[bytes]) -> None:
@@ -29,8 +64,13 @@ async def receive(store: BlobStore, sha256: str, size: int, chunks: AsyncIterato
         if pending:
             await run_in_threadpool(writer.write, bytes(pending))
         await run_in_threadpool(writer.commit)
-    finally:
-        await run_in_threadpool(writer.abort)
+    except BaseException:
+        try:  # drop what was received; a failure here must not hide the first one
+            await run_in_threadpool(writer.abort)
+        except Exception as exc:  # noqa: BLE001 - sweep_stale removes the leftovers later
+            log.warning("could not drop the partial upload of %s: %s", sha256, exc)
+        raise
+    await run_in_threadpool(writer.abort)
 
 
 def put_small(store: BlobStore, sha256: str, data: bytes) -> bool:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import WEIGHTS_MAX_BYTES, validate_namespace
-from peft_hub.errors import InvalidInputError, NamespaceNotFoundError, NotFoundError, PermissionDeniedError
+from peft_hub.errors import (
+    DatabaseUnavailableError, InvalidInputError, NamespaceNotFoundError, NotFoundError, PeftHubError,
+    PermissionDeniedError, StorageUnavailableError, UnavailableError,
+)
 from peft_hub.hub import audit, crud, ledger, possession
 from peft_hub.hub.auth import Principal, as_utc, is_expired, require_admin, require_scope, scope_rank
+from peft_hub.hub.db import describe, is_unavailable, ping, unavailable
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.models import Namespace, Token, utcnow
 from peft_hub.hub.schemas import GcRequest, TokenRequest
@@ -22,9 +28,43 @@ router = APIRouter(prefix="/api", tags=["system"])
 
 
 @router.get("/health")
-def health(session: SessionDep) -> dict[str, str]:
-    crud.count_namespaces(session)
+async def health() -> dict[str, str]:
+    """Liveness: the process is up and answering. It checks nothing else, so
+    it is always fast; ``/api/health/ready`` checks the dependencies."""
     return {"status": "ok"}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> dict[str, str]:
+    """Readiness: the database and the blob store both answer within
+    ``ready_timeout`` seconds; else 503 naming which did not."""
+    state = request.app.state
+    timeout, store = state.settings.ready_timeout, state.store
+    checks = {
+        "database": (partial(ping, state.engine), f"database ({describe(state.engine)})"),
+        "storage": (partial(store.stat, "0" * 64), f"storage ({store.where})"),
+    }
+    failed: dict[str, str] = {}
+
+    async def check(name: str) -> None:
+        call, what = checks[name]
+        try:
+            with anyio.fail_after(timeout):  # a hung call is abandoned, on threads of its own
+                await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=state.ready_limiter)
+        except TimeoutError:
+            failed[name] = f"{what} did not answer within {timeout:g} s"
+        except Exception as exc:  # noqa: BLE001 - reported, whatever it is
+            failed[name] = (unavailable(exc).message if is_unavailable(exc)
+                            else str(exc) if isinstance(exc, PeftHubError) else f"{what} failed: {exc}")
+
+    async with anyio.create_task_group() as group:
+        for name in checks:
+            group.start_soon(check, name)
+    if failed:
+        kind = (UnavailableError if len(failed) > 1 else
+                DatabaseUnavailableError if "database" in failed else StorageUnavailableError)
+        raise kind("not ready: " + "; ".join(failed[n] for n in checks if n in failed))
+    return {"status": "ready", "database": "ok", "storage": "ok"}
 
 
 @router.get("/whoami")
@@ -204,7 +244,12 @@ def gc(
             freed += blob.size
         else:
             kept += 1
-    audit.record(session, actor=principal.user.name, action="gc", client=client,
-                 detail={"deleted": len(deleted), "bytes_freed": freed, "kept_in_grace": kept, "dry_run": body.dry_run,
-                         "grace_seconds": grace})
-    return {"deleted": deleted, "bytes_freed": freed, "kept_in_grace": kept, "dry_run": body.dry_run, "grace_seconds": grace}
+    # Temporary files and multipart uploads that killed writers left behind.
+    swept = 0 if body.dry_run else store.sweep_stale(settings.stale_upload_seconds)
+    # The deletions committed one by one; the audit row commits on its own too,
+    # so a long gc past the request's write deadline is still recorded.
+    audit.record_now(request.app.state.engine, actor=principal.user.name, action="gc", client=client,
+                     detail={"deleted": len(deleted), "bytes_freed": freed, "kept_in_grace": kept,
+                             "dry_run": body.dry_run, "grace_seconds": grace, "stale_uploads": swept})
+    return {"deleted": deleted, "bytes_freed": freed, "kept_in_grace": kept, "dry_run": body.dry_run,
+            "grace_seconds": grace, "stale_uploads_removed": swept}

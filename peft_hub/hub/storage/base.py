@@ -72,6 +72,9 @@ class BlobStore(abc.ABC):
     """Six operations over sha256-named blobs (plus presigned URLs where the
     store has them)."""
 
+    #: What the store is, for messages: "storage (<where>) did not answer: …".
+    where: str = "blob store"
+
     @abc.abstractmethod
     def writer(self, sha256: str, size: int) -> BlobWriter:
         """A writer that stores a blob under ``sha256`` once it is verified."""
@@ -109,6 +112,11 @@ class BlobStore(abc.ABC):
     def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
         """A URL that serves the blob without the hub, or None to stream it."""
         return None
+
+    def sweep_stale(self, max_age: float) -> int:
+        """Remove what uploads that died left behind (temporary files,
+        unfinished multipart uploads); return how many were removed."""
+        return 0
 
     def upload_target(self, sha256: str, size: int, expires: int, uploader: str) -> UploadTarget | None:
         """A direct upload URL that records ``uploader`` with the blob, or None

@@ -13,11 +13,13 @@ Downloads are redirects to presigned GETs: bytes never pass through the hub.
 from __future__ import annotations
 
 import base64
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from peft_hub.errors import StorageError
+from peft_hub.errors import StorageError, StorageUnavailableError
 from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTarget
 
 #: boto error codes -> what they mean to us.
@@ -33,6 +35,100 @@ def content_disposition(filename: str) -> str:
 
 def _b64(sha256: str) -> str:
     return base64.b64encode(bytes.fromhex(sha256)).decode()
+
+
+class GuardedClient:
+    """A boto3 client whose failures say which store failed and how.
+
+    A call S3 does not answer (refused, cut, timed out: after the client's
+    bounded retries) or answers with a 5xx raises StorageUnavailableError
+    (503), "storage (S3 at …) did not answer: …"; missing credentials and
+    the like raise StorageError (502). S3's 4xx answers stay ClientErrors,
+    for the callers that expect them (404, 412). Bodies of ``get_object``
+    map their read errors the same way.
+    """
+
+    #: Methods that never touch the network.
+    _LOCAL = frozenset({"generate_presigned_url", "generate_presigned_post", "get_paginator", "can_paginate"})
+
+    def __init__(self, client: Any, where: str) -> None:
+        self._client, self.where = client, where
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name in self._LOCAL or name.startswith("_") or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.guard():
+                result = attr(*args, **kwargs)
+            if isinstance(result, dict) and hasattr(result.get("Body"), "read"):
+                result["Body"] = _GuardedBody(result["Body"], self)
+            return result
+
+        return call
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Map the failures of whatever runs inside (paginators, body reads)."""
+        try:
+            yield
+        except Exception as exc:
+            mapped = self.failure(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def failure(self, exc: BaseException) -> StorageError | None:
+        """The error of ours for a botocore failure; None for S3's 4xx answers and non-boto errors."""
+        from botocore.exceptions import (
+            BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError,
+            NoRegionError, PartialCredentialsError,
+        )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status < 500:
+                return None
+            error = exc.response.get("Error", {})
+            detail = ": ".join(str(v) for v in (error.get("Code"), error.get("Message")) if v)
+            return StorageUnavailableError(f"storage ({self.where}) failed: HTTP {status} {detail}".rstrip())
+        # Refused, reset, timed out, cut mid-answer (ResponseStreamingError is an HTTPClientError).
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
+            return StorageUnavailableError(f"storage ({self.where}) did not answer: {exc}")
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError, NoRegionError)):
+            return StorageError(f"storage ({self.where}) is not configured: {exc}")
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"storage ({self.where}) failed: {exc}")
+        return None
+
+
+class _GuardedBody:
+    """A ``get_object`` body whose read failures are mapped like its call's."""
+
+    def __init__(self, body: Any, client: GuardedClient) -> None:
+        self._body, self._client = body, client
+
+    def read(self, n: int | None = None) -> bytes:
+        with self._client.guard():
+            return self._body.read(n)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self._client.guard():
+            yield from self._body
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> _GuardedBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
 
 
 #: Multipart part size for blobs the hub receives itself; smaller ones are one PUT.
@@ -91,7 +187,7 @@ class S3BlobWriter(BlobWriter):
         except ClientError as exc:
             # 412: the blob is already stored, and by its name it holds these bytes.
             if exc.response["Error"]["Code"] not in _CONFLICT:
-                raise StorageError(str(exc)) from exc
+                raise StorageError(f"storage ({self.client.where}) refused the upload: {exc}") from exc
 
     def abort(self) -> None:
         if self.upload_id is not None:
@@ -102,14 +198,24 @@ class S3BlobWriter(BlobWriter):
 class S3BlobStore(BlobStore):
     """Blobs under ``s3://bucket/prefix/sha256/<hex>``."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None, *, public_endpoint: str | None = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", client: Any = None, *, public_endpoint: str | None = None,
+        endpoint_url: str | None = None, connect_timeout: float = 3.0, read_timeout: float = 10.0,
+        max_attempts: int = 3, max_connections: int = 16,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
-        config = Config(signature_version="s3v4", retries={"mode": "standard"})
+        # Every call is bounded: a stalled S3 costs at most about
+        # max_attempts * (connect or read timeout), never a hung thread.
+        config = Config(
+            signature_version="s3v4", connect_timeout=connect_timeout, read_timeout=read_timeout,
+            retries={"mode": "standard", "total_max_attempts": max_attempts}, max_pool_connections=max_connections,
+        )
         if client is None:
-            client = boto3.client("s3", config=config)
-        self.client, self.bucket = client, bucket
+            client = boto3.client("s3", config=config, endpoint_url=endpoint_url)
+        self.where = f"S3 at {client.meta.endpoint_url}"
+        self.client, self.bucket = GuardedClient(client, self.where), bucket
         # Presigned URLs are signed for the address clients use.
         self.presigner = boto3.client("s3", config=config, endpoint_url=public_endpoint) if public_endpoint else client
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -122,8 +228,12 @@ class S3BlobStore(BlobStore):
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in _MISSING:
-                raise StorageError(f"cannot use bucket {self.bucket!r}: {exc}") from exc
-            self.client.create_bucket(Bucket=self.bucket)
+                raise StorageError(f"storage ({self.where}) cannot use bucket {self.bucket!r}: {exc}") from exc
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as race:  # another replica starting at the same time created it first
+                if race.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                    raise StorageError(f"cannot create bucket {self.bucket!r}: {race}") from race
 
     def _key(self, sha256: str) -> str:
         return f"{self.prefix}sha256/{sha256}"
@@ -145,7 +255,7 @@ class S3BlobStore(BlobStore):
         except ClientError as exc:
             if exc.response["Error"]["Code"] in _MISSING:
                 return None
-            raise StorageError(str(exc)) from exc
+            raise StorageError(f"storage ({self.where}) refused: {exc}") from exc
         verified = head.get("ChecksumSHA256")
         verified_hex = base64.b64decode(verified).hex() if verified and "-" not in verified else None
         modified = head["LastModified"]
@@ -157,10 +267,27 @@ class S3BlobStore(BlobStore):
 
     def iterate(self) -> Iterator[BlobStat]:
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
-            for obj in page.get("Contents", []):
-                sha = obj["Key"].rsplit("/", 1)[-1]
-                yield BlobStat(sha, obj["Size"], obj["LastModified"])
+        with self.client.guard():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
+                for obj in page.get("Contents", []):
+                    sha = obj["Key"].rsplit("/", 1)[-1]
+                    yield BlobStat(sha, obj["Size"], obj["LastModified"])
+
+    def sweep_stale(self, max_age: float) -> int:
+        """Abort the multipart uploads under this prefix that started more than
+        ``max_age`` seconds ago: what a hub killed mid-upload leaves. S3 cannot
+        tell whether another hub still feeds one, so only age decides."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=max_age)
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        with self.client.guard():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+        return aborted
 
     def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
         return self.presigner.generate_presigned_url(
