@@ -57,26 +57,68 @@ def test_compose_imports_torch_not_transformers():
     assert "transformers" not in loaded and "peft" not in loaded
 
 
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
 def test_compose_file_parses_and_sets_only_real_settings():
     from peft_hub.hub import Settings
 
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = _compose()
     services = compose["services"]
-    assert set(services) == {"hub", "postgres", "seaweedfs"}
+    assert set(services) == {"proxy", "hub-1", "hub-2", "postgres", "seaweedfs"}
     for name, service in services.items():
-        assert "healthcheck" in service or name == "hub", name
-    hub = services["hub"]
-    assert hub["build"] == "."
-    assert hub["depends_on"] == {"postgres": {"condition": "service_healthy"}, "seaweedfs": {"condition": "service_healthy"}}
+        assert "healthcheck" in service, name
     assert {v.split(":")[0] for v in services["postgres"]["volumes"] + services["seaweedfs"]["volumes"]} <= set(compose["volumes"])
     fields = set(Settings.model_fields)
-    for key in hub["environment"]:
-        if key.startswith("PEFT_HUB_"):
-            assert key.removeprefix("PEFT_HUB_").lower() in fields, f"{key} is not a Settings field"
-        else:
-            assert key.startswith("AWS_"), key
-    # The storage URI names a bucket the S3 backend accepts.
-    assert hub["environment"]["PEFT_HUB_STORAGE"].startswith("s3://")
+    for name in ("hub-1", "hub-2"):
+        hub = services[name]
+        assert hub["build"] == "."
+        assert hub["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                     "seaweedfs": {"condition": "service_healthy"}}
+        assert "/api/health" in " ".join(hub["healthcheck"]["test"])
+        assert "ports" not in hub, "replicas are reached through the proxy only"
+        for key in hub["environment"]:
+            if key.startswith("PEFT_HUB_"):
+                assert key.removeprefix("PEFT_HUB_").lower() in fields, f"{key} is not a Settings field"
+            else:
+                assert key.startswith("AWS_"), key
+        # The storage URI names a bucket the S3 backend accepts.
+        assert hub["environment"]["PEFT_HUB_STORAGE"].startswith("s3://")
+    # One database, one bucket, one LFS signing secret: the replicas are interchangeable.
+    assert services["hub-1"]["environment"] == services["hub-2"]["environment"]
+    assert services["hub-1"]["environment"]["PEFT_HUB_SESSION_SECRET"].startswith("${PEFT_HUB_SESSION_SECRET:?")
+
+
+def test_compose_proxy_fronts_both_replicas_and_is_their_only_trusted_proxy():
+    import ipaddress
+
+    compose = _compose()
+    services = compose["services"]
+    proxy = services["proxy"]
+    assert proxy["image"].split(":")[0] in {"caddy", "nginx"}  # an official image
+    assert proxy["depends_on"] == {"hub-1": {"condition": "service_healthy"}, "hub-2": {"condition": "service_healthy"}}
+    assert proxy["ports"] == ["8000:80"]
+    assert "/api/health" in " ".join(proxy["healthcheck"]["test"])
+    address = proxy["networks"]["edge"]["ipv4_address"]
+    (subnet,) = compose["networks"]["edge"]["ipam"]["config"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet["subnet"])
+    for name in ("hub-1", "hub-2"):
+        assert "edge" in services[name]["networks"]
+        assert services[name]["environment"]["PEFT_HUB_TRUSTED_PROXIES"] == address
+    for name in ("postgres", "seaweedfs"):  # nothing else on the proxy's network
+        assert "edge" not in services[name]["networks"]
+    # The config file the proxy mounts is shipped, and proxies to both replicas' port with health checks.
+    source, target = proxy["volumes"][0].split(":")[:2]
+    assert target == "/etc/caddy/Caddyfile"
+    caddyfile = (ROOT / source).read_text()
+    port = services["hub-1"]["environment"]["PEFT_HUB_PORT"]
+    assert re.search(rf"^\s*reverse_proxy hub-1:{port} hub-2:{port} {{", caddyfile, re.MULTILINE)
+    assert re.search(r"^\s*health_uri /api/health$", caddyfile, re.MULTILINE)
+    assert re.search(r"^:80 {", caddyfile, re.MULTILINE) and proxy["ports"][0].endswith(":80")
+    # Caddy replaces a client's X-Forwarded-For unless told to trust it: it must not be.
+    assert not re.search(r"^\s*trusted_proxies", caddyfile, re.MULTILINE)
+    assert caddyfile.count("{") == caddyfile.count("}")
 
 
 def test_dockerfile_health_check_and_entrypoint_match_the_cli():

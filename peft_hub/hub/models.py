@@ -86,6 +86,10 @@ class Revision(SQLModel, table=True):
     author: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    #: Set by ``fsck --repair`` when a file's blob is missing or its bytes do not
+    #: verify: ``{"checked_at": iso, "files": [{"path", "sha256", "problem"}]}``;
+    #: None when the last check found it whole (migration 5).
+    broken: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
 
 
 class RevisionFile(SQLModel, table=True):

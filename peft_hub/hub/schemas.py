@@ -148,4 +148,5 @@ def revision_detail(session: Session, adapter: Adapter, revision: Revision, prin
         "created_at": revision.created_at.isoformat(), "meta": meta,
         "tags": crud.tags_of(session, adapter=adapter),
         "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
+        "broken": revision.broken,  # set by `fsck --repair`: which files' blobs are missing or corrupt
     }
