@@ -76,7 +76,7 @@ def test_compose_file_parses_and_sets_only_real_settings():
         assert hub["build"] == "."
         assert hub["depends_on"] == {"postgres": {"condition": "service_healthy"},
                                      "seaweedfs": {"condition": "service_healthy"}}
-        assert "/api/health" in " ".join(hub["healthcheck"]["test"])
+        assert "/api/health/ready" in " ".join(hub["healthcheck"]["test"])  # database and store checked
         assert "ports" not in hub, "replicas are reached through the proxy only"
         for key in hub["environment"]:
             if key.startswith("PEFT_HUB_"):
@@ -114,7 +114,7 @@ def test_compose_proxy_fronts_both_replicas_and_is_their_only_trusted_proxy():
     caddyfile = (ROOT / source).read_text()
     port = services["hub-1"]["environment"]["PEFT_HUB_PORT"]
     assert re.search(rf"^\s*reverse_proxy hub-1:{port} hub-2:{port} {{", caddyfile, re.MULTILINE)
-    assert re.search(r"^\s*health_uri /api/health$", caddyfile, re.MULTILINE)
+    assert re.search(r"^\s*health_uri /api/health/ready$", caddyfile, re.MULTILINE)  # readiness: routes around a sick replica
     assert re.search(r"^:80 {", caddyfile, re.MULTILINE) and proxy["ports"][0].endswith(":80")
     # Caddy replaces a client's X-Forwarded-For unless told to trust it: it must not be.
     assert not re.search(r"^\s*trusted_proxies", caddyfile, re.MULTILINE)

@@ -133,6 +133,11 @@ def show(hub: HubClient, ref: str, as_json: bool) -> None:
             click.echo(f"  {label:<11}{value}")
     for f in info["files"]:
         click.echo(f"  file       {f['path']:<28} {_size(f['size']):>9}  sha256:{f['sha256'][:16]}…")
+    broken = info.get("broken")
+    if isinstance(broken, dict):  # marked by `peft-hub fsck --repair`
+        for f in broken.get("files") or []:
+            click.secho(f"  BROKEN     {clean_text(str(f.get('path')))}: {clean_text(str(f.get('problem')))} in the hub's "
+                        "store (re-push the adapter to repair it)", fg="red")
 
 
 @click.command()
