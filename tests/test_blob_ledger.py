@@ -26,14 +26,26 @@ from peft_hub.client import HubClient
 from peft_hub.errors import ConflictError, UploadRequiredError
 from peft_hub.hub.models import RevisionFile
 
+from conftest import BACKENDS, make_settings
 from hub_state import blob_intact
+from services import live_hub
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECONDS = 12
 
 
-def test_pushes_racing_gc_never_publish_a_missing_blob(hub, llama_adapter, tmp_path):
+@pytest.fixture(params=BACKENDS)
+def leaseless_hub(request, tmp_path):
+    """A hub whose preuploads lease nothing against gc, so gc really deletes
+    blobs between a push's preupload and its commit."""
+    settings = make_settings(request.param, tmp_path, request).model_copy(update={"upload_lease_seconds": 0})
+    with live_hub(settings) as server:
+        server.backend = request.param
+        yield server
+
+
+def _race(hub, llama_adapter, tmp_path) -> tuple[dict[str, int], list[BaseException]]:
     contents = []
     for i in range(3):
         d = tmp_path / f"v{i}"
@@ -41,6 +53,7 @@ def test_pushes_racing_gc_never_publish_a_missing_blob(hub, llama_adapter, tmp_p
         (d / "README.md").write_text(f"# version {i}\n")
         contents.append(d)
     client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache")
+    client.push(llama_adapter, name="admin/base")  # config and weights stay referenced; the cards race
     deadline = time.monotonic() + SECONDS
     outcomes: dict[str, int] = {"published": 0, "asked to upload again": 0, "conflict": 0}
     failures: list[BaseException] = []
@@ -76,15 +89,35 @@ def test_pushes_racing_gc_never_publish_a_missing_blob(hub, llama_adapter, tmp_p
         t.start()
     for t in threads:
         t.join(SECONDS + 120)
-    assert not failures, failures
-    assert outcomes["published"] >= 1, outcomes
+    return outcomes, failures
 
+
+def _all_revisions_whole(hub) -> None:
     with Session(hub.app.state.engine) as session:
         files = session.exec(select(RevisionFile)).all()
     assert files
     missing = [(f.path, f.sha256) for f in files if hub.app.state.store.stat(f.sha256) is None]
-    assert not missing, (missing, outcomes)
+    assert not missing, missing
     assert all(blob_intact(hub, sha) for sha in {f.sha256 for f in files})
+
+
+def test_pushes_racing_gc_never_publish_a_missing_blob(leaseless_hub, llama_adapter, tmp_path):
+    """With no lease, gc deletes what a push is about to commit: the push is
+    refused cleanly (upload_required, after the client's own retries) or
+    commits whole; no revision ever lacks a blob."""
+    outcomes, failures = _race(leaseless_hub, llama_adapter, tmp_path)
+    assert not failures, (failures, outcomes)
+    assert sum(outcomes.values()) >= 3, outcomes
+    _all_revisions_whole(leaseless_hub)
+
+
+def test_upload_leases_keep_a_pushs_blobs_from_gc(hub, llama_adapter, tmp_path):
+    """With the default lease, even ``gc --grace 0`` in a loop lets every push through."""
+    outcomes, failures = _race(hub, llama_adapter, tmp_path)
+    assert not failures, (failures, outcomes)
+    assert outcomes["published"] >= 3 and outcomes["asked to upload again"] == 0, outcomes
+    _all_revisions_whole(hub)
+    client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache2")
     pulled = client.pull("admin/keep", tmp_path / "out")
     assert (pulled.path / "README.md").read_text().startswith("# version")
 

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     token_file: Path = Field(default_factory=token_file)
     #: Seconds an unreferenced blob is kept before ``gc`` deletes it.
     gc_grace_seconds: int = 3600
+    #: Seconds a preupload leases the blobs it plans to its push, against gc
+    #: and whatever the grace period (even ``gc --grace 0``); the commit ends
+    #: the lease, since the revision then references them.
+    upload_lease_seconds: int = Field(default=900, ge=0, le=7 * 86400)
     #: S3 endpoint that clients use, when it differs from the hub's own
     #: (``AWS_ENDPOINT_URL``), e.g. behind Docker networking. Presigned URLs use it.
     s3_public_url: str | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import exists
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -26,8 +26,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from peft_hub.hub.models import Blob, BlobUpload, RevisionFile
+from peft_hub.hub.models import Blob, BlobUpload, RevisionFile, utcnow
 from peft_hub.hub.storage import BlobStat, BlobStore
+
+
+def _aware(moment: datetime) -> datetime:
+    """Databases hand back naive UTC datetimes; compare them as aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _insert(session: Session):  # noqa: ANN202
@@ -88,21 +93,46 @@ def verified_in_store(session: Session, store: BlobStore, sha256s: Iterable[str]
     return out
 
 
-def collect(engine: Engine, store: BlobStore, sha256: str, cutoff: datetime | None) -> bool:
+def claim(session: Session, sizes: dict[str, int], until: datetime) -> None:
+    """Lease these blobs to a pending push until ``until`` (gc keeps them)."""
+    insert = _insert(session)
+    for sha256 in sorted(sizes):
+        stmt = insert(Blob).values(sha256=sha256, size=sizes[sha256], claimed_until=until)
+        session.exec(stmt.on_conflict_do_update(index_elements=["sha256"], set_={"claimed_until": until}))
+
+
+def forget_unstored(engine: Engine, stored: set[str], now: datetime) -> int:
+    """Drop ledger rows of blobs that are not in the store and no longer
+    claimed (a push that planned an upload and never made it)."""
+    with Session(engine) as session:
+        rows = session.exec(select(Blob.sha256).where(
+            (Blob.claimed_until == None) | (Blob.claimed_until < now))).all()  # noqa: E711
+        gone = [sha for sha in rows if sha not in stored]
+        for start in range(0, len(gone), 500):
+            session.exec(Blob.__table__.delete().where(Blob.sha256.in_(gone[start:start + 500])))  # type: ignore[attr-defined,call-overload]
+        session.commit()
+    return len(gone)
+
+
+def release(session: Session, sha256s: Iterable[str]) -> None:
+    """End the leases of blobs a commit now references (their rows are locked)."""
+    session.exec(Blob.__table__.update().where(Blob.sha256.in_(sorted(set(sha256s)))).values(claimed_until=None))  # type: ignore[attr-defined,call-overload]
+
+
+def collect(engine: Engine, store: BlobStore, sha256: str, *, spare_receipts: bool = False) -> bool:
     """Delete one unreferenced blob, in its own short transaction holding the
     blob's row lock. Returns False (and keeps it) when, under the lock, a
-    revision references it or an upload receipt newer than ``cutoff`` claims
-    it (a push in flight: preupload renews its author's receipts); with no
-    cutoff, any receipt claims it."""
+    revision references it or a pending push's lease (:func:`claim`) holds
+    it; with ``spare_receipts``, also when anyone holds a receipt for it."""
     with Session(engine) as session:
         stat = store.stat(sha256)
         if stat is None:
             return False
-        lock(session, {sha256: stat.size})
+        row = lock(session, {sha256: stat.size}).get(sha256)
+        leased = row is not None and row.claimed_until is not None and _aware(row.claimed_until) > utcnow()
         referenced = session.exec(select(exists().where(RevisionFile.sha256 == sha256))).one()
-        claims = [BlobUpload.sha256 == sha256] + ([BlobUpload.created_at > cutoff] if cutoff is not None else [])
-        claimed = session.exec(select(exists().where(*claims))).one()
-        if referenced or claimed:
+        claimed = spare_receipts and session.exec(select(exists().where(BlobUpload.sha256 == sha256))).one()
+        if referenced or claimed or leased:
             session.rollback()
             return False
         store.delete(sha256)

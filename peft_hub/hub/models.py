@@ -201,6 +201,7 @@ class Blob(SQLModel, table=True):
     store's modification time when the bytes last verified: a local file
     changed since is treated as unverified, so the next upload repairs it.
     ``corrupt`` is set by ``fsck`` when the stored bytes do not verify.
+    ``claimed_until`` is a pending push's lease, which gc respects.
     """
 
     sha256: str = Field(primary_key=True, max_length=64)
@@ -208,3 +209,6 @@ class Blob(SQLModel, table=True):
     checked_mtime: float | None = None
     corrupt: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    #: A pending push's lease: preupload sets it for every blob it plans, and
+    #: gc keeps the blob until then (the row may precede the blob's upload).
+    claimed_until: datetime | None = None

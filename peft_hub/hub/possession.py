@@ -19,6 +19,7 @@ blob exists, so preupload and the LFS batch are no existence oracle.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 
 from sqlalchemy import exists
 from sqlalchemy.engine import Engine
@@ -66,21 +67,18 @@ def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[
     return set(receipts) | set(readable)
 
 
-def stored_and_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> set[str]:
+def stored_and_held(
+    session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry], *, lease_seconds: int
+) -> set[str]:
     """The sha256s the caller need not upload: held by the caller, stored with
     the declared size, and trusted as stored (see ``ledger.trusted``; a file
-    changed in the store must be uploaded again, which repairs it). Renews the
-    caller's receipts for them, so a gc running before the commit keeps them."""
+    changed in the store must be uploaded again, which repairs it). Every
+    planned blob is leased to this push for ``lease_seconds``, so a gc running
+    before its commit keeps it."""
     mine = held(session, principal, (e.sha256 for e in entries))
     stored = ledger.verified_in_store(session, store, [e.sha256 for e in entries if e.sha256 in mine])
-    out = {e.sha256 for e in entries if e.sha256 in stored and stored[e.sha256].size == e.size}
-    if out:
-        session.exec(  # type: ignore[call-overload]
-            BlobUpload.__table__.update()
-            .where(BlobUpload.user_id == principal.user.id, col(BlobUpload.sha256).in_(sorted(out)))
-            .values(created_at=utcnow())
-        )
-    return out
+    ledger.claim(session, {e.sha256: e.size for e in entries}, utcnow() + timedelta(seconds=lease_seconds))
+    return {e.sha256 for e in entries if e.sha256 in stored and stored[e.sha256].size == e.size}
 
 
 def require_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
@@ -121,7 +119,7 @@ def discard_unclaimed(engine: Engine, store: BlobStore, sha256s: list[str]) -> N
     """Delete blobs a refused request stored itself, unless meanwhile a
     revision or a receipt (another request's) has claimed them."""
     for sha256 in sorted(set(sha256s)):
-        ledger.collect(engine, store, sha256, cutoff=None)
+        ledger.collect(engine, store, sha256, spare_receipts=True)
 
 
 def forget(session: Session, *, sha256: str) -> None:

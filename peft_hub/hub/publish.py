@@ -79,6 +79,7 @@ def publish(
     rows = ledger.lock(session, {e.sha256: e.size for e in entries})
     for entry in entries:
         verify_blob(session, store, principal, entry, rows.get(entry.sha256))
+    ledger.release(session, rows)  # referenced from now on: the push's lease has done its work
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:

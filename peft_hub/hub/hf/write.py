@@ -227,7 +227,7 @@ async def lfs_batch(
     valid = [FileEntry(str(o["oid"]), o["size"], o["oid"]) for o in items
              if isinstance(o, dict) and not _lfs_problem(o.get("oid"), o.get("size"))]
     # Only blobs the caller holds count as present: no existence oracle.
-    have = await run_in_threadpool(possession.stored_and_held, session, store, principal, valid)
+    have = await run_in_threadpool(_plan_uploads, session, store, principal, valid, settings.upload_lease_seconds)
     objects = []
     for obj in items:
         oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
@@ -245,6 +245,10 @@ async def lfs_batch(
         objects.append(item)
     return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
                         media_type="application/vnd.git-lfs+json")
+
+
+def _plan_uploads(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry], lease: int) -> set[str]:
+    return possession.stored_and_held(session, store, principal, entries, lease_seconds=lease)
 
 
 def _lfs_problem(oid: Any, size: Any) -> str | None:

@@ -90,7 +90,8 @@ def preupload(
     owner, name = validate_repo_id(f"{owner}/{name}")
     principal = require_write(principal, owner)
     entries = [f.entry() for f in body.files]
-    have = possession.stored_and_held(session, store, principal, entries)
+    have = possession.stored_and_held(
+        session, store, principal, entries, lease_seconds=settings.upload_lease_seconds)
     uploads = []
     for entry in entries:
         if entry.sha256 in have:

@@ -230,8 +230,9 @@ def gc(
     grace = settings.gc_grace_seconds if body.grace_seconds is None else body.grace_seconds
     cutoff = utcnow() - timedelta(seconds=grace)
     referenced = crud.referenced_blobs(session)
-    deleted, freed, kept = [], 0, 0
+    deleted, freed, kept, seen = [], 0, 0, set()
     for blob in store.iterate():
+        seen.add(blob.sha256)
         if blob.sha256 in referenced:
             continue
         if blob.modified > cutoff:
@@ -239,11 +240,13 @@ def gc(
             continue
         # Each deletion re-checks under the blob's lock (see hub.ledger), so a
         # publish racing this gc either keeps the blob or is told to upload it.
-        if body.dry_run or ledger.collect(request.app.state.engine, store, blob.sha256, cutoff):
+        if body.dry_run or ledger.collect(request.app.state.engine, store, blob.sha256):
             deleted.append(blob.sha256)
             freed += blob.size
         else:
             kept += 1
+    if not body.dry_run:  # ledger rows of planned uploads that never came
+        ledger.forget_unstored(request.app.state.engine, seen - set(deleted), utcnow())
     # Temporary files and multipart uploads that killed writers left behind.
     swept = 0 if body.dry_run else store.sweep_stale(settings.stale_upload_seconds)
     # The deletions committed one by one; the audit row commits on its own too,
