@@ -14,6 +14,8 @@ every revision's files are in the store with the right sha256. Runs on SQLite
 
 from __future__ import annotations
 
+import hashlib
+import io
 import shutil
 import threading
 import time
@@ -146,3 +148,35 @@ def test_a_push_repairs_a_blob_whose_stored_bytes_changed(hub, llama_adapter, tm
     assert blob_intact(hub, weights)
     pulled = client.pull("admin/fragile", tmp_path / "out")
     assert (pulled.path / "adapter_model.safetensors").read_bytes() == (llama_adapter / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_read_cut_short_while_publishing_fails_the_commit(embedded_hub, llama_adapter, tmp_path, monkeypatch):
+    """The store hands back a truncated card (a cut connection): the commit
+    fails with storage_error and no revision, rather than publishing a
+    shortened description."""
+    from peft_hub.errors import StorageError
+
+    hub = embedded_hub
+    src = tmp_path / "carded"
+    shutil.copytree(llama_adapter, src)
+    (src / "README.md").write_text("# A card\n\n" + "A long description. " * 200)
+    store = hub.app.state.store
+    real_open = store.open
+
+    def cut_open(sha256, start=0, end=None):
+        fh = real_open(sha256, start, end)
+        if end is None and sha256 == hashlib.sha256((src / "README.md").read_bytes()).hexdigest():
+            data = fh.read()[:100]
+            fh.close()
+            return io.BytesIO(data)
+        return fh
+
+    monkeypatch.setattr(store, "open", cut_open)
+    client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache")
+    with pytest.raises(StorageError, match="README.md"):
+        client.push(src, name="admin/carded")
+    with Session(hub.app.state.engine) as session:
+        assert session.exec(select(RevisionFile)).all() == []
+    monkeypatch.setattr(store, "open", real_open)
+    assert client.push(src, name="admin/carded").created
+    assert client.info("admin/carded")["meta"]["description"].count("A long description.") >= 10  # the whole (capped) summary

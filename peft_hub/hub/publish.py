@@ -9,6 +9,8 @@ committed in one transaction.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from contextlib import contextmanager
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -16,7 +18,7 @@ from typing import BinaryIO
 from sqlmodel import Session
 
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
-from peft_hub.errors import ChecksumMismatchError, UploadRequiredError
+from peft_hub.errors import ChecksumMismatchError, StorageError, UploadRequiredError
 from peft_hub.hub import audit, crud, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Blob, Revision
@@ -45,6 +47,32 @@ def verify_blob(session: Session, store: BlobStore, principal: Principal, entry:
         possession.discard_if_own(session, store, principal, entry.sha256)
         raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest}, not {entry.sha256}")
     ledger.note_verified(session, store, entry.sha256, entry.size)
+
+
+#: Files up to this size are read back whole and checked against their sha256;
+#: of larger ones (weights) only the header, at the start, is read.
+READ_WHOLE_BYTES = 64 * 1024 * 1024
+HEADER_BYTES = 16 * 1024 * 1024 + 8
+
+
+def read_back(store: BlobStore, entry: FileEntry) -> BinaryIO:
+    """The stored bytes validation reads, complete and verified: a small file
+    whole, with its length and sha256 checked (a read cut short by the store
+    fails the commit instead of storing a truncated card), or a large file's
+    first bytes, with their length checked."""
+    whole = entry.size <= READ_WHOLE_BYTES
+    want = entry.size if whole else min(entry.size, HEADER_BYTES)
+    chunks, got = [], 0
+    with store.open(entry.sha256, 0, None if whole else want) as fh:
+        while got <= want and (chunk := fh.read(want + 1 - got)):  # a read may return less than asked
+            chunks.append(chunk)
+            got += len(chunk)
+    data = b"".join(chunks)
+    if len(data) != want:
+        raise StorageError(f"{entry.path}: the store returned {len(data)} of {want} bytes; nothing was published, retry")
+    if whole and hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise StorageError(f"{entry.path}: the store returned bytes that do not hash to {entry.sha256}; nothing was published")
+    return io.BytesIO(data)
 
 
 def publish(
@@ -83,13 +111,7 @@ def publish(
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:
-        # Headers and small files only: a weight file's header is at its start.
-        end = None if entry.size <= 64 * 1024 * 1024 else min(entry.size, 16 * 1024 * 1024 + 8)
-        fh = store.open(entry.sha256, 0, end)
-        try:
-            yield fh
-        finally:
-            fh.close()
+        yield read_back(store, entry)
 
     meta = validate_manifest(entries, open_stored)
     adapter, revision, created = crud.publish_revision(
