@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peft_hub.adapter import validate_repo_id
+from peft_hub.adapter import sha256_file, validate_repo_id
 from peft_hub.client.staging import delete, lock, scandir, staging_dir, staging_leftovers, sweep
 from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError
 from peft_hub.paths import cache_dir
@@ -90,15 +90,6 @@ class BlobChangedError(ChecksumMismatchError):
     def __init__(self, message: str, sha256: str) -> None:
         super().__init__(message)
         self.sha256 = sha256
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the cache ----------------------------------------------------------------------
@@ -188,7 +179,7 @@ class BlobCache:
             with suppress(OSError):
                 os.chmod(path, 0o444)
             st = os.lstat(path)
-        if file_sha256(path) != sha256 or _fingerprint(os.lstat(path)) != _fingerprint(st):
+        if sha256_file(path) != sha256 or _fingerprint(os.lstat(path)) != _fingerprint(st):
             self.discard(sha256)  # wrong, or changed while it was hashed: fetch it again
             return None
         self._write_stamp(sha256, st)
@@ -320,7 +311,7 @@ class BlobCache:
                 st = os.lstat(path)
                 report.blobs += 1
                 report.size += st.st_size
-                if stat.S_ISREG(st.st_mode) and file_sha256(path) == path.name:
+                if stat.S_ISREG(st.st_mode) and sha256_file(path) == path.name:
                     if _fingerprint(os.lstat(path)) == _fingerprint(st):
                         self._write_stamp(path.name, st)
                 else:

@@ -32,13 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from peft_hub.errors import ConflictError, PeftHubError
-from peft_hub.hub import audit
+from peft_hub.hub import audit, ledger
 from peft_hub.hub.models import Adapter, Blob, Revision, RevisionFile, utcnow
 from peft_hub.hub.storage import BlobStat, BlobStore
 from peft_hub.safeparse import one_line
@@ -242,7 +240,7 @@ def _unchanged(before: BlobStat | None, store: BlobStore, sha256: str) -> bool:
 
 def _repair(session: Session, store: BlobStore, findings: list[Finding]) -> dict[str, int]:
     """Write the findings down in one transaction (see the module docstring)."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = ledger.insert_for(session)
     out = {"blobs_marked_corrupt": 0, "blobs_cleared": 0, "revisions_marked_broken": 0, "revisions_cleared": 0,
            "skipped_changed": 0}
     bad: dict[tuple[str, int], str] = {}

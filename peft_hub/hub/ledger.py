@@ -35,14 +35,15 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _insert(session: Session):  # noqa: ANN202
+def insert_for(session: Session):  # noqa: ANN202
+    """The dialect's INSERT, which has ``on_conflict_do_*`` on both backends."""
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def lock(session: Session, sizes: dict[str, int]) -> dict[str, Blob]:
     """Take the write lock of each blob's row (creating missing rows), in
     sha256 order so two publishes never deadlock; return the rows."""
-    insert = _insert(session)
+    insert = insert_for(session)
     for sha256 in sorted(sizes):
         stmt = insert(Blob).values(sha256=sha256, size=sizes[sha256])
         session.exec(stmt.on_conflict_do_update(index_elements=["sha256"], set_={"sha256": stmt.excluded.sha256}))
@@ -73,7 +74,7 @@ def note_verified(session: Session, store: BlobStore, sha256: str, size: int) ->
     stat = store.stat(sha256)
     if stat is None:
         return
-    insert = _insert(session)
+    insert = insert_for(session)
     values = {"sha256": sha256, "size": size, "checked_mtime": stat.modified.timestamp(), "corrupt": False}
     stmt = insert(Blob).values(**values)
     session.exec(stmt.on_conflict_do_update(index_elements=["sha256"], set_={
@@ -95,7 +96,7 @@ def verified_in_store(session: Session, store: BlobStore, sha256s: Iterable[str]
 
 def claim(session: Session, sizes: dict[str, int], until: datetime) -> None:
     """Lease these blobs to a pending push until ``until`` (gc keeps them)."""
-    insert = _insert(session)
+    insert = insert_for(session)
     for sha256 in sorted(sizes):
         stmt = insert(Blob).values(sha256=sha256, size=sizes[sha256], claimed_until=until)
         session.exec(stmt.on_conflict_do_update(index_elements=["sha256"], set_={"claimed_until": until}))

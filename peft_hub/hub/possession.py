@@ -23,8 +23,6 @@ from datetime import timedelta
 
 from sqlalchemy import exists
 from sqlalchemy.engine import Engine
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry
@@ -36,10 +34,9 @@ from peft_hub.hub.storage import BlobStore
 
 
 def record_receipt(session: Session, *, user_id: int, sha256: str, size: int) -> None:
-    """Note that ``user_id`` holds these verified bytes (idempotent, race-safe).
-    A receipt's time is also a lease: gc keeps a blob with a fresh receipt."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(BlobUpload).values(sha256=sha256, user_id=user_id, size=size, created_at=utcnow())
+    """Note that ``user_id`` holds these verified bytes (idempotent, race-safe;
+    the time is that of the latest upload)."""
+    stmt = ledger.insert_for(session)(BlobUpload).values(sha256=sha256, user_id=user_id, size=size, created_at=utcnow())
     session.exec(stmt.on_conflict_do_update(  # type: ignore[call-overload]
         index_elements=["sha256", "user_id"], set_={"created_at": stmt.excluded.created_at}))
 
