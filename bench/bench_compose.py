@@ -111,7 +111,7 @@ def exact_reference(factors, dense: bool) -> torch.Tensor:
 
     coeffs = [w * ALPHA / RANK for w in WEIGHTS]
     if dense:
-        delta = sum(c * (b.double() @ a.double()) for (b, a), c in zip(factors, coeffs))  # (d, k)
+        delta = sum(c * (b.double() @ a.double()) for (b, a), c in zip(factors, coeffs, strict=True))  # (d, k)
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         return (u[:, :RANK] * s[:RANK]) @ vh[:RANK]
     b, a = stack_factors(factors, coeffs, torch.float64)
@@ -214,7 +214,7 @@ def merged_module(d: int, k: int, kind: str) -> tuple[torch.Tensor, float]:
 
     weights = WEIGHTS if kind == "ties" else (0.5, 0.5, 0.5)
     start = time.perf_counter()
-    tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip((random_factors(d, k, s) for s in range(3)), weights)]
+    tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip((random_factors(d, k, s) for s in range(3)), weights, strict=True)]
     merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "bench"))  # type: ignore[arg-type]
     return merged, time.perf_counter() - start
 

@@ -77,7 +77,7 @@ def child(mode: str, work: Path) -> dict:
         from peft_hub.gpu_runtime.materializer import materialize
 
         if mode != "stream":  # quantizing needs transformers and bnb: import them untimed, as for load-*
-            import bitsandbytes  # noqa: F401
+            import bitsandbytes  # noqa: F401 - imported only so its import time is not measured
             from transformers import AutoModelForCausalLM
     else:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig

@@ -53,10 +53,10 @@ def main() -> None:
 
     import boto3
     from boto3.s3.transfer import TransferConfig
+    from services import live_hub, seaweedfs
 
     from peft_hub.client import HubClient
     from peft_hub.hub import Settings
-    from services import live_hub, seaweedfs
 
     work = Path(tempfile.mkdtemp(prefix="peft-hub-bench-"))
     adapters = [make_adapter(work / f"a{i}", args.mb, i) for i in range(args.repeats)]

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from peft_hub.errors import PeftHubError  # noqa: E402
+from peft_hub.errors import PeftHubError
 
 __all__ = ["PeftHubError", "__version__"]

@@ -47,7 +47,10 @@ EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, 
 #: Names the web catalog and the API use for themselves.
 RESERVED_NAMES = frozenset({"api", "static", "compose", "login", "logout"})
 #: ``\Z``, not ``$``: a ``$`` also matches before a final newline.
-NAME_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
+#: ASCII letters of either case: a name keeps the case it was typed in and is
+#: found whatever the case (ASCII, so lowercasing it cannot merge two strangers'
+#: names the way Unicode case folding could, e.g. "K" and the Kelvin sign).
+NAME_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
 MAX_FILES = 32
 #: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
 MAX_FILENAME_BYTES = 255
@@ -66,10 +69,10 @@ def validate_namespace(part: str, *, what: str = "name") -> str:
     """Check one half of ``owner/name``; return it unchanged."""
     if not isinstance(part, str) or not NAME_RE.fullmatch(part) or ".." in part:
         raise InvalidNameError(
-            f"invalid {what} {shown(part)}: use 1-64 lowercase letters, digits, '-', '_' or '.', "
+            f"invalid {what} {shown(part)}: use 1-64 ASCII letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit, and no '..'"
         )
-    if what in ("owner", "namespace", "organisation", "user") and part in RESERVED_NAMES:
+    if what in ("owner", "namespace", "organisation", "user") and part.lower() in RESERVED_NAMES:
         raise InvalidNameError(f"{part!r} is reserved and cannot be a namespace")
     return part
 
@@ -97,7 +100,7 @@ def validate_filename(path: str) -> str:
             f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
         )
     if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {CONVERT_HINT}")
+        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {pickle_hint(path)}")
     if path in (CONFIG_NAME, WEIGHTS_NAME):
         return path
     suffix = os.path.splitext(path)[1].lower()
@@ -107,6 +110,24 @@ def validate_filename(path: str) -> str:
             f"{', '.join(sorted(EXTRA_FILE_CAPS))} files are stored"
         )
     return path
+
+
+#: What ``transformers.Trainer`` writes next to the adapter: pickles that are
+#: training state, not weights, so "re-save the adapter" would be the wrong advice.
+TRAINER_PICKLES = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
+TRAINER_HINT = (
+    "It is Trainer state, not adapter weights, and peft-hub stores no pickles. Push the adapter alone with "
+    "`trainer.model.push_to_hub(repo_id)`, or keep Trainer(push_to_hub=True) and put a .gitignore listing "
+    "`*.bin`, `*.pt` and `*.pth` in the output_dir (upload_folder takes ignore_patterns=['*.bin', '*.pt', '*.pth'])."
+)
+
+
+def pickle_hint(path: str) -> str:
+    """The advice for a refused pickle: Trainer state is left out, weights are re-saved."""
+    name = path.rsplit("/", 1)[-1]
+    if name in TRAINER_PICKLES or name.startswith("rng_state"):
+        return TRAINER_HINT
+    return CONVERT_HINT
 
 
 def size_cap(path: str) -> int:
@@ -151,8 +172,9 @@ class AdapterMeta:
         return asdict(self)
 
 
-#: The ``--max-lora-rank`` values vLLM accepts (its default is 16).
+#: The ``--max-lora-rank`` values vLLM accepts, and its default.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_DEFAULT_LORA_RANK = 16
 
 
 def vllm_max_lora_rank(rank: int) -> int | None:
@@ -205,14 +227,17 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return matcher.value(module, default)
 
 
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>A|B)(?:\.weight)?$")
+#: The prefix PEFT puts before module names in saved state dicts.
+PEFT_PREFIX = "base_model.model."
+#: A LoRA factor's key: ``<module>.lora_A.weight``, ``<module>.lora_embedding_B``, ...
+LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<part>A|B)(?:\.weight)?$")
 
 
 def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None:
     """For LoRA, every A/B pair must have the rank the config declares."""
     r = config.get("r")
     matcher = PatternMatcher(config.get("rank_pattern") or {})
-    found = [(key, info, m) for key, info in header.tensors.items() if (m := _LORA_KEY.match(key))]
+    found = [(key, info, m) for key, info in header.tensors.items() if (m := LORA_KEY.match(key))]
     check_pattern_work(matcher, len({m.group("module") for _, _, m in found}), what=f"{CONFIG_NAME}: rank_pattern")
     for key, info, m in found:
         module = m.group("module")
@@ -233,7 +258,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 def card_summary(card: str, limit: int = 300) -> str:
     """The first paragraph of prose in a model card (no front matter, headings, HTML or code)."""
-    text = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S).replace("\x00", "")
+    text = split_front_matter(card)[1].replace("\x00", "")
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     for block in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in block.strip().splitlines()]
@@ -287,15 +312,23 @@ def parse_lineage(raw: str) -> dict[str, Any]:
     return check_lineage(record, what=what)
 
 
-def front_matter(text: str) -> str | None:
-    """A model card's YAML header: the lines between a leading ``---`` line and the next one."""
-    lines = text.lstrip("\ufeff").splitlines()
+def split_front_matter(text: str) -> tuple[str | None, str]:
+    """A model card's YAML header (the lines between a leading ``---`` line and the
+    next one) and the body after it; ``(None, text)`` when there is no header.
+    The one rule for the push check, the web card and ``cardData``."""
+    stripped = text.lstrip("\ufeff")
+    lines, kept = stripped.splitlines(), stripped.splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
-        return None
-    for end, line in enumerate(lines[1:], start=1):
-        if line.strip() == "---":
-            return "\n".join(lines[1:end])
-    return None
+        return None, text
+    for end in range(1, len(lines)):
+        if lines[end].strip() == "---":
+            return "\n".join(lines[1:end]), "".join(kept[end + 1:])
+    return None, text
+
+
+def front_matter(text: str) -> str | None:
+    """A model card's YAML header, or None; see :func:`split_front_matter`."""
+    return split_front_matter(text)[0]
 
 
 def check_card(text: str) -> None:

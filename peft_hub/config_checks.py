@@ -168,7 +168,7 @@ def _compiled(key: str) -> Any:
     options.never_capture = True
     options.max_mem = RE2_MAX_MEM
     # PEFT's rule, re.match(rf"(.*\.)?({key})$", module), as one anchored match.
-    return re2.compile(rf"(?:.*\.)?(?:{key})".encode("utf-8"), options)
+    return re2.compile(rf"(?:.*\.)?(?:{key})".encode(), options)
 
 
 def compile_key(key: Any, *, what: str = "rank_pattern") -> Any:
@@ -180,7 +180,7 @@ def compile_key(key: Any, *, what: str = "rank_pattern") -> Any:
         raise InvalidAdapterError(f"{what}: the key {key[:64]!r} {problem}")
     try:
         return _compiled(key)
-    except Exception as exc:  # noqa: BLE001 - re2.error, and its parse errors
+    except Exception as exc:  # re2.error, and its parse errors
         detail = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise InvalidAdapterError(
             f"{what}: the key {key[:64]!r} is not a regular expression the hub can run in linear time "

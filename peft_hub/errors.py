@@ -29,13 +29,23 @@ class PeftHubError(Exception):
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         self.message = message or (self.__class__.__doc__ or self.code).strip()
+        #: Response headers and extra body fields the hub sends with this error
+        #: (set with :meth:`annotate`), so routes raise instead of building responses.
+        self.headers: dict[str, str] = {}
+        self.extra: dict[str, object] = {}
 
     def __str__(self) -> str:
         return self.message
 
-    def to_dict(self) -> dict[str, str]:
+    def annotate(self, *, headers: dict[str, str] | None = None, extra: dict[str, object] | None = None) -> PeftHubError:
+        """Add response headers and body fields (never ``error`` or ``detail``); returns the error, to raise."""
+        self.headers.update(headers or {})
+        self.extra.update({k: v for k, v in (extra or {}).items() if k not in ("error", "detail")})
+        return self
+
+    def to_dict(self) -> dict[str, object]:
         """The JSON body the hub sends for this error."""
-        return {"error": self.code, "detail": self.message}
+        return {**self.extra, "error": self.code, "detail": self.message}
 
 
 ERRORS_BY_CODE[PeftHubError.code] = PeftHubError

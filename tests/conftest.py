@@ -15,11 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # --- live services -----------------------------------------------------------
 
-import secrets  # noqa: E402
+import secrets
 
-import pytest  # noqa: E402
-
-from services import LiveHub, live_hub, postgres, seaweedfs  # noqa: E402
+import pytest
+from services import LiveHub, live_hub, postgres, seaweedfs
 
 BACKENDS = ["embedded", "s3-postgres"]
 
@@ -59,7 +58,7 @@ def _fresh_pg_database(url: str) -> str:
     return url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def make_settings(backend: str, tmp_path, request):  # noqa: ANN001
+def make_settings(backend: str, tmp_path, request):
     """Settings for a fresh hub on ``backend`` (each test gets empty state)."""
     from peft_hub.hub import Settings
 
@@ -99,6 +98,20 @@ def client_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are per-op overhead: one thread is faster, and far steadier on a busy machine.
+
+    A module applies it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def llama_adapter(tmp_path_factory):
     """A LoRA written by PEFT's save_pretrained on a tiny Llama."""
@@ -107,3 +120,17 @@ def llama_adapter(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     base = tiny_llama()
     return make_lora(base, root / "support", r=8, alpha=16, base_name="tiny-llama")
+
+
+# --- the fast tier -----------------------------------------------------------
+
+#: Fixtures that start a real service (SeaweedFS, PostgreSQL, a hub on a socket)
+#: or train a model: a test that uses one, directly or through another fixture,
+#: is an integration test, and ``pytest -m "not integration"`` skips it.
+SERVICE_FIXTURES = frozenset({"hub", "embedded_hub", "s3_server", "pg_url", "llama_adapter"})
+
+
+def pytest_collection_modifyitems(config, items):  # pytest's hook signature
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import MetaData, select
 
 #: Tables whose rows legitimately change on a refused request.
-VOLATILE = {"auditevent", "token", "peft_hub_schema"}
+VOLATILE = {"auditevent", "token", "alembic_version"}
 
 
 def snapshot(hub: Any) -> dict[str, Any]:

@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -39,13 +39,13 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def wait_until(check, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_until(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not start within {timeout:.0f}s")
@@ -144,7 +144,7 @@ class LiveHub:
 
 
 @contextmanager
-def live_hub(settings) -> Iterator[LiveHub]:  # noqa: ANN001
+def live_hub(settings) -> Iterator[LiveHub]:
     """Serve ``create_app(settings)`` with uvicorn on a free port."""
     import uvicorn
 

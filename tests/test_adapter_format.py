@@ -193,7 +193,7 @@ def test_only_allowlisted_small_files(good):
     validate_dir(good)
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "a/b/c", "A/b", "a/-b", "a/b..c", "a/.b", "a/", "/b", "a/b c", "a%2fb/c"])
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b/c", "\u00c4/b", "a/-b", "a/b..c", "a/.b", "a/", "/b", "a/b c", "a%2fb/c"])
 def test_bad_repo_ids_are_refused(name):
     with pytest.raises(InvalidNameError):
         validate_repo_id(name)

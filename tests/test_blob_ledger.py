@@ -22,15 +22,14 @@ import time
 
 import httpx
 import pytest
+from conftest import BACKENDS, make_settings
+from hub_state import blob_intact
+from services import live_hub
 from sqlmodel import Session, select
 
 from peft_hub.client import HubClient
 from peft_hub.errors import ConflictError, UploadRequiredError
 from peft_hub.hub.models import RevisionFile
-
-from conftest import BACKENDS, make_settings
-from hub_state import blob_intact
-from services import live_hub
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,7 +72,7 @@ def _race(hub, llama_adapter, tmp_path) -> tuple[dict[str, int], list[BaseExcept
                 outcomes["asked to upload again"] += 1
             except ConflictError:
                 outcomes["conflict"] += 1
-            except BaseException as exc:  # noqa: BLE001 - any other outcome fails the test
+            except BaseException as exc:  # any other outcome fails the test
                 failures.append(exc)
                 return
             i += 1
@@ -147,7 +146,8 @@ def test_a_push_repairs_a_blob_whose_stored_bytes_changed(hub, llama_adapter, tm
     assert again.revision == first.revision and again.files_uploaded >= 1  # the changed blob was sent again
     assert blob_intact(hub, weights)
     pulled = client.pull("admin/fragile", tmp_path / "out")
-    assert (pulled.path / "adapter_model.safetensors").read_bytes() == (llama_adapter / "adapter_model.safetensors").read_bytes()
+    name = "adapter_model.safetensors"
+    assert (pulled.path / name).read_bytes() == (llama_adapter / name).read_bytes()
 
 
 def test_a_read_cut_short_while_publishing_fails_the_commit(embedded_hub, llama_adapter, tmp_path, monkeypatch):
@@ -179,4 +179,5 @@ def test_a_read_cut_short_while_publishing_fails_the_commit(embedded_hub, llama_
         assert session.exec(select(RevisionFile)).all() == []
     monkeypatch.setattr(store, "open", real_open)
     assert client.push(src, name="admin/carded").created
-    assert client.info("admin/carded")["meta"]["description"].count("A long description.") >= 10  # the whole (capped) summary
+    # the whole (capped) summary
+    assert client.info("admin/carded")["meta"]["description"].count("A long description.") >= 10

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import dir_bytes
 
 from peft_hub.cli import cli
-from tiny_models import dir_bytes
 
 pytestmark = pytest.mark.integration
 

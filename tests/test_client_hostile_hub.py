@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 import pytest
-from raw_adapters import zero_safetensors
 import uvicorn
+from raw_adapters import zero_safetensors
+from services import free_port, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -33,13 +34,20 @@ from starlette.routing import Route
 
 from peft_hub.client import HubClient
 from peft_hub.client.http import build_session, json_body, raise_for_status
-from peft_hub.client.transfers import absolute_url, _build
+from peft_hub.client.transfers import _build, absolute_url
 from peft_hub.errors import (
-    ChecksumMismatchError, EntryNotFoundError, HubUnreachableError, InvalidAdapterError, InvalidInputError,
-    InvalidNameError, NotFoundError, PeftHubError, PermissionDeniedError, StorageError, UnsafeFormatError,
+    ChecksumMismatchError,
+    EntryNotFoundError,
+    HubUnreachableError,
+    InvalidAdapterError,
+    InvalidInputError,
+    InvalidNameError,
+    NotFoundError,
+    PeftHubError,
+    PermissionDeniedError,
+    StorageError,
+    UnsafeFormatError,
 )
-
-from services import free_port, wait_until
 
 TOKEN = "phub_hostile0000000000000000000000000000000000000000"
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -88,7 +96,7 @@ class Server:
 
 
 def _recording(server: Server, app: Starlette):
-    async def asgi(scope, receive, send):  # noqa: ANN001, ANN202
+    async def asgi(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -96,7 +104,7 @@ def _recording(server: Server, app: Starlette):
         server.requests.append(seen)
         chunks: list[bytes] = []
 
-        async def recording_receive():  # noqa: ANN202
+        async def recording_receive():
             message = await receive()
             if message["type"] == "http.request":
                 chunks.append(message.get("body", b""))
@@ -191,13 +199,13 @@ def _servers() -> Iterator[tuple[Server, Server]]:
 
 
 @pytest.fixture
-def hub(_servers) -> Server:  # noqa: ANN001
+def hub(_servers) -> Server:
     _servers[0].reset()
     return _servers[0]
 
 
 @pytest.fixture
-def other(_servers) -> Server:  # noqa: ANN001
+def other(_servers) -> Server:
     _servers[1].reset()
     return _servers[1]
 
@@ -257,7 +265,7 @@ class Workspace:
 
 
 @pytest.fixture
-def ws(tmp_path) -> Workspace:  # noqa: ANN001
+def ws(tmp_path) -> Workspace:
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "keep.txt").write_text("the user's own file")
     return Workspace(tmp_path, tmp_path / "work" / "out", tmp_path / "cache")
@@ -486,7 +494,7 @@ def test_non_http_upload_urls_are_refused(url):
 
 
 @pytest.fixture
-def adapter(tmp_path) -> Path:  # noqa: ANN001
+def adapter(tmp_path) -> Path:
     path = tmp_path / "support"
     path.mkdir()
     (path / "adapter_config.json").write_text(json.dumps(
@@ -671,7 +679,7 @@ class Cut:
     def __init__(self, data: bytes, declared: int) -> None:
         self.data, self.declared = data, declared
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(self.declared).encode())]})
         await send({"type": "http.response.body", "body": self.data, "more_body": True})
@@ -697,10 +705,10 @@ def _chunked(data: bytes) -> StreamingResponse:
 def test_a_broken_body_is_a_clear_error_and_leaves_nothing(hub, ws, response, error):
     _fail_second(hub, response)
     (ws.root / "work" / "out").mkdir()
-    (ws.out / "old.json").write_text("{}")  # a previous pull the user kept
+    (ws.out / "old.json").write_text("{}")  # a file of the user's, in a directory pulled into on purpose
     before = ws.tree()
     with ws.client(hub) as client, pytest.raises(error):
-        client.pull("admin/support", ws.out)
+        client.pull("admin/support", ws.out, into_existing=True)
     assert sorted(p.name for p in ws.out.iterdir()) == ["old.json"]
     after = ws.tree()
     assert not any(".incomplete" in p for p in after)

@@ -33,17 +33,22 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 from raw_adapters import zero_safetensors
+from services import free_port, wait_until
 
 from peft_hub.cli import cli
 from peft_hub.client import HubClient
 from peft_hub.client.cache import BlobCache
 from peft_hub.client.http import PROGRESS_FACTOR, RetryPolicy, timeouts, transient
 from peft_hub.errors import (
-    ChecksumMismatchError, EntryNotFoundError, HubUnreachableError, InvalidInputError, PeftHubError,
-    PermissionDeniedError, RateLimitedError, StorageError,
+    ChecksumMismatchError,
+    EntryNotFoundError,
+    HubUnreachableError,
+    InvalidInputError,
+    PeftHubError,
+    PermissionDeniedError,
+    RateLimitedError,
+    StorageError,
 )
-
-from services import free_port, wait_until
 
 TOKEN = "phub_reliability000000000000000000000000000000000000"
 REV = "89abcdef0123456789abcdef0123456789abcdef"
@@ -649,6 +654,7 @@ def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> 
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.integration  # a subprocess or a model trained: slow
 def test_a_pull_killed_mid_download_is_cleaned_up_by_the_next(fault, ws):
     fault.script["resolve"] = [ok(), trickle(16384, 0.05), ok()]  # the weights come slowly the first time
     out = ws / "work" / "out"
@@ -670,7 +676,7 @@ def test_a_pull_killed_mid_download_is_cleaned_up_by_the_next(fault, ws):
 
 KILLED_IN_ASSEMBLY = """
 import sys, time
-import peft_hub.client.cache as cache
+import peft_hub.client.assemble as cache
 copy = cache._copy_checked
 def copy_then_hang(src, dst, sha256):
     copy(src, dst, sha256)
@@ -682,25 +688,30 @@ main()
 """
 
 
+@pytest.mark.integration  # a subprocess or a model trained: slow
 def test_a_pull_killed_mid_assembly_keeps_the_old_output_and_the_next_cleans_up(fault, ws):
     out = ws / "work" / "out"
-    old = {"adapter_config.json": CONFIG}
-    out.mkdir()
-    (out / "adapter_config.json").write_bytes(CONFIG)  # what the user had
     env = _cli_env(fault, ws)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_IN_ASSEMBLY, "pull", "admin/support", "-o", str(out)],
+    pull = ["pull", "admin/support", "-o", str(out)]
+    first = subprocess.run([sys.executable, "-m", "peft_hub", *pull], env=env, cwd=ws / "work", capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    (out / "adapter_config.json").write_bytes(b"edited")  # the earlier pull, edited, and a file of the user's
+    (out / "notes.txt").write_bytes(b"mine")
+    old = dir_bytes(out)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_IN_ASSEMBLY, *pull],
                             env=env, cwd=ws / "work", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def staging() -> list[Path]:
-        return list((ws / "work").glob(".out.peft-hub-*.incomplete"))
+    def staging() -> list[Path]:  # an existing directory is staged inside itself, never in its parent
+        return list(out.glob(".out.peft-hub-*.incomplete"))
 
     _kill_when(proc, lambda: bool(staging()) and any(p.iterdir() for p in staging()), "a half-built output")
-    assert staging() and dir_bytes(out) == old  # the old directory stays whole
+    assert staging() and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old  # nothing moved in
 
-    done = subprocess.run([sys.executable, "-m", "peft_hub", "pull", "admin/support", "-o", str(out)], env=env,
+    done = subprocess.run([sys.executable, "-m", "peft_hub", *pull], env=env,
                           cwd=ws / "work", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert_nothing_left(ws, out, complete=FILES)
+    assert_nothing_left(ws, out, complete={**FILES, "notes.txt": b"mine"})
 
 
 # --- a real hub whose store lost or damaged a blob ------------------------------------------

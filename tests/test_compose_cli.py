@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from test_compose_support import adapter, assert_deltas_close, base, lineage_of, peft_deltas, weighted_sum
 
+from peft_hub.client import PulledAdapter, PushResult
 from peft_hub.compose import cli as compose_cli
 from peft_hub.compose.refs import default_output, resolve_ref, split_refs
 from peft_hub.errors import ComposeError, InvalidInputError, RankLimitError
-from peft_hub.client import PulledAdapter, PushResult
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -22,7 +22,7 @@ def test_stack_is_the_exact_sum():
     coeffs = [0.7, -1.3, 2.0]
     b, a = lowrank.stack_factors(factors, coeffs)
     assert b.shape == (24, 10) and a.shape == (10, 40) and b.dtype == torch.float32
-    want = sum(c * bi.double() @ ai.double() for (bi, ai), c in zip(factors, coeffs))
+    want = sum(c * bi.double() @ ai.double() for (bi, ai), c in zip(factors, coeffs, strict=True))
     assert rel_err(b @ a, want) < 1e-6
     b64, a64 = lowrank.stack_factors(factors, coeffs, torch.float64)
     assert rel_err(b64 @ a64, want) < 1e-14
@@ -161,7 +161,7 @@ def _tasks(n: int = 3, shape=(16, 24), seed: int = 0):
 
 def _ties_reference(tasks, weights, density, method):
     """TIES written entry by entry from the paper, on weighted task vectors."""
-    weighted = [w * t for t, w in zip(tasks, weights)]
+    weighted = [w * t for t, w in zip(tasks, weights, strict=True)]
     trimmed = []
     for t in weighted:
         k = int(density * t.numel())
@@ -191,14 +191,14 @@ def test_ties_matches_peft_for_equal_weights(method):
 def test_ties_matches_the_paper_with_unequal_and_negative_weights(method):
     tasks = _tasks(shape=(6, 7), seed=1)
     weights = [1.0, -0.7, 0.4]
-    ours = merge_methods.ties([w * t for t, w in zip(tasks, weights)], 0.5, method)
+    ours = merge_methods.ties([w * t for t, w in zip(tasks, weights, strict=True)], 0.5, method)
     assert torch.allclose(ours, _ties_reference(tasks, weights, 0.5, method), atol=1e-6)
 
 
 def test_magnitude_prune_matches_peft():
     tasks = _tasks()
     weights = [0.7, -0.2, 1.1]
-    ours = merge_methods.magnitude_prune([w * t for t, w in zip(tasks, weights)], 0.25)
+    ours = merge_methods.magnitude_prune([w * t for t, w in zip(tasks, weights, strict=True)], 0.25)
     theirs = merge_utils.magnitude_prune(tasks, torch.tensor(weights), 0.25)
     assert torch.allclose(ours, theirs, atol=1e-6)
     assert (ours == 0).sum() >= ours.numel() * (1 - 3 * 0.25) - 1

@@ -58,7 +58,7 @@ def peft_deltas(model, adapter_dir: Path) -> dict[str, torch.Tensor]:
 def weighted_sum(model, dirs: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
     """Σ wᵢ·ΔWᵢ over the union of modules (a module missing from a parent adds nothing)."""
     total: dict[str, torch.Tensor] = {}
-    for d, w in zip(dirs, weights):
+    for d, w in zip(dirs, weights, strict=True):
         for name, delta in peft_deltas(model, d).items():
             total[name] = total.get(name, torch.zeros_like(delta)) + w * delta
     return total
@@ -88,7 +88,7 @@ def merged_reference(model, dirs: list[Path], weights: list[float]):
 
     ref = copy.deepcopy(model)
     params = dict(ref.named_parameters())
-    for d, w in zip(dirs, weights):
+    for d, w in zip(dirs, weights, strict=True):
         merged = PeftModel.from_pretrained(copy.deepcopy(model), d).merge_and_unload()
         for name, p in merged.named_parameters():
             with torch.no_grad():

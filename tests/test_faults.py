@@ -30,11 +30,10 @@ from urllib.parse import urlparse
 import anyio
 import httpx
 import pytest
-from sqlalchemy import select
-
 from faultproxy import FaultProxy
 from raw_adapters import zero_safetensors
 from services import PG_BIN, free_port, live_hub, postgres, wait_until
+from sqlalchemy import select
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +52,8 @@ def _adapter(root: Path, card: str) -> Path:
         {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
     ))
     (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
     }))
     (path / "README.md").write_text(f"# {card}\n")
     return path
@@ -71,13 +71,13 @@ def _settings(tmp_path: Path, db_url: str, storage: str, **extra: Any):
     return Settings(db_url=db_url, storage=storage, admin_token=token, token_file=tmp_path / "hub-token", **extra)
 
 
-def _fresh_pg(request) -> str:  # noqa: ANN001
+def _fresh_pg(request) -> str:
     from conftest import _fresh_pg_database
 
     return _fresh_pg_database(request.getfixturevalue("pg_url"))
 
 
-def _http(hub) -> httpx.Client:  # noqa: ANN001
+def _http(hub) -> httpx.Client:
     return httpx.Client(base_url=hub.url, headers={"Authorization": f"Bearer {hub.admin_token}"}, timeout=30,
                         limits=httpx.Limits(max_connections=64))
 
@@ -102,7 +102,7 @@ def _push(http: httpx.Client, repo: str, path: Path) -> str:
     return made.json()["revision"]
 
 
-def _timed(call) -> tuple[Any, float]:  # noqa: ANN001
+def _timed(call) -> tuple[Any, float]:
     start = time.monotonic()
     result = call()
     return result, time.monotonic() - start
@@ -120,7 +120,7 @@ def _refused(response: httpx.Response, status: int, code: str, *words: str) -> s
     return body["detail"]
 
 
-def _reads_answer(hub, repo: str) -> None:  # noqa: ANN001
+def _reads_answer(hub, repo: str) -> None:
     """Liveness, show, search and revisions answer quickly (they need only the database)."""
     with httpx.Client(base_url=hub.url, timeout=10) as anon:
         for path in ("/api/health", f"/api/adapters/{repo}", "/api/adapters?q=", f"/api/adapters/{repo}/revisions"):
@@ -129,7 +129,7 @@ def _reads_answer(hub, repo: str) -> None:  # noqa: ANN001
             assert took < QUICK, (path, took)
 
 
-def _consistent(hub) -> int:  # noqa: ANN001
+def _consistent(hub) -> int:
     """Every revision's files are stored with their size and sha256; every
     stored blob hashes to its name. Returns how many revisions there are."""
     from peft_hub.hub.models import Revision, RevisionFile
@@ -174,13 +174,13 @@ def hub_log() -> Iterator[_Lines]:
 
 
 @pytest.fixture
-def s3_proxy(s3_server) -> Iterator[FaultProxy]:  # noqa: ANN001
+def s3_proxy(s3_server) -> Iterator[FaultProxy]:
     target = urlparse(s3_server.endpoint)
     with FaultProxy(target.hostname, target.port) as proxy:
         yield proxy
 
 
-def _s3_settings(tmp_path: Path, request, proxy: FaultProxy, **extra: Any):  # noqa: ANN001
+def _s3_settings(tmp_path: Path, request, proxy: FaultProxy, **extra: Any):
     """A hub on PostgreSQL and on S3 through ``proxy``, with short S3 timeouts."""
     options = {"s3_endpoint_url": proxy.url, "s3_connect_timeout": 1.0, "s3_read_timeout": 1.5, "s3_max_attempts": 1,
                "ready_timeout": 1.0, **extra}
@@ -258,7 +258,7 @@ def test_s3_down_at_start_is_waited_for_then_served(tmp_path, request, s3_proxy,
     from peft_hub.errors import DatabaseUnavailableError, StorageUnavailableError
     from peft_hub.hub import create_app
 
-    async def start(settings) -> None:  # noqa: ANN001
+    async def start(settings) -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             pass
@@ -270,7 +270,8 @@ def test_s3_down_at_start_is_waited_for_then_served(tmp_path, request, s3_proxy,
     with pytest.raises(StorageUnavailableError, match=f"storage \\(S3 at {s3_proxy.url}\\) did not answer"):
         anyio.run(start, settings)
     assert time.monotonic() - started < 10
-    assert any(line.startswith(f"waiting for storage {settings.storage} (attempt 2)") for line in hub_log.lines), hub_log.lines
+    waited = f"waiting for storage {settings.storage} (attempt 2)"
+    assert any(line.startswith(waited) for line in hub_log.lines), hub_log.lines
 
     # The database likewise, named as such.
     dead = _settings(tmp_path, f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none", str(tmp_path / "blobs"),
@@ -279,7 +280,8 @@ def test_s3_down_at_start_is_waited_for_then_served(tmp_path, request, s3_proxy,
     with pytest.raises(DatabaseUnavailableError, match="database unavailable"):
         anyio.run(start, dead)
     assert time.monotonic() - started < 10
-    assert any(line.startswith("waiting for database postgresql+psycopg://postgres@127.0.0.1") for line in hub_log.lines)
+    waited = "waiting for database postgresql+psycopg://postgres@127.0.0.1"
+    assert any(line.startswith(waited) for line in hub_log.lines)
 
     # Down at start, up two seconds later: the hub waits, then serves.
     hub_log.lines.clear()
@@ -348,7 +350,8 @@ def test_a_write_that_runs_past_its_deadline_is_rolled_back(tmp_path, request):
                 time.sleep(0.6)
                 yield data[i << 20:(i + 1) << 20]
 
-        kept = http.put(f"/api/blobs/{sha256}?size={len(data)}", content=slow(), headers={"Content-Length": str(len(data))})
+        kept = http.put(f"/api/blobs/{sha256}?size={len(data)}", content=slow(),
+                        headers={"Content-Length": str(len(data))})
         assert kept.status_code == 201, kept.text
 
         # A commit that waits 1.5 s for a lock gets it, then finds its
@@ -382,9 +385,13 @@ def _own_cluster() -> Iterator[tuple[str, Any, Any]]:
                 cmd = ["runuser", "-u", "postgres", "--", *cmd]
             subprocess.run(cmd, check=True, capture_output=True, cwd="/tmp", timeout=60)
 
-        stop = lambda: pg_ctl("-m", "fast", "-w", "stop")  # noqa: E731
-        start = lambda: pg_ctl("-l", str(root / "pg.log"), "-w", "-o",  # noqa: E731
-                               f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        def stop() -> None:
+            pg_ctl("-m", "fast", "-w", "stop")
+
+        def start() -> None:
+            pg_ctl("-l", str(root / "pg.log"), "-w", "-o",
+                   f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
         yield url, stop, start
 
 
@@ -415,7 +422,7 @@ def test_stopped_database_is_a_named_503_and_the_hub_recovers(tmp_path):
 # --- local storage: a hub killed mid-upload ------------------------------------------
 
 
-def _serve(tmp_path: Path, settings) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+def _serve(tmp_path: Path, settings) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PEFT_HUB_HOME": str(tmp_path / "home"), "PEFT_HUB_ADMIN_TOKEN": settings.admin_token,
            "PEFT_HUB_DB_URL": settings.db_url, "PEFT_HUB_STORAGE": settings.storage}
@@ -470,8 +477,8 @@ def test_killed_hub_leaves_no_temporary_files(tmp_path):
             proc.wait(10)
 
 
-def _ignore(call) -> None:  # noqa: ANN001
+def _ignore(call) -> None:
     try:
         call()
-    except Exception:  # noqa: BLE001 - the hub it talks to is killed on purpose
+    except Exception:  # the hub it talks to is killed on purpose
         pass

@@ -12,15 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, inspect, text
+from raw_adapters import zero_safetensors
 from sqlmodel import Session
 
 from peft_hub.cli import cli
 from peft_hub.client import HubClient
 from peft_hub.errors import AuthenticationError, ConflictError, PeftHubError, PermissionDeniedError
 from peft_hub.hub.models import Blob
-
-from raw_adapters import zero_safetensors  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +27,12 @@ WEIGHTS = "adapter_model.safetensors"
 
 def _adapter(path: Path, note: str) -> Path:
     path.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+              "base_model_name_or_path": "tiny"}
     (path / "adapter_config.json").write_text(json.dumps(config))
     (path / WEIGHTS).write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
     }))
     (path / "README.md").write_text(f"# {note}\n")
     return path
@@ -119,9 +119,10 @@ def test_fsck_names_corrupt_and_missing_blobs_and_repair_marks_them(hub, tmp_pat
 
     shown = _cli(hub)
     assert shown.exit_code == 1
-    assert any(line.startswith("corrupt") and f"admin/support@{rev_a}  {WEIGHTS}" in line for line in shown.output.splitlines())
-    assert any(line.startswith("corrupt") and f"admin/other@{rev_b}  {WEIGHTS}" in line for line in shown.output.splitlines())
-    assert any(line.startswith("missing") and f"admin/support@{rev_a}  README.md" in line for line in shown.output.splitlines())
+    lines = shown.output.splitlines()
+    assert any(line.startswith("corrupt") and f"admin/support@{rev_a}  {WEIGHTS}" in line for line in lines)
+    assert any(line.startswith("corrupt") and f"admin/other@{rev_b}  {WEIGHTS}" in line for line in lines)
+    assert any(line.startswith("missing") and f"admin/support@{rev_a}  README.md" in line for line in lines)
     as_json = _cli(hub, "--json")
     assert as_json.exit_code == 1 and json.loads(as_json.output)["problems"] == report["problems"]
 
@@ -214,18 +215,3 @@ def test_client_reads_the_stream_strictly():
 
     with pytest.raises(PeftHubError, match="longer than"):
         list(api._ndjson([b"x" * 10, b"y" * 10], limit=15))
-
-
-def test_migration_5_adds_the_revision_mark_to_an_older_database(tmp_path):
-    from peft_hub.hub.db import make_engine
-    from peft_hub.hub.migrations import upgrade
-
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with engine.begin() as conn:  # as a version-4 database left it
-        conn.execute(text("ALTER TABLE revision DROP COLUMN broken"))
-        conn.execute(text("DELETE FROM peft_hub_schema WHERE version = 5"))
-    assert upgrade(engine) == ["0005 revision health marks from fsck"]
-    assert "broken" in {c["name"] for c in inspect(create_engine(url)).get_columns("revision")}
-    assert upgrade(engine) == []

@@ -37,12 +37,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from raw_adapters import zero_safetensors
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from raw_adapters import zero_safetensors
 from schemathesis.config import SchemathesisConfig
-
 from services import LiveHub, live_hub
 
 pytestmark = pytest.mark.slow
@@ -59,7 +58,7 @@ TIMEOUT = 30.0
 # --- the hub under fuzz --------------------------------------------------------------
 
 
-def _settings(root: Path, token: str):  # noqa: ANN202
+def _settings(root: Path, token: str):
     from peft_hub.hub import Settings
 
     # A generous auth-failure limit: a 429 would hide what the route does with the input.
@@ -163,7 +162,7 @@ WEIGHTS = zero_safetensors({
 
 
 @pytest.fixture(scope="module")
-def seed_adapter(tmp_path_factory) -> Path:  # noqa: ANN001
+def seed_adapter(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fuzz") / "support"
     path.mkdir()
     (path / "adapter_config.json").write_text(json.dumps(CONFIG))
@@ -172,7 +171,7 @@ def seed_adapter(tmp_path_factory) -> Path:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def fuzz_hub(tmp_path_factory, seed_adapter) -> Iterator[FuzzHub]:  # noqa: ANN001
+def fuzz_hub(tmp_path_factory, seed_adapter) -> Iterator[FuzzHub]:
     token = "phub_" + secrets.token_hex(6) + secrets.token_urlsafe(32)
     log = ServerLog()
     with live_hub(_settings(tmp_path_factory.mktemp("fuzz-hub"), token)) as hub:
@@ -190,7 +189,7 @@ def fuzz_hub(tmp_path_factory, seed_adapter) -> Iterator[FuzzHub]:  # noqa: ANN0
 
 
 @pytest.fixture
-def hub(fuzz_hub, seed_adapter) -> FuzzHub:  # noqa: ANN001
+def hub(fuzz_hub, seed_adapter) -> FuzzHub:
     fuzz_hub.ensure_seeded(seed_adapter)
     return fuzz_hub
 
@@ -266,13 +265,13 @@ def _call_and_check(case: Any, hub: FuzzHub, who: str) -> None:
 
 @admin_schema.parametrize()
 @FUZZ_SETTINGS
-def test_openapi_routes_as_admin_never_fail_on_the_server(case, hub):  # noqa: ANN001
+def test_openapi_routes_as_admin_never_fail_on_the_server(case, hub):
     _call_and_check(case, hub, "admin")
 
 
 @anonymous_schema.parametrize()
 @FUZZ_SETTINGS
-def test_openapi_routes_anonymously_never_fail_on_the_server(case, hub):  # noqa: ANN001
+def test_openapi_routes_anonymously_never_fail_on_the_server(case, hub):
     _call_and_check(case, hub, "anonymous")
 
 
@@ -339,7 +338,8 @@ class Gen:
     def string(self) -> str:
         if self.rng.random() < 0.6:
             return self.rng.choice(NASTY_STRINGS)
-        return "".join(self.rng.choice(string.printable + "\x00\x01\x7f\u0085\u2028é") for _ in range(self.rng.randint(0, 40)))
+        alphabet = string.printable + "\x00\x01\x7f\u0085\u2028é"
+        return "".join(self.rng.choice(alphabet) for _ in range(self.rng.randint(0, 40)))
 
     def text(self) -> str:
         """A string that can travel in a URL or a form (no lone surrogates)."""
@@ -441,7 +441,8 @@ def _delete_repo(g: Gen) -> Request:
     # Never the seeded repos' valid form, so the other routes keep something to work on.
     body = g.mutate({"name": g.rng.choice(["ghost", g.string(), "x" * 70]), "organization": g.maybe("admin"),
                      "type": g.maybe("model")})
-    return Request("DELETE", "/api/repos/delete", content=g.raw_json(body), headers={"content-type": "application/json"})
+    return Request("DELETE", "/api/repos/delete", content=g.raw_json(body),
+                   headers={"content-type": "application/json"})
 
 
 def _preupload(g: Gen) -> Request:
@@ -524,9 +525,10 @@ def _tree(g: Gen) -> Request:
     path = g.rng.choice(["", "/adapter_config.json", "/..", "/%00", "/a/b/c", "/" + "x" * 300])
     cursor = g.rng.choice([None, base64.urlsafe_b64encode(b"offset:1").decode(), base64.urlsafe_b64encode(
         f"offset:{g.number()}".encode()).decode(), g.text(), "!!!", base64.urlsafe_b64encode(b"\xff\xfe").decode()])
-    params = {k: v for k, v in {"cursor": cursor, "recursive": g.rng.choice([None, "true", "x"]),
-                                "expand": g.rng.choice([None, "1", "nope"]),
-                                "limit": g.rng.choice([None, "0", "-1", "1", str(10**30), "abc"])}.items() if v is not None}
+    drawn = {"cursor": cursor, "recursive": g.rng.choice([None, "true", "x"]),
+             "expand": g.rng.choice([None, "1", "nope"]),
+             "limit": g.rng.choice([None, "0", "-1", "1", str(10**30), "abc"])}
+    params = {k: v for k, v in drawn.items() if v is not None}
     return Request("GET", f"/api/models/{owner}/{name}/tree/{rev}{path}", params=params, anonymous=g.rng.random() < 0.3)
 
 
@@ -545,7 +547,8 @@ def _paths_info(g: Gen) -> Request:
                             b"paths=" + b"a" * 100000, b"\x00\x01\x02", b"=&=&=&"])
     ctype = g.rng.choice(["application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                           "multipart/form-data", "text/plain"])
-    return Request("POST", f"/api/models/{owner}/{name}/paths-info/{rev}", content=content, headers={"content-type": ctype})
+    return Request("POST", f"/api/models/{owner}/{name}/paths-info/{rev}", content=content,
+                   headers={"content-type": ctype})
 
 
 def _resolve(g: Gen) -> Request:

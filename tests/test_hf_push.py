@@ -18,6 +18,7 @@ import pytest
 from peft_hub.adapter import FileEntry, manifest_digest, sha256_file, validate_dir
 from peft_hub.client import HubClient
 from peft_hub.errors import ChecksumMismatchError
+from peft_hub.hub.hf.shapes import EMPTY_SHA
 
 hf = pytest.importorskip("huggingface_hub")
 from huggingface_hub import (
@@ -65,7 +66,7 @@ def test_upload_folder_publishes_the_same_revision_as_a_native_push(hub, api, ll
     url = api.create_repo("admin/pushed")
     assert url.repo_id == "admin/pushed"
     empty = api.model_info("admin/pushed")
-    assert (empty.sha, empty.siblings) == (None, [])
+    assert (empty.sha, empty.siblings) == (EMPTY_SHA, [])
     assert api.create_repo("admin/pushed", exist_ok=True).repo_id == "admin/pushed"
     with pytest.raises(HfHubHTTPError) as exists:
         api.create_repo("admin/pushed")
@@ -143,7 +144,7 @@ def test_pickles_and_incomplete_adapters_are_refused_and_nothing_is_published(
         api.upload_file(path_or_fileobj=str(llama_adapter / "adapter_model.safetensors"),
                         path_in_repo="adapter_model.safetensors", repo_id="admin/bad")
     assert "adapter_config.json is missing" in str(incomplete.value)
-    assert api.model_info("admin/bad").sha is None
+    assert api.model_info("admin/bad").sha == EMPTY_SHA
     with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "native") as client:
         assert client.search(q="bad")["total"] == 0
 
@@ -170,7 +171,7 @@ def test_a_pickle_sent_straight_to_commit_is_refused_before_it_is_stored(hub, ap
                           headers={"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/x-ndjson"})
     assert response.status_code == 422 and response.headers["X-Error-Code"] == "unsafe_format"
     assert hashlib.sha256(pickle).hexdigest() not in _stored(hub)
-    assert api.model_info("admin/raw").sha is None
+    assert api.model_info("admin/raw").sha == EMPTY_SHA
 
     ok = httpx.post(f"{hub.url}/api/models/admin/raw/commit/main", content=body.rsplit(b"\n", 2)[0] + b"\n",
                     headers={"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/x-ndjson"})
@@ -314,4 +315,4 @@ def test_xet_is_refused_plainly_when_a_file_needs_lfs(hub, llama_adapter, tmp_pa
     finally:
         commit.INLINE_MAX_BYTES = old
     assert "REFUSED" in done.stdout and "xet-write-token" in done.stdout and "501" in done.stdout, done.stdout + done.stderr
-    assert HfApi(endpoint=hub.url, token=hub.admin_token).model_info("admin/xet").sha is None
+    assert HfApi(endpoint=hub.url, token=hub.admin_token).model_info("admin/xet").sha == EMPTY_SHA

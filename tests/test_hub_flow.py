@@ -11,14 +11,20 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from tiny_models import dir_bytes
 
 from peft_hub.client import HubClient
 from peft_hub.errors import (
-    AdapterNotFoundError, AuthenticationError, EntryNotFoundError, InvalidAdapterError,
-    InvalidNameError, PermissionDeniedError, RevisionNotFoundError, UnsafeFormatError, UploadRequiredError,
+    AdapterNotFoundError,
+    AuthenticationError,
+    EntryNotFoundError,
+    InvalidAdapterError,
+    InvalidNameError,
+    PermissionDeniedError,
+    RevisionNotFoundError,
+    UnsafeFormatError,
+    UploadRequiredError,
 )
-
-from tiny_models import dir_bytes  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +40,6 @@ def _stored_blobs(hub) -> set[str]:
 
 def test_push_pull_roundtrip_is_byte_identical_and_loads_in_peft(hub, llama_adapter, tmp_path):
     from peft import PeftModel
-
     from tiny_models import tiny_llama
 
     with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache") as client:
@@ -104,7 +109,8 @@ def test_tags_revisions_evals_and_card(hub, llama_adapter, tmp_path):
 
 def test_bad_pushes_are_refused_and_nothing_is_stored(hub, llama_adapter, tmp_path):
     admin = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "cache")
-    reader = HubClient(hub.url, admin.create_token(scope="read", namespace="reader")["token"], cache_dir=tmp_path / "c2")
+    read_token = admin.create_token(scope="read", namespace="reader")["token"]
+    reader = HubClient(hub.url, read_token, cache_dir=tmp_path / "c2")
     with pytest.raises(PermissionDeniedError, match="read"):
         reader.push(llama_adapter, name="reader/x")
     assert admin.search()["total"] == 0
@@ -112,7 +118,8 @@ def test_bad_pushes_are_refused_and_nothing_is_stored(hub, llama_adapter, tmp_pa
     with pytest.raises(InvalidNameError):
         admin.push(llama_adapter, name="../../etc")
     raw = httpx.Client(base_url=hub.url, headers={"Authorization": f"Bearer {hub.admin_token}"})
-    for path in ("/api/adapters/..%2F..%2Fetc/x/commit", "/api/adapters/Admin/x/commit", "/api/adapters/a/b..c/commit"):
+    for path in ("/api/adapters/..%2F..%2Fetc/x/commit", "/api/adapters/Adm%C3%AFn/x/commit",
+                 "/api/adapters/a/b..c/commit"):
         r = raw.post(path, json={"files": _spec(llama_adapter)})
         assert r.status_code in (404, 422), path
         if r.status_code == 422:
@@ -127,7 +134,8 @@ def test_bad_pushes_are_refused_and_nothing_is_stored(hub, llama_adapter, tmp_pa
     for target in plan["uploads"]:
         headers = dict(target["headers"])
         client = raw if target["auth"] else httpx.Client()
-        assert client.put(target["url"], content=(evil / target["path"]).read_bytes(), headers=headers).status_code in (200, 201)
+        sent = client.put(target["url"], content=(evil / target["path"]).read_bytes(), headers=headers)
+        assert sent.status_code in (200, 201)
     r = raw.post("/api/adapters/admin/evil/commit", json={"files": spec})
     assert r.status_code == 422 and r.json()["error"] == "unsafe_format", r.text
     assert "safe_serialization=True" in r.json()["detail"]
@@ -141,7 +149,8 @@ def test_bad_pushes_are_refused_and_nothing_is_stored(hub, llama_adapter, tmp_pa
     client = raw if target["auth"] else httpx.Client()
     assert client.put(target["url"], content=weights, headers=target["headers"]).status_code >= 400
     with pytest.raises(UploadRequiredError):  # the bogus blob never arrived, so nobody holds it
-        admin._json("POST", "/api/adapters/admin/t/commit", json={"files": [*[f for f in _spec(llama_adapter) if f["path"] != "adapter_model.safetensors"], *tampered]})
+        others = [f for f in _spec(llama_adapter) if f["path"] != "adapter_model.safetensors"]
+        admin._json("POST", "/api/adapters/admin/t/commit", json={"files": [*others, *tampered]})
 
     # A tampered safetensors header is caught by the hub, not only the client.
     bad = tmp_path / "bad"
@@ -252,19 +261,22 @@ def test_lineage_recorded_from_safetensors_metadata(hub, llama_adapter, tmp_path
     lineage = {"method": "stack", "params": {}, "peft_hub_version": "0.1.0", "parents": [
         {"ref": "admin/support", "revision": parent.revision, "sha256": "ab" * 32, "weight": 0.7},
         {"ref": "/local/legal", "revision": None, "sha256": "cd" * 32, "weight": 0.3}]}
-    save_file(tensors, child / "adapter_model.safetensors", metadata={"format": "pt", "peft_hub.lineage": json.dumps(lineage)})
+    save_file(tensors, child / "adapter_model.safetensors",
+              metadata={"format": "pt", "peft_hub.lineage": json.dumps(lineage)})
     client.push(child, name="admin/blend")
 
     up = client.lineage("admin/blend")
-    assert [(p["ref"], p["weight"], p["in_hub"]) for p in up["parents"]] == [("admin/support", 0.7, True), ("/local/legal", 0.3, False)]
+    parents = [(p["ref"], p["weight"], p["in_hub"]) for p in up["parents"]]
+    assert parents == [("admin/support", 0.7, True), ("/local/legal", 0.3, False)]
     assert up["parents"][0]["revision"] == parent.revision
     down = client.lineage("admin/support")
     assert [c["id"] for c in down["children"]] == ["admin/blend"]
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path):
-    from peft_hub.errors import HubUnreachableError
     from services import free_port
+
+    from peft_hub.errors import HubUnreachableError
 
     with pytest.raises(HubUnreachableError, match="cannot reach"):
         HubClient(f"http://127.0.0.1:{free_port()}", "phub_x", cache_dir=tmp_path).search()

@@ -130,3 +130,84 @@ def test_dockerfile_health_check_and_entrypoint_match_the_cli():
     from peft_hub.cli import cli
 
     assert CliRunner().invoke(cli, ["serve", "--help"]).exit_code == 0
+
+
+# --- the base install: client and CLI only ------------------------------------
+
+SERVER_DISTS = {"fastapi", "sqlmodel", "sqlalchemy", "boto3", "uvicorn", "psycopg", "alembic", "starlette",
+                "pydantic", "pydantic-settings", "jinja2", "python-multipart", "torch"}
+
+# A meta-path finder that makes the server's packages (and torch) unimportable, as in a base install.
+_BLOCKER = """
+import sys
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Blocker())
+"""
+
+
+def _dist_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_base_dependencies_have_no_server_or_torch():
+    project = _pyproject()
+    base = {_dist_name(r) for r in project["dependencies"]}
+    assert {"click", "httpx", "tqdm"} <= base
+    assert not base & SERVER_DISTS, f"the base install pulls in {sorted(base & SERVER_DISTS)}"
+    extras = project["optional-dependencies"]
+    hub = {_dist_name(r) for r in extras["hub"]}
+    assert {"fastapi", "sqlmodel", "boto3", "uvicorn", "psycopg", "alembic"} <= hub
+    assert "torch" not in hub
+    assert any(r.startswith("peft-hub[") and {"hub", "gpu"} <= set(r[9:-1].split(",")) for r in extras["test"])
+
+
+def test_hub_modules_name_every_hub_extra():
+    """``peft-hub serve`` names the extra whenever a module of the hub extra is missing."""
+    from importlib.metadata import packages_distributions
+
+    from peft_hub.hub.cli import HUB_MODULES
+
+    hub = {_dist_name(r) for r in _pyproject()["optional-dependencies"]["hub"]}
+    for module, dists in packages_distributions().items():
+        if {d.lower().replace("_", "-") for d in dists} & hub and not module.startswith("_"):
+            assert module in HUB_MODULES, f"{module} (from {dists}) is missing from HUB_MODULES"
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess:
+    blocked = sorted({"fastapi", "sqlmodel", "sqlalchemy", "boto3", "botocore", "uvicorn", "psycopg", "alembic",
+                      "starlette", "pydantic", "pydantic_settings", "jinja2", "torch"})
+    return subprocess.run([sys.executable, "-c", _BLOCKER.format(blocked=blocked) + code],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_and_client_work_without_the_server_dependencies(tmp_path):
+    code = f"""
+import peft_hub.client, peft_hub.adapter, peft_hub.client.commands
+from click.testing import CliRunner
+from peft_hub.cli import cli
+runner = CliRunner()
+r = runner.invoke(cli, ["--help"]); assert r.exit_code == 0 and "serve" in r.output, r.output
+r = runner.invoke(cli, ["serve", "--help"]); assert r.exit_code == 0, r.output
+# A pull runs the client's whole request path up to the (absent) hub.
+r = runner.invoke(cli, ["--url", "http://127.0.0.1:9", "pull", "a/b", "-o", {str(tmp_path / "out")!r}])
+assert r.exit_code == 1 and "cannot reach" in r.output, r.output
+print("ok")
+"""
+    out = _run_blocked(code)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args", [["serve"], ["db", "current"]])
+def test_server_commands_without_the_hub_extra_name_it_in_one_line(args):
+    out = _run_blocked(f"import sys; sys.argv = ['peft-hub', *{args!r}]\nfrom peft_hub.cli import main\nmain()")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "pip install 'peft-hub[hub]'" in out.stderr, out.stderr

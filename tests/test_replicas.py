@@ -24,13 +24,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from raw_adapters import zero_safetensors
+from services import free_port
 from sqlalchemy import create_engine, text
 
 from peft_hub.client import HubClient
-from peft_hub.hub.migrations import MIGRATIONS
-
-from raw_adapters import zero_safetensors  # noqa: E402
-from services import free_port  # noqa: E402
+from peft_hub.hub.migrations import head
 
 pytestmark = pytest.mark.integration
 
@@ -77,8 +76,9 @@ def _backend_env(backend: str, tmp_path: Path, request) -> dict[str, str]:
 
         s3 = request.getfixturevalue("s3_server")
         db_url = _fresh_pg_database(request.getfixturevalue("pg_url"))
+        # a new bucket: its creation races too
         return {**s3.env(), "PEFT_HUB_DB_URL": db_url,
-                "PEFT_HUB_STORAGE": f"s3://peft-hub-{secrets.token_hex(4)}/blobs"}  # a new bucket: its creation races too
+                "PEFT_HUB_STORAGE": f"s3://peft-hub-{secrets.token_hex(4)}/blobs"}
     return {"PEFT_HUB_DB_URL": f"sqlite:///{tmp_path / 'hub.db'}", "PEFT_HUB_STORAGE": str(tmp_path / "blobs")}
 
 
@@ -153,7 +153,7 @@ def _db_facts(db_url: str) -> dict[str, object]:
     try:
         with engine.connect() as conn:
             return {
-                "versions": [r[0] for r in conn.execute(text("SELECT version FROM peft_hub_schema ORDER BY version"))],
+                "versions": [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))],
                 "admins": conn.execute(text("SELECT name FROM namespace WHERE is_admin")).scalars().all(),
                 "namespaces": conn.execute(text("SELECT count(*) FROM namespace")).scalar(),
                 "tokens": conn.execute(text("SELECT count(*) FROM token")).scalar(),
@@ -171,7 +171,7 @@ def test_replicas_started_at_once_agree_on_one_schema_and_one_admin(backend, tmp
         given = "phub_" + secrets.token_hex(6) + secrets.token_urlsafe(32) if round_ == ROUNDS[backend] - 1 else None
         with cluster(backend, root, request, admin_token=given) as hub:
             facts = _db_facts(hub.db_url)
-            assert facts == {"versions": [m[0] for m in MIGRATIONS], "admins": ["admin"], "namespaces": 1, "tokens": 1}
+            assert facts == {"versions": [head()], "admins": ["admin"], "namespaces": 1, "tokens": 1}
             # A generated token was saved only where it was printed; a given one nowhere.
             saved = [r for r in hub.replicas if (r.home / "token").exists()]
             assert len(saved) == (0 if given else 1)
@@ -183,10 +183,12 @@ def test_replicas_started_at_once_agree_on_one_schema_and_one_admin(backend, tmp
 
 def _adapter(path: Path, note: str) -> Path:
     path.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+              "base_model_name_or_path": "tiny"}
     (path / "adapter_config.json").write_text(json.dumps(config))
     (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
     }))
     (path / "README.md").write_text(f"# {note}\n")
     return path
@@ -204,7 +206,7 @@ def _concurrent_pushes(clients: list[HubClient], adapters: list[Path], name: str
         barrier.wait()
         try:
             results[i] = clients[i].push(adapters[i], name=name).revision
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:  # reported below
             results[i] = exc
 
     threads = [threading.Thread(target=push, args=(i,)) for i in range(len(clients))]

@@ -8,10 +8,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from test_runtime_helpers import one_torch_thread, write_jsonl  # noqa: F401 - fixture
+from test_runtime_helpers import write_jsonl
 from tiny_models import make_lora, tiny_llama
 
 from peft_hub.cli import cli
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cli_module_imports_without_torch():
@@ -67,6 +69,7 @@ def test_errors_are_one_line_and_exit_1(model_dirs):
     assert result.exit_code == 1 and "bad.jsonl:1" in result.output
 
 
+@pytest.mark.integration  # a subprocess or a model trained: slow
 def test_demo_command_offline(tmp_path, client_env):
     result = CliRunner().invoke(cli, ["demo", "--offline", "-w", str(tmp_path / "w"), "--pretrain-steps", "2",
                                       "--lora-steps", "2", "--device", "cpu"])

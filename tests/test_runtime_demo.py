@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_runtime_helpers import FakeHub, one_torch_thread  # noqa: F401 - fixture
+from test_runtime_helpers import FakeHub
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.gpu_runtime.demo import TASKS, run_demo
 
 SHORT = {"pretrain_steps": 3, "lora_steps": 3, "words": ["cat", "dog", "owl", "hat"], "device": "cpu"}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
+@pytest.mark.integration  # a subprocess or a model trained: slow
 def test_demo_runs_the_whole_loop_and_pushes_through_the_client(tmp_path):
     hub = FakeHub(tmp_path / "hub")
     stages = []
@@ -56,6 +59,7 @@ def test_demo_runs_the_whole_loop_and_pushes_through_the_client(tmp_path):
         run_demo(work, None, **SHORT)
 
 
+@pytest.mark.integration  # a subprocess or a model trained: slow
 def test_demo_without_a_hub_keeps_everything_local(tmp_path):
     report = run_demo(tmp_path / "work", None, quantizations=(), **SHORT)
     assert report.pushed_evals == []

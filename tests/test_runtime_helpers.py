@@ -1,5 +1,6 @@
 """Shared pieces of the gpu_runtime tests: a recording stand-in for the hub
-client, and small JSONL writers. The real hub is exercised by the
+client, small JSONL writers and the ``cuda`` mark (the ``one_torch_thread``
+fixture is in conftest.py). The real hub is exercised by the
 integration test in test_runtime_demo.py."""
 
 from __future__ import annotations
@@ -14,18 +15,6 @@ import torch
 from peft_hub.client import PulledAdapter, PushResult
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models are per-op overhead: one thread is faster, and far steadier on a busy machine.
-
-    Import this fixture into a test module to apply it there (and only there).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class FakeHub:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_runtime_helpers import FakeHub, cuda, one_torch_thread  # noqa: F401 - fixture
+from test_runtime_helpers import FakeHub, cuda
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.errors import (
@@ -28,6 +28,8 @@ from peft_hub.errors import (
 from peft_hub.gpu_runtime.materializer import INFO_NAME, materialize
 
 ATOL_FP32 = 1e-6
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _peft_merged(base, adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -244,7 +246,7 @@ def test_refusals(tmp_path):
     assert not any(p.name.startswith("o") for p in tmp_path.iterdir())  # nothing left behind
 
 
-def test_existing_output_needs_force(tmp_path):
+def test_existing_output_needs_force_and_keeps_the_users_files(tmp_path):
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
     make_lora(base, tmp_path / "lora")
@@ -253,7 +255,8 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(InvalidInputError, match="already exists"):
         materialize(tmp_path / "base", str(tmp_path / "lora"), tmp_path / "out", device="cpu")
     materialize(tmp_path / "base", str(tmp_path / "lora"), tmp_path / "out", device="cpu", force=True)
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
+    # --force writes the model beside what is there; it never deletes a file it did not write
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x" and (tmp_path / "out" / "model.safetensors").exists()
 
 
 @pytest.mark.cuda

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_runtime_helpers import cuda, one_torch_thread  # noqa: F401 - fixture
+from test_runtime_helpers import cuda
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.gpu_runtime.materializer import materialize
@@ -21,6 +21,8 @@ ARCHS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 BNB_CLASS = {"nf4": "Linear4bit", "int8": "Linear8bitLt"}
 #: Max |logit - fp32 logit| seen for these random models, with headroom (nf4 is coarse).
 LOGIT_TOL = {"nf4": 0.5, "int8": 0.1}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_runtime_helpers import FakeHub, cuda, one_torch_thread, write_jsonl  # noqa: F401 - fixture
+from test_runtime_helpers import FakeHub, cuda, write_jsonl
 from tiny_models import make_lora, tiny_gpt2, tiny_llama
 
 from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
@@ -23,6 +23,8 @@ from peft_hub.gpu_runtime.validator import validate
 
 TEXT_ROWS = [{"text": f"the cat {i} sat on the mat"} for i in range(5)]
 PC_ROWS = [{"prompt": f"add {i}+{i}=", "completion": str(2 * i)} for i in range(6)]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_loss_does_not_depend_on_batch_size_and_runs_are_deterministic(setup):
     one = validate(root / "base", str(root / "a"), data=data, prompts=prompts, device="cpu", batch_size=1)
     many = validate(root / "base", str(root / "a"), data=data, prompts=prompts, device="cpu", batch_size=5)
     again = validate(root / "base", str(root / "a"), data=data, prompts=prompts, device="cpu", batch_size=5)
-    for a, b in zip(one.models, many.models):
+    for a, b in zip(one.models, many.models, strict=True):
         assert a.metrics["loss"] == pytest.approx(b.metrics["loss"], abs=1e-5)
     assert [m.metrics for m in many.models] == [m.metrics for m in again.models]
     assert [m.samples for m in many.models] == [m.samples for m in again.models]
@@ -230,5 +232,5 @@ def test_validate_on_cuda_matches_cpu(setup):
     cpu = validate(root / "base", str(root / "a"), data=data, device="cpu")
     gpu = validate(root / "base", str(root / "a"), data=data, device="cuda", dtype="fp32")
     assert gpu.device.startswith("cuda")
-    for a, b in zip(cpu.models, gpu.models):
+    for a, b in zip(cpu.models, gpu.models, strict=True):
         assert a.metrics["loss"] == pytest.approx(b.metrics["loss"], rel=1e-3)

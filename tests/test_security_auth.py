@@ -25,10 +25,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import make_settings
+from hub_state import snapshot
 from services import live_hub
 from sqlmodel import Session, select
 
-from hub_state import snapshot
 from peft_hub.cli import cli
 from peft_hub.client import HubClient
 from peft_hub.errors import PermissionDeniedError

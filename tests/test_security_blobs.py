@@ -15,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_state import blob_intact, snapshot
 
 from peft_hub.client import HubClient
 from peft_hub.errors import AdapterNotFoundError
-
-from hub_state import blob_intact, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +111,8 @@ def test_a_wrong_size_never_deletes_another_users_blob(world):
         assert r.status_code == 422 and r.json()["error"] == "upload_required", r.text
     assert snapshot(hub) == before and blob_intact(hub, weights["sha256"])
     pulled = world["alice"].pull("alice/secret", world["tmp"] / "out")
-    assert (pulled.path / "adapter_model.safetensors").read_bytes() == (world["secret"] / "adapter_model.safetensors").read_bytes()
+    name = "adapter_model.safetensors"
+    assert (pulled.path / name).read_bytes() == (world["secret"] / name).read_bytes()
 
 
 def test_holding_the_bytes_or_read_access_is_proof_enough(world, llama_adapter):
@@ -148,7 +148,8 @@ def test_hf_uploads_prove_possession_for_their_own_user(world):
     lines = [{"key": "header", "value": {"summary": "x"}},
              {"key": "file", "value": {"path": "adapter_config.json", "encoding": "base64",
                                        "content": base64.b64encode(config).decode()}},
-             {"key": "lfsFile", "value": {"path": "adapter_model.safetensors", "algo": "sha256", "oid": oid, "size": len(data)}}]
+             {"key": "lfsFile", "value": {"path": "adapter_model.safetensors", "algo": "sha256", "oid": oid,
+                                          "size": len(data)}}]
     r = mallory.post("/api/models/mallory/lfs2/commit/main", content=_ndjson(lines))
     assert r.status_code == 422 and r.json()["error"] == "upload_required", r.text
     alice_http.close()
@@ -172,7 +173,8 @@ def _push_with_lineage(client: HubClient, src: Path, dst: Path, name: str, paren
     shutil.copytree(src, dst)
     tensors = load_file(dst / "adapter_model.safetensors")
     lineage = {"method": "stack", "params": {}, "parents": parents}
-    save_file(tensors, dst / "adapter_model.safetensors", metadata={"format": "pt", "peft_hub.lineage": json.dumps(lineage)})
+    save_file(tensors, dst / "adapter_model.safetensors",
+              metadata={"format": "pt", "peft_hub.lineage": json.dumps(lineage)})
     return client.push(dst, name=name, private=private)
 
 
@@ -219,7 +221,8 @@ def test_evals_need_write_access_and_owners_can_delete_them(world):
     alice = world["alice"]
     public = alice.push(world["secret"], name="alice/open", private=False)
     before = snapshot(hub)
-    r = mallory.post("/api/adapters/alice/open/evals", json={"evals": [{"metric": "acc", "value": 0.1, "dataset": "d"}]})
+    r = mallory.post("/api/adapters/alice/open/evals",
+                     json={"evals": [{"metric": "acc", "value": 0.1, "dataset": "d"}]})
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
     assert snapshot(hub) == before
     alice.add_evals("alice/open", [{"metric": "acc", "value": 0.9, "dataset": "d"}])
@@ -238,9 +241,11 @@ def test_another_users_token_reads_and_writes_nothing_private(world):
     hub, rev = world["hub"], world["revision"]
     anonymous = httpx.Client(base_url=hub.url, timeout=30)
     reads = [
-        "/api/adapters/alice/secret", f"/api/adapters/alice/secret?revision={rev}", "/api/adapters/alice/secret/revisions",
+        "/api/adapters/alice/secret", f"/api/adapters/alice/secret?revision={rev}",
+        "/api/adapters/alice/secret/revisions",
         "/api/adapters/alice/secret/card", "/api/adapters/alice/secret/evals", "/api/adapters/alice/secret/lineage",
-        f"/api/adapters/alice/secret/resolve/{rev}/adapter_config.json", "/api/adapters/alice/secret/resolve/main/README.md",
+        f"/api/adapters/alice/secret/resolve/{rev}/adapter_config.json",
+        "/api/adapters/alice/secret/resolve/main/README.md",
         "/api/models/alice/secret", f"/api/models/alice/secret/revision/{rev}", "/api/models/alice/secret/tree/main",
         "/api/models/alice/secret/refs", f"/alice/secret/resolve/{rev}/adapter_config.json",
         "/alice/secret/resolve/main/adapter_model.safetensors",
@@ -358,7 +363,8 @@ def test_no_stored_eval_breaks_a_page(world):
                                       for v, b in ((1e308, -1e308), (5e-324, 0.0), (-0.0, 1e-300))])
     with Session(hub.app.state.engine) as session:
         revision = session.exec(__import__("sqlmodel").select(Revision)).all()[-1]
-        session.add(Eval(revision_id=revision.id, metric="acc", value=float("inf"), dataset="d", extra={"base_value": 1e308}))
+        session.add(Eval(revision_id=revision.id, metric="acc", value=float("inf"), dataset="d",
+                         extra={"base_value": 1e308}))
         session.commit()
     for path in ("/alice/extreme", "/?q=extreme", "/api/adapters/alice/extreme/evals"):
         r = httpx.get(f"{hub.url}{path}")

@@ -164,7 +164,8 @@ def seed_catalog(hub, root: Path) -> dict:
     dirs = _adapters(root)
     admin = HubClient(hub.url, hub.admin_token, cache_dir=root / "cache")
     pushes = {}
-    pushes["legal-v1"] = admin.push(dirs["legal-v1"], name="acme/legal-summarizer", tags=["v1"], message="First release")
+    pushes["legal-v1"] = admin.push(dirs["legal-v1"], name="acme/legal-summarizer", tags=["v1"],
+                                    message="First release")
     admin.add_evals("acme/legal-summarizer", [
         {"metric": "rouge_l", "value": 0.382, "dataset": "billsum", "split": "test"},
         {"metric": "accuracy", "value": 0.612, "dataset": "legalbench", "split": "test"},
@@ -297,7 +298,8 @@ def test_sorting_by_column(tab):
     tab.goto("/?base_model=" + LLAMA)
     page.locator("th a.sort", has_text="Rank").click()
     page.wait_for_url(re.compile(r"sort=rank&order=asc"))
-    assert result_names(page) == ["acme/legal-summarizer", "acme/contract-qa", "admin/medical-qa", "admin/legal-medical-mix"]
+    assert result_names(page) == [
+        "acme/legal-summarizer", "acme/contract-qa", "admin/medical-qa", "admin/legal-medical-mix"]
     assert page.locator("th[aria-sort=ascending]").inner_text().startswith("Rank")
     page.locator("th a.sort", has_text="Rank").click()  # again: descending
     page.wait_for_url(re.compile(r"sort=rank&order=desc"))
@@ -565,7 +567,8 @@ def test_user_content_is_escaped_and_never_runs(browser, embedded_hub, tmp_path)
 
     raw = httpx.get(f"{embedded_hub.url}/admin/evil").text
     assert "<script>window" not in raw and "<img" not in raw and "<svg onload" not in raw
-    assert not re.search(r"<a\b[^>]*href=[\"']?\s*(javascript|data):", raw, re.IGNORECASE)  # shown as text, never as links
+    # shown as text, never as links
+    assert not re.search(r"<a\b[^>]*href=[\"']?\s*(javascript|data):", raw, re.IGNORECASE)
 
     for tab in _tab(browser, embedded_hub, viewport={"width": 1280, "height": 900}):
         page = tab.page

@@ -45,7 +45,8 @@ def test_pages_render_on_each_backend(hub, tmp_path):
     # Not linked for the public, and not told apart from a parent that does not exist.
     assert "team/b</span> <span class=\"muted\">not in this hub" in composed and pb.revision not in composed
 
-    preview = httpx.get(f"{hub.url}/compose", params=[("a", "team/a"), ("a", "team/c"), ("w", "0.5"), ("w", "0.5")]).text
+    picks = [("a", "team/a"), ("a", "team/c"), ("w", "0.5"), ("w", "0.5")]
+    preview = httpx.get(f"{hub.url}/compose", params=picks).text
     assert "✓ Compatible" in preview and '<strong id="result-rank">20</strong>' in preview
     assert "peft-hub compose team/a+team/c --weights 0.5,0.5 --method stack" in preview
 

@@ -97,7 +97,8 @@ def test_headline_skips_base_model_scores():
 
 def test_query_parses_leniently_and_links_back():
     q = CatalogQuery.parse(QueryParams("q=legal&min_rank=x&max_rank=16&sort=bogus&page=2&base_model="))
-    assert (q.q, q.min_rank, q.max_rank, q.sort, q.order, q.page, q.base_model) == ("legal", None, 16, "updated", "desc", 2, None)
+    parsed = (q.q, q.min_rank, q.max_rank, q.sort, q.order, q.page, q.base_model)
+    assert parsed == ("legal", None, 16, "updated", "desc", 2, None)
     assert len(q.problems) == 2
     assert q.url("/") == "/?q=legal&max_rank=16&page=2"  # itself: bad values dropped
     assert q.url("/", page=3) == "/?q=legal&max_rank=16&page=3"
@@ -141,12 +142,15 @@ def test_compose_stack_sums_ranks_and_quotes_the_command():
     assert preview.compatible and preview.result_rank == 24 and preview.vllm_rank == 32
     assert preview.command == "peft-hub compose a/x+a/y@v1 --weights 0.7,0.3 --method stack"
     weird = Picked(ref="a/x;rm -rf ~", weight=1.0)
-    assert command(build([weird, _picked("a/y", 1.0)], "stack", None, None, 64)).startswith("peft-hub compose 'a/x;rm -rf ~+a/y'")
+    quoted = command(build([weird, _picked("a/y", 1.0)], "stack", None, None, 64))
+    assert quoted.startswith("peft-hub compose 'a/x;rm -rf ~+a/y'")
 
 
 def test_compose_flags_base_models_shapes_rank_and_arguments():
-    assert "different base models" in " ".join(build([_picked("a/x", 1), _picked("a/y", 1, base="mistral")], "stack", None, None, 64).errors)
-    assert "shapes do not match" in " ".join(build([_picked("a/x", 1), _picked("a/y", 1, shape=64)], "stack", None, None, 64).errors)
+    bases = build([_picked("a/x", 1), _picked("a/y", 1, base="mistral")], "stack", None, None, 64)
+    assert "different base models" in " ".join(bases.errors)
+    shapes = build([_picked("a/x", 1), _picked("a/y", 1, shape=64)], "stack", None, None, 64)
+    assert "shapes do not match" in " ".join(shapes.errors)
     over = build([_picked("a/x", 1, rank=48), _picked("a/y", 1, rank=32)], "stack", None, None, 64)
     assert over.result_rank == 80 and "above --max-rank 64" in " ".join(over.errors)
     svd = build([_picked("a/x", 1, rank=48), _picked("a/y", 1, rank=32)], "svd", 16, None, 64)
@@ -154,7 +158,8 @@ def test_compose_flags_base_models_shapes_rank_and_arguments():
     ties = build([_picked("a/x", 1), _picked("a/y", 1)], "ties", None, None, 128)
     assert "needs a density" in " ".join(ties.errors) and ties.command.endswith("--max-rank 128")
     assert build([_picked("a/x", 1), _picked("a/y", 1)], "ties", None, 0.5, 64).command.endswith("--density 0.5")
-    assert "every weight is zero" in " ".join(build([_picked("a/x", 0), _picked("a/y", 0)], "stack", None, None, 64).errors)
+    zeros = build([_picked("a/x", 0), _picked("a/y", 0)], "stack", None, None, 64)
+    assert "every weight is zero" in " ".join(zeros.errors)
     assert "at least two" in " ".join(build([_picked("a/x", 1)], "stack", None, None, 64).errors)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -142,10 +143,10 @@ def _when(value: str | None, empty: str = "-") -> str:
         return value
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 @token.command("create")
@@ -260,7 +261,8 @@ def _print_fsck(report: dict[str, Any]) -> None:
     """One line per file that needs a bad blob, then the totals (hub text cleaned for the terminal)."""
     click.echo(f"checked {_count(report.get('blobs_checked'))} blob(s), {_size(_count(report.get('bytes_checked')))}, "
                f"of {_count(report.get('revisions'))} revision(s)")
-    problems = report.get("problems") if isinstance(report.get("problems"), list) else []
+    listed = report.get("problems")
+    problems = listed if isinstance(listed, list) else []
     for p in (p for p in problems if isinstance(p, dict)):
         kind, why = clean_text(str(p.get("problem")), 20), clean_text(str(p.get("detail") or ""), 200)
         files = [f for f in p.get("files") or [] if isinstance(f, dict)] if isinstance(p.get("files"), list) else []
@@ -271,7 +273,8 @@ def _print_fsck(report: dict[str, Any]) -> None:
             click.echo(f"{kind:<14} sha256:{clean_text(str(p.get('sha256')), 64)}  ({why})")
         if _count(p.get("file_count")) > len(files):
             click.echo(f"{'':<14} ... and {_count(p.get('file_count')) - len(files)} more file(s)")
-    unref = report.get("unreferenced") if isinstance(report.get("unreferenced"), dict) else {}
+    counted = report.get("unreferenced")
+    unref = counted if isinstance(counted, dict) else {}
     click.echo(f"unreferenced   {_count(unref.get('count'))} object(s), {_size(_count(unref.get('bytes')))} "
                "(not deleted; `peft-hub gc` collects them)")
     repaired = report.get("repaired")

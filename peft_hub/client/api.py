@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,15 +11,23 @@ from urllib.parse import quote
 import httpx
 
 from peft_hub.adapter import FileEntry, validate_dir, validate_namespace
-from peft_hub.client.cache import BlobCache, BlobChangedError, assemble, check_revision, links
-from peft_hub.client.http import RetryPolicy, build_session, clean_text, json_body, raise_for_status, send
+from peft_hub.client.admin_api import NDJSON_LINE_LIMIT, AdminMixin, _ndjson  # noqa: F401 - re-exported
+from peft_hub.client.assemble import assemble, links
+from peft_hub.client.cache import BlobCache
+from peft_hub.client.http import RetryPolicy, build_session, json_body, send
+from peft_hub.client.names import BlobChangedError, check_revision
 from peft_hub.client.refs import Ref, parse_ref
 from peft_hub.client.transfers import download, remote_manifest, upload, upload_plan
 from peft_hub.errors import (
-    AuthenticationError, ConflictError, HubUnreachableError, InvalidInputError, InvalidNameError, PeftHubError,
-    UploadRequiredError, error_from_code,
+    AuthenticationError,
+    ConflictError,
+    InvalidAdapterError,
+    InvalidInputError,
+    InvalidNameError,
+    UploadRequiredError,
 )
-from peft_hub.paths import save_token, token_file
+from peft_hub.outdir import plan_output, replace_output
+from peft_hub.paths import save_token, save_url, saved_url, token_file
 from peft_hub.progress import tqdm
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -51,6 +56,13 @@ class PushResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def check_adapter_dir(path: Path) -> None:
+    """A clear refusal for a directory that is not a PEFT adapter (a base model, a checkpoint)."""
+    if path.is_dir() and not (path / "adapter_config.json").is_file():
+        what = "a model, not an adapter" if (path / "config.json").is_file() else "not a PEFT adapter"
+        raise InvalidAdapterError(f"{path} is {what} (no adapter_config.json)")
+
+
 def saved_token() -> str | None:
     """The token saved by ``login`` or by the hub's first start, if any."""
     try:
@@ -59,11 +71,12 @@ def saved_token() -> str | None:
         return None
 
 
-class HubClient:
+class HubClient(AdminMixin):
     """Talks to one hub. All HTTP goes through ``self.http``, which tests may replace.
 
     Args:
-        url: the hub's URL (default ``$PEFT_HUB_URL`` or http://127.0.0.1:8000).
+        url: the hub's URL (default ``$PEFT_HUB_URL``, then the URL ``login`` or
+            the hub's first start saved beside the token, then http://127.0.0.1:8000).
         token: an API token (default ``$PEFT_HUB_TOKEN``, then the saved token).
         cache_dir: where pulled blobs are cached (default ``$PEFT_HUB_CACHE``).
         transport: an httpx transport, for tests.
@@ -83,8 +96,14 @@ class HubClient:
         timeout: float | httpx.Timeout | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.url = (url or os.environ.get("PEFT_HUB_URL") or DEFAULT_URL).rstrip("/")
-        self.token = token or os.environ.get("PEFT_HUB_TOKEN") or saved_token()
+        env_url, saved = os.environ.get("PEFT_HUB_URL"), saved_url()
+        #: Where the URL came from: "given" (``--url``/``PEFT_HUB_URL``), "saved" (beside the token) or "default".
+        self.url_source = "given" if url or env_url else "saved" if saved else "default"
+        self.url = (url or env_url or saved or DEFAULT_URL).rstrip("/")
+        env_token = os.environ.get("PEFT_HUB_TOKEN")
+        #: Whether a token was given (``--token``/``PEFT_HUB_TOKEN``) rather than read from the saved file.
+        self.token_given = bool(token or env_token)
+        self.token = token or env_token or saved_token()
         self.cache = BlobCache(cache_dir)
         self.retry = retry or RetryPolicy.from_env()
         self.http = build_session(self.url, self.token, transport, timeout=timeout)
@@ -111,11 +130,12 @@ class HubClient:
         return self._json("GET", "/api/whoami")
 
     def login(self, token: str) -> dict[str, Any]:
-        """Check ``token`` against the hub and save it for later commands."""
+        """Check ``token`` against the hub, then save it and the hub's URL for later commands."""
         self.token = token
         self.http.headers["Authorization"] = f"Bearer {token}"
         me = self.whoami()
         save_token(token)
+        save_url(self.url)
         return me
 
     def resolve(self, ref: str | Ref) -> Ref:
@@ -127,48 +147,6 @@ class HubClient:
                 self._me = me.get("name") if isinstance(me, dict) else me
             ref = Ref(self._me, ref.name, ref.revision)
         return ref
-
-    def create_token(
-        self, *, scope: str = "read", namespace: str | None = None, limit: list[str] | None = None, name: str = "",
-        expires_at: datetime | None = None,
-    ) -> dict[str, Any]:
-        """Ask the hub for a new token; its plaintext is in ``["token"]``, shown once.
-
-        Anyone may create tokens for themselves, with no more scope, limits or
-        lifetime than their own token; an admin may create them for any user.
-
-        Args:
-            scope: read, write or admin (admin only for admin users).
-            namespace: the user the token acts as (an admin's choice; created if new); default: you.
-            limit: restrict the token to these namespaces.
-            name: a label shown by :meth:`list_tokens`.
-            expires_at: when the token stops working (naive times are UTC); default: never.
-        """
-        body = {"scope": scope, "namespace": namespace, "limit": limit, "name": name,
-                "expires_at": expires_at.isoformat() if expires_at else None}
-        return self._json("POST", "/api/tokens", json=body)
-
-    def list_tokens(self, *, user: str | None = None) -> list[dict[str, Any]]:
-        """Your tokens (an admin may name another ``user``): ids, scopes, limits, times; never secrets."""
-        return self._json("GET", "/api/tokens", params={"user": user} if user else None)
-
-    def revoke_token(self, token_id: int) -> None:
-        """Revoke one of your tokens (an admin: anyone's); its web sign-ins end too."""
-        self._json("DELETE", f"/api/tokens/{int(token_id)}")
-
-    def audit(
-        self, *, actor: str | None = None, action: str | None = None, since: datetime | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """Audit events, newest first (needs an admin token without namespace limits)."""
-        params: dict[str, Any] = {"limit": limit}
-        for key, value in (("actor", actor), ("action", action), ("since", since.isoformat() if since else None)):
-            if value:
-                params[key] = value
-        return self._json("GET", "/api/admin/audit", params=params)
-
-    def add_member(self, org: str, user: str) -> dict[str, Any]:
-        """Add ``user`` to organisation ``org`` (needs an admin token)."""
-        return self._json("PUT", f"/api/orgs/{org}/members/{user}")
 
     # --- push and pull -----------------------------------------------------
 
@@ -194,6 +172,7 @@ class HubClient:
             The revision id and what was transferred.
         """
         path = Path(path)
+        check_adapter_dir(path)
         meta, entries = validate_dir(path)
         if name is None:
             try:
@@ -241,7 +220,9 @@ class HubClient:
             params["download"] = "true"
         return self._json("GET", f"/api/adapters/{ref.repo_id}", params=params)
 
-    def pull(self, ref: str | Ref, output_dir: str | os.PathLike[str] | None = None) -> PulledAdapter:
+    def pull(
+        self, ref: str | Ref, output_dir: str | os.PathLike[str] | None = None, *, into_existing: bool = False
+    ) -> PulledAdapter:
         """Download an adapter, verifying every file's sha256.
 
         Files already in the cache (from any adapter or revision) are not
@@ -249,13 +230,18 @@ class HubClient:
         is fetched again, never handed over). Without ``output_dir`` the
         adapter is assembled as a snapshot inside the cache (read-only hard
         links), which is what compose and materialize use; ``output_dir``
-        gets copies, hashed as they are made. Downloads are retried per
+        gets copies, hashed as they are made, under the rules of
+        :mod:`peft_hub.outdir` (a new or empty directory, or an earlier pull
+        of the same adapter; ``into_existing`` writes into any other
+        directory, deleting nothing). Downloads are retried per
         ``self.retry``, and what a killed pull left in the cache is removed.
 
         Returns:
             Where the adapter is, and its immutable revision id.
         """
         ref = self.resolve(ref)
+        out = None if output_dir is None else plan_output(
+            output_dir, kind="pull", identity=ref.repo_id, into_existing=into_existing)  # refused before any download
         # Every name, digest, size and the revision id are checked before they
         # become part of a path or a URL: the hub's answer is not trusted.
         revision, files = remote_manifest(self.info(ref, count_download=True))
@@ -272,14 +258,15 @@ class HubClient:
                              retry=self.retry)
             blobs = {f.path: self.cache.blob_path(f.sha256) for f in files}
             try:
-                if output_dir is None:
+                if out is None:
                     target = self.cache.snapshot_path(ref.repo_id, revision)
                     if not links(target, blobs):
-                        assemble(blobs, target, link=True)
+                        assemble(blobs, replace_output(target, kind="snapshot", identity=label), link=True)
                         for f in files:  # the new links changed the blobs' ctime, not their bytes
                             self.cache.restamp(f.sha256)
                 else:
-                    target = assemble(blobs, Path(output_dir), digests={f.path: f.sha256 for f in files})
+                    target = assemble(blobs, out, digests={f.path: f.sha256 for f in files},
+                                      record={"revision": revision})
                 break
             except BlobChangedError as exc:  # changed between its check and its copy: fetch it again, once
                 self.cache.discard(exc.sha256)
@@ -329,83 +316,3 @@ class HubClient:
     def delete_eval(self, ref: str | Ref, eval_id: int) -> None:
         """Remove one eval result (needs write access to the adapter's namespace)."""
         self._json("DELETE", f"/api/adapters/{self.resolve(ref).repo_id}/evals/{int(eval_id)}")
-
-    def gc(self, *, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-        """Delete unreferenced blobs older than the grace period (admin)."""
-        return self._json("POST", "/api/admin/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
-
-    def fsck_events(self, *, repair: bool = False) -> Iterator[dict[str, Any]]:
-        """The hub's fsck as it runs (admin): ``start``, ``progress`` and
-        ``problem`` events, then ``done`` with the report. An ``error`` event
-        is raised as the error it names; so is a stream that stops early."""
-        try:
-            with self.http.stream("POST", "/api/admin/fsck", json={"repair": repair}) as response:
-                raise_for_status(response)
-                for event in _ndjson(response.iter_bytes()):
-                    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-                        raise PeftHubError("the hub sent an fsck event that is not an object with an 'event' name")
-                    if event["event"] == "error":
-                        raise error_from_code(str(event.get("error")), clean_text(str(event.get("detail", ""))))
-                    if event["event"] == "done" and not isinstance(event.get("report"), dict):
-                        raise PeftHubError("the hub's fsck report is not an object")
-                    yield event
-                    if event["event"] == "done":
-                        return
-        except httpx.TransportError as exc:
-            raise HubUnreachableError(f"cannot reach {self.url}: {exc}") from exc
-        raise PeftHubError("the hub's fsck stream ended before its report")
-
-    def fsck(self, *, repair: bool = False) -> dict[str, Any]:
-        """Check on the hub that every blob a revision references is stored
-        with the right size and sha256, with a progress bar (admin).
-
-        Args:
-            repair: mark blobs whose bytes do not verify as corrupt (owners are
-                then asked to upload them again) and the revisions that need a
-                missing or corrupt blob as broken. Nothing is ever deleted.
-
-        Returns:
-            The report: ``clean``, ``problems`` (each naming the ``files`` —
-            adapter, revision, path — that need the blob), ``counts``,
-            ``unreferenced`` objects (count and bytes) and what ``repaired`` marked.
-        """
-        with tqdm(total=0, unit="B", unit_scale=True, desc="fsck") as bar:
-            for event in self.fsck_events(repair=repair):
-                kind = event["event"]
-                if kind == "start" and isinstance(event.get("bytes"), int):
-                    bar.total = event["bytes"]
-                    bar.refresh()
-                elif kind == "progress" and isinstance(event.get("bytes_checked"), int):
-                    bar.update(max(0, event["bytes_checked"] - bar.n))
-                elif kind == "done":
-                    return event["report"]
-        raise PeftHubError("the hub's fsck stream ended before its report")  # fsck_events raises first
-
-
-#: The longest NDJSON line read from the hub (a report of many problems is a few MB).
-NDJSON_LINE_LIMIT = 32 * 1024 * 1024
-
-
-def _ndjson(chunks: Iterable[bytes], limit: int = NDJSON_LINE_LIMIT) -> Iterator[Any]:
-    """Parse a stream of newline-separated JSON values, no line longer than ``limit``."""
-    buffer = bytearray()
-    for chunk in chunks:
-        start = len(buffer)
-        buffer += chunk
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            start = 0
-            if line.strip():
-                yield _json_line(line)
-        if len(buffer) > limit:
-            raise PeftHubError(f"the hub sent a line longer than {limit} bytes")
-    if buffer.strip():
-        yield _json_line(bytes(buffer))
-
-
-def _json_line(line: bytes) -> Any:
-    try:
-        return json.loads(line)
-    except (ValueError, RecursionError):
-        raise PeftHubError("the hub sent a line that is not JSON") from None

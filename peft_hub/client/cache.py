@@ -15,20 +15,17 @@ process that writes them; whatever a killed process leaves behind is no
 longer locked, and the next pull (or ``cache verify``) removes it.
 
 Every name that becomes part of a path here (a sha256, a revision id, a file
-name) is checked first: they come from the hub, and a path must never be
-steered by it.
+name) is checked first (:mod:`peft_hub.client.names`): they come from the
+hub, and a path must never be steered by it. Snapshots and ``pull -o``
+directories are written by :mod:`peft_hub.client.assemble`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import secrets
-import shutil
 import stat
 import tempfile
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -36,60 +33,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from peft_hub.adapter import sha256_file, validate_repo_id
-from peft_hub.client.staging import delete, lock, scandir, staging_dir, staging_leftovers, sweep
-from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError
+from peft_hub.client.assemble import assemble, link_or_copy, links  # noqa: F401 - re-exported
+from peft_hub.client.names import (  # noqa: F401 - re-exported: the cache's public names
+    REVISION_RE,
+    SHA256_RE,
+    BlobChangedError,
+    check_name,
+    check_revision,
+    check_sha256,
+)
 from peft_hub.paths import cache_dir
 from peft_hub.progress import tqdm
+from peft_hub.staging import delete, lock, scandir, staging_leftovers, sweep
 
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-REVISION_RE = re.compile(r"[0-9a-f]{40}")
-#: Characters no portable file name holds (Windows refuses them; ':' also names drives and streams).
-_FORBIDDEN = set('/\\:*?"<>|')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
-MAX_NAME_BYTES = 255
-CHUNK = 1024 * 1024
 _TEMP_BLOB_RE = re.compile(r"[0-9a-f]{64}\.[a-z0-9_]+\.(new|incomplete)")
-
-
-def check_sha256(value: object, what: str = "sha256") -> str:
-    """``value`` if it is exactly 64 lowercase hex digits."""
-    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
-        raise InvalidAdapterError(f"{what} {value!r:.80} is not 64 lowercase hex digits")
-    return value
-
-
-def check_revision(value: object) -> str:
-    """``value`` if it is a revision id: exactly 40 lowercase hex digits."""
-    if not isinstance(value, str) or not REVISION_RE.fullmatch(value):
-        raise InvalidAdapterError(f"revision {value!r:.80} is not 40 lowercase hex digits")
-    return value
-
-
-def check_name(name: object) -> str:
-    """``name`` if it is one plain, portable file name that stays inside its directory.
-
-    Refuses separators, drive letters, ``.``/``..`` and hidden names, control
-    and format characters, Windows device names, and names too long for a
-    file system.
-    """
-    if not isinstance(name, str) or not name or name.startswith(".") or name.endswith((" ", ".")):
-        raise InvalidAdapterError(f"file name {name!r:.80} is not a plain file name")
-    bad = next((c for c in name if c in _FORBIDDEN or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
-    if bad is not None:
-        raise InvalidAdapterError(f"file name {name!r:.80} holds the character {bad!r}")
-    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
-        raise InvalidAdapterError(f"file name {name!r:.80} is a device name on Windows")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise InvalidAdapterError(f"file name {name[:40]!r}… is longer than {MAX_NAME_BYTES} bytes")
-    return name
-
-
-class BlobChangedError(ChecksumMismatchError):
-    """A cached blob's bytes changed after it was checked (found while copying it)."""
-
-    def __init__(self, message: str, sha256: str) -> None:
-        super().__init__(message)
-        self.sha256 = sha256
 
 
 # --- the cache ----------------------------------------------------------------------
@@ -335,77 +292,3 @@ class BlobCache:
             for path in (*report.leftovers, *report.snapshots):
                 delete(path)
         return report
-
-
-# --- assembling directories ----------------------------------------------------------
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link a cached blob into a directory, copying across filesystems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
-    """Copy a cached blob, hashing the bytes as they go: what lands in ``dst``
-    is exactly the bytes named ``sha256``, or nothing is handed over."""
-    digest = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while block := fin.read(CHUNK):
-            digest.update(block)
-            fout.write(block)
-    if digest.hexdigest() != sha256:
-        raise BlobChangedError(f"the cached copy of {dst.name} changed: it hashes to {digest.hexdigest()}, "
-                               f"not {sha256}", sha256)
-
-
-def assemble(
-    files: dict[str, Path], target: Path, *, link: bool = False, digests: dict[str, str] | None = None
-) -> Path:
-    """Atomically make ``target`` a directory holding exactly ``files``.
-
-    The directory is built beside the target and renamed into place; an
-    existing target is swapped out only after the new one is complete.
-    Snapshots inside the cache hard-link blobs (read-only); directories handed
-    to the user get copies, so editing them can never corrupt the cache, and
-    with ``digests`` every copy is hashed on the way (raising
-    :class:`BlobChangedError` for a blob that changed since it was checked).
-    Staging directories a killed process left beside ``target`` are removed first.
-    """
-    target = Path(target)
-    for name in files:  # callers check names already; this keeps every write inside the target
-        check_name(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging_leftovers(target.parent, remove=True)
-    with staging_dir(target.parent, target.name) as staging:
-        for name, src in files.items():
-            if link:
-                link_or_copy(src, staging / name)
-            elif digests is not None:
-                _copy_checked(src, staging / name, digests[name])
-            else:
-                shutil.copyfile(src, staging / name)
-        if target.exists() or target.is_symlink():
-            old = target.with_name(f".{target.name}.peft-hub-{secrets.token_hex(4)}.old")
-            os.replace(target, old)
-            try:
-                os.replace(staging, target)
-            except BaseException:
-                os.replace(old, target)  # the user keeps what they had
-                raise
-            delete(old)
-        else:
-            os.replace(staging, target)
-    return target
-
-
-def links(target: Path, blobs: dict[str, Path]) -> bool:
-    """Whether ``target`` holds exactly ``blobs``' names, each a hard link to its cached blob."""
-    try:
-        return {p.name for p in target.iterdir()} == set(blobs) and all(
-            os.path.samefile(target / name, blob) for name, blob in blobs.items()
-        )
-    except OSError:
-        return False

@@ -8,17 +8,13 @@ from typing import Any
 import click
 
 from peft_hub.client.api import HubClient
+from peft_hub.units import human_size  # noqa: F401 - the one size formatter, re-exported for the commands
 
 pass_client = click.make_pass_decorator(HubClient)
 
 
-def human_size(n: int | None) -> str:
-    n = n or 0
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+#: ``--json``: print the result as JSON (for scripts) instead of text.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 def echo_json(data: Any) -> None:

@@ -113,6 +113,11 @@ def raise_for_status(response: httpx.Response) -> httpx.Response:
         detail = response.headers.get("x-error-message") or f"HTTP {response.status_code} from {redact(response.request.url)}"
     if not isinstance(detail, str):
         detail = json.dumps(detail, ensure_ascii=False, default=str)
+    # No route there (a proxy's page, or the framework's bare "Not Found"): a wrong URL, most likely.
+    if response.status_code == 404 and (code is None or detail == "Not Found"):
+        url = redact(response.request.url)
+        detail = (f"{url} answered 404 ({detail[:80]}): that is not a peft-hub route; set PEFT_HUB_URL (or --url) "
+                  "to the hub's root, e.g. http://127.0.0.1:8000, without /api")
     error = error_from_code(code, clean_text(detail), response.status_code)
     # What the retry policy decides on: the status as sent (the class may be
     # the hub's own, e.g. StorageError for a 500) and the wait the server asked for.
@@ -293,6 +298,19 @@ def build_session(
     )
 
 
+def unreachable(where: str, exc: BaseException) -> HubUnreachableError:
+    """The one-line error for a hub that cannot be reached, with the likely fix."""
+    where = where.rstrip("/")
+    text = str(exc)
+    if where.startswith("https://") and ("SSL" in text or "TLS" in text or "WRONG_VERSION" in text):
+        return HubUnreachableError(f"cannot reach {where}: the TLS handshake failed, so the hub probably speaks plain "
+                                   f"HTTP; use {'http://' + where.removeprefix('https://')}")
+    if isinstance(exc, httpx.ConnectError):
+        return HubUnreachableError(f"cannot reach {where}: nothing answers there (is `peft-hub serve` running? "
+                                   "set PEFT_HUB_URL or --url to its address)")
+    return HubUnreachableError(f"cannot reach {where}: {clean_text(text)}")
+
+
 def send(
     session: httpx.Client, method: str, url: str, *, retry: RetryPolicy = NO_RETRY, idempotent: bool | None = None,
     **kwargs: Any,
@@ -310,7 +328,7 @@ def send(
             with attempt:
                 return raise_for_status(session.request(method, url, **kwargs))
     except httpx.TransportError as exc:
-        raise HubUnreachableError(f"cannot reach {session.base_url or redact(url)}: {exc}") from exc
+        raise unreachable(str(session.base_url) or redact(url), exc) from exc
     except httpx.HTTPError as exc:  # e.g. a body that fails to decode
         raise HubUnreachableError(f"bad response from {session.base_url or redact(url)}: {exc}") from exc
     raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises

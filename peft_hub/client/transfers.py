@@ -30,8 +30,14 @@ from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
 from peft_hub.client.cache import BlobCache, Partial, check_name, check_revision, check_sha256
 from peft_hub.client.http import NO_RETRY, RetryPolicy, origin, raise_for_status, redact, transient
 from peft_hub.errors import (
-    ChecksumMismatchError, EntryNotFoundError, HubUnreachableError, InvalidAdapterError, InvalidInputError,
-    NotFoundError, PeftHubError, StorageError,
+    ChecksumMismatchError,
+    EntryNotFoundError,
+    HubUnreachableError,
+    InvalidAdapterError,
+    InvalidInputError,
+    NotFoundError,
+    PeftHubError,
+    StorageError,
 )
 from peft_hub.progress import tqdm
 
@@ -193,7 +199,7 @@ def upload(session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm, *
 
 
 @contextmanager
-def _get(session: httpx.Client, url: str, headers: dict[str, str]) -> Iterator[httpx.Response]:
+def _get(session: httpx.Client, url: str | httpx.URL, headers: dict[str, str]) -> Iterator[httpx.Response]:
     """GET ``url`` and follow redirects by hand: once a redirect leaves the
     hub's origin, no later request carries the token, even one that comes back."""
     authorized = True
@@ -215,7 +221,7 @@ def _get(session: httpx.Client, url: str, headers: dict[str, str]) -> Iterator[h
     raise HubUnreachableError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
 
 
-class _Restart(Exception):
+class _Restart(Exception):  # noqa: N818 - a control-flow signal caught in this module, like StopIteration
     """The server's answer cannot continue the bytes held; the next try starts the file again."""
 
 

@@ -6,18 +6,9 @@ import json
 from typing import Any
 
 import peft_hub
+from peft_hub.adapter import LINEAGE_KEY, VLLM_DEFAULT_LORA_RANK, VLLM_LORA_RANKS, vllm_max_lora_rank
 
-#: The safetensors ``__metadata__`` key the hub reads lineage from on push.
-LINEAGE_KEY = "peft_hub.lineage"
-
-#: The ``--max-lora-rank`` values vLLM accepts.
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-VLLM_DEFAULT_RANK = 16
-
-
-def vllm_max_lora_rank(rank: int) -> int | None:
-    """The smallest ``--max-lora-rank`` vLLM accepts that fits ``rank``, or None if none does."""
-    return next((v for v in VLLM_RANKS if v >= rank), None)
+__all__ = ["LINEAGE_KEY", "lineage", "render_card", "vllm_max_lora_rank"]
 
 
 def lineage(method: str, params: dict[str, Any], parents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,9 +78,9 @@ def render_card(
         "per module via `rank_pattern`/`alpha_pattern`), so any runtime that applies `lora_alpha / r` gets it right.",
     ]
     if vllm is None:
-        lines.append(f"- vLLM: rank {rank} is above the largest `--max-lora-rank` vLLM accepts ({VLLM_RANKS[-1]}).")
+        lines.append(f"- vLLM: rank {rank} is above the largest `--max-lora-rank` vLLM accepts ({VLLM_LORA_RANKS[-1]}).")
     else:
-        note = "" if vllm <= VLLM_DEFAULT_RANK else f" (above vLLM's default of {VLLM_DEFAULT_RANK})"
+        note = "" if vllm <= VLLM_DEFAULT_LORA_RANK else f" (above vLLM's default of {VLLM_DEFAULT_LORA_RANK})"
         lines.append(f"- vLLM: serve with `--max-lora-rank {vllm}`{note}.")
     if carried:
         lines.append(f"- Full tensors carried through unchanged from the parents: {', '.join(f'`{k}`' for k in carried)}.")

@@ -9,19 +9,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from peft_hub.compose.io import StreamingWriter, TensorReader, st_to_torch
-from peft_hub.compose.lowrank import Truncation, dense_truncate, stack_factors, truncate_factors
-from peft_hub.compose.merge_methods import MajoritySign, merge_dense
+from peft_hub.compose.lowrank import dense_truncate, stack_factors, truncate_factors
+from peft_hub.compose.merge_methods import merge_dense
 from peft_hub.compose.plan import AdapterInput, ModulePlan
+from peft_hub.compose.spec import FACTOR_METHODS, ComposeOptions
 from peft_hub.compose.threads import intra_op_threads
 from peft_hub.errors import IncompatibleAdaptersError
 from peft_hub.progress import tqdm
-
-Method = Literal["stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,9 @@ def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Ten
 def compute_module(
     plan: ModulePlan,
     factors: list[tuple[torch.Tensor, torch.Tensor]],
+    options: ComposeOptions,
     *,
-    method: Method,
     rank: int,
-    density: float | None = None,
-    majority_sign: MajoritySign = "total",
-    seed: int = 0,
-    svd: Truncation = "auto",
     out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, ModuleResult]:
     """Compose one module.
@@ -74,11 +68,11 @@ def compute_module(
     Args:
         plan: the module and its terms (weights and scales).
         factors: ``(B, A)`` per term, from :func:`load_factors`.
-        method: ``stack`` (exact), ``svd`` (exact truncation) or a dense merge method.
+        options: the method (``stack`` exact, ``svd`` exact truncation, or a
+            dense merge method, None meaning as resolved by
+            :attr:`ComposeOptions.resolved_method`), and the merge methods'
+            density, majority_sign, seed and svd.
         rank: the output rank for this module (ignored by ``stack``).
-        density, majority_sign, seed: for the dense merge methods.
-        svd: how the dense merge methods truncate (``auto``, ``exact``,
-            ``randomized``); the factor methods are exact at any size.
         out_dtype: the dtype that will be written; ``stack`` computes in the
             wider of it and the inputs', so each value is rounded once.
 
@@ -87,6 +81,7 @@ def compute_module(
         dtype at least as wide as ``out_dtype``.
     """
     coeffs = [t.weight * t.scale for t in plan.terms]
+    method = options.resolved_method
     if method == "stack":
         work = out_dtype
         for b, a in factors:
@@ -97,14 +92,15 @@ def compute_module(
         b, a = stack_factors(factors, coeffs, torch.float64)  # (d, R), (R, k)
         b, a, kept, total = truncate_factors(b, a, rank)
         return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
-    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs)]  # each (d, k): weighted task delta
+    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs, strict=True)]  # each (d, k): weighted task delta
     merged = merge_dense(
-        method, tasks, density=float(density or 0), majority_sign=majority_sign,
-        generator=module_generator(seed, plan.name),
+        method, tasks, density=float(options.density or 0), majority_sign=options.majority_sign,
+        generator=module_generator(options.seed, plan.name),
     )
     del tasks
     b, a, kept, total, how = dense_truncate(
-        merged, rank, svd=svd, signal_rank=plan.stacked_rank, generator=module_generator(seed, f"{plan.name}/svd"),
+        merged, rank, svd=options.svd, signal_rank=plan.stacked_rank,
+        generator=module_generator(options.seed, f"{plan.name}/svd"),
     )
     return b, a, ModuleResult(plan.name, b.shape[1], kept, total, how)
 
@@ -118,11 +114,7 @@ def stream_compose(
     *,
     out_dtype: torch.dtype,
     metadata: dict[str, str],
-    method: Method,
-    density: float | None,
-    majority_sign: MajoritySign,
-    seed: int,
-    svd: Truncation = "auto",
+    options: ComposeOptions,
 ) -> tuple[list[ModuleResult], list[str]]:
     """Compose every module and write the output safetensors file as it goes.
 
@@ -134,7 +126,7 @@ def stream_compose(
         weights_path: the file to write.
         out_dtype: dtype of the written factors.
         metadata: safetensors ``__metadata__``.
-        method, density, majority_sign, seed, svd: see :func:`compute_module`.
+        options: see :func:`compute_module`.
 
     Returns:
         Per-module results, and the keys carried through.
@@ -158,13 +150,12 @@ def stream_compose(
     # The factor methods work on thin (d, R) matrices, where a second thread costs
     # more than it saves; the dense methods' large products use every core, and
     # lowrank drops to one thread around their thin steps.
-    threads = 1 if method in ("stack", "svd") else None
+    threads = 1 if options.resolved_method in FACTOR_METHODS else None
     try:
         with TensorReader([a.weights_path for a in inputs]) as reader, intra_op_threads(threads):
             for m in tqdm(modules, desc="compose", unit="module"):
                 b, a, result = compute_module(
-                    m, load_factors(reader, m), method=method, rank=ranks[m.name],
-                    density=density, majority_sign=majority_sign, seed=seed, svd=svd, out_dtype=out_dtype,
+                    m, load_factors(reader, m), options, rank=ranks[m.name], out_dtype=out_dtype,
                 )
                 if result.rank != ranks[m.name]:
                     raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")

@@ -16,28 +16,28 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from peft_hub.compose.spec import DTYPE_ALIASES, DtypeName, normalize_dtype
 from peft_hub.errors import InvalidInputError
+from peft_hub.safetensors_header import DTYPE_SIZES
 
-#: Names accepted for ``dtype``, to torch dtypes.
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+#: safetensors dtype codes to torch dtypes: the one table, shared with the GPU runtime.
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32,
+    "U64": torch.uint64,
 }
-#: safetensors dtype codes.
-ST_DTYPES: dict[torch.dtype, str] = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}
-_SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+ST_DTYPES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+#: The short dtype names (``fp32``/``fp16``/``bf16``) to torch dtypes.
+SHORT_DTYPES: dict[DtypeName, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Names accepted for ``dtype`` (short and long), to torch dtypes.
+DTYPES: dict[str, torch.dtype] = {alias: SHORT_DTYPES[short] for alias, short in DTYPE_ALIASES.items()}
+_SHORT = {v: k for k, v in SHORT_DTYPES.items()}
 
 
 def parse_dtype(name: str) -> torch.dtype:
     """``fp32``/``fp16``/``bf16`` (or the long names) to a torch dtype."""
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise InvalidInputError(f"unknown dtype {name!r}: use fp32, fp16 or bf16") from None
+    return SHORT_DTYPES[normalize_dtype(name)]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -47,10 +47,45 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def st_to_torch(code: str) -> torch.dtype:
     """A safetensors dtype code to a torch dtype."""
-    for dtype, c in ST_DTYPES.items():
-        if c == code:
-            return dtype
-    raise InvalidInputError(f"unsupported tensor dtype {code}")
+    try:
+        return TORCH_DTYPES[code]
+    except KeyError:
+        raise InvalidInputError(f"unsupported tensor dtype {code}") from None
+
+
+def header_layout(
+    entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The header of a safetensors file whose tensors are known before their data.
+
+    Args:
+        entries: ``(key, safetensors dtype code, shape)`` per tensor, in file order.
+        metadata: the ``__metadata__`` strings (left out when empty).
+
+    Returns:
+        The bytes before the data (length prefix and JSON, padded so the data
+        starts 8-byte aligned, as safetensors does), and ``key -> (offset, nbytes)``
+        within the data section.
+    """
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    slots: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for key, code, shape in entries:
+        if key in slots:
+            raise ValueError(f"duplicate tensor {key!r}")
+        nbytes = int(math.prod(shape) * DTYPE_SIZES[code])
+        header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        slots[key] = (offset, nbytes)
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, slots
+
+
+def tensor_bytes(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> memoryview:
+    """A tensor's bytes as safetensors stores them (row-major, little-endian), cast to ``dtype`` first."""
+    data = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous().reshape(-1).view(torch.uint8)
+    return data.numpy().data
 
 
 class TensorReader:
@@ -86,22 +121,12 @@ class StreamingWriter:
     def __init__(
         self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]
     ) -> None:
-        header: dict[str, object] = {"__metadata__": metadata}
-        self._slots: dict[str, tuple[torch.dtype, tuple[int, ...], int]] = {}
-        offset = 0
-        for key, dtype, shape in entries:
-            if key in self._slots:
-                raise ValueError(f"duplicate tensor {key!r}")
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            header[key] = {"dtype": ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self._slots[key] = (dtype, tuple(shape), offset)
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors does
-        self._data_start = 8 + len(raw)
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self._fh.write(len(raw).to_bytes(8, "little") + raw)
-        self._fh.truncate(self._data_start + offset)
+        prefix, slots = header_layout([(key, ST_DTYPES[dtype], shape) for key, dtype, shape in entries], metadata)
+        self._slots = {key: (dtype, tuple(shape), slots[key][0]) for key, dtype, shape in entries}
+        self._data_start = len(prefix)
+        self._fh = open(path, "wb")  # closed in close()
+        self._fh.write(prefix)
+        self._fh.truncate(self._data_start + sum(nbytes for _, nbytes in slots.values()))
         self._pending = set(self._slots)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
@@ -109,9 +134,8 @@ class StreamingWriter:
         dtype, shape, offset = self._slots[key]
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{key}: planned shape {shape}, got {tuple(tensor.shape)}")
-        data = tensor.detach().to(dtype).contiguous().reshape(-1).view(torch.uint8)
         self._fh.seek(self._data_start + offset)
-        self._fh.write(data.numpy().data)
+        self._fh.write(tensor_bytes(tensor, dtype))
         self._pending.discard(key)
 
     def close(self, *, check: bool = True) -> None:

@@ -13,14 +13,13 @@ from typing import Literal
 
 import torch
 
+from peft_hub.compose.spec import TRUNCATIONS, Truncation
 from peft_hub.compose.threads import intra_op_threads
 
 # The small QR/SVD work is done in float64: it costs little (R is a few
 # dozen) and keeps the truncation equal to a dense SVD up to fp32 rounding.
 CORE_DTYPE = torch.float64
 
-Truncation = Literal["auto", "exact", "randomized"]
-TRUNCATIONS: tuple[str, ...] = ("auto", "exact", "randomized")
 #: ``auto`` runs the exact dense SVD when min(d, k) is at most this (a second
 #: or less there), the randomized one above it.
 EXACT_MAX_DIM = 1024
@@ -54,7 +53,7 @@ def stack_factors(
     """
     if len(factors) != len(coeffs):
         raise ValueError(f"{len(factors)} factor pairs but {len(coeffs)} coefficients")
-    b = torch.cat([bi.to(dtype) * c for (bi, _), c in zip(factors, coeffs)], dim=1)  # (d, R)
+    b = torch.cat([bi.to(dtype) * c for (bi, _), c in zip(factors, coeffs, strict=True)], dim=1)  # (d, R)
     a = torch.cat([ai.to(dtype) for _, ai in factors], dim=0)  # (R, k)
     return b, a
 

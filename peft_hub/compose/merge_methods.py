@@ -20,13 +20,12 @@ ones, so that a negative weight subtracts a task instead of voting for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
-MergeMethod = Literal["ties", "dare_linear", "dare_ties", "magnitude_prune"]
-MajoritySign = Literal["total", "frequency"]
-MERGE_METHODS: tuple[str, ...] = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
+from peft_hub.compose.spec import MERGE_METHODS, MajoritySign, MergeMethod
+
+__all__ = ["MERGE_METHODS", "MajoritySign", "MergeMethod", "merge_dense"]
 
 
 def prune_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:

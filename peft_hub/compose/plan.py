@@ -12,35 +12,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, check_lora_shapes, parse_config, pattern_value, sha256_file
-from peft_hub.errors import IncompatibleAdaptersError, InvalidAdapterError, UnsupportedAdapterError
+from peft_hub.adapter import (
+    CONFIG_NAME,
+    LORA_KEY,
+    PEFT_PREFIX,
+    WEIGHTS_NAME,
+    check_lora_shapes,
+    parse_config,
+    pattern_value,
+    sha256_file,
+)
+from peft_hub.compose.spec import ComposeOptions, check_config, module_scale
+from peft_hub.errors import (
+    ComposeError,
+    IncompatibleAdaptersError,
+    InvalidAdapterError,
+    RankLimitError,
+    UnsupportedAdapterError,
+)
 from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header_path
 
-#: The prefix PEFT puts before module names in saved state dicts.
-PEFT_PREFIX = "base_model.model."
-
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<part>A|B)(?P<suffix>\.weight)?$")
 # Full copies of an embedding saved by PEFT's save_embedding_layers: not a delta.
 _BASE_LAYER_KEY = re.compile(r"^.+\.base_layer\.weight$")
-
-# Config fields that make an adapter something other than a plain sum of s·B·A.
-_NOT_LINEAR = {
-    "use_dora": "DoRA rescales each output by a learned magnitude vector, which is not linearly composable",
-    "lora_bias": "lora_bias adds a trained bias vector that the LoRA factors cannot carry",
-    "alora_invocation_tokens": "aLoRA applies only after its invocation tokens, so it is not a fixed weight delta",
-    "use_qalora": "QA-LoRA pools its inputs, so its factors are not a weight delta",
-    "use_bdlora": "BD-LoRA factors are block-diagonal shards, not a plain weight delta",
-    "layer_replication": "layer_replication changes the model's layers",
-    "target_parameters": "target_parameters adapts raw parameters (e.g. MoE experts), not modules",
-    "modules_to_save": "modules_to_save stores full trained copies of modules, which a LoRA output cannot hold",
-    "trainable_token_indices": "trainable tokens store embedding rows, which a LoRA output cannot hold",
-    "arrow_config": "Arrow routes between adapters at run time",
-    "kasa_config": "KaSA changes the LoRA forward pass",
-    "monteclora_config": "MonteCLoRA samples its factors",
-    "velora_config": "VeLoRA is a LoRA variant this tool does not compose",
-}
-# Initialisations that rewrite the base weights: their deltas are relative to another base.
-_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 @dataclass
@@ -79,6 +72,7 @@ class ModulePlan:
     a_shape: tuple[int, ...]  # (r, k, ...) of the inputs; k... kept for conv layers
     b_shape: tuple[int, ...]  # (d, r, ...) of the inputs
     terms: list[Term] = field(default_factory=list)
+    source: str = ""  # the adapter it was first seen in, for messages
 
     @property
     def d(self) -> int:
@@ -117,44 +111,89 @@ def read_adapter(path: Path) -> AdapterInput:
         hint = f" {CONVERT_HINT}" if (path / "adapter_model.bin").exists() else ""
         raise InvalidAdapterError(f"{path}: {WEIGHTS_NAME} is missing.{hint}")
     config = parse_config(config_path.read_bytes())
-    if config["peft_type"] != "LORA":
-        raise UnsupportedAdapterError(
-            f"{path} is a {config['peft_type']} adapter; compose works on LoRA adapters only "
-            "(other methods are not sums of low-rank weight deltas)"
-        )
-    for key, why in _NOT_LINEAR.items():
-        if config.get(key):
-            raise UnsupportedAdapterError(f"{path}: {why}, so it cannot be composed ({key}={config[key]!r})")
-    init = str(config.get("init_lora_weights", True)).lower()
-    if init.startswith(_BASE_REWRITING_INITS):
-        raise UnsupportedAdapterError(
-            f"{path}: init_lora_weights={init!r} rewrites the base weights, so its delta is relative to a "
-            "different base; convert it to a plain LoRA first (PEFT: path_initial_model_for_weight_conversion)"
-        )
-    if config.get("bias", "none") != "none":
-        raise UnsupportedAdapterError(f"{path}: bias={config['bias']!r} trains full bias vectors; only bias='none' composes")
+    check_config(config, str(path))
     header = read_header_path(weights_path)
     check_lora_shapes(config, header)
     return AdapterInput(path=path, config=config, header=header, sha256=sha256_file(weights_path))
 
 
-def module_scale(config: dict[str, Any], name: str) -> tuple[int, float]:
-    """The rank and scale PEFT gives module ``name`` under ``config``."""
-    r = int(pattern_value(config.get("rank_pattern") or {}, name, config["r"]))
-    alpha = float(pattern_value(config.get("alpha_pattern") or {}, name, config["lora_alpha"]))
-    return r, alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
-def check_base_models(inputs: list[AdapterInput], force: bool) -> str | None:
-    """The common base model, or an error naming the ones that differ."""
-    bases = [a.config.get("base_model_name_or_path") for a in inputs]
-    if len(set(bases)) > 1 and not force:
-        listing = ", ".join(f"{a.path} -> {b!r}" for a, b in zip(inputs, bases))
+def check_base_models(bases: list[tuple[str, str | None]], force: bool) -> str | None:
+    """The common base model of ``(adapter, base model)`` pairs, or an error naming the ones that differ."""
+    if len({base for _, base in bases}) > 1 and not force:
+        listing = ", ".join(f"{where} -> {base!r}" for where, base in bases)
         raise IncompatibleAdaptersError(
             f"the adapters were trained on different base models ({listing}); pass --force (force=True) "
             "if they really share one"
         )
-    return bases[0]
+    return bases[0][1]
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One module's A and B factors in one adapter's header."""
+
+    prefix: str  # the key prefix, e.g. base_model.model.model.layers.0.self_attn.q_proj
+    embedding: bool
+    key_a: str
+    a_shape: tuple[int, ...]  # (r, k, ...)
+    key_b: str
+    b_shape: tuple[int, ...]  # (d, r, ...)
+
+    @property
+    def name(self) -> str:
+        return self.prefix.removeprefix(PEFT_PREFIX)
+
+
+def lora_pairs(header: SafetensorsHeader, where: str) -> tuple[list[LoraPair], list[str]]:
+    """Pair every module's factors; a header-only check, shared with the hub's compose preview.
+
+    Returns:
+        The pairs, and the keys of full tensors to carry through (saved embedding base layers).
+
+    Raises:
+        UnsupportedAdapterError: a tensor is neither a LoRA factor nor a base-layer copy, or B has a kernel.
+        InvalidAdapterError: a module has one factor but not the other.
+    """
+    slots: dict[str, dict[str, Any]] = {}
+    extras: list[str] = []
+    for key, info in header.tensors.items():
+        m = LORA_KEY.match(key)
+        if m is None:
+            if _BASE_LAYER_KEY.match(key):
+                extras.append(key)
+                continue
+            what = "DoRA magnitude vector" if "lora_magnitude_vector" in key else "tensor"
+            raise UnsupportedAdapterError(f"{where}: {what} {key!r} is not a LoRA factor and cannot be composed")
+        slot = slots.setdefault(m["module"], {"embedding": bool(m["emb"])})
+        slot[m["part"]] = (key, info.shape)
+    pairs = []
+    for prefix, slot in slots.items():
+        if "A" not in slot or "B" not in slot:
+            raise InvalidAdapterError(f"{where}: {prefix} has lora_{'A' if 'A' in slot else 'B'} but not the other")
+        (key_a, a_shape), (key_b, b_shape) = slot["A"], slot["B"]
+        if any(n != 1 for n in b_shape[2:]):
+            raise UnsupportedAdapterError(f"{where}: {key_b} has a kernel {list(b_shape)}; only 1x1 lora_B composes")
+        pairs.append(LoraPair(prefix, slot["embedding"], key_a, tuple(a_shape), key_b, tuple(b_shape)))
+    return pairs, extras
+
+
+def place(modules: dict[str, ModulePlan], pair: LoraPair, where: str) -> ModulePlan:
+    """The plan of ``pair``'s module (created on first sight); its shapes must agree with earlier adapters'.
+
+    Raises:
+        IncompatibleAdaptersError: the module has other shapes in an earlier adapter.
+    """
+    plan = modules.setdefault(pair.prefix, ModulePlan(pair.name, pair.prefix, pair.embedding, pair.a_shape,
+                                                      pair.b_shape, source=where))
+    if (plan.embedding, plan.a_shape[1:], plan.b_shape[:1], plan.b_shape[2:]) != (
+        pair.embedding, pair.a_shape[1:], pair.b_shape[:1], pair.b_shape[2:]
+    ):
+        raise IncompatibleAdaptersError(
+            f"{pair.name} has A {list(pair.a_shape)} / B {list(pair.b_shape)} in {where} but "
+            f"A {list(plan.a_shape)} / B {list(plan.b_shape)} in {plan.source or 'another adapter'}: "
+            "the shapes do not match"
+        )
+    return plan
 
 
 def plan_modules(inputs: list[AdapterInput], weights: list[float]) -> tuple[list[ModulePlan], list[tuple[int, str]]]:
@@ -172,39 +211,55 @@ def plan_modules(inputs: list[AdapterInput], weights: list[float]) -> tuple[list
     """
     modules: dict[str, ModulePlan] = {}
     extras: list[tuple[int, str]] = []
-    for i, (adapter, w) in enumerate(zip(inputs, weights)):
-        pairs: dict[str, dict[str, Any]] = {}
-        for key, info in adapter.header.tensors.items():
-            m = _LORA_KEY.match(key)
-            if m is None:
-                if _BASE_LAYER_KEY.match(key):
-                    extras.append((i, key))
-                    continue
-                what = "DoRA magnitude vector" if "lora_magnitude_vector" in key else "tensor"
-                raise UnsupportedAdapterError(f"{adapter.path}: {what} {key!r} is not a LoRA factor and cannot be composed")
-            slot = pairs.setdefault(m["module"], {"embedding": bool(m["emb"])})
-            slot[m["part"]] = (key, info.shape)
-        for prefix, slot in pairs.items():
-            if "A" not in slot or "B" not in slot:
-                raise InvalidAdapterError(f"{adapter.path}: {prefix} has lora_{'A' if 'A' in slot else 'B'} but not the other")
-            (key_a, a_shape), (key_b, b_shape) = slot["A"], slot["B"]
-            name = prefix.removeprefix(PEFT_PREFIX)
-            if any(n != 1 for n in b_shape[2:]):
-                raise UnsupportedAdapterError(f"{adapter.path}: {key_b} has a kernel {list(b_shape)}; only 1x1 lora_B composes")
-            rank, scale = module_scale(adapter.config, name)
-            plan = modules.setdefault(prefix, ModulePlan(name, prefix, slot["embedding"], a_shape, b_shape))
-            if (plan.embedding, plan.a_shape[1:], plan.b_shape[:1], plan.b_shape[2:]) != (
-                slot["embedding"], a_shape[1:], b_shape[:1], b_shape[2:]
-            ):
-                first = inputs[plan.terms[0].adapter].path if plan.terms else "another adapter"
-                raise IncompatibleAdaptersError(
-                    f"{name} has A {list(a_shape)} / B {list(b_shape)} in {adapter.path} but "
-                    f"A {list(plan.a_shape)} / B {list(plan.b_shape)} in {first}: the shapes do not match"
-                )
+    for i, (adapter, w) in enumerate(zip(inputs, weights, strict=True)):
+        pairs, carried = lora_pairs(adapter.header, str(adapter.path))
+        extras += [(i, key) for key in carried]
+        for pair in pairs:
+            rank, scale = module_scale(adapter.config, pair.name)
+            plan = place(modules, pair, str(adapter.path))
             if w != 0:
-                plan.terms.append(Term(i, key_a, key_b, rank, scale, w))
+                plan.terms.append(Term(i, pair.key_a, pair.key_b, rank, scale, w))
     planned = [modules[p] for p in sorted(modules) if modules[p].terms]
     return planned, extras
+
+
+def plan_ranks(modules: list[ModulePlan], options: ComposeOptions) -> tuple[str, dict[str, int]]:
+    """Resolve the method and every module's output rank; refuse over-limit ranks.
+
+    Raises:
+        ComposeError: no modules. RankLimitError: an output rank above ``options.max_rank``.
+    """
+    if not modules:
+        raise ComposeError("the adapters hold no LoRA factors to compose")
+    method, ranks = options.resolved_method, output_ranks(modules, options)
+    max_rank = options.max_rank
+    if method == "stack":
+        top = max(ranks.values())
+        if top > max_rank:
+            worst = max(modules, key=lambda m: m.stacked_rank)
+            raise RankLimitError(
+                f"stacking exactly gives rank {top} (at {worst.name}), above --max-rank {max_rank}. "
+                f"Pass --rank N (e.g. --rank {max_rank}) to truncate by exact SVD and see the energy kept, "
+                f"or a higher --max-rank (at least {top}) to keep it exact"
+            )
+    elif (target := _target_rank(modules, options)) > max_rank:
+        raise RankLimitError(f"--rank {target} is above --max-rank {max_rank}: pass a smaller --rank N or a higher --max-rank")
+    return method, ranks
+
+
+def output_ranks(modules: list[ModulePlan], options: ComposeOptions) -> dict[str, int]:
+    """Each module's output rank under ``options``, before the ``max_rank`` check."""
+    method = options.resolved_method
+    if method == "stack":
+        return {m.name: m.stacked_rank for m in modules}
+    target = _target_rank(modules, options)
+    if method == "svd":
+        return {m.name: min(target, m.stacked_rank, m.d, m.k) for m in modules}
+    return {m.name: min(target, m.d, m.k) for m in modules}
+
+
+def _target_rank(modules: list[ModulePlan], options: ComposeOptions) -> int:
+    return options.rank or max(max(t.rank for t in m.terms) for m in modules)
 
 
 def output_targets(inputs: list[AdapterInput], modules: list[ModulePlan]) -> list[str] | str:
@@ -215,7 +270,7 @@ def output_targets(inputs: list[AdapterInput], modules: list[ModulePlan]) -> lis
     module names themselves are listed.
     """
     narrowed = any(a.config.get("layers_to_transform") is not None or a.config.get("exclude_modules") for a in inputs)
-    targets = [a.config.get("target_modules") for a in inputs]
+    targets: list[Any] = [a.config.get("target_modules") for a in inputs]  # JSON: None, a string or a list
     # "all-linear" is a PEFT shorthand resolved against the model, which compose never sees.
     if narrowed or any(t is None or t == "all-linear" for t in targets):
         return sorted(m.name for m in modules)

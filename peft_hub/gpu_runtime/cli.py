@@ -8,15 +8,19 @@ when a command is invoked on its own).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from peft_hub.compose.spec import METHODS as COMPOSE_METHODS
+from peft_hub.units import human_size
+
 DTYPE = click.Choice(["bf16", "fp16", "fp32"])
 QUANT = click.Choice(["none", "int8", "nf4"])
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
-METHODS = click.Choice(["stack", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"])
+METHODS = click.Choice(COMPOSE_METHODS)
 
 
 @click.command("materialize")
@@ -32,15 +36,17 @@ METHODS = click.Choice(["stack", "svd", "ties", "dare_linear", "dare_ties", "mag
 @click.option("--dtype", type=DTYPE, default=None, help="Output dtype (default: the base's).")
 @click.option("--quantize", type=QUANT, default="none", show_default=True, help="bitsandbytes quantization.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where merges run.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Write into a non-empty output directory that holds something else "
+              "(same-named files are replaced, nothing else is deleted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def materialize(hub: Any, base: str, adapters: str, weights: str | None, method: str | None, rank: int | None,
                 density: float | None, output_dir: str | None, dtype: str | None, quantize: str, device: str,
-                force: bool) -> None:
+                force: bool, as_json: bool) -> None:
     """Merge ADAPTER[+ADAPTER...] into BASE and write a standalone transformers model.
 
-    Each ADAPTER is a local directory or a hub ref (owner/name[@revision]);
-    several are composed first. The merge streams over BASE's safetensors
+    Each ADAPTER is a local directory written as a path (./x, /x, ~/x) or
+    a hub ref (name, owner/name[@revision]); several are composed first. The merge streams over BASE's safetensors
     shards without loading the model.
     """
     from peft_hub.gpu_runtime.materializer import materialize as run
@@ -49,10 +55,13 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
         output_dir = f"{Path(base).name}-merged" + ("" if quantize == "none" else f"-{quantize}")
     report = run(base, adapters, output_dir, weights=weights, method=method, rank=rank, density=density, dtype=dtype,
                  quantize=quantize, device=device, client=hub, force=force)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+        return
     click.echo(
         f"{report.output_dir}: {report.merged} tensors merged, {report.copied} copied, {report.cast} cast, "
         f"{report.quantized} quantized ({report.quantization}); {report.dtype}, {report.shards} shard(s), "
-        f"{report.bytes_written / 1e6:.1f} MB on {report.device} in {report.seconds:.1f}s"
+        f"{human_size(report.bytes_written)} on {report.device} in {report.seconds:.1f}s"
     )
 
 
@@ -76,10 +85,11 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
               help="Tokenizer directory (default: BASE).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--push-evals", is_flag=True, help="Attach each adapter's results to its hub revision.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def validate(hub: Any, base: str, adapters: str, data: str, prompts: str | None, quantize: str, batch_size: int,
              max_samples: int | None, max_new_tokens: int | None, device: str, dtype: str | None, seed: int,
-             split: str, tokenizer: str | None, output: str | None, push_evals: bool) -> None:
+             split: str, tokenizer: str | None, output: str | None, push_evals: bool, as_json: bool) -> None:
     """Compare BASE with BASE+ADAPTER on loss, perplexity, token accuracy and exact match.
 
     Several adapters, comma-separated, are compared in one table; an entry
@@ -90,6 +100,9 @@ def validate(hub: Any, base: str, adapters: str, data: str, prompts: str | None,
     report = run(base, adapters, data=data, prompts=prompts, quantize=quantize, batch_size=batch_size,
                  max_samples=max_samples, max_new_tokens=max_new_tokens, device=device, dtype=dtype, seed=seed,
                  split=split, tokenizer=tokenizer, client=hub, output=output, push_evals=push_evals)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+        return
     click.echo(f"{report.dataset['name']} ({report.dataset['rows']} rows), {report.device}, {report.dtype}, "
                f"quantization {report.quantization}")
     click.echo(report.format_table())
@@ -107,9 +120,10 @@ def validate(hub: Any, base: str, adapters: str, data: str, prompts: str | None,
 @click.option("--pretrain-steps", type=click.IntRange(min=1), default=None, help="Base pretraining steps.")
 @click.option("--lora-steps", type=click.IntRange(min=1), default=None, help="Steps per LoRA.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def demo(hub: Any, workdir: str, offline: bool, namespace: str, pretrain_steps: int | None,
-         lora_steps: int | None, device: str) -> None:
+         lora_steps: int | None, device: str, as_json: bool) -> None:
     """Pretrain a tiny model, train two LoRAs, push, compose, materialize and validate them.
 
     Runs on the CPU in a few minutes. Needs a running hub unless --offline.
@@ -119,6 +133,9 @@ def demo(hub: Any, workdir: str, offline: bool, namespace: str, pretrain_steps: 
     steps = {k: v for k, v in (("pretrain_steps", pretrain_steps), ("lora_steps", lora_steps)) if v is not None}
     report = run_demo(workdir, None if offline else hub, namespace=namespace, device=device,
                       log=lambda msg: click.echo(msg, err=True), **steps)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+        return
     click.echo(report.format_table())
     click.echo(f"Done in {report.seconds:.0f}s; report: {Path(workdir) / 'demo_report.json'}")
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 
+from peft_hub.compose.io import SHORT_DTYPES
+from peft_hub.compose.threads import intra_op_threads
 from peft_hub.errors import InvalidInputError
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["bf16", "fp16", "fp32"]
 
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES: dict[str, torch.dtype] = {name: SHORT_DTYPES[name] for name in ("bf16", "fp16", "fp32")}
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 #: The names transformers writes into ``config.json``.
 CONFIG_DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -32,6 +34,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@overload
+def resolve_dtype(dtype: str | torch.dtype | None, *, default: torch.dtype) -> torch.dtype: ...
+@overload
+def resolve_dtype(dtype: str | torch.dtype | None, *, default: None = None) -> torch.dtype | None: ...
 def resolve_dtype(dtype: str | torch.dtype | None, *, default: torch.dtype | None = None) -> torch.dtype | None:
     """Turn ``bf16``/``fp16``/``fp32`` (or a torch dtype) into a torch dtype; ``None`` gives ``default``."""
     if dtype is None:
@@ -59,12 +65,5 @@ def single_cpu_thread(device: torch.device) -> Iterator[None]:
     thread adds little on an idle machine, and on a busy one its spin-waits
     made each step 5-35x slower in our measurements (see docs/runtime.md).
     """
-    if device.type != "cpu":
+    with intra_op_threads(1 if device.type == "cpu" else None):
         yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -20,14 +20,12 @@ from typing import Any
 
 import torch
 
-from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, pattern_value
+from peft_hub.adapter import CONFIG_NAME, PEFT_PREFIX, WEIGHTS_NAME, pattern_value
 from peft_hub.errors import (
     IncompatibleAdaptersError,
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
-
-PREFIX = "base_model.model."
 
 #: Config fields that change what a merged weight would be (or make merging meaningless).
 #: A field set to anything but its default makes the adapter unmergeable here.
@@ -66,30 +64,30 @@ class LoraDelta:
     magnitude: torch.Tensor | None = None  # DoRA: (out,) or (embedding_dim,)
 
     def _factors(self, w: torch.Tensor, transposed: bool, base_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L, R)`` in fp32 on ``w``'s device with ``L @ R`` laid out like ``w``."""
-        A = self.A.to(device=w.device, dtype=torch.float32)  # (r, in)
-        B = self.B.to(device=w.device, dtype=torch.float32)  # (out, r)
+        """``(left, right)`` in fp32 on ``w``'s device with ``left @ right`` laid out like ``w``."""
+        a = self.A.to(device=w.device, dtype=torch.float32)  # (r, in)
+        b = self.B.to(device=w.device, dtype=torch.float32)  # (out, r)
         # Embeddings store (num_embeddings, dim), the transpose of B @ A; Conv1D stores (in, out).
-        L, R = (A.T, B.T) if (self.embedding or transposed) else (B, A)
-        if tuple(w.shape) != (L.shape[0], R.shape[1]):
+        left, right = (a.T, b.T) if (self.embedding or transposed) else (b, a)
+        if tuple(w.shape) != (left.shape[0], right.shape[1]):
             raise IncompatibleAdaptersError(
-                f"{self.module}: B @ A has shape {(L.shape[0], R.shape[1])} but the base's {base_key} is "
+                f"{self.module}: B @ A has shape {(left.shape[0], right.shape[1])} but the base's {base_key} is "
                 f"{tuple(w.shape)}; the adapter was trained on a different model"
             )
-        return L, R
+        return left, right
 
     def merge_rows(self, w: torch.Tensor, *, transposed: bool, base_key: str, dtype: torch.dtype) -> torch.Tensor:
-        """``w + s * L @ R`` in fp32, a few rows at a time, written into a new ``dtype`` tensor.
+        """``w + s * left @ right`` in fp32, a few rows at a time, written into a new ``dtype`` tensor.
 
         Blocks of ~4 MB stay in cache through the upcast, the fused
         multiply-add and the downcast, and no full-size fp32 copy exists.
         """
-        L, R = self._factors(w, transposed, base_key)
+        left, right = self._factors(w, transposed, base_key)
         out = torch.empty(w.shape, dtype=dtype, device=w.device)
         step = max(1, (1 << 20) // max(1, w.shape[1]))
         for i in range(0, w.shape[0], step):
             block = w[i:i + step].to(torch.float32)  # (rows, cols); a view when w is fp32
-            block.addmm_(L[i:i + step], R, alpha=self.scale)
+            block.addmm_(left[i:i + step], right, alpha=self.scale)
             out[i:i + step] = block
         return out
 
@@ -99,8 +97,8 @@ class LoraDelta:
         ``addmm_`` fuses the product and the sum, so the full-size delta is
         never materialised: one pass over ``w`` and no temporary of its size.
         """
-        L, R = self._factors(w, transposed, base_key)
-        w.addmm_(L, R, alpha=self.scale)
+        left, right = self._factors(w, transposed, base_key)
+        w.addmm_(left, right, alpha=self.scale)
         if self.magnitude is not None:
             _dora_(w, self.magnitude.to(device=w.device, dtype=torch.float32),
                    per_column=self.embedding or transposed)
@@ -211,9 +209,9 @@ def load_updates(adapter_dir: str | Path, *, weight: float = 1.0) -> tuple[dict[
     parts: dict[str, dict[str, torch.Tensor]] = {}
     replacements: dict[str, torch.Tensor] = {}
     for raw_key, tensor in tensors.items():
-        if not raw_key.startswith(PREFIX):
-            raise InvalidAdapterError(f"{WEIGHTS_NAME}: key {raw_key!r} does not start with {PREFIX!r}")
-        key = raw_key[len(PREFIX):]
+        if not raw_key.startswith(PEFT_PREFIX):
+            raise InvalidAdapterError(f"{WEIGHTS_NAME}: key {raw_key!r} does not start with {PEFT_PREFIX!r}")
+        key = raw_key[len(PEFT_PREFIX):]
         m = _KEY.match(key)
         if m is None:
             if "lora_" in key:
@@ -233,20 +231,20 @@ def load_updates(adapter_dir: str | Path, *, weight: float = 1.0) -> tuple[dict[
     updates: dict[str, TensorUpdate] = {k: TensorUpdate(k, replacement=v) for k, v in replacements.items()}
     for module, p in sorted(parts.items()):
         embedding = "EA" in p or "EB" in p
-        A, B = (p.get("EA"), p.get("EB")) if embedding else (p.get("A.weight"), p.get("B.weight"))
-        if A is None or B is None:
+        a, b = (p.get("EA"), p.get("EB")) if embedding else (p.get("A.weight"), p.get("B.weight"))
+        if a is None or b is None:
             raise InvalidAdapterError(f"{module}: the adapter has only one of its two LoRA factors")
-        if A.dim() != 2 or B.dim() != 2:
+        if a.dim() != 2 or b.dim() != 2:
             raise UnsupportedAdapterError(
-                f"{module}: LoRA on convolutions ({A.dim()}-d factors) is not supported by the streaming merge"
+                f"{module}: LoRA on convolutions ({a.dim()}-d factors) is not supported by the streaming merge"
             )
         r = pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
         alpha = pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
         if not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)):
             raise InvalidAdapterError(f"{module}: r={r!r} and lora_alpha={alpha!r} are not a valid rank and alpha")
-        if A.shape[0] != r or B.shape[1] != r:
+        if a.shape[0] != r or b.shape[1] != r:
             raise InvalidAdapterError(
-                f"{module}: factors have rank {A.shape[0]}/{B.shape[1]} but {CONFIG_NAME} says r={r}"
+                f"{module}: factors have rank {a.shape[0]}/{b.shape[1]} but {CONFIG_NAME} says r={r}"
             )
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         magnitude = p.get("M")
@@ -254,7 +252,7 @@ def load_updates(adapter_dir: str | Path, *, weight: float = 1.0) -> tuple[dict[
             raise InvalidAdapterError(f"{module}: use_dora and the presence of lora_magnitude_vector disagree")
         key = f"{module}.weight"
         upd = updates.setdefault(key, TensorUpdate(key))
-        upd.lora = LoraDelta(module, A, B, scale * weight, embedding, magnitude)
+        upd.lora = LoraDelta(module, a, b, scale * weight, embedding, magnitude)
         if "B.bias" in p:
             bkey = f"{module}.bias"
             updates.setdefault(bkey, TensorUpdate(bkey)).bias_delta = p["B.bias"].float() * scale * weight

@@ -38,6 +38,7 @@ from peft_hub.gpu_runtime.quantize import (
 from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters
 from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint
 from peft_hub.gpu_runtime.stream import stream_merge
+from peft_hub.outdir import plan_output
 
 INFO_NAME = "peft_hub_materialize.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".pkl")
@@ -89,14 +90,16 @@ def materialize(
     Args:
         base: a local transformers model directory with safetensors weights.
         adapters: ``"A+B"`` or a list of refs; each a directory or a hub ref.
-        output_dir: where to write; must not exist unless ``force``.
+        output_dir: where to write: new, empty, or an earlier materialize output
+            (updated in place); see :mod:`peft_hub.outdir`.
         weights: one weight per adapter (for one adapter: scales its delta).
         method, rank, density: how several adapters are composed (see ``compose_dirs``).
         dtype: ``bf16``/``fp16``/``fp32``; default: the base's floating dtype.
         quantize: ``none``, ``int8`` or ``nf4`` (bitsandbytes).
         device: ``auto``, ``cpu`` or ``cuda``: where merges and quantization run.
         client: a ``HubClient`` for refs that are not local directories.
-        force: replace an existing ``output_dir``.
+        force: write into a non-empty ``output_dir`` that holds something else
+            (files of the same name are replaced, nothing else is deleted).
 
     Returns:
         A :class:`MaterializeReport`.
@@ -110,10 +113,10 @@ def materialize(
     base, out = Path(base), Path(output_dir)
     if quantize not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidInputError(f"{out} already exists; pass --force to replace it")
     if out.resolve() == base.resolve():
         raise InvalidInputError("the output directory must differ from the base")
+    target = plan_output(out, kind="materialize", identity="materialize", into_existing=force, inputs=[base],
+                         flag="--force")
     ckpt = open_checkpoint(base)
     base_config = json.loads((base / "config.json").read_text())
     if base_config.get("quantization_config"):
@@ -136,9 +139,7 @@ def materialize(
     if quantize != "none" and layout is None:
         raise InvalidInputError(f"cannot quantize: transformers cannot build the architecture of {base}")
 
-    staging = out.with_name(out.name + ".incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = target.stage()
     try:
         stats = stream_merge(
             ckpt, mapped, staging, dtype=out_dtype, device=compute, quantize=quantize, layout=layout,
@@ -163,12 +164,9 @@ def materialize(
         report.seconds = round(time.perf_counter() - started, 3)
         report.files = sorted(p.name for p in staging.iterdir()) + [INFO_NAME]
         (staging / INFO_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        target.commit()
+    finally:
+        target.abort()
     return report
 
 

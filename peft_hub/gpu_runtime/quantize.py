@@ -51,7 +51,7 @@ def model_layout(base_dir: Path) -> ModelLayout | None:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_config(config)
-    except Exception:  # noqa: BLE001 - any architecture transformers cannot build: fall back to shapes
+    except Exception:  # any architecture transformers cannot build: fall back to shapes
         return None
     skip = sorted(set(get_keys_to_not_convert(model)) | set(getattr(model, "_keep_in_fp32_modules", None) or []))
     layout = ModelLayout(skip_modules=skip)
@@ -100,6 +100,7 @@ def quantize_weight(
     if device.type == "cpu":
         return _nf4_cpu(weight) if method == "nf4" else _int8_cpu(weight)
     out_features, in_features = weight.shape
+    module: Any  # Linear4bit or Linear8bitLt: Params4bit wants the former
     with torch.device("meta"):
         if method == "nf4":
             module = bnb.nn.Linear4bit(
@@ -109,13 +110,16 @@ def quantize_weight(
         else:
             module = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False)
     # Quantize the parameter itself (as transformers does): Module.to() would copy only its .data.
+    param: torch.nn.Parameter
     if method == "nf4":
-        param = bnb.nn.Params4bit(
+        param = bnb.nn.Params4bit(  # type: ignore[misc]  # bitsandbytes types Params4bit.to as Tensor.to
             weight, requires_grad=False, quant_type="nf4", blocksize=NF4_BLOCKSIZE,
             compress_statistics=False, quant_storage=torch.uint8, module=module,
         ).to(device)
     else:
-        param = bnb.nn.Int8Params(weight.to("cpu"), requires_grad=False, has_fp16_weights=False).to(device)
+        param = bnb.nn.Int8Params(  # type: ignore[misc]  # bitsandbytes types Int8Params.to as Tensor.to
+            weight.to("cpu"), requires_grad=False, has_fp16_weights=False
+        ).to(device)
     module.weight = param
     return {k: v.detach().to("cpu") for k, v in module.state_dict().items()}
 
@@ -157,19 +161,19 @@ def _nf4_cpu(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _quantize_nf4(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_nf4(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bitsandbytes' default ``quantize_4bit`` op (nf4, blocksize 64, uint8 storage), step for step."""
-    A_flat = A.reshape(-1).float()
-    n = A_flat.numel()
+    flat = tensor.reshape(-1).float()
+    n = flat.numel()
     rem = n % NF4_BLOCKSIZE
     full = n - rem
-    A_com = A_flat[:full].reshape(full // NF4_BLOCKSIZE, NF4_BLOCKSIZE)
-    absmax = A_com.abs().amax(dim=-1)
-    scaled = torch.clamp(A_com * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    blocks = flat[:full].reshape(full // NF4_BLOCKSIZE, NF4_BLOCKSIZE)
+    absmax = blocks.abs().amax(dim=-1)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
     if rem:
-        am = A_flat[full:].abs().max().clamp(min=1e-38)
+        am = flat[full:].abs().max().clamp(min=1e-38)
         absmax = torch.cat([absmax, am.unsqueeze(0)])
-        scaled = torch.cat([scaled, torch.clamp(A_flat[full:] / am, -1, 1)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / am, -1, 1)])
     if scaled.numel() % 2:
         scaled = torch.nn.functional.pad(scaled, (0, 1))
     q8 = torch.from_numpy(_nf4_codes()(scaled.numpy()))

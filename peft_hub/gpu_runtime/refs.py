@@ -1,72 +1,30 @@
 """Turning ``ADAPTER[+ADAPTER…]`` arguments into one adapter directory.
 
-A ref that names an existing directory is used as is; anything else is
-pulled through the hub client. Several adapters are composed first by
+A ref written as a path (``./x``, ``/x``, ``~/x``) is used as is; ``name``
+and ``owner/name`` are pulled through the hub client (the rule of
+:mod:`peft_hub.refs`). Several adapters are composed first by
 :func:`peft_hub.compose.compose_dirs` into a scratch directory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from peft_hub.errors import InvalidInputError
+from peft_hub.refs import ResolvedRef, resolve_ref, split_refs
 
-
-@dataclass
-class ResolvedAdapter:
-    """One adapter argument, and where its files are."""
-
-    ref: str
-    path: Path
-    repo_id: str | None = None  # set when pulled from the hub
-    revision: str | None = None
-
-    @property
-    def from_hub(self) -> bool:
-        return self.repo_id is not None
-
-    @property
-    def pinned(self) -> str | None:
-        """``owner/name@revision`` for hub adapters: evals go to the exact revision that was pulled."""
-        if self.repo_id is None:
-            return None
-        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
+#: One adapter argument and where its files are (the shared :class:`peft_hub.refs.ResolvedRef`).
+ResolvedAdapter = ResolvedRef
 
 
 def split_spec(spec: str | Sequence[str]) -> list[str]:
     """``"a+b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (empty parts are an error).
 
-    A string naming an existing directory is one adapter, even with a ``+`` in its name.
+    A local directory (written as a path) is one adapter, even with a ``+`` in its name.
     """
-    if isinstance(spec, str) and Path(spec).expanduser().is_dir():
-        return [spec]
-    parts = spec.split("+") if isinstance(spec, str) else list(spec)
-    parts = [p.strip() for p in parts]
-    if not parts or any(not p for p in parts):
-        raise InvalidInputError(f"invalid adapter list {spec!r}: expected ADAPTER[+ADAPTER...]")
-    return parts
-
-
-def resolve_ref(ref: str, client: Any = None) -> ResolvedAdapter:
-    """A local directory as is, otherwise ``client.pull(ref)``."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return ResolvedAdapter(ref=ref, path=path)
-    if client is None:
-        raise InvalidInputError(f"{ref!r} is not a directory, and no hub client is available to pull it")
-    pulled = client.pull(ref)
-    return ResolvedAdapter(
-        ref=ref, path=Path(pulled.path), repo_id=getattr(pulled, "repo_id", None),
-        revision=getattr(pulled, "revision", None),
-    )
+    return split_refs(spec)
 
 
 def parse_weights(weights: str | Sequence[float] | None, n: int) -> list[float] | None:

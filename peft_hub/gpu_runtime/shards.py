@@ -8,19 +8,18 @@ checkpoint costs about one tensor of RAM on top of what is being computed.
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from dataclasses import dataclass, field
+from io import BufferedIOBase
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
+from peft_hub.compose.io import ST_DTYPES, TORCH_DTYPES, header_layout, tensor_bytes
 from peft_hub.errors import InvalidAdapterError, InvalidInputError, UnsafeFormatError
 from peft_hub.safetensors_header import (
     CONVERT_HINT,
-    DTYPE_SIZES,
     SafetensorsHeader,
     TensorInfo,
     read_header_path,
@@ -30,13 +29,8 @@ SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U16": torch.uint16, "U32": torch.uint32,
-    "U64": torch.uint64,
-}
-ST_DTYPES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+__all__ = ["FLOAT_DTYPES", "ST_DTYPES", "TORCH_DTYPES", "Checkpoint", "ShardWriter", "open_checkpoint", "read_tensor"]
+
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 _COPY_CHUNK = 16 * 1024 * 1024
@@ -66,7 +60,7 @@ class Checkpoint:
             for t in header.tensors.values():
                 if t.dtype in FLOAT_DTYPES:
                     counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
-        return max(counts, key=counts.get) if counts else None
+        return max(counts, key=counts.__getitem__) if counts else None
 
 
 def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
@@ -115,7 +109,7 @@ def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(root, headers, weight_map, metadata, sharded)
 
 
-def read_tensor(fh: BinaryIO, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor:
+def read_tensor(fh: BufferedIOBase, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor:
     """Read one tensor of an open shard into a fresh CPU tensor."""
     dtype = TORCH_DTYPES.get(info.dtype)
     if dtype is None:
@@ -130,10 +124,6 @@ def read_tensor(fh: BinaryIO, header: SafetensorsHeader, info: TensorInfo) -> to
     return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
-def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    return int(math.prod(shape) * DTYPE_SIZES[dtype])
-
-
 class ShardWriter:
     """Write a safetensors file whose header is known before its data.
 
@@ -142,20 +132,12 @@ class ShardWriter:
     """
 
     def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
-        header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
-        offset = 0
-        self._expected: list[tuple[str, int]] = []
-        for name, dtype, shape in specs:
-            nbytes = tensor_nbytes(dtype, shape)
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self._expected.append((name, nbytes))
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # keeps the data section 8-byte aligned, as safetensors does
+        prefix, slots = header_layout(specs, metadata)
+        self._expected: list[tuple[str, int]] = [(name, slots[name][1]) for name, _, _ in specs]
         self.path = path
-        self.data_bytes = offset
-        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close(); unbuffered: copy_file_range writes to the fd directly
-        self._fh.write(struct.pack("<Q", len(raw)) + raw)
+        self.data_bytes = sum(nbytes for _, nbytes in self._expected)
+        self._fh = open(path, "wb", buffering=0)  # closed by close(); unbuffered: copy_file_range writes to the fd directly
+        self._fh.write(prefix)
         self._next = 0
 
     def _take(self, name: str) -> int:
@@ -168,10 +150,9 @@ class ShardWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write a tensor (any device) whose dtype and shape match its spec."""
         nbytes = self._take(name)
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes != nbytes:
-            raise RuntimeError(f"{name}: {data.nbytes} bytes written where the header says {nbytes}")
-        view = memoryview(data)
+        view = tensor_bytes(tensor)
+        if view.nbytes != nbytes:
+            raise RuntimeError(f"{name}: {view.nbytes} bytes written where the header says {nbytes}")
         while view:
             view = view[self._fh.write(view):]
 
@@ -205,7 +186,7 @@ class ShardWriter:
         if self._next != len(self._expected):
             raise RuntimeError(f"{self.path.name}: {len(self._expected) - self._next} tensors were never written")
 
-    def __enter__(self) -> ShardWriter:  # noqa: PYI034 - final in practice
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,7 +55,8 @@ def pretrain_base(
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(config).to(device).train()
+    # transformers' stub types .to() as taking a model, not a device
+    model = LlamaForCausalLM(config).to(device).train()  # type: ignore[arg-type]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     losses = []
@@ -108,8 +109,12 @@ def train_lora(
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=LLAMA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM")
+    # transformers' stub types .to() as taking a model, not a device
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)  # type: ignore[arg-type]
+    config = LoraConfig(
+        r=r, lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates lora_alpha as int; it scales by any number
+        target_modules=LLAMA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     model = get_peft_model(model, config)
     model.peft_config["default"].base_model_name_or_path = base_name or str(base_dir)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,14 +123,15 @@ def train_lora(
     rng = random.Random(seed)
     model.train()
     losses = []
+    replay_text = replay or ""  # n_replay is 0 without replay text
     for step in tqdm(range(steps), desc=f"lora {Path(out_dir).name}"):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup=max(1, steps // 10))
         n_replay = int(batch_size * replay_fraction) if replay else 0
         batch = [encoded[i] for i in rng.choices(range(len(encoded)), k=batch_size - n_replay)]
         for _ in range(n_replay):
-            start = rng.randrange(0, max(1, len(replay) - replay_chars))
-            batch.append(encode_loss_row({"text": replay[start:start + replay_chars]}, tok, 256))
+            start = rng.randrange(0, max(1, len(replay_text) - replay_chars))
+            batch.append(encode_loss_row({"text": replay_text[start:start + replay_chars]}, tok, 256))
         x = torch.tensor(pad_batch([b[0] for b in batch], tok.pad_token_id), device=device)
         y = torch.tensor(pad_batch([b[1] for b in batch], IGNORE), device=device)
         mask = torch.tensor(pad_batch([[1] * len(b[0]) for b in batch], 0), device=device)
@@ -135,6 +141,6 @@ def train_lora(
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     # save_embedding_layers=False: otherwise PEFT looks the base name up on the Hub to check the vocabulary
-    model.eval().to("cpu").save_pretrained(out_dir, save_embedding_layers=False)
+    model.eval().to("cpu").save_pretrained(str(out_dir), save_embedding_layers=False)
     return {"steps": steps, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "trainable_params": sum(p.numel() for p in params)}

@@ -103,7 +103,7 @@ def validate(
         read_jsonl(prompts, required=(("prompt", "reference"),), max_samples=max_samples, seed=seed) if prompts else None
     )
     encoded = [encode_loss_row(row, tok, max_length) for row in data_file.rows]
-    if not any(l != IGNORE for _, labels in encoded for l in labels[1:]):
+    if not any(label != IGNORE for _, labels in encoded for label in labels[1:]):
         raise InvalidInputError(f"{data_file.name}: no row has a token to score")
 
     with tempfile.TemporaryDirectory(prefix="peft-hub-validate-") as scratch:
@@ -138,7 +138,7 @@ def validate(
         ctx = model.disable_adapter() if resolved else contextlib.nullcontext()
         with ctx:
             results = [run("base")]
-        for name, (spec, _, parents) in zip(names, resolved):
+        for name, (spec, _, parents) in zip(names, resolved, strict=True):
             model.set_adapter(name)
             result = run(spec)
             result.adapter = {"parents": [p.to_dict() for p in parents], "pinned": parents[0].pinned if len(parents) == 1 else None}
@@ -172,7 +172,7 @@ def _attach_adapters(model: Any, names: list[str], resolved: list[tuple[str, Pat
     """Wrap the base in a PeftModel holding every adapter under its own name."""
     from peft import PeftModel
 
-    for i, (name, (spec, path, _)) in enumerate(zip(names, resolved)):
+    for i, (name, (spec, path, _)) in enumerate(zip(names, resolved, strict=True)):
         try:
             if i == 0:
                 model = PeftModel.from_pretrained(model, path, adapter_name=name)
@@ -294,7 +294,7 @@ def _generation_metrics(model: Any, tok: Any, rows: list[dict[str, Any]], batch_
         ids = torch.tensor(pad_batch([prompts[i] for i in idx], tok.pad_token_id, left=True), device=device)
         mask = torch.tensor(pad_batch([[1] * len(prompts[i]) for i in idx], 0, left=True), device=device)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        for i, seq in zip(idx, out[:, ids.shape[1]:]):
+        for i, seq in zip(idx, out[:, ids.shape[1]:], strict=True):
             predictions[i] = tok.decode(seq, skip_special_tokens=True)
     hits = [predictions[i].strip() == rows[i]["reference"].strip() for i in range(len(rows))]
     samples = [

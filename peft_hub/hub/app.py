@@ -10,7 +10,6 @@ that name the dependency, never bare 500s.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -18,61 +17,29 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from fastapi import FastAPI
 from sqlmodel import Session
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peft_hub import __version__
-from peft_hub.errors import (
-    AdapterNotFoundError, AuthenticationError, ConflictError, EntryNotFoundError, InvalidInputError, NotFoundError,
-    PayloadTooLargeError, PeftHubError, PermissionDeniedError, RevisionNotFoundError, StorageError,
-    StorageUnavailableError,
-)
-from peft_hub.hub import crud
+from peft_hub.errors import StorageUnavailableError
+from peft_hub.hub import crud, errors_http
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import BODY_CLOCK, UNAVAILABLE, describe, engine_from, unavailable
+from peft_hub.hub.errors_http import header_safe, render_error, without_queries  # noqa: F401 - their old home
 from peft_hub.hub.limits import RequestLimits
 from peft_hub.hub.migrations import exclusive, upgrade
 from peft_hub.hub.ratelimit import AuthLimiter
 from peft_hub.hub.storage import open_store
+from peft_hub.hub.webhooks import DeliveryWorker
 from peft_hub.paths import save_token
 from peft_hub.safeparse import one_line
 
 log = logging.getLogger("peft_hub.hub")
 
-#: Hugging Face clients read X-Error-Code to raise their own exception types.
-HF_ERROR_CODES = {
-    AdapterNotFoundError: "RepoNotFound",
-    RevisionNotFoundError: "RevisionNotFound",
-    EntryNotFoundError: "EntryNotFound",
-}
-#: Starlette's own errors (no route, wrong method, ...) in the hub's error shape.
-HTTP_ERRORS: dict[int, type[PeftHubError]] = {
-    400: InvalidInputError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-    409: ConflictError, 413: PayloadTooLargeError, 422: InvalidInputError,
-}
-MAX_DETAIL_CHARS = 2000
-MAX_HEADER_CHARS = 200
-#: A URL's query, where presigned URLs carry their signatures.
-_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*")
 T = TypeVar("T")
 
 
-def without_queries(text: str) -> str:
-    """``text`` with the query string cut from every URL in it."""
-    return _URL_QUERY.sub(r"\1", text)
-
-
-def header_safe(text: str, limit: int = MAX_HEADER_CHARS) -> str:
-    """``text`` as a header value: printable ASCII on one line (others escaped), at most ``limit`` characters."""
-    flat = one_line(text.encode("ascii", "backslashreplace").decode("ascii"), len(text) * 10 + 10)
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def bootstrap(engine, settings: Settings) -> str | None:  # noqa: ANN001
+def bootstrap(engine, settings: Settings) -> str | None:
     """On an empty database, create the first admin and its token.
 
     Every replica calls this as it starts. The check and the creation run
@@ -96,29 +63,12 @@ def bootstrap(engine, settings: Settings) -> str | None:  # noqa: ANN001
     return token
 
 
-def render_error(request: Request, exc: PeftHubError) -> JSONResponse:
-    """The one rendering of every error: ``{"error": code, "detail": message}``
-    on one line, and the same code and message as header-safe ``X-Error-*``."""
-    message = without_queries(exc.message)
-    headers = {"X-Error-Code": exc.code, "X-Error-Message": header_safe(message)}
-    for cls, hf_code in HF_ERROR_CODES.items():
-        if isinstance(exc, cls):
-            headers["X-Error-Code"] = hf_code
-    retry_after = getattr(exc, "retry_after", None)  # 429, and the 503s of a busy or absent dependency
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if request.method == "HEAD":
-        return JSONResponse(None, status_code=exc.status_code, headers=headers)
-    body = {**exc.to_dict(), "detail": one_line(message, MAX_DETAIL_CHARS)}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The hub as an ASGI app, wired to the database and store in ``settings``."""
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         engine = engine_from(settings)
         app.state.engine, app.state.settings = engine, settings
         try:
@@ -134,84 +84,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready_limiter = anyio.CapacityLimiter(4)  # readiness checks never wait for busy threads
         app.state.auth_limiter = AuthLimiter.from_settings(settings)  # fresh counters per app
         await _sweep(app.state.store, settings)
+        app.state.webhooks = DeliveryWorker(engine, settings)
+        app.state.webhooks.start()
         if token:
-            print(  # noqa: T201 - shown once, by design
+            print(  # shown once, by design
                 f"Created the first admin {settings.admin_name!r}. Its token, shown only now:\n  {token}\n"
                 f"Saved to {settings.token_file} for the peft-hub CLI on this machine.",
                 flush=True,
             )
         yield
+        await app.state.webhooks.stop()
         engine.dispose()
 
     # No /docs or /redoc: they load scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="peft-hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.exception_handler(PeftHubError)
-    async def _hub_error(request: Request, exc: PeftHubError) -> JSONResponse:
-        return render_error(request, exc)
-
-    @app.exception_handler(IntegrityError)
-    async def _race(request: Request, exc: IntegrityError) -> JSONResponse:
-        # Two writers raced for the same unique row (e.g. the first push of a
-        # name); the loser's transaction was rolled back whole.
-        return render_error(request, ConflictError("a concurrent change won the race; retry the request"))
-
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        error = unavailable(exc)
-        log.warning("%s %s: %s", request.method, request.url.path, error.message)
-        return render_error(request, error)
-
-    for cls in UNAVAILABLE:
-        app.add_exception_handler(cls, _database_down)
-
-    async def _storage_failed(request: Request, exc: Exception) -> JSONResponse:
-        # Boto errors the store did not map itself (the store maps its own calls).
-        store = request.app.state.store
-        guard = getattr(getattr(store, "client", None), "failure", None)
-        error = (guard(exc) if guard else None) or StorageError(f"storage ({store.where}) refused: {exc}")
-        return render_error(request, error)
-
-    if settings.storage.startswith("s3:"):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        app.add_exception_handler(BotoCoreError, _storage_failed)
-        app.add_exception_handler(ClientError, _storage_failed)
-
-    @app.exception_handler(OSError)
-    async def _disk_failed(request: Request, exc: OSError) -> JSONResponse:
-        # The hub's own file I/O is the local store's (ours subclass OSError too, and win by MRO).
-        where = getattr(getattr(request.app.state, "store", None), "where", "blob store")
-        return render_error(request, StorageError(f"storage ({where}) failed: {exc.strerror or exc}"))
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        parts = [f"{'.'.join(str(p)[:64] for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
-        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
-        return render_error(request, InvalidInputError("; ".join(parts) + more))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        cls = HTTP_ERRORS.get(exc.status_code)
-        message = str(exc.detail)
-        if cls is not None and cls.status_code == exc.status_code:
-            response = render_error(request, cls(message))
-        else:  # 405 and the like: no class of ours, the same shape
-            code = cls.code if cls else "method_not_allowed" if exc.status_code == 405 else f"http_{exc.status_code}"
-            headers = {"X-Error-Code": code, "X-Error-Message": header_safe(message)}
-            body = None if request.method == "HEAD" else {"error": code, "detail": one_line(message, MAX_DETAIL_CHARS)}
-            response = JSONResponse(body, status_code=exc.status_code, headers=headers)
-        for key, value in (exc.headers or {}).items():
-            response.headers[key] = value
-        return response
+    errors_http.install(app, settings)
 
     from peft_hub.hub import web
-    from peft_hub.hub.routes import adapters, admin, hf, system
+    from peft_hub.hub.routes import adapters, admin, events, hf, system
 
     app.include_router(system.router)
     app.include_router(adapters.router)
     app.include_router(hf.router)
     app.include_router(admin.router)
+    app.include_router(events.router)
     web.install(app, settings)
     app.add_middleware(BodyClock)
     # Added last, so it is the outermost: limits apply before anything else runs.
@@ -257,7 +154,7 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
-def _open_store(settings: Settings):  # noqa: ANN202
+def _open_store(settings: Settings):
     return open_store(
         settings.storage, s3_public_url=settings.s3_public_url, endpoint_url=settings.s3_endpoint_url,
         connect_timeout=settings.s3_connect_timeout, read_timeout=settings.s3_read_timeout,
@@ -307,7 +204,7 @@ async def _sweep(store: Any, settings: Settings) -> None:
     """Remove what uploads killed with an earlier hub left in the store."""
     try:
         removed = await anyio.to_thread.run_sync(store.sweep_stale, settings.stale_upload_seconds)
-    except Exception as exc:  # noqa: BLE001 - housekeeping never stops a start
+    except Exception as exc:  # housekeeping never stops a start
         log.warning("could not sweep stale uploads from %s: %s", store.where, _reason(exc))
         return
     if removed:

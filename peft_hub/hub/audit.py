@@ -32,7 +32,13 @@ MAX_LIMIT = 1000
 
 
 def record(
-    session: Session, *, actor: str, action: str, target: str = "", client: str = "", detail: dict[str, Any] | None = None
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str = "",
+    client: str = "",
+    detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Add an audit event to ``session``'s transaction (it commits with the caller's).
 

@@ -19,10 +19,12 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import cast, overload
 
 from sqlalchemy import or_, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from peft_hub.errors import AuthenticationError, PermissionDeniedError
 from peft_hub.hub.models import Adapter, Membership, Namespace, Token, utcnow
@@ -52,6 +54,10 @@ def lookup_of(token: str) -> str | None:
     return token[len(PREFIX): len(PREFIX) + LOOKUP_LEN]
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """An aware UTC datetime (SQLite hands back naive ones; the hub writes UTC)."""
     if value is None:
@@ -60,7 +66,8 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def is_expired(row: Token, now: datetime | None = None) -> bool:
-    return row.expires_at is not None and as_utc(row.expires_at) <= (now or utcnow())
+    expires = as_utc(row.expires_at)
+    return expires is not None and expires <= (now or utcnow())
 
 
 def scope_rank(scope: str) -> int:
@@ -93,20 +100,30 @@ class Principal:
         return scope_rank(self.scope) >= scope_rank(scope)
 
     def in_limits(self, owner: str) -> bool:
-        return self.namespaces is None or owner in self.namespaces
+        return self.namespaces is None or owner.lower() in {n.lower() for n in self.namespaces}
+
+    def owned_namespaces(self) -> set[str] | None:
+        """The namespaces this principal may act on (None: every one): within
+        the token's limits, the user's own and its organisations', or any for
+        an admin. The one rule behind :meth:`owns`, :func:`can_read` and, in
+        SQL, ``crud.visible_clause``. Names are lowercased: a namespace is
+        found whatever the case it is written in (``models.name_key``)."""
+        if self.is_admin:
+            return None if self.namespaces is None else {n.lower() for n in self.namespaces}
+        owners = {self.user.name.lower(), *(o.lower() for o in self.orgs)}
+        return owners if self.namespaces is None else owners & {n.lower() for n in self.namespaces}
 
     def owns(self, owner: str) -> bool:
-        """May act on namespace ``owner``: within the token's limits, and the
-        user's own, one of its organisations', or any for an admin."""
-        return self.in_limits(owner) and (self.is_admin or owner == self.user.name or owner in self.orgs)
+        """May act on namespace ``owner``, in any case (see :meth:`owned_namespaces`)."""
+        owned = self.owned_namespaces()
+        return owned is None or owner.lower() in owned
 
 
 def authenticate(session: Session, token: str) -> Principal:
     """Turn a presented token into a principal, or raise AuthenticationError."""
     lookup = lookup_of(token)
     row = session.exec(select(Token).where(Token.lookup == lookup)).first() if lookup else None
-    valid = row is not None and hmac.compare_digest(row.token_hash, hash_token(token))
-    if not valid or is_expired(row):
+    if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or is_expired(row):
         raise AuthenticationError(INVALID)
     return principal_for(session, row)
 
@@ -117,7 +134,9 @@ def principal_for(session: Session, row: Token) -> Principal:
     if user is None:
         raise AuthenticationError(INVALID)
     orgs = session.exec(
-        select(Namespace.name).join(Membership, Membership.org_id == Namespace.id).where(Membership.user_id == row.user_id)
+        select(Namespace.name)
+        .join(Membership, col(Membership.org_id) == Namespace.id)
+        .where(Membership.user_id == row.user_id)
     ).all()
     scope = row.scope if row.scope in SCOPES else "read"
     if scope_rank(scope) > scope_rank(highest_scope(user)):
@@ -130,21 +149,30 @@ def principal_for(session: Session, row: Token) -> Principal:
 def touch(session: Session, row: Token) -> None:
     """Record that the token was used, at most once per TOUCH_EVERY.
 
-    The write goes through its own short transaction, so a read stays a read
-    (holding no row lock for the length of the request) and a failed request
-    still counts as a use. Call it before the request's session writes.
+    The write never joins a request's long transaction, so a read stays a
+    read (holding no row lock for the length of the request) and a failed
+    request still counts as a use: in a short session (``session.info["short"]``,
+    see ``deps.short_session``, which commits as authentication ends) it is
+    written there, on the one connection; elsewhere in a transaction of its own.
     """
     now = utcnow()
     last = as_utc(row.last_used_at)
     if last is not None and now - last < TOUCH_EVERY:
         return
     cutoff = now - TOUCH_EVERY
+    unused_since = or_(col(Token.last_used_at).is_(None), col(Token.last_used_at) < cutoff)
+    stmt = update(Token).where(col(Token.id) == row.id, unused_since).values(last_used_at=now)
     try:
-        with session.get_bind().begin() as conn:
-            conn.execute(
-                update(Token).where(Token.id == row.id, or_(Token.last_used_at.is_(None), Token.last_used_at < cutoff))
-                .values(last_used_at=now)
-            )
+        if session.info.get("short"):
+            if session.get_bind().dialect.name == "postgresql":
+                with session.begin_nested():  # a failed statement would end the transaction
+                    session.exec(stmt)
+            else:
+                session.exec(stmt)
+            return
+        engine = cast(Engine, session.get_bind())  # outside a short session, the session is bound to the engine
+        with engine.begin() as conn:
+            conn.execute(stmt)
     except SQLAlchemyError as exc:  # bookkeeping: never fail the request over it
         log.warning("could not record the use of token %s: %s", row.id, exc)
 
@@ -185,6 +213,6 @@ def require_admin(principal: Principal | None, *namespaces: str) -> Principal:
                                     f"{', '.join(principal.namespaces) or 'no namespaces'}")
     for name in namespaces:
         if not principal.in_limits(name):
-            raise PermissionDeniedError(f"your token is limited to {', '.join(principal.namespaces) or 'no namespaces'}"
-                                        f" and cannot act on {name!r}")
+            allowed = ", ".join(principal.namespaces or []) or "no namespaces"
+            raise PermissionDeniedError(f"your token is limited to {allowed} and cannot act on {name!r}")
     return principal

@@ -1,33 +1,145 @@
-"""Commands that run the hub itself: ``serve`` and ``db upgrade``."""
+"""Commands that run the hub itself: ``serve`` and ``db upgrade|current|check``."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 import click
 
+#: What ``pip install 'peft-hub[hub]'`` adds; the base install (client and CLI) has none of it.
+HUB_MODULES = frozenset({
+    "alembic", "boto3", "botocore", "fastapi", "jinja2", "limits", "markdown_it", "multipart", "nh3", "psycopg",
+    "pydantic", "pydantic_settings", "python_multipart", "sqlalchemy", "sqlmodel", "starlette", "uvicorn",
+})
 
-@click.command()
+
+_Invoke = TypeVar("_Invoke", bound=Callable[..., Any])
+
+
+def _hub_installed(invoke: _Invoke) -> _Invoke:
+    """A server dependency missing at run time is one line naming the extra, not a traceback."""
+
+    def wrapper(self: click.Command, ctx: click.Context) -> Any:
+        try:
+            return invoke(self, ctx)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in HUB_MODULES:
+                raise
+            from peft_hub.errors import PeftHubError
+
+            raise PeftHubError(f"peft-hub {ctx.info_name} needs the server, which is not installed "
+                               f"({exc.name} is missing): pip install 'peft-hub[hub]'") from None
+
+    return cast(_Invoke, wrapper)
+
+
+class HubCommand(click.Command):
+    """A command that needs the ``[hub]`` extra."""
+
+    invoke = _hub_installed(click.Command.invoke)
+
+
+class HubCommandGroup(click.Group):
+    """A group whose commands need the ``[hub]`` extra."""
+
+    invoke = _hub_installed(click.Group.invoke)
+
+
+@click.command(cls=HubCommand)
 @click.option("--host", envvar="PEFT_HUB_HOST", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", envvar="PEFT_HUB_PORT", default=8000, show_default=True, type=int, help="Port to listen on.")
-@click.option("--db-url", envvar="PEFT_HUB_DB_URL", default=None, help="Database URL (default: SQLite under ~/.peft-hub).")
-@click.option("--storage", envvar="PEFT_HUB_STORAGE", default=None, help="Blob storage: a directory or s3://bucket/prefix.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--port", envvar="PEFT_HUB_PORT", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
+@click.option("--db-url", envvar="PEFT_HUB_DB_URL", default=None,
+              help="Database URL (default: SQLite under ~/.peft-hub).")
+@click.option("--storage", envvar="PEFT_HUB_STORAGE", default=None,
+              help="Blob storage: a directory or s3://bucket/prefix.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, db_url: str | None, storage: str | None, log_level: str) -> None:
-    """Start the hub (embedded SQLite and local files unless told otherwise)."""
+    """Start the hub (embedded SQLite and local files unless told otherwise).
+
+    The port is bound first, then the banner names the URL. On the first
+    start (when it saves the admin's token) the hub also saves its URL
+    beside the token, so the CLI on this machine finds it on any port;
+    PEFT_HUB_URL and --url still win.
+    """
     import uvicorn
     from sqlalchemy.engine import make_url
 
     from peft_hub.hub import Settings, create_app
 
-    overrides = {k: v for k, v in {"db_url": db_url, "storage": storage, "host": host, "port": port}.items() if v is not None}
+    given = {"db_url": db_url, "storage": storage, "host": host, "port": port}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     _hub_logging(log_level)
+    sock = _bind(host, port)
+    url = _local_url(host, sock.getsockname()[1])
     db_shown = make_url(settings.db_url).render_as_string(hide_password=True)
-    click.echo(f"peft-hub serving on http://{host}:{port} (db: {db_shown}, storage: {settings.storage})")
+    click.echo(f"peft-hub serving on {url} (db: {db_shown}, storage: {settings.storage})")
+    token_before = _read(settings.token_file)
     # X-Forwarded-For is believed only from the proxies named in
     # PEFT_HUB_TRUSTED_PROXIES: rate limits and the audit log key on the address.
     proxies = settings.trusted_proxies
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    config = uvicorn.Config(create_app(settings), log_level=log_level, proxy_headers=bool(proxies),
+                            forwarded_allow_ips=proxies or None)
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # uvicorn's signature
+            await super().startup(sockets)
+            if self.started:
+                _announce(settings, url, token_before)
+
+    _Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is printed; a failure is one line."""
+    from peft_hub.errors import PeftHubError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "it is already in use (another peft-hub serve?)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise PeftHubError(f"cannot listen on {host}:{port}: {why}; choose another with --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _local_url(host: str, port: int) -> str:
+    """The URL a CLI on this machine uses: a wildcard address means the loopback."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def _read(path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _announce(settings, url: str, token_before: str | None) -> None:
+    """After start-up: save the URL beside a token this start saved, and name PEFT_HUB_URL."""
+    from peft_hub.paths import save_url, url_file
+
+    saved = url_file(settings.token_file)
+    token_now = _read(settings.token_file)
+    if token_now is not None and (token_now != token_before or not saved.exists()):
+        with contextlib.suppress(OSError):
+            save_url(url, settings.token_file)
+    if _read(saved) == url + "\n":
+        click.echo(f"The CLI on this machine will use {url} (saved to {saved}); elsewhere set PEFT_HUB_URL={url}")
+    else:
+        click.echo(f"For the CLI: export PEFT_HUB_URL={url}")
 
 
 def _hub_logging(level: str) -> None:
@@ -43,22 +155,66 @@ def _hub_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-@click.group()
+@click.group(cls=HubCommandGroup)
 def db() -> None:
     """Database maintenance."""
 
 
-@db.command("upgrade")
-@click.option("--db-url", envvar="PEFT_HUB_DB_URL", default=None, help="Database URL (default: the hub's).")
-def db_upgrade(db_url: str | None) -> None:
-    """Apply pending schema migrations."""
+_DB_URL = click.option("--db-url", envvar="PEFT_HUB_DB_URL", default=None, help="Database URL (default: the hub's).")
+
+
+def _engine(db_url: str | None):
     from peft_hub.hub import Settings
     from peft_hub.hub.db import make_engine
+
+    overrides: dict[str, Any] = {"db_url": db_url} if db_url else {}
+    return make_engine(Settings(**overrides).db_url)
+
+
+@db.command("upgrade")
+@_DB_URL
+def db_upgrade(db_url: str | None) -> None:
+    """Apply pending schema migrations (Alembic revisions; the hub also applies them at start)."""
     from peft_hub.hub.migrations import upgrade
 
-    settings = Settings(**({"db_url": db_url} if db_url else {}))
-    applied = upgrade(make_engine(settings.db_url))
+    engine = _engine(db_url)
+    try:
+        applied = upgrade(engine)
+    finally:
+        engine.dispose()
     click.echo("\n".join(f"applied {m}" for m in applied) or "database is up to date")
+
+
+@db.command("current")
+@_DB_URL
+def db_current(db_url: str | None) -> None:
+    """Print the database's schema revision."""
+    from peft_hub.hub.migrations import current
+
+    engine = _engine(db_url)
+    try:
+        click.echo(current(engine))
+    finally:
+        engine.dispose()
+
+
+@db.command("check")
+@_DB_URL
+def db_check(db_url: str | None) -> None:
+    """Compare the models with the database's schema (as ``alembic check``); exit 1 on a difference."""
+    from peft_hub.hub.migrations import check
+
+    engine = _engine(db_url)
+    try:
+        diffs = check(engine)
+    finally:
+        engine.dispose()
+    for diff in diffs:
+        click.echo(diff)
+    if diffs:
+        raise click.ClickException(f"{len(diffs)} difference(s) between the models and the schema: "
+                                   "a model changed without a revision, or the database is not at head")
+    click.echo("the models and the schema agree")
 
 
 COMMANDS = [serve, db]

@@ -101,3 +101,17 @@ class Settings(BaseSettings):
     #: by gc: S3 multipart uploads, and local temporary files when the file
     #: system cannot tell whether a live writer holds them (else: at once).
     stale_upload_seconds: int = Field(default=3600, ge=60)
+
+    # --- webhooks ------------------------------------------------------------
+
+    #: Sends of one delivery, the first included, before it is marked failed.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    #: Seconds before the first retry; each later one waits twice as long (at most an hour).
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: Seconds a receiver may take to connect, and again to answer.
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    #: Seconds between looks at the outbox when nothing was enqueued in this process.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: Allow webhook URLs that resolve to loopback, private or link-local
+    #: addresses (off: a hook cannot make the hub call into its own network).
+    webhook_allow_private: bool = False

@@ -71,7 +71,7 @@ def make_engine(
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy}, **pool)
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -88,7 +88,7 @@ def make_engine(
     settings = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout}
 
     @event.listens_for(engine, "connect")
-    def _timeouts(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _timeouts(dbapi_conn, _record) -> None:
         # SET per session, not the ``options`` startup parameter, which
         # poolers such as PgBouncer refuse.
         with dbapi_conn.cursor() as cur:
@@ -131,7 +131,8 @@ def unavailable(exc: BaseException) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(f"database busy: a lock is held by another transaction ({reason}); "
                                         "nothing was changed, retry")
     if sqlstate == _STATEMENT_TIMEOUT:
-        return DatabaseUnavailableError(f"database busy: a statement ran too long ({reason}); nothing was changed, retry")
+        return DatabaseUnavailableError(
+            f"database busy: a statement ran too long ({reason}); nothing was changed, retry")
     return DatabaseUnavailableError(f"database unavailable: {reason}")
 
 

@@ -8,6 +8,7 @@ web session cookie, which holds a random id of a server-side ``WebSession``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,7 +29,25 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_db(request: Request) -> Iterator[Session]:
+    """The request's session. It takes a connection only at its first query,
+    so a route that streams a body first holds none meanwhile; it commits
+    when the route returns, within the write deadline."""
     yield from session_scope(request.app.state.engine, write_deadline(request))
+
+
+@contextmanager
+def short_session(request: Request) -> Iterator[Session]:
+    """A session of its own, committed and closed when the block ends: for
+    authentication and the checks before a long body or a blob's hashing, so
+    they never hold a connection (or a transaction) for the length of a request.
+    Never open one while the request's own session holds a connection."""
+    with Session(request.app.state.engine, expire_on_commit=False, info={"short": True}) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
 async def get_store(request: Request) -> AsyncIterator[BlobStore]:
@@ -99,14 +118,23 @@ def cookie_principal(request: Request, session: Session) -> Principal | None:
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal | None:
+def get_principal(request: Request, session: Session) -> Principal | None:
+    """The caller from a bearer token, else from the session cookie (reads only)."""
     token = bearer_token(request)
     if token:
         return authenticate_request(request, session, token)
     return cookie_principal(request, session)
 
 
+def request_principal(request: Request) -> Principal | None:
+    """:func:`get_principal` in a short session, closed before the route runs
+    (and before its body is read). The principal's rows are detached: their
+    columns stay readable, and writes name them by id."""
+    with short_session(request) as session:
+        return get_principal(request, session)
+
+
 StoreDep = Annotated[BlobStore, Depends(get_store, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
+PrincipalDep = Annotated[Principal | None, Depends(request_principal)]
 ClientDep = Annotated[str, Depends(client_address)]

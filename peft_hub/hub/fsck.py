@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
@@ -77,11 +77,15 @@ class _Progress:
         self.blobs = self.bytes = self.listed = 0
         self.last = time.monotonic()
 
-    def event(self, force: bool = False) -> dict[str, Any] | None:
-        now = time.monotonic()
-        if not force and now - self.last < PROGRESS_SECONDS:
+    def event(self) -> dict[str, Any] | None:
+        """A progress event, or None when the last one is too recent."""
+        if time.monotonic() - self.last < PROGRESS_SECONDS:
             return None
-        self.last = now
+        return self.final()
+
+    def final(self) -> dict[str, Any]:
+        """A progress event now, however recent the last one."""
+        self.last = time.monotonic()
         return {"event": "progress", "blobs_checked": self.blobs, "bytes_checked": self.bytes,
                 "objects_listed": self.listed}
 
@@ -100,7 +104,7 @@ def run(engine: Engine, store: BlobStore, *, repair: bool, actor: str, client: s
         yield from _run(engine, store, repair=repair, actor=actor, client=client)
     except PeftHubError as exc:
         yield _error(exc)
-    except Exception as exc:  # noqa: BLE001 - the stream has started: report the failure, do not drop it
+    except Exception as exc:  # the stream has started: report the failure, do not drop it
         log.exception("fsck failed")
         yield _error(PeftHubError(f"fsck failed: {type(exc).__name__}: {one_line(str(exc), 500)}"))
     finally:
@@ -115,12 +119,14 @@ def _run(engine: Engine, store: BlobStore, *, repair: bool, actor: str, client: 
     with Session(engine) as session:
         wanted = [(sha, int(size)) for sha, size in session.exec(
             select(RevisionFile.sha256, RevisionFile.size).distinct()
-            .order_by(RevisionFile.sha256, RevisionFile.size)
+            .order_by(col(RevisionFile.sha256), col(RevisionFile.size))
         ).all()]
         revisions = session.exec(select(func.count()).select_from(Revision)).one()
     yield {"event": "start", "revisions": revisions, "blobs": len(wanted), "bytes": sum(s for _, s in wanted),
            "repair": repair}
-    progress, findings, problems = _Progress(), [], []
+    progress = _Progress()
+    findings: list[Finding] = []
+    problems: list[dict[str, Any]] = []
     counts = dict.fromkeys(PROBLEMS, 0)
     for sha256, size in wanted:
         finding = yield from _check(store, sha256, size, progress)
@@ -144,7 +150,7 @@ def _run(engine: Engine, store: BlobStore, *, repair: bool, actor: str, client: 
             unreferenced["bytes"] += blob.size
         if ev := progress.event():
             yield ev
-    yield progress.event(force=True)
+    yield progress.final()
     total = sum(counts.values())
     report = {
         "clean": total == 0, "repair": repair, "revisions": revisions,
@@ -170,7 +176,7 @@ def _check(store: BlobStore, sha256: str, size: int, progress: _Progress) -> Gen
     """Stat, then read and hash one blob, yielding progress as it goes."""
     try:
         stat = store.stat(sha256)
-    except Exception as exc:  # noqa: BLE001 - a store error is a finding, not the end of the check
+    except Exception as exc:  # a store error is a finding, not the end of the check
         return Finding(sha256, size, "unreadable", detail=one_line(f"{type(exc).__name__}: {exc}", 300))
     if stat is None:
         return Finding(sha256, size, "missing", detail="not in the store")
@@ -189,7 +195,7 @@ def _check(store: BlobStore, sha256: str, size: int, progress: _Progress) -> Gen
                 progress.bytes += len(block)
                 if ev := progress.event():
                     yield ev
-    except Exception as exc:  # noqa: BLE001 - gone meanwhile, or the store failed
+    except Exception as exc:  # gone meanwhile, or the store failed
         if _stat_or_none(store, sha256) is None:
             return Finding(sha256, size, "missing", detail="removed from the store while it was read")
         return Finding(sha256, size, "unreadable", stat, detail=one_line(f"{type(exc).__name__}: {exc}", 300))
@@ -202,11 +208,11 @@ def _check(store: BlobStore, sha256: str, size: int, progress: _Progress) -> Gen
     return Finding(sha256, size, None, stat)
 
 
-def _stat_or_none(store: BlobStore, sha256: str) -> BlobStat | None | bool:
+def _stat_or_none(store: BlobStore, sha256: str) -> BlobStat | None | Literal[False]:
     """The blob's stat, None when absent, False when the store cannot say."""
     try:
         return store.stat(sha256)
-    except Exception:  # noqa: BLE001
+    except Exception:  # any store failure means it cannot say
         return False
 
 
@@ -215,8 +221,9 @@ def _problem(session: Session, finding: Finding) -> dict[str, Any]:
     where = (RevisionFile.sha256 == finding.sha256, RevisionFile.size == finding.size)
     rows = session.exec(
         select(Adapter.owner, Adapter.name, Revision.sha, RevisionFile.path)
-        .join(Revision, Revision.id == RevisionFile.revision_id).join(Adapter, Adapter.id == Revision.adapter_id)
-        .where(*where).order_by(Adapter.owner, Adapter.name, Revision.id, RevisionFile.path)
+        .join(Revision, col(Revision.id) == RevisionFile.revision_id)
+        .join(Adapter, col(Adapter.id) == Revision.adapter_id)
+        .where(*where).order_by(col(Adapter.owner), col(Adapter.name), col(Revision.id), col(RevisionFile.path))
         .limit(MAX_FILES_PER_PROBLEM)
     ).all()
     count = session.exec(select(func.count()).select_from(RevisionFile).where(*where)).one()
@@ -255,6 +262,7 @@ def _repair(session: Session, store: BlobStore, findings: list[Finding]) -> dict
             ok.add((f.sha256, f.size))
             row = session.get(Blob, f.sha256)
             if row is not None and row.corrupt:
+                assert f.stat is not None  # a blob found intact was stat'ed
                 row.corrupt, row.checked_mtime = False, f.stat.modified.timestamp()
                 session.add(row)
                 out["blobs_cleared"] += 1
@@ -276,12 +284,14 @@ def _repair(session: Session, store: BlobStore, findings: list[Finding]) -> dict
     checked_at = utcnow().isoformat()
     for rid, files in sorted(broken.items()):
         files.sort(key=lambda f: f["path"])
-        session.exec(update(Revision).where(Revision.id == rid).values(broken={"checked_at": checked_at, "files": files}))
+        marks = {"checked_at": checked_at, "files": files}
+        session.exec(update(Revision).where(col(Revision.id) == rid).values(broken=marks))
     out["revisions_marked_broken"] = len(broken)
     flagged = session.exec(select(Revision.id).where(col(Revision.broken).is_not(None))).all()
-    for rid in sorted(set(flagged) - set(broken)):
-        files = session.exec(select(RevisionFile.sha256, RevisionFile.size).where(RevisionFile.revision_id == rid)).all()
-        if all((sha, int(size)) in ok for sha, size in files):
-            session.exec(update(Revision).where(Revision.id == rid).values(broken=None))
+    for flagged_id in sorted({r for r in flagged if r is not None} - set(broken)):
+        stored = session.exec(
+            select(RevisionFile.sha256, RevisionFile.size).where(RevisionFile.revision_id == flagged_id)).all()
+        if all((sha, int(size)) in ok for sha, size in stored):
+            session.exec(update(Revision).where(col(Revision.id) == flagged_id).values(broken=None))
             out["revisions_cleared"] += 1
     return out

@@ -24,7 +24,7 @@ from sqlalchemy import exists
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from peft_hub.hub.models import Blob, BlobUpload, RevisionFile, utcnow
 from peft_hub.hub.storage import BlobStat, BlobStore
@@ -35,7 +35,7 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def insert_for(session: Session):  # noqa: ANN202
+def insert_for(session: Session):
     """The dialect's INSERT, which has ``on_conflict_do_*`` on both backends."""
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
@@ -102,22 +102,30 @@ def claim(session: Session, sizes: dict[str, int], until: datetime) -> None:
         session.exec(stmt.on_conflict_do_update(index_elements=["sha256"], set_={"claimed_until": until}))
 
 
-def forget_unstored(engine: Engine, stored: set[str], now: datetime) -> int:
+def forget_unstored(
+    engine: Engine, stored: set[str], now: datetime, *, after: str | None = None, upto: str | None = None
+) -> int:
     """Drop ledger rows of blobs that are not in the store and no longer
-    claimed (a push that planned an upload and never made it)."""
+    claimed (a push that planned an upload and never made it), among the
+    sha256s in ``(after, upto]`` (None: unbounded), the range of the store a
+    gc page listed; ``stored`` is what that listing found there."""
     with Session(engine) as session:
-        rows = session.exec(select(Blob.sha256).where(
-            (Blob.claimed_until == None) | (Blob.claimed_until < now))).all()  # noqa: E711
+        query = select(Blob.sha256).where(col(Blob.claimed_until).is_(None) | (col(Blob.claimed_until) < now))
+        if after is not None:
+            query = query.where(Blob.sha256 > after)
+        if upto is not None:
+            query = query.where(Blob.sha256 <= upto)
+        rows = session.exec(query).all()
         gone = [sha for sha in rows if sha not in stored]
         for start in range(0, len(gone), 500):
-            session.exec(Blob.__table__.delete().where(Blob.sha256.in_(gone[start:start + 500])))  # type: ignore[attr-defined,call-overload]
+            session.exec(Blob.__table__.delete().where(Blob.sha256.in_(gone[start:start + 500])))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
         session.commit()
     return len(gone)
 
 
 def release(session: Session, sha256s: Iterable[str]) -> None:
     """End the leases of blobs a commit now references (their rows are locked)."""
-    session.exec(Blob.__table__.update().where(Blob.sha256.in_(sorted(set(sha256s)))).values(claimed_until=None))  # type: ignore[attr-defined,call-overload]
+    session.exec(Blob.__table__.update().where(Blob.sha256.in_(sorted(set(sha256s)))).values(claimed_until=None))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
 
 
 def collect(engine: Engine, store: BlobStore, sha256: str, *, spare_receipts: bool = False) -> bool:
@@ -131,13 +139,13 @@ def collect(engine: Engine, store: BlobStore, sha256: str, *, spare_receipts: bo
             return False
         row = lock(session, {sha256: stat.size}).get(sha256)
         leased = row is not None and row.claimed_until is not None and _aware(row.claimed_until) > utcnow()
-        referenced = session.exec(select(exists().where(RevisionFile.sha256 == sha256))).one()
-        claimed = spare_receipts and session.exec(select(exists().where(BlobUpload.sha256 == sha256))).one()
+        referenced = session.exec(select(exists().where(col(RevisionFile.sha256) == sha256))).one()
+        claimed = spare_receipts and session.exec(select(exists().where(col(BlobUpload.sha256) == sha256))).one()
         if referenced or claimed or leased:
             session.rollback()
             return False
         store.delete(sha256)
-        session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
-        session.exec(Blob.__table__.delete().where(Blob.sha256 == sha256))  # type: ignore[call-overload]
+        session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
+        session.exec(Blob.__table__.delete().where(Blob.sha256 == sha256))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
         session.commit()
     return True

@@ -20,7 +20,8 @@ so they look like every other error.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from peft_hub.adapter import WEIGHTS_MAX_BYTES
@@ -28,8 +29,8 @@ from peft_hub.errors import InvalidInputError, PayloadTooLargeError, PeftHubErro
 from peft_hub.hub.hf.commit import INLINE_MAX_BYTES, MAX_FILES
 from peft_hub.safeparse import MAX_DEPTH, check_depth
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -180,7 +181,7 @@ class RequestLimits:
         """Answer with the hub's own error rendering, without running the app."""
         from starlette.requests import Request
 
-        from peft_hub.hub.app import render_error
+        from peft_hub.hub.errors_http import render_error
 
         response = render_error(Request(scope), exc)
         await response(scope, receive, send)

@@ -37,7 +37,7 @@ def record_receipt(session: Session, *, user_id: int, sha256: str, size: int) ->
     """Note that ``user_id`` holds these verified bytes (idempotent, race-safe;
     the time is that of the latest upload)."""
     stmt = ledger.insert_for(session)(BlobUpload).values(sha256=sha256, user_id=user_id, size=size, created_at=utcnow())
-    session.exec(stmt.on_conflict_do_update(  # type: ignore[call-overload]
+    session.exec(stmt.on_conflict_do_update(
         index_elements=["sha256", "user_id"], set_={"created_at": stmt.excluded.created_at}))
 
 
@@ -58,7 +58,8 @@ def held(session: Session, principal: Principal, sha256s: Iterable[str]) -> set[
     ).all()
     readable = session.exec(
         select(RevisionFile.sha256).distinct()
-        .join(Revision, Revision.id == RevisionFile.revision_id).join(Adapter, Adapter.id == Revision.adapter_id)
+        .join(Revision, col(Revision.id) == RevisionFile.revision_id)
+        .join(Adapter, col(Adapter.id) == Revision.adapter_id)
         .where(col(RevisionFile.sha256).in_(wanted), crud.visible_clause(principal))
     ).all()
     return set(receipts) | set(readable)
@@ -78,32 +79,41 @@ def stored_and_held(
     return {e.sha256 for e in entries if e.sha256 in stored and stored[e.sha256].size == e.size}
 
 
-def require_held(session: Session, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
+def require_held(engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> dict[str, int]:
     """Raise UploadRequiredError unless the caller holds every entry's blob.
 
-    The message is the same whether or not the blob exists in the store.
+    The database is read in a short transaction of its own; the store is
+    asked (for S3's recorded uploader) with none open. The message is the same
+    whether or not the blob exists in the store.
+
+    Returns:
+        The blobs proved by S3's recorded uploader alone, sha256 to size: the
+        caller writes their receipts in its write transaction, so a refused
+        commit leaves none.
     """
-    mine = held(session, principal, (e.sha256 for e in entries))
+    with Session(engine) as session:
+        mine = held(session, principal, (e.sha256 for e in entries))
+    receipts: dict[str, int] = {}
     for entry in entries:
-        if entry.sha256 in mine:
+        if entry.sha256 in mine or entry.sha256 in receipts:
             continue
         stat = store.stat(entry.sha256)
         if stat is not None and stat.uploader == str(principal.user.id) and stat.size == entry.size:
-            record_receipt(session, user_id=principal.user.id, sha256=entry.sha256, size=stat.size)
-            mine.add(entry.sha256)
+            receipts[entry.sha256] = stat.size
             continue
         raise UploadRequiredError(
             f"{entry.path}: blob {entry.sha256} has not been uploaded by you; upload its bytes "
             "(`peft-hub push` and huggingface_hub do this for you)"
         )
+    return receipts
 
 
 def discard_if_own(session: Session, store: BlobStore, principal: Principal, sha256: str) -> bool:
     """Delete a blob that failed verification, only when it is the caller's own
     unreferenced upload: never one a revision holds or another user uploaded."""
-    referenced = session.exec(select(exists().where(RevisionFile.sha256 == sha256))).one()
+    referenced = session.exec(select(exists().where(col(RevisionFile.sha256) == sha256))).one()
     others = session.exec(
-        select(exists().where(BlobUpload.sha256 == sha256, BlobUpload.user_id != principal.user.id))
+        select(exists().where(col(BlobUpload.sha256) == sha256, col(BlobUpload.user_id) != principal.user.id))
     ).one()
     if referenced or others:
         return False
@@ -121,8 +131,8 @@ def discard_unclaimed(engine: Engine, store: BlobStore, sha256s: list[str]) -> N
 
 def forget(session: Session, *, sha256: str) -> None:
     """Drop the receipts and the ledger row of a blob that is gone from the store."""
-    session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[call-overload]
-    session.exec(Blob.__table__.delete().where(Blob.sha256 == sha256))  # type: ignore[call-overload]
+    session.exec(BlobUpload.__table__.delete().where(BlobUpload.sha256 == sha256))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
+    session.exec(Blob.__table__.delete().where(Blob.sha256 == sha256))  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
 
 
 def size_for(session: Session, principal: Principal, sha256: str, path: str) -> int:
@@ -132,8 +142,8 @@ def size_for(session: Session, principal: Principal, sha256: str, path: str) -> 
     ).first()
     if row is None:
         row = session.exec(
-            select(RevisionFile.size).join(Revision, Revision.id == RevisionFile.revision_id)
-            .join(Adapter, Adapter.id == Revision.adapter_id)
+            select(RevisionFile.size).join(Revision, col(Revision.id) == RevisionFile.revision_id)
+            .join(Adapter, col(Adapter.id) == Revision.adapter_id)
             .where(RevisionFile.sha256 == sha256, crud.visible_clause(principal))
         ).first()
     if row is None:

@@ -11,35 +11,33 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
 from peft_hub.errors import ChecksumMismatchError, StorageError, UploadRequiredError
-from peft_hub.hub import audit, crud, ledger, possession
+from peft_hub.hub import audit, crud, events, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Blob, Revision
-from peft_hub.hub.storage import BlobStore
+from peft_hub.hub.storage import BlobStat, BlobStore
 
 
 def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None) -> None:
-    """Make sure the stored blob is exactly the declared bytes (called with
-    the blob's ledger row locked, so no gc can remove it before the commit).
+    """Make sure the stored blob is exactly the declared bytes, in the write
+    transaction, with the blob's ledger row locked (so no gc can remove it
+    before the commit).
 
     Bytes are trusted without reading them when the store keeps a checksum of
-    its own (S3) or the file has not changed since the hub verified it;
-    otherwise they are read and hashed. Nothing is deleted for a wrong
-    declared size, and a blob whose bytes do not verify is discarded only when
-    it is the caller's own unreferenced upload.
+    its own (S3) or the file has not changed since the hub verified it (as
+    :func:`verify_outside` just did); otherwise they are read and hashed here.
+    Nothing is deleted for a wrong declared size, and a blob whose bytes do
+    not verify is discarded only when it is the caller's own unreferenced upload.
     """
-    stat = store.stat(entry.sha256)
-    if stat is None:
-        raise UploadRequiredError(f"{entry.path}: blob {entry.sha256} is not stored (any more); upload it again")
-    if stat.size != entry.size:
-        raise ChecksumMismatchError(f"{entry.path}: blob {entry.sha256} is {stat.size} bytes, not {entry.size}")
+    stat = _checked_stat(store, entry)
     if ledger.trusted(row, stat):
         return
     digest = ledger.hash_stored(store, entry.sha256)
@@ -47,6 +45,37 @@ def verify_blob(session: Session, store: BlobStore, principal: Principal, entry:
         possession.discard_if_own(session, store, principal, entry.sha256)
         raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest}, not {entry.sha256}")
     ledger.note_verified(session, store, entry.sha256, entry.size)
+
+
+def _checked_stat(store: BlobStore, entry: FileEntry) -> BlobStat:
+    stat = store.stat(entry.sha256)
+    if stat is None:
+        raise UploadRequiredError(f"{entry.path}: blob {entry.sha256} is not stored (any more); upload it again")
+    if stat.size != entry.size:
+        raise ChecksumMismatchError(f"{entry.path}: blob {entry.sha256} is {stat.size} bytes, not {entry.size}")
+    return stat
+
+
+def verify_outside(engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
+    """Hash every blob not yet trusted, holding no transaction while it reads
+    (each ledger read or write is a short transaction of its own), so the
+    write transaction that follows finds them trusted and reads no bytes."""
+    with Session(engine) as session:
+        wanted = sorted({e.sha256 for e in entries})
+        rows = {r.sha256: r for r in session.exec(select(Blob).where(col(Blob.sha256).in_(wanted)))}
+    for entry in entries:
+        stat = _checked_stat(store, entry)
+        if ledger.trusted(rows.get(entry.sha256), stat):
+            continue
+        digest = ledger.hash_stored(store, entry.sha256)
+        with Session(engine) as session:
+            if digest != entry.sha256:  # under the blob's lock, as gc deletes
+                ledger.lock(session, {entry.sha256: entry.size})
+                possession.discard_if_own(session, store, principal, entry.sha256)
+                session.commit()
+                raise ChecksumMismatchError(f"{entry.path}: stored bytes hash to {digest}, not {entry.sha256}")
+            ledger.note_verified(session, store, entry.sha256, entry.size)
+            session.commit()
 
 
 #: Files up to this size are read back whole and checked against their sha256;
@@ -69,9 +98,11 @@ def read_back(store: BlobStore, entry: FileEntry) -> BinaryIO:
             got += len(chunk)
     data = b"".join(chunks)
     if len(data) != want:
-        raise StorageError(f"{entry.path}: the store returned {len(data)} of {want} bytes; nothing was published, retry")
+        raise StorageError(
+            f"{entry.path}: the store returned {len(data)} of {want} bytes; nothing was published, retry")
     if whole and hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise StorageError(f"{entry.path}: the store returned bytes that do not hash to {entry.sha256}; nothing was published")
+        raise StorageError(
+            f"{entry.path}: the store returned bytes that do not hash to {entry.sha256}; nothing was published")
     return io.BytesIO(data)
 
 
@@ -83,17 +114,26 @@ def publish(
     repo_id: str,
     entries: list[FileEntry],
     message: str = "",
-    tags: list[str] = (),
+    tags: Sequence[str] = (),
     private: bool | None = None,
     parent: str | None | bool = False,
     client: str = "",
+    received: frozenset[str] = frozenset(),
 ) -> tuple[Adapter, Revision, bool]:
     """Verify, validate and commit a revision made of already-uploaded blobs,
     with its ``push`` audit event in the same transaction.
 
+    ``session`` must not have written yet: the checks before the write
+    transaction run in short sessions of their own, and ``session`` is used
+    only for the publish itself (its caller commits it).
+
     Args:
         parent: see :func:`crud.publish_revision`; False for whole-manifest pushes.
         client: the caller's address, for the audit log.
+        received: blobs the hub itself received from the caller in this
+            request (an HF commit's inline files): held. Their receipts, and
+            those of blobs proved by S3's recorded uploader, are written with
+            the revision, so a refused commit leaves none.
 
     Returns:
         The adapter, the revision, and whether the revision is new.
@@ -103,22 +143,32 @@ def publish(
     for tag in tags:
         crud.validate_tag(tag)
     check_entries(entries)
-    possession.require_held(session, store, principal, entries)
-    rows = ledger.lock(session, {e.sha256: e.size for e in entries})
-    for entry in entries:
-        verify_blob(session, store, principal, entry, rows.get(entry.sha256))
-    ledger.release(session, rows)  # referenced from now on: the push's lease has done its work
+    # Outside the write transaction: possession, hashing, validation (store reads).
+    engine = cast(Engine, session.get_bind())  # a request's session is bound to the engine
+    proved = possession.require_held(engine, store, principal, [e for e in entries if e.sha256 not in received])
+    verify_outside(engine, store, principal, entries)
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:
         yield read_back(store, entry)
 
     meta = validate_manifest(entries, open_stored)
+    # The write transaction: the blobs' rows locked, each blob seen still
+    # stored (a gc may have run meanwhile) and trusted, then the revision.
+    rows = ledger.lock(session, {e.sha256: e.size for e in entries})
+    for entry in entries:
+        verify_blob(session, store, principal, entry, rows.get(entry.sha256))
+    ledger.release(session, rows)  # referenced from now on: the push's lease has done its work
+    assert principal.user.id is not None  # a stored row
+    receipts = {**proved, **{e.sha256: e.size for e in entries if e.sha256 in received}}
+    for sha256, size in sorted(receipts.items()):
+        possession.record_receipt(session, user_id=principal.user.id, sha256=sha256, size=size)
     adapter, revision, created = crud.publish_revision(
         session, owner=owner, name=name, entries=entries, meta=meta, sha=manifest_digest(entries),
         author=principal.user.name, message=message, tags=list(tags), private=private, parent=parent,
         principal=principal,
     )
+    events.pushed(session, adapter=adapter, revision=revision)
     audit.record(session, actor=principal.user.name, action="push", target=f"{owner}/{name}@{revision.sha}",
                  client=client, detail={"created": created, "tags": ["main", *tags], "files": len(entries)})
     return adapter, revision, created

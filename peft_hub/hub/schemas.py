@@ -1,4 +1,4 @@
-"""Request bodies and the JSON shapes the native API returns.
+"""Request bodies of the native API (its answers: :mod:`peft_hub.contract`).
 
 Every field is bounded: strict types (no ``true`` for an integer, no
 ``"5"``), ranges that fit the database columns, finite numbers, and strings
@@ -8,18 +8,14 @@ without NUL, control characters or unpaired surrogates, so a bad body is a
 
 from __future__ import annotations
 
-from datetime import datetime
 import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
 from peft_hub.adapter import MAX_FILENAME_BYTES, WEIGHTS_MAX_BYTES, FileEntry
 from peft_hub.safeparse import check_strings, json_depth, name_problem, text_problem
-from peft_hub.hub import crud
-from peft_hub.hub.auth import Principal
-from peft_hub.hub.models import Adapter, Revision
-from sqlmodel import Session
 
 
 def _name(value: str) -> str:
@@ -67,7 +63,7 @@ def _extra(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileSpec(BaseModel):
-    path: Name(MAX_FILENAME_BYTES, min_length=1)
+    path: Name(MAX_FILENAME_BYTES, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", strict=True)
     size: StrictInt = Field(ge=0, le=WEIGHTS_MAX_BYTES)
 
@@ -81,27 +77,27 @@ class PreuploadRequest(BaseModel):
 
 class CommitRequest(BaseModel):
     files: list[FileSpec] = Field(max_length=64)
-    tags: list[Name(64, min_length=1)] = Field(default_factory=list, max_length=16)
+    tags: list[Name(64, min_length=1)] = Field(default_factory=list, max_length=16)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
     private: StrictBool | None = None
-    message: Text(4000) = ""
+    message: Text(4000) = ""  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
 
 
 class TagRequest(BaseModel):
     #: A tag or a 40-hex revision id.
-    revision: Name(64, min_length=1)
+    revision: Name(64, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
 
 
 class EvalIn(BaseModel):
-    metric: Name(128, min_length=1)
+    metric: Name(128, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
     value: Finite
-    dataset: Name(256, min_length=1)
-    dataset_version: Name(128) | None = None
-    split: Name(64) | None = None
-    extra: Annotated[dict[Name(128), Any], Field(max_length=64), AfterValidator(_extra)] = Field(default_factory=dict)
+    dataset: Name(256, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    dataset_version: Name(128) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    split: Name(64) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    extra: Annotated[dict[Name(128), Any], Field(max_length=64), AfterValidator(_extra)] = Field(default_factory=dict)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
 
 
 class EvalsRequest(BaseModel):
-    revision: Name(64, min_length=1) = "main"
+    revision: Name(64, min_length=1) = "main"  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
     evals: list[EvalIn] = Field(min_length=1, max_length=1000)
 
 
@@ -122,31 +118,7 @@ class TokenRequest(BaseModel):
 class GcRequest(BaseModel):
     grace_seconds: StrictInt | None = Field(default=None, ge=0, le=TEN_YEARS)
     dry_run: StrictBool = False
-
-
-def adapter_summary(adapter: Adapter) -> dict[str, Any]:
-    """The short form used in search results."""
-    return {
-        "id": f"{adapter.owner}/{adapter.name}", "owner": adapter.owner, "name": adapter.name,
-        "private": adapter.private, "base_model": adapter.base_model, "method": adapter.method,
-        "rank": adapter.rank, "max_rank": adapter.max_rank, "size": adapter.total_size,
-        "target_modules": adapter.target_modules, "downloads": adapter.downloads,
-        "updated_at": adapter.updated_at.isoformat(),
-    }
-
-
-def revision_detail(session: Session, adapter: Adapter, revision: Revision, principal: Principal | None) -> dict[str, Any]:
-    """Everything about one revision of an adapter, as ``principal`` may see it."""
-    files = crud.revision_files(session, revision=revision)
-    meta = dict(revision.meta or {})
-    if isinstance(meta.get("lineage"), dict):  # the file's own record names parents' sha256s
-        parents = crud.lineage(session, adapter=adapter, revision=revision, principal=principal)["parents"]
-        meta["lineage"] = {**meta["lineage"], "parents": parents}
-    return {
-        **adapter_summary(adapter),
-        "revision": revision.sha, "message": revision.message, "author": revision.author,
-        "created_at": revision.created_at.isoformat(), "meta": meta,
-        "tags": crud.tags_of(session, adapter=adapter),
-        "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
-        "broken": revision.broken,  # set by `fsck --repair`: which files' blobs are missing or corrupt
-    }
+    #: Resume a bounded run: list the store from the first sha256 after this one.
+    start_after: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", strict=True)
+    #: List at most this many objects in this run (then resume at its ``cursor``).
+    max_objects: StrictInt | None = Field(default=None, ge=1, le=10**9)

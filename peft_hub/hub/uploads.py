@@ -67,7 +67,7 @@ async def receive(store: BlobStore, sha256: str, size: int, chunks: AsyncIterato
     except BaseException:
         try:  # drop what was received; a failure here must not hide the first one
             await run_in_threadpool(writer.abort)
-        except Exception as exc:  # noqa: BLE001 - sweep_stale removes the leftovers later
+        except Exception as exc:  # sweep_stale removes the leftovers later
             log.warning("could not drop the partial upload of %s: %s", sha256, exc)
         raise
     await run_in_threadpool(writer.abort)

@@ -32,8 +32,12 @@ COLORS = ["red", "blue", "green", "yellow", "white", "black", "brown", "pink"]
 
 
 def sentence(rng: random.Random) -> str:
-    the = lambda: rng.choice(["the", "a", "my", "her", "his", "our"])
-    noun = lambda: rng.choice(ANIMALS + THINGS)
+    def the() -> str:
+        return rng.choice(["the", "a", "my", "her", "his", "our"])
+
+    def noun() -> str:
+        return rng.choice(ANIMALS + THINGS)
+
     name, place, adj = rng.choice(NAMES), rng.choice(PLACES), rng.choice(ADJECTIVES)
     verb, move, time = rng.choice(VERBS), rng.choice(MOVES), rng.choice(TIMES)
     patterns = [
@@ -56,7 +60,7 @@ def sentence(rng: random.Random) -> str:
 def main(path: Path | None = None, n: int = 4000) -> None:
     path = path or Path(__file__).with_name("corpus.txt")
     rng = random.Random(0)
-    lines = []
+    lines: list[str] = []
     while len(lines) < n:
         lines.append(" ".join(sentence(rng) for _ in range(rng.randint(1, 3))))
     path.write_text("\n".join(lines) + "\n")

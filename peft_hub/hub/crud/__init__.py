@@ -12,10 +12,12 @@ from peft_hub.hub.crud.accounts import (  # noqa: F401 - the crud surface
     issue_token, list_tokens, resolve_web_session, revoke_token,
 )
 from peft_hub.hub.crud.adapters import (  # noqa: F401 - the crud surface
-    SHA_RE, TAG_RE, add_evals, count_download, create_adapter, delete_adapter, delete_eval, delete_tag,
-    get_adapter, lineage, list_evals, list_revisions, publish_revision, resolve_revision, revision_files, set_tag,
+    SHA_RE, TAG_RE, add_evals, count_download, create_adapter, delete_adapter, delete_eval, delete_tag, find_adapter,
+    get_adapter, lineage, list_evals, list_revisions, publish_revision, resolve_revision, revision_files,
+    revision_history, set_tag, set_visibility,
     tags_of, validate_tag,
 )
 from peft_hub.hub.crud.search import (  # noqa: F401 - the crud surface
     SORTS, facets, main_revision_evals, referenced_blobs, search_adapters, search_filters, visible_clause,
 )
+from peft_hub.hub.crud.views import adapter_summary, revision_detail  # noqa: F401 - the crud surface

@@ -10,20 +10,20 @@ from sqlmodel import Session, select
 
 from peft_hub.errors import ConflictError, InvalidInputError
 from peft_hub.hub.auth import as_utc, hash_token, is_expired, lookup_of, new_token
-from peft_hub.hub.models import Membership, Namespace, Token, WebSession, utcnow
+from peft_hub.hub.models import Membership, Namespace, Token, WebSession, name_key, utcnow
 
 # --- namespaces and tokens --------------------------------------------------
 
 
 def get_namespace(session: Session, *, name: str) -> Namespace | None:
-    return session.exec(select(Namespace).where(Namespace.name == name)).first()
+    return session.exec(select(Namespace).where(Namespace.name_key == name_key(name))).first()
 
 
 def ensure_namespace(session: Session, *, name: str, kind: str = "user", is_admin: bool = False) -> Namespace:
     """The namespace ``name``, created when missing."""
     ns = get_namespace(session, name=name)
     if ns is None:
-        ns = Namespace(name=name, kind=kind, is_admin=is_admin)
+        ns = Namespace(name=name, name_key=name_key(name), kind=kind, is_admin=is_admin)
         session.add(ns)
         session.flush()
     return ns

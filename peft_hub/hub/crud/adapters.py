@@ -12,35 +12,61 @@ from peft_hub.adapter import AdapterMeta, FileEntry
 from peft_hub.errors import (
     AdapterNotFoundError, ConflictError, InvalidInputError, NotFoundError, RevisionNotFoundError,
 )
+from peft_hub.hub import events
 from peft_hub.hub.auth import Principal, can_read
 from peft_hub.hub.crud.accounts import ensure_namespace
-from peft_hub.hub.models import Adapter, Eval, LineageEdge, Revision, RevisionFile, Tag, utcnow
+from peft_hub.hub.models import Adapter, Eval, LineageEdge, Revision, RevisionFile, Tag, name_key, utcnow
 
 # \A and \Z: a "$" would also accept a final newline.
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
+SHA_PREFIX_RE = re.compile(r"\A[0-9a-f]{7,39}\Z")
+#: An ambiguous prefix lists at most this many matches.
+MAX_PREFIX_MATCHES = 5
 TAG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # --- adapters and revisions -------------------------------------------------
 
 
 def get_adapter(session: Session, *, owner: str, name: str, principal: Principal | None) -> Adapter:
     """The adapter, if it exists and the caller may see it; else AdapterNotFoundError."""
-    adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first()
+    adapter = find_adapter(session, owner=owner, name=name)
     if adapter is None or not can_read(principal, adapter):
         raise AdapterNotFoundError(f"adapter {owner}/{name} not found")
     return adapter
 
 
+def find_adapter(session: Session, *, owner: str, name: str) -> Adapter | None:
+    """The adapter ``owner/name`` whatever the case it is written in (no access check)."""
+    return session.exec(select(Adapter).where(Adapter.name_key == name_key(owner, name))).first()
+
+
 def resolve_revision(session: Session, *, adapter: Adapter, rev: str | None) -> Revision:
-    """A tag name or a full 40-hex revision id -> the revision."""
+    """A tag name, a full 40-hex revision id, or a unique prefix of 7+ hex digits -> the revision.
+
+    Tags win over prefixes (``validate_tag`` keeps tags from looking like
+    full ids); an ambiguous prefix is an error listing the matches.
+    """
     rev = rev or "main"
     tag = session.get(Tag, (adapter.id, rev))
     if tag is not None:
         return session.get(Revision, tag.revision_id)
+    where = f"{adapter.owner}/{adapter.name}"
     if SHA_RE.match(rev):
         found = session.exec(select(Revision).where(Revision.adapter_id == adapter.id, Revision.sha == rev)).first()
         if found is not None:
             return found
-    raise RevisionNotFoundError(f"revision {rev!r} not found in {adapter.owner}/{adapter.name}")
+    elif SHA_PREFIX_RE.match(rev):  # only hex digits reach the LIKE pattern, so no wildcard can
+        matches = list(session.exec(
+            select(Revision).where(Revision.adapter_id == adapter.id, col(Revision.sha).startswith(rev))
+            .order_by(Revision.sha).limit(MAX_PREFIX_MATCHES + 1)
+        ))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(m.sha[:12] for m in matches[:MAX_PREFIX_MATCHES])
+            more = " and more" if len(matches) > MAX_PREFIX_MATCHES else ""
+            raise InvalidInputError(f"revision {rev!r} is ambiguous in {where}: it starts {shown}{more}; "
+                                    "give more digits")
+    raise RevisionNotFoundError(f"revision {rev!r} not found in {where}")
 
 
 def revision_files(session: Session, *, revision: Revision) -> list[RevisionFile]:
@@ -57,6 +83,14 @@ def tags_of(session: Session, *, adapter: Adapter) -> dict[str, str]:
 
 def list_revisions(session: Session, *, adapter: Adapter) -> list[Revision]:
     return list(session.exec(select(Revision).where(Revision.adapter_id == adapter.id).order_by(col(Revision.id).desc())))
+
+
+def revision_history(session: Session, *, adapter: Adapter, revision: Revision, offset: int, limit: int) -> list[Revision]:
+    """``revision`` and the ones pushed before it, newest first (history is linear)."""
+    return list(session.exec(
+        select(Revision).where(Revision.adapter_id == adapter.id, Revision.id <= revision.id)
+        .order_by(col(Revision.id).desc()).offset(offset).limit(limit)
+    ))
 
 
 def publish_revision(
@@ -87,10 +121,10 @@ def publish_revision(
     Returns:
         The adapter, the revision, and whether the revision is new.
     """
-    ensure_namespace(session, name=owner)
-    adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first()
+    owner = ensure_namespace(session, name=owner).name  # the namespace's own spelling
+    adapter = find_adapter(session, owner=owner, name=name)
     if adapter is None:
-        adapter = Adapter(owner=owner, name=name, private=bool(private))
+        adapter = Adapter(owner=owner, name=name, name_key=name_key(owner, name), private=bool(private))
         session.add(adapter)
         session.flush()
     elif private is not None:
@@ -138,7 +172,7 @@ def _record_lineage(session: Session, *, revision: Revision, meta: AdapterMeta, 
         parent_adapter = None
         if ref.count("/") == 1:
             owner, _, pname = ref.partition("/")
-            parent_adapter = session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == pname)).first()
+            parent_adapter = find_adapter(session, owner=owner, name=pname)
         if parent_adapter is not None and not (
             can_read(principal, parent_adapter)
             and (cited is None or session.exec(select(Revision.id).where(
@@ -170,6 +204,7 @@ def validate_tag(tag: str) -> str:
 
 def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision) -> None:
     row = session.get(Tag, (adapter.id, tag))
+    events.tag_moved(session, adapter=adapter, tag=tag, revision=revision, previous_id=row.revision_id if row else None)
     if row is None:
         session.add(Tag(adapter_id=adapter.id, name=tag, revision_id=revision.id))
     else:
@@ -186,11 +221,20 @@ def delete_tag(session: Session, *, adapter: Adapter, tag: str) -> None:
     row = session.get(Tag, (adapter.id, tag))
     if row is None:
         raise RevisionNotFoundError(f"tag {tag!r} not found")
+    events.tag_deleted(session, adapter=adapter, tag=tag, previous_id=row.revision_id)
     session.delete(row)
+
+
+def set_visibility(session: Session, *, adapter: Adapter, private: bool) -> None:
+    """Make an adapter private or public; its revisions and blobs are unchanged."""
+    adapter.private = private
+    session.add(adapter)
+    session.flush()
 
 
 def delete_adapter(session: Session, *, adapter: Adapter) -> None:
     """Delete an adapter and its revisions; blobs go at the next gc."""
+    events.adapter_deleted(session, adapter=adapter)
     revisions = [r.id for r in list_revisions(session, adapter=adapter)]
     for model, column in ((Tag, Tag.adapter_id),):
         for row in session.exec(select(model).where(column == adapter.id)):
@@ -277,10 +321,13 @@ def lineage(session: Session, *, adapter: Adapter, revision: Revision, principal
 
 def create_adapter(session: Session, *, owner: str, name: str, private: bool = False) -> Adapter:
     """An adapter with no revision yet, as ``create_repo`` makes; ConflictError if it exists."""
-    ensure_namespace(session, name=owner)
-    if session.exec(select(Adapter).where(Adapter.owner == owner, Adapter.name == name)).first() is not None:
-        raise ConflictError(f"adapter {owner}/{name} already exists")
-    adapter = Adapter(owner=owner, name=name, private=private)
+    owner = ensure_namespace(session, name=owner).name
+    existing = find_adapter(session, owner=owner, name=name)
+    if existing is not None:
+        same = f"{existing.owner}/{existing.name}" == f"{owner}/{name}"
+        raise ConflictError(f"adapter {owner}/{name} already exists"
+                            + ("" if same else f" as {existing.owner}/{existing.name} (names ignore case)"))
+    adapter = Adapter(owner=owner, name=name, name_key=name_key(owner, name), private=private)
     session.add(adapter)
     session.flush()
     return adapter

@@ -18,19 +18,15 @@ SORTS = {"updated": Adapter.updated_at, "downloads": Adapter.downloads, "name": 
 
 
 def visible_clause(principal: Principal | None):  # noqa: ANN202
-    """The adapters ``principal`` may see: public ones, and private ones it
-    ``owns`` (the same rule as ``auth.can_read``; limits bind admins too)."""
+    """``auth.can_read`` in SQL: public adapters, and private ones in the
+    namespaces the principal owns (``Principal.owned_namespaces``, the one rule;
+    tests/test_hub_contract.py checks both forms agree over every case)."""
     if principal is None:
         return Adapter.private == False  # noqa: E712
-    if principal.is_admin:
-        if principal.namespaces is None:
-            return true()
-        owners = set(principal.namespaces)
-    else:
-        owners = {principal.user.name, *principal.orgs}
-        if principal.namespaces is not None:
-            owners &= set(principal.namespaces)
-    return or_(Adapter.private == False, col(Adapter.owner).in_(owners))  # noqa: E712
+    owned = principal.owned_namespaces()
+    if owned is None:
+        return true()
+    return or_(Adapter.private == False, func.lower(col(Adapter.owner)).in_(sorted(owned)))  # noqa: E712
 
 
 def search_filters(
@@ -62,7 +58,7 @@ def search_filters(
     if max_rank is not None:
         clauses.append(Adapter.rank <= max_rank)
     if owner:
-        clauses.append(Adapter.owner == owner)
+        clauses.append(func.lower(Adapter.owner) == owner.lower())
     if tag:
         clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
     if target_module:

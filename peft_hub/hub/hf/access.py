@@ -11,7 +11,7 @@ from peft_hub.adapter import validate_repo_id
 from peft_hub.errors import AdapterNotFoundError, AuthenticationError, InvalidNameError
 from peft_hub.hub import crud
 from peft_hub.hub.auth import PREFIX, Principal
-from peft_hub.hub.deps import SessionDep, authenticate_request, bearer_token, cookie_principal
+from peft_hub.hub.deps import authenticate_request, bearer_token, cookie_principal, short_session
 from peft_hub.hub.models import Adapter
 
 #: ``huggingface_hub`` raises a plain HTTP error, not RepositoryNotFoundError,
@@ -19,8 +19,9 @@ from peft_hub.hub.models import Adapter
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
-def hf_principal(request: Request, session: SessionDep) -> Principal | None:
-    """The caller, from ``Authorization: Bearer``.
+def hf_principal(request: Request) -> Principal | None:
+    """The caller, from ``Authorization: Bearer``, found in a short session
+    of its own (see ``deps.request_principal``).
 
     A token that is not a peft-hub token at all (say a huggingface.co ``hf_…``
     token that the client found in its own config) is ignored, so a machine
@@ -28,14 +29,15 @@ def hf_principal(request: Request, session: SessionDep) -> Principal | None:
     token that is wrong or revoked is refused.
     """
     token = bearer_token(request)
-    if not token:
-        return cookie_principal(request, session)  # a signed-in browser, for reads
-    if not token.startswith(PREFIX):
+    if token and not token.startswith(PREFIX):
         return None
-    try:
-        return authenticate_request(request, session, token)
-    except AuthenticationError:
-        raise AuthenticationError(INVALID_CREDENTIALS) from None
+    with short_session(request) as session:
+        if not token:
+            return cookie_principal(request, session)  # a signed-in browser, for reads
+        try:
+            return authenticate_request(request, session, token)
+        except AuthenticationError:
+            raise AuthenticationError(INVALID_CREDENTIALS) from None
 
 
 HfPrincipalDep = Annotated[Principal | None, Depends(hf_principal)]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,48 @@ class ParsedCommit:
 def upload_mode(size: int) -> str:
     """How the client should send a file: inline in the commit, or through LFS."""
     return "regular" if size <= INLINE_MAX_BYTES else "lfs"
+
+
+#: A ``.gitignore`` longer than this is refused (patterns beyond it would not be read).
+GITIGNORE_MAX = 64 * 1024
+
+
+def gitignore_matcher(text: Any) -> Callable[[str], bool]:
+    """Whether a path is ignored by the ``.gitignore`` a client sends with its
+    preupload (``gitIgnore``), as huggingface.co answers ``shouldIgnore``.
+
+    The common subset of gitignore: blank lines and ``#`` comments skipped, a
+    pattern with a ``/`` (or ending in one) matches from the root, one without
+    matches any path component; ``!`` negations are not supported and refused.
+    """
+    if text is None:
+        return lambda path: False
+    if not isinstance(text, str) or len(text) > GITIGNORE_MAX:
+        raise InvalidInputError(f"'gitIgnore' must be a string of at most {GITIGNORE_MAX} characters")
+    patterns = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("!"):
+            raise InvalidInputError(f"the .gitignore line {line[:80]!r}: negations ('!') are not supported")
+        patterns.append(line)
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        for pattern in patterns:
+            directory = pattern.endswith("/")
+            pat = pattern.strip("/")
+            if "/" in pattern.rstrip("/"):  # anchored at the root
+                depth = pat.count("/") + 1
+                prefixes = ["/".join(parts[:i]) for i in range(depth, len(parts) + (0 if directory else 1))]
+                if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+                    return True
+            elif any(fnmatch.fnmatchcase(part, pat) for part in (parts[:-1] if directory else parts)):
+                return True
+        return False
+
+    return ignored
 
 
 def check_path(path: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
@@ -28,10 +29,24 @@ router = APIRouter()
 
 #: Tree page sizes, as on huggingface.co (fewer entries when expanded).
 TREE_PAGE, TREE_PAGE_EXPANDED = 1000, 50
+COMMITS_PAGE = 50
 
 
-def _revision(session: Session, adapter: Adapter, rev: str) -> Revision:
+def _revision(session: Session, adapter: Adapter, rev: str) -> Revision | None:
+    """A tag, a 40-hex id or a unique 7+-hex prefix (crud's resolver) -> the revision.
+
+    None is the empty revision: ``main`` (or :data:`shapes.EMPTY_SHA`) of a
+    repo created with ``create_repo`` and never pushed to. On huggingface.co
+    an empty repo still has ``main``, and clients rely on it: 0.3x versions
+    read ``repo_info(revision="main")`` before the first commit.
+    """
+    if rev in ("main", shapes.EMPTY_SHA) and _is_empty(session, adapter):
+        return None
     return crud.resolve_revision(session, adapter=adapter, rev=rev)
+
+
+def _files(session: Session, revision: Revision | None) -> list[RevisionFile]:
+    return crud.revision_files(session, revision=revision) if revision is not None else []
 
 
 def _is_empty(session: Session, adapter: Adapter) -> bool:
@@ -41,10 +56,8 @@ def _is_empty(session: Session, adapter: Adapter) -> bool:
 
 @router.get("/api/models/{owner}/{name}")
 def model_info(owner: str, name: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep) -> dict[str, Any]:
-    """Repo info at ``main``; a repo with no push yet has ``sha: null`` and no files."""
+    """Repo info at ``main``; a repo with no push yet is the empty revision, with no files."""
     adapter = load_adapter(session, principal, owner, name)
-    if _is_empty(session, adapter):
-        return shapes.model_info(adapter, None, [], {})
     return _info(session, store, adapter, _revision(session, adapter, "main"))
 
 
@@ -52,13 +65,13 @@ def model_info(owner: str, name: str, session: SessionDep, store: StoreDep, prin
 def model_info_at(
     owner: str, name: str, rev: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
 ) -> dict[str, Any]:
-    """Repo info at a tag or a 40-hex revision id."""
+    """Repo info at a tag, a revision id or a unique prefix of one."""
     adapter = load_adapter(session, principal, owner, name)
     return _info(session, store, adapter, _revision(session, adapter, rev))
 
 
-def _info(session: Session, store: BlobStore, adapter: Adapter, revision: Revision) -> dict[str, Any]:
-    files = crud.revision_files(session, revision=revision)
+def _info(session: Session, store: BlobStore, adapter: Adapter, revision: Revision | None) -> dict[str, Any]:
+    files = _files(session, revision)
     return shapes.model_info(adapter, revision, files, shapes.card_metadata(store, files))
 
 
@@ -76,7 +89,7 @@ def tree(
     """
     adapter = load_adapter(session, principal, owner, name)
     revision = _revision(session, adapter, rev)
-    files = crud.revision_files(session, revision=revision)
+    files = _files(session, revision)
     if path.strip("/"):
         files = [f for f in files if f.path == path.strip("/")]
         if not files:
@@ -114,11 +127,17 @@ async def paths_info(owner: str, name: str, rev: str, request: Request, principa
     form = await request.form()
     wanted = set(form.getlist("paths"))
     expand = str(form.get("expand", "")).lower() in ("1", "true")
+    # The queries run in a worker thread, never on the event loop.
+    return await anyio.to_thread.run_sync(_paths_info, session, principal, owner, name, rev, wanted, expand)
+
+
+def _paths_info(session: Session, principal: Principal | None, owner: str, name: str, rev: str,
+                wanted: set[str], expand: bool) -> list[dict[str, Any]]:
     adapter = load_adapter(session, principal, owner, name)
     revision = _revision(session, adapter, rev)
     return [
         shapes.tree_entry(f, revision if expand else None)
-        for f in crud.revision_files(session, revision=revision) if f.path in wanted
+        for f in _files(session, revision) if f.path in wanted
     ]
 
 
@@ -126,7 +145,28 @@ async def paths_info(owner: str, name: str, rev: str, request: Request, principa
 def refs(owner: str, name: str, session: SessionDep, principal: HfPrincipalDep) -> dict[str, Any]:
     """``main`` as the branch, the other tags as git tags."""
     adapter = load_adapter(session, principal, owner, name)
-    return shapes.refs(crud.tags_of(session, adapter=adapter))
+    tags = crud.tags_of(session, adapter=adapter)
+    return shapes.refs(tags, empty="main" not in tags)
+
+
+@router.get("/api/models/{owner}/{name}/commits/{rev}")
+def commits(
+    owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
+    p: int = Query(0, ge=0, le=10**6), limit: int = Query(COMMITS_PAGE, ge=1, le=COMMITS_PAGE),
+) -> JSONResponse:
+    """The revision history up to ``rev``, newest first, paged like the tree.
+
+    peft-hub's history is linear (each push moves ``main``), so the history of
+    a revision is it and every revision pushed before it.
+    """
+    adapter = load_adapter(session, principal, owner, name)
+    revision = _revision(session, adapter, rev)
+    history = [] if revision is None else crud.revision_history(session, adapter=adapter, revision=revision,
+                                                                offset=p * limit, limit=limit + 1)
+    headers = {}
+    if len(history) > limit:
+        headers["Link"] = f'<{request.url.include_query_params(p=p + 1, limit=limit)}>; rel="next"'
+    return JSONResponse([shapes.commit_entry(r) for r in history[:limit]], headers=headers)
 
 
 @router.get("/api/whoami-v2")
@@ -161,14 +201,17 @@ def _locate(
     session: Session, principal: Principal | None, owner: str, name: str, rev: str, filename: str
 ) -> tuple[Adapter, RevisionFile, dict[str, str]]:
     adapter = load_adapter(session, principal, owner, name)
-    if rev == "main" and _is_empty(session, adapter):
+    revision = _revision(session, adapter, rev)
+    if revision is None:
         # An empty repo's main is an empty tree: every file is missing. transformers'
         # push_to_hub relies on this when it looks for an existing model card.
-        raise EntryNotFoundError(f"{filename} not found: {owner}/{name} has no files yet")
-    revision = _revision(session, adapter, rev)
+        raise EntryNotFoundError(f"{filename} not found: {owner}/{name} has no files yet").annotate(
+            headers={"X-Repo-Commit": shapes.EMPTY_SHA})
     entry: RevisionFile | None = next((f for f in crud.revision_files(session, revision=revision) if f.path == filename), None)
     if entry is None:
-        raise MissingEntry(f"{filename} not found in {owner}/{name}@{rev}", revision.sha)
+        # With X-Repo-Commit, so the client caches the absence for that commit and does not ask again.
+        raise EntryNotFoundError(f"{filename} not found in {owner}/{name}@{rev}").annotate(
+            headers={"X-Repo-Commit": revision.sha})
     headers = {
         "X-Repo-Commit": revision.sha,
         "ETag": f'"{entry.sha256}"',
@@ -179,52 +222,30 @@ def _locate(
     return adapter, entry, headers
 
 
-class MissingEntry(EntryNotFoundError):
-    """A file missing from a known revision; answered with ``X-Repo-Commit`` so
-    the client caches the absence and does not ask again for that commit."""
-
-    def __init__(self, message: str, commit: str) -> None:
-        super().__init__(message)
-        self.commit = commit
-
-    def response(self, request: Request) -> Response:
-        from peft_hub.hub.app import render_error
-
-        response = render_error(request, self)
-        response.headers["X-Repo-Commit"] = self.commit
-        return response
-
-
 @router.head("/{owner}/{name}/resolve/{rev}/{filename:path}")
 def resolve_head(
-    owner: str, name: str, rev: str, filename: str, request: Request, session: SessionDep, principal: HfPrincipalDep
+    owner: str, name: str, rev: str, filename: str, session: SessionDep, principal: HfPrincipalDep
 ) -> Response:
     """A file's metadata, answered here and never redirected.
 
     ``huggingface_hub`` reads the ETag, size and commit from this response; a
     redirect to S3 would leave it to sign a HEAD with a URL presigned for GET.
     """
-    try:
-        _, entry, headers = _locate(session, principal, owner, name, rev, filename)
-    except MissingEntry as missing:
-        return missing.response(request)
+    _, entry, headers = _locate(session, principal, owner, name, rev, filename)
     return Response(status_code=200, headers={**headers, "Content-Length": str(entry.size)},
                     media_type="application/octet-stream")
 
 
 @router.get("/{owner}/{name}/resolve/{rev}/{filename:path}")
 def resolve_get(
-    owner: str, name: str, rev: str, filename: str, request: Request,
+    owner: str, name: str, rev: str, filename: str,
     session: SessionDep, store: StoreDep, settings: SettingsDep, principal: HfPrincipalDep,
 ) -> Response:
     """A file's bytes: a 302 to a presigned URL on S3, else streamed with Range support.
 
     Fetching ``adapter_config.json`` counts one download of the adapter.
     """
-    try:
-        adapter, entry, headers = _locate(session, principal, owner, name, rev, filename)
-    except MissingEntry as missing:
-        return missing.response(request)
+    adapter, entry, headers = _locate(session, principal, owner, name, rev, filename)
     if filename == CONFIG_NAME:
         crud.count_download(session, adapter=adapter)
     return blob_response(store, settings, entry.sha256, filename, headers)

@@ -7,6 +7,7 @@ Field names follow what ``huggingface_hub`` reads (``ModelInfo``,
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,6 +18,10 @@ from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.storage import BlobStore
 from peft_hub.safeparse import load_yaml
 
+#: The commit id of an empty repo's ``main``: the revision id of no files (``manifest_digest([])``).
+EMPTY_SHA = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+#: A base model named as a Hub id (``gpt2``, ``owner/name``), not a local path.
+_HUB_MODEL_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
 #: Model cards larger than this are not parsed for ``cardData``.
 CARD_PARSE_MAX = 1024 * 1024
 #: Parsed card headers, by the card blob's sha256 (blobs never change),
@@ -105,8 +110,10 @@ def model_info(
     push yet: it exists (``sha`` is null, no files) so ``repo_exists`` holds.
     """
     meta = AdapterMeta(**revision.meta) if revision is not None else None
-    base = meta.base_model if meta else None
+    base = hub_model_id(meta.base_model) if meta else None
     card_data = dict(card)
+    if not isinstance(card_data.get("base_model"), str) or not hub_model_id(card_data["base_model"]):
+        card_data.pop("base_model", None)  # a local path says nothing to another machine
     if base and not card_data.get("base_model"):
         card_data["base_model"] = base
     card_data.setdefault("library_name", "peft")
@@ -123,7 +130,7 @@ def model_info(
         "id": f"{adapter.owner}/{adapter.name}",
         "modelId": f"{adapter.owner}/{adapter.name}",
         "author": adapter.owner,
-        "sha": revision.sha if revision else None,
+        "sha": revision.sha if revision else EMPTY_SHA,
         "lastModified": iso(revision.created_at if revision else adapter.updated_at),
         "createdAt": iso(adapter.created_at),
         "private": adapter.private,
@@ -138,15 +145,34 @@ def model_info(
         "siblings": [sibling(f) for f in files],
         "spaces": [],
         "usedStorage": sum(f.size for f in files),
+        # 0.3x clients ask before each commit; False keeps them on LFS (peft-hub has no Xet).
+        "xetEnabled": False,
     }
 
 
-def refs(tags: dict[str, str]) -> dict[str, Any]:
-    """``main`` as the one branch, every other tag as a git tag."""
+def refs(tags: dict[str, str], *, empty: bool = False) -> dict[str, Any]:
+    """``main`` as the one branch (at :data:`EMPTY_SHA` in an empty repo), every
+    other tag as a git tag; never a pull request."""
+    main = EMPTY_SHA if empty else tags.get("main")
     return {
-        "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": tags["main"]}] if "main" in tags else [],
+        "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": main}] if main else [],
         "tags": [
             {"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha} for name, sha in tags.items() if name != "main"
         ],
         "converts": [],
+        "pullRequests": [],
+    }
+
+
+def hub_model_id(base: str | None) -> str | None:
+    """``base`` if it names a model on a hub, None for a local path (``/tmp/llama``, ``./base``)."""
+    return base if isinstance(base, str) and _HUB_MODEL_ID.match(base) and ".." not in base else None
+
+
+def commit_entry(revision: Revision) -> dict[str, Any]:
+    """A ``/commits`` item, as ``HfApi.list_repo_commits`` parses it."""
+    title, _, message = revision.message.partition("\n")
+    return {
+        "id": revision.sha, "authors": [{"user": revision.author or "unknown"}], "date": iso(revision.created_at),
+        "title": title, "message": message.strip("\n"),
     }

@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -34,11 +37,12 @@ from peft_hub.hub.hf.commit import (
     ParsedCommit,
     apply_operations,
     check_path,
+    gitignore_matcher,
     read_commit,
     upload_mode,
 )
-from peft_hub.hub.hf.shapes import split_front_matter
-from peft_hub.hub.models import Adapter, Revision
+from peft_hub.hub.hf.shapes import EMPTY_SHA, split_front_matter
+from peft_hub.hub.models import Adapter
 from peft_hub.hub.publish import publish
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import receive
@@ -85,7 +89,7 @@ async def create_repo(request: Request, session: SessionDep, principal: HfPrinci
     An existing one is a 409 that still carries ``url``: ``create_repo(exist_ok=True)``
     reads it from the error body.
     """
-    body = await _json_object(request)
+    body = await json_object(request)
     if body.get("type") not in (None, "model"):
         raise InvalidInputError("peft-hub stores model repos (adapters) only")
     owner = body.get("organization") or (principal.user.name if principal else "")
@@ -99,17 +103,14 @@ async def create_repo(request: Request, session: SessionDep, principal: HfPrinci
     try:
         await run_in_threadpool(crud.create_adapter, session, owner=owner, name=name, private=private)
     except ConflictError as exc:
-        from peft_hub.hub.app import render_error
-
-        headers = {k: v for k, v in render_error(request, exc).headers.items() if k.lower().startswith("x-error")}
-        return JSONResponse({**exc.to_dict(), **created}, status_code=exc.status_code, headers=headers)
+        raise exc.annotate(extra=created) from None
     return JSONResponse(created)
 
 
 @router.delete("/api/repos/delete")
 async def delete_repo(request: Request, session: SessionDep, principal: HfPrincipalDep, client: ClientDep) -> dict[str, Any]:
     """Delete an adapter and its revisions (blobs go at the next gc)."""
-    body = await _json_object(request)
+    body = await json_object(request)
     owner = body.get("organization") or (principal.user.name if principal else "")
     await run_in_threadpool(_delete, session, principal, str(owner), str(body.get("name") or ""), client)
     return {}
@@ -122,7 +123,7 @@ def _delete(session: Session, principal: Principal | None, owner: str, name: str
                  target=f"{adapter.owner}/{adapter.name}", client=client)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     body = loads_json(await request.body(), what="the body", strict_strings=True)
     if not isinstance(body, dict):
         raise InvalidInputError("the body must be a JSON object")
@@ -132,26 +133,27 @@ async def _json_object(request: Request) -> dict[str, Any]:
 @router.post("/api/validate-yaml")
 async def validate_yaml(request: Request) -> JSONResponse:
     """Check a model card's YAML front matter before a commit uploads anything."""
-    body = await _json_object(request)
+    body = await json_object(request)
     content = body.get("content")
     front = split_front_matter(content if isinstance(content, str) else "")
     if front is not None:
         try:  # bounded: an alias bomb or a deep nest is an error, not a hang
             data = load_yaml(front, what="the YAML front matter")
         except InvalidInputError as exc:
-            return _yaml_refused(exc.message)
+            raise YamlRefused(exc.message) from None
         if data is not None and not isinstance(data, dict):
-            return _yaml_refused("the metadata must be a YAML mapping")
+            raise YamlRefused("the metadata must be a YAML mapping")
     return JSONResponse({"errors": [], "warnings": []})
 
 
-def _yaml_refused(message: str) -> JSONResponse:
-    """HF's answer (400 with ``errors``, which huggingface_hub shows), plus the hub's error code."""
-    from peft_hub.hub.app import header_safe
+class YamlRefused(InvalidInputError):
+    """HF's answer to bad front matter: a 400 with ``errors`` (which huggingface_hub shows)."""
 
-    body = {"error": InvalidInputError.code, "detail": message, "errors": [{"message": message}], "warnings": []}
-    headers = {"X-Error-Code": InvalidInputError.code, "X-Error-Message": header_safe(message)}
-    return JSONResponse(body, status_code=400, headers=headers)
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.annotate(extra={"errors": [{"message": message}], "warnings": []})
 
 
 # --- uploads -----------------------------------------------------------------
@@ -169,12 +171,14 @@ async def preupload(
     unchanged one is not sent again.
     """
     _main_only(rev, create_pr)
-    body = await _json_object(request)
-    return await run_in_threadpool(_upload_plan, session, principal, owner, name, body.get("files") or [])
+    body = await json_object(request)
+    ignored = gitignore_matcher(body.get("gitIgnore"))
+    return await run_in_threadpool(_upload_plan, session, principal, owner, name, body.get("files") or [], ignored)
 
 
 def _upload_plan(
-    session: Session, principal: Principal | None, owner: str, name: str, files: list[Any]
+    session: Session, principal: Principal | None, owner: str, name: str, files: list[Any],
+    ignored: Callable[[str], bool],
 ) -> dict[str, Any]:
     adapter = _writable(session, principal, owner, name)
     if not isinstance(files, list) or len(files) > MAX_LFS_OBJECTS:
@@ -183,7 +187,7 @@ def _upload_plan(
     out = []
     for spec in files:
         path, size = (spec.get("path"), spec.get("size")) if isinstance(spec, dict) else (None, None)
-        if isinstance(path, str) and path in IGNORED_FILES:
+        if isinstance(path, str) and (path in IGNORED_FILES or ignored(path)):
             out.append({"path": path, "uploadMode": "regular", "shouldIgnore": True, "oid": None})
             continue
         check_path(path)
@@ -215,7 +219,7 @@ async def lfs_batch(
     the hub for each blob the store lacks, nothing for those it has."""
     if not repo.endswith(".git"):
         raise AdapterNotFoundError(f"repository {owner}/{repo} not found")
-    body = await _json_object(request)
+    body = await json_object(request)
     if body.get("operation") != "upload":
         raise InvalidInputError("this LFS endpoint takes uploads; download files through /resolve")
     await run_in_threadpool(_writable, session, principal, owner, repo[: -len(".git")])
@@ -286,23 +290,25 @@ def xet_token(owner: str, name: str, rev: str) -> None:
 # --- commit ------------------------------------------------------------------
 
 
-def _publish_commit(
-    session: Session, store: BlobStore, principal: Principal, adapter: Adapter, parsed: ParsedCommit, client: str
-) -> tuple[Adapter, Revision, bool]:
-    """Apply the operations to ``main`` as it is now; publishing re-reads
-    ``main`` under a row lock and refuses if another commit moved it since."""
-    for op in parsed.operations:
-        if op.kind == "add" and op.inline:  # the hub itself received these bytes
-            possession.record_upload(session, store, user_id=principal.user.id, sha256=op.entry.sha256, size=op.entry.size)
-        elif op.kind == "add" and op.entry.size is None:  # an lfsFile line without a size
-            op.entry = FileEntry(op.path, possession.size_for(session, principal, op.entry.sha256, op.path), op.entry.sha256)
-    parent = _parent_files(session, adapter)
-    current = crud.tags_of(session, adapter=adapter).get("main")
-    if parsed.parent_commit and parsed.parent_commit != current:
+def _plan_commit(engine: Engine, principal: Principal | None, owner: str, name: str) -> Adapter:
+    with Session(engine, expire_on_commit=False) as session:
+        return _writable(session, principal, owner, name)
+
+
+def _entries(engine: Engine, principal: Principal, adapter: Adapter, parsed: ParsedCommit) -> tuple[list[FileEntry], str | None]:
+    """The commit's operations applied to ``main`` as it is now (read in a
+    short session); publishing re-reads ``main`` under a row lock and refuses
+    if another commit moved it since."""
+    with Session(engine) as session:
+        for op in parsed.operations:
+            if op.kind == "add" and op.entry.size is None:  # an lfsFile line without a size
+                size = possession.size_for(session, principal, op.entry.sha256, op.path)
+                op.entry = FileEntry(op.path, size, op.entry.sha256)
+        parent = _parent_files(session, adapter)
+        current = crud.tags_of(session, adapter=adapter).get("main")
+    if parsed.parent_commit and parsed.parent_commit != (current or EMPTY_SHA):
         raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
-    entries = apply_operations(list(parent.values()), parsed.operations)
-    return publish(session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}",
-                   entries=entries, message=parsed.message, parent=current, client=client)
+    return apply_operations(list(parent.values()), parsed.operations), current
 
 
 @router.post("/api/models/{owner}/{name}/commit/{rev}")
@@ -310,19 +316,28 @@ async def commit(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
     principal: HfPrincipalDep, client: ClientDep, create_pr: str | None = None,
 ) -> dict[str, Any]:
-    """Apply an NDJSON commit on top of ``main`` and publish the result whole."""
+    """Apply an NDJSON commit on top of ``main`` and publish the result whole.
+
+    No transaction is open while the body streams in: the checks before it
+    and the reads after it are short sessions, and ``session`` (the write
+    transaction) is used by the publish alone.
+    """
     _main_only(rev, create_pr)
-    adapter = await run_in_threadpool(_writable, session, principal, owner, name)
+    engine = request.app.state.engine
+    adapter = await run_in_threadpool(_plan_commit, engine, principal, owner, name)
     stored: list[str] = []
     try:
         parsed = await read_commit(request.stream(), store, stored)
-        adapter, revision, created = await run_in_threadpool(
-            _publish_commit, session, store, principal, adapter, parsed, client)
+        entries, current = await run_in_threadpool(_entries, engine, principal, adapter, parsed)
+        received = frozenset(op.entry.sha256 for op in parsed.operations if op.kind == "add" and op.inline)
+        adapter, revision, created = await run_in_threadpool(partial(
+            publish, session, store, principal=principal, repo_id=f"{adapter.owner}/{adapter.name}", entries=entries,
+            message=parsed.message, parent=current, client=client, received=received))
     except BaseException:
         # A refused commit leaves the store as it found it. Roll back first:
         # the discard locks the blobs' rows in a transaction of its own.
         await run_in_threadpool(session.rollback)
-        await run_in_threadpool(possession.discard_unclaimed, request.app.state.engine, store, stored)
+        await run_in_threadpool(possession.discard_unclaimed, engine, store, stored)
         raise
     base = _base(request)
     return {

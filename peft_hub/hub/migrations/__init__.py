@@ -1,82 +1,28 @@
-"""Schema versions, applied in order by ``peft-hub db upgrade`` and at start.
-
-Each migration is a function of a connection. The applied version is kept in
-``peft_hub_schema``; a migration and its version bump commit together.
+"""Schema upgrades: Alembic's revisions (``peft_hub/hub/alembic/``), run by
+``peft-hub db upgrade`` and by every hub as it starts.
 
 Several hub processes may start at once on one database (replicas behind a
 proxy, or a few processes on one SQLite file). Every change of the schema,
 and the creation of the first admin, runs inside :func:`exclusive`: the
 database's own lock makes each check-then-change one step, so one process
-migrates, the others wait and then find nothing to do.
+migrates, the others wait and then find nothing to do. An upgrade is one
+transaction: it commits whole or leaves the database as it was.
+
+A database made by the in-house runner used before Alembic (table
+``peft_hub_schema``) is adopted first, in the same transaction: see
+:mod:`peft_hub.hub.alembic.legacy`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import SQLModel
 
-
-def _initial(conn: Connection) -> None:
-    from peft_hub.hub import models  # noqa: F401
-
-    SQLModel.metadata.create_all(conn)
-
-
-def _security(conn: Connection) -> None:
-    """Upload receipts, server-side web sessions, the audit log, token expiry."""
-    from peft_hub.hub import models
-
-    for column, kind in (("name", "VARCHAR(64) NOT NULL DEFAULT ''"), ("expires_at", "TIMESTAMP"),
-                         ("last_used_at", "TIMESTAMP")):
-        existing = {c["name"] for c in inspect(conn).get_columns("token")}
-        if column not in existing:
-            conn.execute(text(f"ALTER TABLE token ADD COLUMN {column} {kind}"))
-    tables = [models.BlobUpload.__table__, models.WebSession.__table__, models.AuditEvent.__table__]
-    SQLModel.metadata.create_all(conn, tables=tables)
-
-
-def _big_sizes(conn: Connection) -> None:
-    """Sizes and counters as 64-bit integers: files up to the 8 GiB cap fit.
-    (SQLite's INTEGER is 64-bit already.)"""
-    if conn.dialect.name != "postgresql":
-        return
-    for table, column in (("revisionfile", "size"), ("adapter", "total_size"), ("adapter", "downloads"),
-                          ("blobupload", "size")):
-        conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT"))
-
-
-def _blob_rows(conn: Connection) -> None:
-    """The blob table publish and gc lock (rows appear as blobs are used)."""
-    from peft_hub.hub import models
-
-    SQLModel.metadata.create_all(conn, tables=[models.Blob.__table__])
-
-
-def _revision_health(conn: Connection) -> None:
-    """``revision.broken``: what ``fsck --repair`` found wrong with a revision's blobs."""
-    if "broken" not in {c["name"] for c in inspect(conn).get_columns("revision")}:
-        conn.execute(text("ALTER TABLE revision ADD COLUMN broken JSON"))
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "initial schema", _initial),
-    (2, "upload receipts, web sessions, audit log, token expiry", _security),
-    (3, "64-bit sizes", _big_sizes),
-    (4, "blob rows for publish/gc agreement", _blob_rows),
-    (5, "revision health marks from fsck", _revision_health),
-]
-
-
-def current_version(conn: Connection) -> int:
-    conn.execute(text("CREATE TABLE IF NOT EXISTS peft_hub_schema (version INTEGER NOT NULL)"))
-    row = conn.execute(text("SELECT MAX(version) FROM peft_hub_schema")).first()
-    return int(row[0] or 0) if row else 0
-
+from peft_hub.errors import ConflictError
 
 #: The PostgreSQL advisory lock taken by schema changes and the first-admin bootstrap.
 LOCK_KEY = 7351001
@@ -117,18 +63,88 @@ def exclusive(conn: Connection) -> None:
                 time.sleep(0.05)  # the busy timeout waited already; this only keeps a zero one from spinning
 
 
+def _script():
+    from alembic.script import ScriptDirectory
+
+    from peft_hub.hub.alembic import config
+
+    return ScriptDirectory.from_config(config())
+
+
+def head() -> str:
+    """The newest revision this code knows."""
+    return _script().get_current_head()
+
+
+def _current(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
 def upgrade(engine: Engine) -> list[str]:
-    """Apply every migration newer than the database; return what was applied.
+    """Bring the database to :func:`head`; return what was applied, oldest first.
 
     Safe to run from several processes at once: see :func:`exclusive`.
     """
-    applied = []
+    from alembic import command
+
+    from peft_hub.hub.alembic import config, legacy
+
+    script = _script()
     with engine.begin() as conn:
         exclusive(conn)
-        version = current_version(conn)
-        for number, title, apply in MIGRATIONS:
-            if number > version:
-                apply(conn)
-                conn.execute(text("INSERT INTO peft_hub_schema (version) VALUES (:v)"), {"v": number})
-                applied.append(f"{number:04d} {title}")
+        applied = legacy.adopt(conn, script)
+        before = _current(conn)
+        if before is not None and before not in {rev.revision for rev in script.walk_revisions()}:
+            raise ConflictError(f"the database is at schema revision {before}, which this peft-hub does not know "
+                               "(made by a newer version?): upgrade peft-hub")
+        command.upgrade(config(conn), "head")
+        news = reversed(list(script.iterate_revisions("head", before)))
+        applied += [f"{rev.revision} {(rev.doc or '').strip()}" for rev in news]
     return applied
+
+
+def current(engine: Engine) -> str:
+    """The database's schema revision, in words."""
+    from peft_hub.hub.alembic import legacy
+
+    with engine.connect() as conn:
+        number = legacy.version(conn)
+        if number is not None:
+            return f"in-house version {number} (before Alembic): run peft-hub db upgrade"
+        rev = _current(conn)
+    if rev is None:
+        return "empty: run peft-hub db upgrade"
+    return rev + (" (head)" if rev == head() else f" (head is {head()}: run peft-hub db upgrade)")
+
+
+def check(engine: Engine) -> list[str]:
+    """What ``alembic check`` reports: every difference between the models and
+    the database's schema (at head, none, unless a model changed with no
+    revision). Each difference is one line."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from peft_hub.hub.alembic import context_options
+
+    with engine.connect() as conn:
+        options = context_options(conn.dialect.name)
+        context = MigrationContext.configure(conn, opts=options)
+        return [_describe(diff) for diff in compare_metadata(context, options["target_metadata"])]
+
+
+def _describe(diff: Any) -> str:
+    """One autogenerate difference on one line: ``add_column token.note``."""
+    if isinstance(diff, list):  # the changes of one column
+        return "; ".join(_describe(d) for d in diff)
+    kind, *rest = diff
+    if kind.startswith("modify_"):
+        _schema, table, column, _existing, old, new = rest
+        return f"{kind} {table}.{column}: {old!r} -> {new!r}"
+    target = rest[-1]
+    if kind in ("add_column", "remove_column"):
+        return f"{kind} {rest[1]}.{target.name}"
+    table = getattr(target, "table", None)
+    prefix = f"{table.name}." if table is not None and table is not target else ""
+    return f"{kind} {prefix}{getattr(target, 'name', None) or target}"

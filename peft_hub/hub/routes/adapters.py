@@ -8,14 +8,17 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from peft_hub.adapter import CARD_NAME, validate_repo_id
+from peft_hub.contract import CommitResult, SearchPage
 from peft_hub.errors import EntryNotFoundError, StorageError
 from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import require_write
+from peft_hub.hub.config import Settings
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.publish import publish
 from peft_hub.hub.schemas import (
-    CommitRequest, EvalsRequest, PreuploadRequest, TagRequest, adapter_summary, revision_detail,
+    CommitRequest, EvalsRequest, PreuploadRequest, TagRequest,
 )
+from peft_hub.hub.storage import BlobStore
 
 router = APIRouter(prefix="/api/adapters", tags=["adapters"])
 
@@ -52,7 +55,8 @@ def search(
         max_rank=max_rank, target_module=target_module, owner=owner, tag=tag,
     )
     items, total = crud.search_adapters(session, clauses=clauses, sort=sort, order=order, page=page, per_page=per_page)
-    return {"items": [adapter_summary(a) for a in items], "total": total, "page": page, "per_page": per_page}
+    return SearchPage(items=[crud.adapter_summary(a) for a in items], total=total, page=page,
+                      per_page=per_page).model_dump()
 
 
 @router.get("/{owner}/{name}")
@@ -68,7 +72,7 @@ def show(
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
     if download:
         crud.count_download(session, adapter=adapter)
-    return revision_detail(session, adapter, rev, principal)
+    return crud.revision_detail(session, adapter=adapter, revision=rev, principal=principal).model_dump()
 
 
 @router.get("/{owner}/{name}/revisions")
@@ -116,7 +120,8 @@ def commit(
         session, store, principal=principal, repo_id=f"{owner}/{name}", entries=[f.entry() for f in body.files],
         message=body.message, tags=body.tags, private=body.private, client=client,
     )
-    return {**revision_detail(session, adapter, revision, principal), "created": created}
+    detail = crud.revision_detail(session, adapter=adapter, revision=revision, principal=principal)
+    return CommitResult(**detail.model_dump(), created=created).model_dump()
 
 
 @router.get("/{owner}/{name}/resolve/{revision}/{path}")
@@ -133,17 +138,17 @@ def resolve(
     return blob_response(store, settings, entry.sha256, path, {"X-Repo-Commit": rev.sha, "ETag": f'"{entry.sha256}"'})
 
 
-def blob_response(store, settings, sha256: str, filename: str, headers: dict[str, str]) -> Response:  # noqa: ANN001
+def blob_response(store: BlobStore, settings: Settings, sha256: str, filename: str, headers: dict[str, str]) -> Response:
     """Send a blob: 302 to a presigned URL where the store has one, else the file."""
     url = store.presign_get(sha256, filename, settings.presign_expiry)
     if url is not None:
         return RedirectResponse(url, status_code=302, headers=headers)
-    local_path = getattr(store, "local_path", None)
+    local_path = store.local_path(sha256)
     if local_path is not None:  # FileResponse handles Range and HEAD
-        if not local_path(sha256).is_file():
+        if not local_path.is_file():
             raise StorageError(f"{filename}: its blob {sha256} is missing from the hub's store; "
                                "an admin can find every such file with `peft-hub fsck`")
-        return FileResponse(local_path(sha256), headers=headers, media_type="application/octet-stream",
+        return FileResponse(local_path, headers=headers, media_type="application/octet-stream",
                             filename=filename, content_disposition_type="attachment")
     return StreamingResponse(store.open(sha256), headers=headers, media_type="application/octet-stream")
 

@@ -7,8 +7,10 @@ map onto adapters.
 
 from fastapi import APIRouter
 
-from peft_hub.hub.hf import read, write
+from peft_hub.hub.hf import listing, read, settings, write
 
 router = APIRouter(tags=["huggingface"])
+router.include_router(listing.router)
 router.include_router(read.router)
 router.include_router(write.router)
+router.include_router(settings.router)

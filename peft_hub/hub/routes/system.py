@@ -1,8 +1,8 @@
-"""Identity, tokens, blob uploads (local storage), garbage collection, health."""
+"""Identity, tokens, blob uploads (local storage), health."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
@@ -13,15 +13,21 @@ from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import WEIGHTS_MAX_BYTES, validate_namespace
 from peft_hub.errors import (
-    DatabaseUnavailableError, InvalidInputError, NamespaceNotFoundError, NotFoundError, PeftHubError,
-    PermissionDeniedError, StorageUnavailableError, UnavailableError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    NamespaceNotFoundError,
+    NotFoundError,
+    PeftHubError,
+    PermissionDeniedError,
+    StorageUnavailableError,
+    UnavailableError,
 )
-from peft_hub.hub import audit, crud, ledger, possession
+from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import Principal, as_utc, is_expired, require_admin, require_scope, scope_rank
 from peft_hub.hub.db import describe, is_unavailable, ping, unavailable
-from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, StoreDep
 from peft_hub.hub.models import Namespace, Token, utcnow
-from peft_hub.hub.schemas import GcRequest, TokenRequest
+from peft_hub.hub.schemas import TokenRequest
 from peft_hub.hub.uploads import receive
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -53,7 +59,7 @@ async def ready(request: Request) -> dict[str, str]:
                 await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=state.ready_limiter)
         except TimeoutError:
             failed[name] = f"{what} did not answer within {timeout:g} s"
-        except Exception as exc:  # noqa: BLE001 - reported, whatever it is
+        except Exception as exc:  # reported, whatever it is
             failed[name] = (unavailable(exc).message if is_unavailable(exc)
                             else str(exc) if isinstance(exc, PeftHubError) else f"{what} failed: {exc}")
 
@@ -133,7 +139,8 @@ def _grant(
         limits = limits if limits is not None else list(principal.namespaces)
         outside = sorted(set(limits) - set(principal.namespaces))
         if outside:
-            raise PermissionDeniedError(f"your token is limited to {', '.join(principal.namespaces) or 'no namespaces'};"
+            allowed = ", ".join(principal.namespaces) or "no namespaces"
+            raise PermissionDeniedError(f"your token is limited to {allowed};"
                                         f" it cannot create a token for {', '.join(outside)}")
     return name, target, limits, _new_token_expiry(body.expires_at, principal)
 
@@ -160,20 +167,24 @@ def list_tokens(session: SessionDep, principal: PrincipalDep, user: str | None =
     owner = principal.user
     if user and user != principal.user.name:
         require_admin(principal, user)
-        owner = crud.get_namespace(session, name=user)
-        if owner is None:
+        named = crud.get_namespace(session, name=user)
+        if named is None:
             raise NamespaceNotFoundError(f"no user {user!r}")
+        owner = named
     return [_token_public(row, owner, principal) for row in crud.list_tokens(session, user=owner)]
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, principal: PrincipalDep, client: ClientDep
+) -> Response:
     """Revoke (delete) a token and end its web sessions: its owner, or an admin."""
     principal = require_scope(principal, "read")
     row = crud.get_token(session, token_id=token_id)
     if row is None or (row.user_id != principal.user.id and not principal.is_admin):
         raise NotFoundError(f"token {token_id} not found")
     owner = session.get(Namespace, row.user_id)
+    assert owner is not None  # a token's user (a foreign key)
     if row.user_id != principal.user.id:
         require_admin(principal, owner.name)
     crud.revoke_token(session, token=row)
@@ -216,43 +227,7 @@ async def upload_blob(
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise InvalidInputError("sha256 must be 64 lowercase hex digits")
     await receive(store, sha256, size, request.stream())
-    await run_in_threadpool(possession.record_upload, session, store, user_id=principal.user.id, sha256=sha256, size=size)
+    assert principal.user.id is not None  # a stored row
+    await run_in_threadpool(
+        possession.record_upload, session, store, user_id=principal.user.id, sha256=sha256, size=size)
     return {"sha256": sha256, "size": size}
-
-
-@router.post("/admin/gc")
-def gc(
-    body: GcRequest, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
-    client: ClientDep,
-) -> dict[str, Any]:
-    """Delete blobs no revision references, once older than the grace period."""
-    principal = require_admin(principal)
-    grace = settings.gc_grace_seconds if body.grace_seconds is None else body.grace_seconds
-    cutoff = utcnow() - timedelta(seconds=grace)
-    referenced = crud.referenced_blobs(session)
-    deleted, freed, kept, seen = [], 0, 0, set()
-    for blob in store.iterate():
-        seen.add(blob.sha256)
-        if blob.sha256 in referenced:
-            continue
-        if blob.modified > cutoff:
-            kept += 1
-            continue
-        # Each deletion re-checks under the blob's lock (see hub.ledger), so a
-        # publish racing this gc either keeps the blob or is told to upload it.
-        if body.dry_run or ledger.collect(request.app.state.engine, store, blob.sha256):
-            deleted.append(blob.sha256)
-            freed += blob.size
-        else:
-            kept += 1
-    if not body.dry_run:  # ledger rows of planned uploads that never came
-        ledger.forget_unstored(request.app.state.engine, seen - set(deleted), utcnow())
-    # Temporary files and multipart uploads that killed writers left behind.
-    swept = 0 if body.dry_run else store.sweep_stale(settings.stale_upload_seconds)
-    # The deletions committed one by one; the audit row commits on its own too,
-    # so a long gc past the request's write deadline is still recorded.
-    audit.record_now(request.app.state.engine, actor=principal.user.name, action="gc", client=client,
-                     detail={"deleted": len(deleted), "bytes_freed": freed, "kept_in_grace": kept,
-                             "dry_run": body.dry_run, "grace_seconds": grace, "stale_uploads": swept})
-    return {"deleted": deleted, "bytes_freed": freed, "kept_in_grace": kept, "dry_run": body.dry_run,
-            "grace_seconds": grace, "stale_uploads_removed": swept}

@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
 from peft_hub.errors import ChecksumMismatchError
@@ -106,8 +107,14 @@ class BlobStore(abc.ABC):
         """Remove a blob; absent blobs are ignored."""
 
     @abc.abstractmethod
-    def iterate(self) -> Iterator[BlobStat]:
-        """Every blob in the store."""
+    def iterate(self, start_after: str | None = None) -> Iterator[BlobStat]:
+        """Every blob in the store, in sha256 order, from the first after
+        ``start_after`` on (so a long listing can stop and resume there)."""
+
+    def local_path(self, sha256: str) -> Path | None:
+        """A file on this machine holding the blob, for the hub to send with
+        sendfile (Range and HEAD included); None when the store keeps none."""
+        return None
 
     def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
         """A URL that serves the blob without the hub, or None to stream it."""

@@ -139,11 +139,13 @@ class LocalBlobStore(BlobStore):
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
 
-    def iterate(self) -> Iterator[BlobStat]:
-        for path in (self.root / "sha256").glob("*/*"):
-            stat = self.stat(path.name)
-            if stat is not None:
-                yield stat
+    def iterate(self, start_after: str | None = None) -> Iterator[BlobStat]:
+        after = start_after or ""
+        for folder in sorted(p for p in (self.root / "sha256").iterdir() if p.name >= after[:2]):
+            for path in sorted(p for p in folder.iterdir() if p.name > after):
+                stat = self.stat(path.name)
+                if stat is not None:
+                    yield stat
 
 
 def _remove_unlocked(path: Path) -> int:

@@ -13,11 +13,11 @@ Downloads are redirects to presigned GETs: bytes never pass through the hub.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from urllib.parse import quote
-from collections.abc import Iterator
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from peft_hub.errors import StorageError, StorageUnavailableError
 from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTarget
@@ -82,8 +82,13 @@ class GuardedClient:
     def failure(self, exc: BaseException) -> StorageError | None:
         """The error of ours for a botocore failure; None for S3's 4xx answers and non-boto errors."""
         from botocore.exceptions import (
-            BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError,
-            NoRegionError, PartialCredentialsError,
+            BotoCoreError,
+            ClientError,
+            HTTPClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+            NoRegionError,
+            PartialCredentialsError,
         )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -265,10 +270,12 @@ class S3BlobStore(BlobStore):
     def delete(self, sha256: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
-    def iterate(self) -> Iterator[BlobStat]:
+    def iterate(self, start_after: str | None = None) -> Iterator[BlobStat]:
         paginator = self.client.get_paginator("list_objects_v2")
+        # S3 lists keys in UTF-8 byte order: under one prefix, that is sha256 order.
+        after = {"StartAfter": self._key(start_after)} if start_after else {}
         with self.client.guard():
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}sha256/", **after):
                 for obj in page.get("Contents", []):
                     sha = obj["Key"].rsplit("/", 1)[-1]
                     yield BlobStat(sha, obj["Size"], obj["LastModified"])

@@ -27,6 +27,7 @@ import nh3
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 
+from peft_hub.adapter import split_front_matter
 from peft_hub.hub.limits import SizedCache
 
 TAGS = {
@@ -38,7 +39,6 @@ ATTRIBUTES = {"a": {"href", "title"}, "td": {"align"}, "th": {"align"}, "code": 
 URL_SCHEMES = {"http", "https", "mailto"}
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 #: Characters where markdown-it's inline parser stops to try a rule, plus line
 #: breaks (each starts a block); the cost of rendering follows their count.
@@ -72,14 +72,6 @@ def _markdown() -> MarkdownIt:
 
 
 _MD = _markdown()
-
-
-def split_front_matter(text: str) -> tuple[str | None, str]:
-    """A Hugging Face card's YAML header (shown as-is) and its Markdown body."""
-    m = _FRONT_MATTER.match(text)
-    if not m:
-        return None, text
-    return m.group(1), text[m.end():]
 
 
 def markup_units(text: str) -> int:

@@ -15,6 +15,7 @@ from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
 from peft_hub import __version__
+from peft_hub.units import human_size
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -34,15 +35,8 @@ SECURITY_HEADERS = {
 
 
 def filesize(n: int | None) -> str:
-    """Bytes as a short human size (binary units)."""
-    if n is None:
-        return "–"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    """Bytes as a short human size (IEC units, as the CLI prints them)."""
+    return human_size(n, missing="–")
 
 
 def number(value: float | None) -> str:
