@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager
 
+from peft_hub.adapter_files import CONFIG_NAME, MAX_FILES, WEIGHTS_NAME, size_cap, validate_filename
 from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
-from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
-from peft_hub.safeparse import load_yaml, loads_json, name_problem
-from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-CARD_NAME = "README.md"
+from peft_hub.errors import InvalidAdapterError
+from peft_hub.modelcard import CARD_NAME, card_summary, check_card
+from peft_hub.names import shown
+from peft_hub.safeparse import loads_json
+from peft_hub.safetensors_header import SafetensorsHeader, read_header
 
 #: Every PEFT method the registry stores: PEFT 0.21's ``PeftType`` values (kept here
 #: so the hub and client need no torch), checked against PEFT in the tests.
@@ -39,102 +38,6 @@ KNOWN_PEFT_TYPES = frozenset({
 #: The safetensors ``__metadata__`` key a composed adapter's lineage is read from.
 LINEAGE_KEY = "peft_hub.lineage"
 LINEAGE_MAX_CHARS = 64 * 1024
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-WEIGHTS_MAX_BYTES = 8 * 1024**3
-#: The allowlist of other files: suffix -> size cap in bytes.
-EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, ".jinja": 1024**2}
-
-#: Names the web catalog and the API use for themselves.
-RESERVED_NAMES = frozenset({"api", "static", "compose", "login", "logout"})
-#: ``\Z``, not ``$``: a ``$`` also matches before a final newline.
-#: ASCII letters of either case: a name keeps the case it was typed in and is
-#: found whatever the case (ASCII, so lowercasing it cannot merge two strangers'
-#: names the way Unicode case folding could, e.g. "K" and the Kelvin sign).
-NAME_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
-MAX_FILES = 32
-#: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
-MAX_FILENAME_BYTES = 255
-#: Path separators, and what Windows refuses or a quoted Content-Disposition cannot hold.
-_UNSAFE_IN_NAMES = '/\\"<>:|?*'
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """A user's value for an error message: repr'd (so control characters show
-    escaped) and cut short, so a megabyte of input makes a short message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def validate_namespace(part: str, *, what: str = "name") -> str:
-    """Check one half of ``owner/name``; return it unchanged."""
-    if not isinstance(part, str) or not NAME_RE.fullmatch(part) or ".." in part:
-        raise InvalidNameError(
-            f"invalid {what} {shown(part)}: use 1-64 ASCII letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit, and no '..'"
-        )
-    if what in ("owner", "namespace", "organisation", "user") and part.lower() in RESERVED_NAMES:
-        raise InvalidNameError(f"{part!r} is reserved and cannot be a namespace")
-    return part
-
-
-def validate_repo_id(repo_id: str) -> tuple[str, str]:
-    """Split and check an ``owner/name`` id (already URL-decoded).
-
-    Returns:
-        ``(owner, name)``.
-    """
-    parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if len(parts) != 2:
-        raise InvalidNameError(f"invalid adapter id {shown(repo_id)}: expected 'owner/name'")
-    return validate_namespace(parts[0], what="owner"), validate_namespace(parts[1], what="name")
-
-
-def validate_filename(path: str) -> str:
-    """Check a file name inside an adapter: flat, allowlisted, no traversal,
-    no control characters, at most 255 bytes."""
-    if not isinstance(path, str) or not path or path.startswith(".") or any(c in path for c in _UNSAFE_IN_NAMES):
-        raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
-    problem = name_problem(path, MAX_FILENAME_BYTES)
-    if problem or len(path.encode("utf-8")) > MAX_FILENAME_BYTES:
-        raise InvalidAdapterError(
-            f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
-        )
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {pickle_hint(path)}")
-    if path in (CONFIG_NAME, WEIGHTS_NAME):
-        return path
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in EXTRA_FILE_CAPS:
-        raise InvalidAdapterError(
-            f"file {path!r} is not allowed: besides {CONFIG_NAME} and {WEIGHTS_NAME}, only "
-            f"{', '.join(sorted(EXTRA_FILE_CAPS))} files are stored"
-        )
-    return path
-
-
-#: What ``transformers.Trainer`` writes next to the adapter: pickles that are
-#: training state, not weights, so "re-save the adapter" would be the wrong advice.
-TRAINER_PICKLES = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
-TRAINER_HINT = (
-    "It is Trainer state, not adapter weights, and peft-hub stores no pickles. Push the adapter alone with "
-    "`trainer.model.push_to_hub(repo_id)`, or keep Trainer(push_to_hub=True) and put a .gitignore listing "
-    "`*.bin`, `*.pt` and `*.pth` in the output_dir (upload_folder takes ignore_patterns=['*.bin', '*.pt', '*.pth'])."
-)
-
-
-def pickle_hint(path: str) -> str:
-    """The advice for a refused pickle: Trainer state is left out, weights are re-saved."""
-    name = path.rsplit("/", 1)[-1]
-    if name in TRAINER_PICKLES or name.startswith("rng_state"):
-        return TRAINER_HINT
-    return CONVERT_HINT
-
-
-def size_cap(path: str) -> int:
-    """The largest size accepted for a file of this name."""
-    if path == WEIGHTS_NAME:
-        return WEIGHTS_MAX_BYTES
-    return EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
 
 
 @dataclass
@@ -253,21 +156,6 @@ def check_lora_shapes(config: dict[str, Any], header: SafetensorsHeader) -> None
             )
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def card_summary(card: str, limit: int = 300) -> str:
-    """The first paragraph of prose in a model card (no front matter, headings, HTML or code)."""
-    text = split_front_matter(card)[1].replace("\x00", "")
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
-    for block in re.split(r"\n\s*\n", text):
-        lines = [ln.strip() for ln in block.strip().splitlines()]
-        if lines and not lines[0].startswith(("#", "<", "|", "-", "*", "!", "[")):
-            # No control characters: the summary is printed by the CLI and shown in lists.
-            return _CONTROL.sub(" ", " ".join(lines))[:limit]
-    return ""
-
-
 def describe(
     config: dict[str, Any], header: SafetensorsHeader, files: list[FileEntry], card: str = ""
 ) -> AdapterMeta:
@@ -310,32 +198,6 @@ def parse_lineage(raw: str) -> dict[str, Any]:
         raise InvalidAdapterError(f"{what} is longer than {LINEAGE_MAX_CHARS} characters")
     record = loads_json(raw, max_depth=16, what=what, error=InvalidAdapterError, strict_strings=True)
     return check_lineage(record, what=what)
-
-
-def split_front_matter(text: str) -> tuple[str | None, str]:
-    """A model card's YAML header (the lines between a leading ``---`` line and the
-    next one) and the body after it; ``(None, text)`` when there is no header.
-    The one rule for the push check, the web card and ``cardData``."""
-    stripped = text.lstrip("\ufeff")
-    lines, kept = stripped.splitlines(), stripped.splitlines(keepends=True)
-    if not lines or lines[0].strip() != "---":
-        return None, text
-    for end in range(1, len(lines)):
-        if lines[end].strip() == "---":
-            return "\n".join(lines[1:end]), "".join(kept[end + 1:])
-    return None, text
-
-
-def front_matter(text: str) -> str | None:
-    """A model card's YAML header, or None; see :func:`split_front_matter`."""
-    return split_front_matter(text)[0]
-
-
-def check_card(text: str) -> None:
-    """Refuse a model card whose YAML header is invalid, too deep, or an alias bomb."""
-    front = front_matter(text)
-    if front is not None:
-        load_yaml(front, what=f"the YAML front matter of {CARD_NAME}", error=InvalidAdapterError)
 
 
 def check_entries(entries: list[FileEntry]) -> None:

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_hub.adapter import validate_namespace, validate_repo_id
 from peft_hub.errors import InvalidInputError, InvalidNameError, PeftHubError
+from peft_hub.names import validate_namespace, validate_repo_id
 
 _PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 

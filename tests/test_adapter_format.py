@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
-from peft_hub.adapter import (
-    KNOWN_PEFT_TYPES, manifest_digest, validate_dir, validate_filename, validate_repo_id,
-)
-from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
 from tiny_models import make_lora, tiny_llama
+
+from peft_hub.adapter import KNOWN_PEFT_TYPES, manifest_digest, validate_dir
+from peft_hub.adapter_files import validate_filename
+from peft_hub.errors import InvalidAdapterError, InvalidNameError, UnsafeFormatError
+from peft_hub.names import validate_repo_id
 
 
 @pytest.fixture(scope="module")

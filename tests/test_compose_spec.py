@@ -18,7 +18,8 @@ from typing import get_args
 import pytest
 from test_compose_support import adapter
 
-from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, parse_config, validate_dir
+from peft_hub.adapter import parse_config, validate_dir
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
 from peft_hub.compose import compose_dirs, interpolate_dirs, spec
 from peft_hub.errors import ComposeError, PeftHubError
 from peft_hub.hub.web.compose_preview import Picked, build, inspect

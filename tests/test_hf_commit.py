@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from peft_hub.adapter import MAX_FILES, FileEntry
+from peft_hub.adapter import FileEntry
+from peft_hub.adapter_files import MAX_FILES
 from peft_hub.errors import (
     EntryNotFoundError,
     InvalidAdapterError,

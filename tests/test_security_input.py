@@ -26,15 +26,10 @@ import httpx
 import pytest
 from hub_state import snapshot as state
 
-from peft_hub.adapter import (
-    parse_config,
-    parse_lineage,
-    pattern_value,
-    validate_filename,
-    validate_namespace,
-    validate_repo_id,
-)
+from peft_hub.adapter import parse_config, parse_lineage, pattern_value
+from peft_hub.adapter_files import validate_filename
 from peft_hub.errors import InvalidAdapterError, InvalidInputError, InvalidNameError
+from peft_hub.names import validate_namespace, validate_repo_id
 from peft_hub.safeparse import json_depth, load_yaml, loads_json
 from peft_hub.safetensors_header import read_header
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from peft_hub.adapter import FileEntry, validate_dir, validate_namespace
+from peft_hub.adapter import FileEntry, validate_dir
 from peft_hub.client.admin_api import NDJSON_LINE_LIMIT, AdminMixin, _ndjson  # noqa: F401 - re-exported
 from peft_hub.client.assemble import assemble, links
 from peft_hub.client.cache import BlobCache
@@ -26,6 +26,7 @@ from peft_hub.errors import (
     InvalidNameError,
     UploadRequiredError,
 )
+from peft_hub.names import validate_namespace
 from peft_hub.outdir import plan_output, replace_output
 from peft_hub.paths import save_token, save_url, saved_url, token_file
 from peft_hub.progress import tqdm

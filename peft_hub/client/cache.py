@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peft_hub.adapter import sha256_file, validate_repo_id
+from peft_hub.adapter import sha256_file
 from peft_hub.client.assemble import assemble, link_or_copy, links  # noqa: F401 - re-exported
 from peft_hub.client.names import (  # noqa: F401 - re-exported: the cache's public names
     REVISION_RE,
@@ -42,6 +42,7 @@ from peft_hub.client.names import (  # noqa: F401 - re-exported: the cache's pub
     check_revision,
     check_sha256,
 )
+from peft_hub.names import validate_repo_id
 from peft_hub.paths import cache_dir
 from peft_hub.progress import tqdm
 from peft_hub.staging import delete, lock, scandir, staging_leftovers, sweep

@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
+from peft_hub.adapter import FileEntry
+from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
 from peft_hub.client.cache import BlobCache, Partial, check_name, check_revision, check_sha256
 from peft_hub.client.http import NO_RETRY, RetryPolicy, origin, raise_for_status, redact, transient
 from peft_hub.errors import (

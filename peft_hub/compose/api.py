@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from peft_hub.adapter import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, vllm_max_lora_rank
+from peft_hub.adapter import vllm_max_lora_rank
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
 from peft_hub.compose.card import LINEAGE_KEY, lineage, render_card
 from peft_hub.compose.engine import stream_compose
 from peft_hub.compose.io import dtype_name, parse_dtype, st_to_torch
@@ -28,6 +29,7 @@ from peft_hub.compose.plan import (
 )
 from peft_hub.compose.spec import METHODS, ComposeOptions, check_weights
 from peft_hub.errors import ComposeError
+from peft_hub.modelcard import CARD_NAME
 from peft_hub.outdir import OutputDir, plan_output
 
 __all__ = ["METHODS", "ComposeOptions", "ComposeReport", "compose_dirs", "interpolate_dirs"]

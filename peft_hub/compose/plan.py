@@ -12,16 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_hub.adapter import (
-    CONFIG_NAME,
-    LORA_KEY,
-    PEFT_PREFIX,
-    WEIGHTS_NAME,
-    check_lora_shapes,
-    parse_config,
-    pattern_value,
-    sha256_file,
-)
+from peft_hub.adapter import LORA_KEY, PEFT_PREFIX, check_lora_shapes, parse_config, pattern_value, sha256_file
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
 from peft_hub.compose.spec import ComposeOptions, check_config, module_scale
 from peft_hub.errors import (
     ComposeError,

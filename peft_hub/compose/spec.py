@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args
 
-from peft_hub.adapter import pattern_value, shown
+from peft_hub.adapter import pattern_value
 from peft_hub.errors import ComposeError, InvalidInputError, UnsupportedAdapterError
+from peft_hub.names import shown
 
 FactorMethod = Literal["stack", "svd"]  # exact, from the low-rank factors
 MergeMethod = Literal["ties", "dare_linear", "dare_ties", "magnitude_prune"]  # dense per module, then truncated

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from peft_hub.adapter import CONFIG_NAME, PEFT_PREFIX, WEIGHTS_NAME, pattern_value
+from peft_hub.adapter import PEFT_PREFIX, pattern_value
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
 from peft_hub.errors import (
     IncompatibleAdaptersError,
     InvalidAdapterError,

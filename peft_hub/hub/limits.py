@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from peft_hub.adapter import WEIGHTS_MAX_BYTES
+from peft_hub.adapter_files import WEIGHTS_MAX_BYTES
 from peft_hub.errors import InvalidInputError, PayloadTooLargeError, PeftHubError
 from peft_hub.hub.hf.commit import INLINE_MAX_BYTES, MAX_FILES
 from peft_hub.safeparse import MAX_DEPTH, check_depth

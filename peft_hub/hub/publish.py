@@ -18,12 +18,13 @@ from typing import BinaryIO, cast
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest, validate_repo_id
+from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest
 from peft_hub.errors import ChecksumMismatchError, StorageError, UploadRequiredError
 from peft_hub.hub import audit, crud, events, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Blob, Revision
 from peft_hub.hub.storage import BlobStat, BlobStore
+from peft_hub.names import validate_repo_id
 
 
 def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None) -> None:

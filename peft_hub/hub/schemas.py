@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
-from peft_hub.adapter import MAX_FILENAME_BYTES, WEIGHTS_MAX_BYTES, FileEntry
+from peft_hub.adapter import FileEntry
+from peft_hub.adapter_files import MAX_FILENAME_BYTES, WEIGHTS_MAX_BYTES
 from peft_hub.safeparse import check_strings, json_depth, name_problem, text_problem
 
 

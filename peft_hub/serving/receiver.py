@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from peft_hub.adapter import shown, validate_repo_id
 from peft_hub.errors import AuthenticationError, InvalidInputError, InvalidNameError
+from peft_hub.names import shown, validate_repo_id
 from peft_hub.serving.resolve import Served
 from peft_hub.signing import SIGNATURE_HEADER, verify
 

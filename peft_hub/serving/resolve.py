@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_hub.adapter import CONFIG_NAME, parse_config, shown, vllm_max_lora_rank
+from peft_hub.adapter import parse_config, vllm_max_lora_rank
+from peft_hub.adapter_files import CONFIG_NAME
 from peft_hub.client import HubClient, Ref, parse_ref
 from peft_hub.errors import (
     IncompatibleAdaptersError,
@@ -24,6 +25,7 @@ from peft_hub.errors import (
     RevisionNotFoundError,
     UnsupportedAdapterError,
 )
+from peft_hub.names import shown
 
 FULL_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
 #: A short revision id: at least 7 hex digits, as git abbreviates them.

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
-from peft_hub.adapter import validate_repo_id
 from peft_hub.errors import AdapterNotFoundError, AuthenticationError, InvalidNameError
 from peft_hub.hub import crud
 from peft_hub.hub.auth import PREFIX, Principal
 from peft_hub.hub.deps import authenticate_request, bearer_token, cookie_principal, short_session
 from peft_hub.hub.models import Adapter
+from peft_hub.names import validate_repo_id
 
 #: ``huggingface_hub`` raises a plain HTTP error, not RepositoryNotFoundError,
 #: for a 401 carrying exactly this message.

@@ -18,10 +18,11 @@ from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import MAX_FILES, FileEntry, size_cap, validate_filename
+from peft_hub.adapter import FileEntry
+from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
 from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
-from peft_hub.hub.uploads import put_small
 from peft_hub.hub.storage import BlobStore
+from peft_hub.hub.uploads import put_small
 from peft_hub.safeparse import loads_json
 
 #: Files up to this size are sent inline, base64 in the commit itself

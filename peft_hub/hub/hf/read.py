@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
-from peft_hub.adapter import CONFIG_NAME
+from peft_hub.adapter_files import CONFIG_NAME
 from peft_hub.errors import (
     AdapterNotFoundError,
     EntryNotFoundError,

@@ -11,11 +11,12 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from peft_hub.adapter import CARD_NAME, AdapterMeta, front_matter
+from peft_hub.adapter import AdapterMeta
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub.limits import SizedCache
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.storage import BlobStore
+from peft_hub.modelcard import CARD_NAME, front_matter
 from peft_hub.safeparse import load_yaml
 
 #: The commit id of an empty repo's ``main``: the revision id of no files (``manifest_digest([])``).

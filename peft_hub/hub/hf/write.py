@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import WEIGHTS_MAX_BYTES, FileEntry, size_cap, validate_namespace
+from peft_hub.adapter import FileEntry
+from peft_hub.adapter_files import WEIGHTS_MAX_BYTES, size_cap
 from peft_hub.errors import (
     AdapterNotFoundError,
     ConflictError,
@@ -46,6 +47,7 @@ from peft_hub.hub.models import Adapter
 from peft_hub.hub.publish import publish
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import receive
+from peft_hub.names import validate_namespace
 from peft_hub.safeparse import load_yaml, loads_json
 
 router = APIRouter()

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from peft_hub.adapter import CARD_NAME, validate_repo_id
 from peft_hub.contract import CommitResult, SearchPage
 from peft_hub.errors import EntryNotFoundError, StorageError
 from peft_hub.hub import audit, crud, possession
@@ -16,9 +15,14 @@ from peft_hub.hub.config import Settings
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.publish import publish
 from peft_hub.hub.schemas import (
-    CommitRequest, EvalsRequest, PreuploadRequest, TagRequest,
+    CommitRequest,
+    EvalsRequest,
+    PreuploadRequest,
+    TagRequest,
 )
 from peft_hub.hub.storage import BlobStore
+from peft_hub.modelcard import CARD_NAME
+from peft_hub.names import validate_repo_id
 
 router = APIRouter(prefix="/api/adapters", tags=["adapters"])
 

@@ -15,12 +15,12 @@ import httpx
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from peft_hub.adapter import validate_namespace, validate_repo_id
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub import audit, events, webhooks
 from peft_hub.hub.auth import require_scope, require_write
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep
 from peft_hub.hub.schemas import Name
+from peft_hub.names import validate_namespace, validate_repo_id
 
 router = APIRouter(prefix="/api", tags=["events"])
 

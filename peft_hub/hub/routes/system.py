@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.adapter import WEIGHTS_MAX_BYTES, validate_namespace
+from peft_hub.adapter_files import WEIGHTS_MAX_BYTES
 from peft_hub.errors import (
     DatabaseUnavailableError,
     InvalidInputError,
@@ -29,6 +29,7 @@ from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, StoreDep
 from peft_hub.hub.models import Namespace, Token, utcnow
 from peft_hub.hub.schemas import TokenRequest
 from peft_hub.hub.uploads import receive
+from peft_hub.names import validate_namespace
 
 router = APIRouter(prefix="/api", tags=["system"])
 

@@ -27,8 +27,8 @@ import nh3
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 
-from peft_hub.adapter import split_front_matter
 from peft_hub.hub.limits import SizedCache
+from peft_hub.modelcard import split_front_matter
 
 TAGS = {
     "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em",

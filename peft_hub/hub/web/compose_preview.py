@@ -18,13 +18,24 @@ from typing import Any
 
 from sqlmodel import Session
 
-from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, check_lora_shapes, parse_config, validate_repo_id, vllm_max_lora_rank
-from peft_hub.compose.plan import LoraPair, ModulePlan, Term, check_base_models, lora_pairs, output_ranks, place, plan_ranks
+from peft_hub.adapter import check_lora_shapes, parse_config, vllm_max_lora_rank
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
+from peft_hub.compose.plan import (
+    LoraPair,
+    ModulePlan,
+    Term,
+    check_base_models,
+    lora_pairs,
+    output_ranks,
+    place,
+    plan_ranks,
+)
 from peft_hub.compose.spec import DEFAULT_MAX_RANK, MERGE_METHODS, METHODS, ComposeOptions, check_config, check_weights
 from peft_hub.errors import PeftHubError
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.storage import BlobStore
+from peft_hub.names import validate_repo_id
 from peft_hub.safetensors_header import SafetensorsHeader, read_header
 
 __all__ = ["DEFAULT_MAX_RANK", "MERGE_METHODS", "METHODS", "Picked", "Preview", "build", "command", "inspect", "load"]

@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlmodel import Session
 
-from peft_hub.adapter import CARD_NAME
+from peft_hub.adapter import vllm_max_lora_rank
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.models import Adapter, Revision
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.web import charts
 from peft_hub.hub.web.card import card_from_blob
-from peft_hub.adapter import vllm_max_lora_rank
+from peft_hub.modelcard import CARD_NAME
 
 AUTO_CLASSES = {
     "CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",

@@ -1,0 +1,72 @@
+"""Which files an adapter directory may hold: names, allowlisted kinds, size
+caps, and the advice given for a refused pickle."""
+
+from __future__ import annotations
+
+import os
+
+from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
+from peft_hub.names import shown
+from peft_hub.safeparse import name_problem
+from peft_hub.safetensors_header import CONVERT_HINT
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+WEIGHTS_MAX_BYTES = 8 * 1024**3
+#: The allowlist of other files: suffix -> size cap in bytes.
+EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, ".jinja": 1024**2}
+
+MAX_FILES = 32
+#: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
+MAX_FILENAME_BYTES = 255
+#: Path separators, and what Windows refuses or a quoted Content-Disposition cannot hold.
+_UNSAFE_IN_NAMES = '/\\"<>:|?*'
+
+
+def validate_filename(path: str) -> str:
+    """Check a file name inside an adapter: flat, allowlisted, no traversal,
+    no control characters, at most 255 bytes."""
+    if not isinstance(path, str) or not path or path.startswith(".") or any(c in path for c in _UNSAFE_IN_NAMES):
+        raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
+    problem = name_problem(path, MAX_FILENAME_BYTES)
+    if problem or len(path.encode("utf-8")) > MAX_FILENAME_BYTES:
+        raise InvalidAdapterError(
+            f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
+        )
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {pickle_hint(path)}")
+    if path in (CONFIG_NAME, WEIGHTS_NAME):
+        return path
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in EXTRA_FILE_CAPS:
+        raise InvalidAdapterError(
+            f"file {path!r} is not allowed: besides {CONFIG_NAME} and {WEIGHTS_NAME}, only "
+            f"{', '.join(sorted(EXTRA_FILE_CAPS))} files are stored"
+        )
+    return path
+
+
+#: What ``transformers.Trainer`` writes next to the adapter: pickles that are
+#: training state, not weights, so "re-save the adapter" would be the wrong advice.
+TRAINER_PICKLES = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
+TRAINER_HINT = (
+    "It is Trainer state, not adapter weights, and peft-hub stores no pickles. Push the adapter alone with "
+    "`trainer.model.push_to_hub(repo_id)`, or keep Trainer(push_to_hub=True) and put a .gitignore listing "
+    "`*.bin`, `*.pt` and `*.pth` in the output_dir (upload_folder takes ignore_patterns=['*.bin', '*.pt', '*.pth'])."
+)
+
+
+def pickle_hint(path: str) -> str:
+    """The advice for a refused pickle: Trainer state is left out, weights are re-saved."""
+    name = path.rsplit("/", 1)[-1]
+    if name in TRAINER_PICKLES or name.startswith("rng_state"):
+        return TRAINER_HINT
+    return CONVERT_HINT
+
+
+def size_cap(path: str) -> int:
+    """The largest size accepted for a file of this name."""
+    if path == WEIGHTS_NAME:
+        return WEIGHTS_MAX_BYTES
+    return EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
