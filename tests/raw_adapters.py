@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 
 def zero_safetensors(tensors: dict[str, list[int]]) -> bytes:
@@ -16,3 +17,17 @@ def zero_safetensors(tensors: dict[str, list[int]]) -> bytes:
         offset += n
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+
+
+def tiny_lora_dir(path: Path, note: str) -> Path:
+    """A valid rank-2 LoRA directory whose card says ``note`` (so each note is its own revision)."""
+    path.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
+              "base_model_name_or_path": "tiny"}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+    }))
+    (path / "README.md").write_text(f"# {note}\n")
+    return path

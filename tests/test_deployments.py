@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from raw_adapters import tiny_lora_dir
 from services import live_hub
 from test_webhooks import (
     SECRET,
-    adapter_dir,
     hook_settings,
     receiver,
     user_token,
@@ -47,8 +47,8 @@ def test_register_list_and_remove(hub, tmp_path):
                      headers={"Authorization": f"Bearer {hub.admin_token}"}).status_code == 201
     alice = HubClient(hub.url, user_token(hub, admin, "alice"))
     bob = HubClient(hub.url, user_token(hub, admin, "bob", scope="read"))
-    pushed = admin.push(adapter_dir(tmp_path / "s", "secret"), name="acme/secret", private=True)
-    admin.push(adapter_dir(tmp_path / "o", "open"), name="acme/open")
+    pushed = admin.push(tiny_lora_dir(tmp_path / "s", "secret"), name="acme/secret", private=True)
+    admin.push(tiny_lora_dir(tmp_path / "o", "open"), name="acme/open")
     served = [_entry("acme/secret", revision=pushed.revision), _entry("acme/open"), _entry("acme/gone")]
     out = client_events.put_deployment(alice, "vllm-1", url="http://10.0.0.5:8000", base_model="tiny",
                                        adapters=served)
@@ -109,7 +109,7 @@ def test_bad_deployments_refused(hub):
 
 def test_cli_deployments(hub, client_env, tmp_path):
     admin = HubClient(hub.url, hub.admin_token)
-    pushed = admin.push(adapter_dir(tmp_path / "a", "one"), name="acme/support")
+    pushed = admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/support")
     client_events.put_deployment(admin, "vllm-1", url="http://h:8000", base_model="tiny",
                                  adapters=[_entry("acme/support", revision=pushed.revision)])
     runner = CliRunner()
@@ -130,7 +130,7 @@ def test_two_replicas_send_each_delivery_once(tmp_path, request):
         with live_hub(settings) as one, live_hub(settings) as two, receiver() as r:
             admin = HubClient(one.url, one.admin_token)
             client_events.add_webhook(admin, r.url, secret=SECRET, namespace="acme", events=["tag"])
-            pushed = admin.push(adapter_dir(tmp_path / backend / "a", "one"), name="acme/support")
+            pushed = admin.push(tiny_lora_dir(tmp_path / backend / "a", "one"), name="acme/support")
             other = HubClient(two.url, two.admin_token)
             for number in range(12):
                 (admin if number % 2 else other).set_tag(f"acme/support@{pushed.revision}", f"t{number}")

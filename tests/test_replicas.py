@@ -9,7 +9,6 @@ SeaweedFS, and SQLite with local files shared by every process.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from raw_adapters import zero_safetensors
+from raw_adapters import tiny_lora_dir
 from services import free_port
 from sqlalchemy import create_engine, text
 
@@ -181,19 +180,6 @@ def test_replicas_started_at_once_agree_on_one_schema_and_one_admin(backend, tmp
                 assert (me["name"], me["scope"]) == ("admin", "admin")
 
 
-def _adapter(path: Path, note: str) -> Path:
-    path.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
-              "base_model_name_or_path": "tiny"}
-    (path / "adapter_config.json").write_text(json.dumps(config))
-    (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
-        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
-    }))
-    (path / "README.md").write_text(f"# {note}\n")
-    return path
-
-
 def _files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
@@ -223,7 +209,7 @@ def _concurrent_pushes(clients: list[HubClient], adapters: list[Path], name: str
 def test_push_and_pull_across_replicas_with_one_history(backend, tmp_path, request):
     with cluster(backend, tmp_path / "hub", request) as hub:
         clients = [HubClient(r.url, hub.token, cache_dir=tmp_path / f"cache-{i}") for i, r in enumerate(hub.replicas)]
-        first = _adapter(tmp_path / "a" / "support", "first")
+        first = tiny_lora_dir(tmp_path / "a" / "support", "first")
         pushed = clients[0].push(first, name="admin/support")
         for i, client in enumerate(clients[1:], 1):
             pulled = client.pull("admin/support", tmp_path / f"pulled-{i}")
@@ -232,7 +218,7 @@ def test_push_and_pull_across_replicas_with_one_history(backend, tmp_path, reque
         # Concurrent pushes through different replicas: to a new name (its
         # creation races), then to the existing one (its tag races).
         for name in ("admin/race", "admin/support"):
-            variants = [_adapter(tmp_path / name / str(i) / "support", f"{name} {i}") for i in range(len(clients))]
+            variants = [tiny_lora_dir(tmp_path / name / str(i) / "support", f"{name} {i}") for i in range(len(clients))]
             revisions = _concurrent_pushes(clients, variants, name)
             assert len(set(revisions)) == len(clients)
             for client in clients:

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import make_settings
-from raw_adapters import zero_safetensors
+from raw_adapters import tiny_lora_dir
 from services import free_port, live_hub, wait_until
 from sqlmodel import Session, select
 
@@ -122,19 +122,6 @@ def receiver(**kwargs) -> Receiver:
 # --- helpers -----------------------------------------------------------------------
 
 
-def adapter_dir(path: Path, note: str) -> Path:
-    path.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
-              "base_model_name_or_path": "tiny"}
-    (path / "adapter_config.json").write_text(json.dumps(config))
-    (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
-        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
-    }))
-    (path / "README.md").write_text(f"# {note}\n")
-    return path
-
-
 def hook_settings(backend: str, tmp_path: Path, request, **overrides):
     settings = make_settings(backend, tmp_path, request)
     return settings.model_copy(update={"webhook_allow_private": True, "webhook_retry_base_seconds": 0.05,
@@ -172,9 +159,9 @@ def test_signed_events_retried_after_500(hook_hub, tmp_path):
     with receiver(answer=lambda _id, seen: 500 if seen == 0 else 200) as r:
         hook = client_events.add_webhook(admin, r.url, secret=SECRET, namespace="acme")
         assert "secret" not in hook and hook["namespace"] == "acme" and hook["events"] == ["tag", "push", "delete"]
-        first = admin.push(adapter_dir(tmp_path / "a", "one"), name="acme/support")
+        first = admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/support")
         wait_for(lambda: len(r.accepted()) == 2, what="push and main deliveries")
-        second = admin.push(adapter_dir(tmp_path / "b", "two"), name="acme/support")
+        second = admin.push(tiny_lora_dir(tmp_path / "b", "two"), name="acme/support")
         admin.set_tag(f"acme/support@{first.revision}", "prod")
         wait_for(lambda: len(r.accepted()) == 5, what="the second push and the tag move")
         admin.delete("acme/support")
@@ -208,8 +195,8 @@ def test_failed_after_max_attempts_and_events_filter(tmp_path, request):
     with live_hub(settings) as hub, receiver(answer=lambda _id, _seen: 503) as r:
         admin = HubClient(hub.url, hub.admin_token)
         hook = client_events.add_webhook(admin, r.url, secret=SECRET, adapter="acme/one", events=["tag"])
-        admin.push(adapter_dir(tmp_path / "a", "one"), name="acme/one")
-        admin.push(adapter_dir(tmp_path / "b", "other"), name="acme/other")  # another adapter: no event
+        admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/one")
+        admin.push(tiny_lora_dir(tmp_path / "b", "other"), name="acme/other")  # another adapter: no event
         wait_for(lambda: client_events.list_deliveries(admin, hook["id"])[0]["status"] == "failed", what="failure")
         [record] = client_events.list_deliveries(admin, hook["id"])
         assert (record["event"], record["tag"], record["attempts"], record["response_code"]) == ("tag", "main", 3, 503)
@@ -239,7 +226,7 @@ def test_pending_delivery_survives_killed_hub(tmp_path):
         wait_until(lambda: httpx.get(f"{url}/api/health").status_code == 200, 60, "hub")
         admin = HubClient(url, token)
         hook = client_events.add_webhook(admin, down.url, secret=SECRET, adapter="acme/support", events=["push"])
-        pushed = admin.push(adapter_dir(tmp_path / "a", "one"), name="acme/support")
+        pushed = admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/support")
         wait_for(lambda: client_events.list_deliveries(admin, hook["id"])[0]["attempts"] >= 1, what="a failed attempt")
         [record] = client_events.list_deliveries(admin, hook["id"])
         assert record["status"] == "pending" and record["last_error"]
@@ -267,10 +254,10 @@ def test_hanging_receiver_does_not_slow_writes(tmp_path, request):
     hang = threading.Event()
     with live_hub(settings) as hub, receiver(hang=hang) as r:
         admin = HubClient(hub.url, hub.admin_token)
-        admin.push(adapter_dir(tmp_path / "warm", "warm"), name="acme/warm")  # imports and caches warmed
+        admin.push(tiny_lora_dir(tmp_path / "warm", "warm"), name="acme/warm")  # imports and caches warmed
         hook = client_events.add_webhook(admin, r.url, secret=SECRET, namespace="acme")
         started = time.monotonic()
-        first = admin.push(adapter_dir(tmp_path / "a", "one"), name="acme/support")
+        first = admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/support")
         for _ in range(5):
             admin.set_tag(f"acme/support@{first.revision}", "prod")
             admin.delete_tag("acme/support", "prod")
@@ -296,14 +283,14 @@ def test_private_adapters_only_for_creators_who_can_read(tmp_path, request):
         with pytest.raises(PermissionDeniedError):
             client_events.add_webhook(bob, r.url, secret=SECRET, namespace="acme")
         hook = client_events.add_webhook(alice, r.url, secret=SECRET, namespace="acme", events=["push"])
-        admin.push(adapter_dir(tmp_path / "s1", "secret"), name="acme/secret", private=True)
+        admin.push(tiny_lora_dir(tmp_path / "s1", "secret"), name="acme/secret", private=True)
         wait_for(lambda: len(r.accepted()) == 1, what="the member's private delivery")
         with Session(hub.app.state.engine) as s:
             alice_id = s.exec(select(Namespace.id).where(Namespace.name == "alice")).one()
             s.delete(s.exec(select(Membership).where(Membership.user_id == alice_id)).one())
             s.commit()
-        admin.push(adapter_dir(tmp_path / "s2", "secret two"), name="acme/secret", private=True)
-        admin.push(adapter_dir(tmp_path / "o", "open"), name="acme/open")
+        admin.push(tiny_lora_dir(tmp_path / "s2", "secret two"), name="acme/secret", private=True)
+        admin.push(tiny_lora_dir(tmp_path / "o", "open"), name="acme/open")
         wait_for(lambda: len(r.accepted()) == 2, what="the public delivery")
         time.sleep(0.5)  # time enough for a wrong private delivery to arrive
         assert [g["body"]["repo"] for g in r.accepted()] == ["acme/secret", "acme/open"]
