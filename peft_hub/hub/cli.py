@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import click
@@ -163,12 +163,18 @@ def db() -> None:
 _DB_URL = click.option("--db-url", envvar="PEFT_HUB_DB_URL", default=None, help="Database URL (default: the hub's).")
 
 
-def _engine(db_url: str | None):
+@contextlib.contextmanager
+def _engine(db_url: str | None) -> Iterator[Any]:
+    """The hub's database engine (or ``db_url``'s), disposed when the block ends."""
     from peft_hub.hub import Settings
     from peft_hub.hub.db import make_engine
 
     overrides: dict[str, Any] = {"db_url": db_url} if db_url else {}
-    return make_engine(Settings(**overrides).db_url)
+    engine = make_engine(Settings(**overrides).db_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @db.command("upgrade")
@@ -177,11 +183,8 @@ def db_upgrade(db_url: str | None) -> None:
     """Apply pending schema migrations (Alembic revisions; the hub also applies them at start)."""
     from peft_hub.hub.migrations import upgrade
 
-    engine = _engine(db_url)
-    try:
+    with _engine(db_url) as engine:
         applied = upgrade(engine)
-    finally:
-        engine.dispose()
     click.echo("\n".join(f"applied {m}" for m in applied) or "database is up to date")
 
 
@@ -191,11 +194,8 @@ def db_current(db_url: str | None) -> None:
     """Print the database's schema revision."""
     from peft_hub.hub.migrations import current
 
-    engine = _engine(db_url)
-    try:
+    with _engine(db_url) as engine:
         click.echo(current(engine))
-    finally:
-        engine.dispose()
 
 
 @db.command("check")
@@ -204,11 +204,8 @@ def db_check(db_url: str | None) -> None:
     """Compare the models with the database's schema (as ``alembic check``); exit 1 on a difference."""
     from peft_hub.hub.migrations import check
 
-    engine = _engine(db_url)
-    try:
+    with _engine(db_url) as engine:
         diffs = check(engine)
-    finally:
-        engine.dispose()
     for diff in diffs:
         click.echo(diff)
     if diffs:
