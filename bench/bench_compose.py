@@ -33,8 +33,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the benchmarks import compose late, to time the import
+    from peft_hub.compose.spec import MergeMethod
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -202,7 +206,7 @@ def bench_7b(tmp: Path, labels: list[str]) -> dict:
 # --- 2. dense truncation: exact against randomized --------------------------
 
 
-def merged_module(d: int, k: int, kind: str) -> tuple[torch.Tensor, float]:
+def merged_module(d: int, k: int, kind: MergeMethod) -> tuple[torch.Tensor, float]:
     """A merged dense ΔW as the engine builds it; returns it and the merge's seconds.
 
     ``ties``: the bench adapters with weights 0.5, 0.3, 0.2, TIES at density
@@ -214,12 +218,13 @@ def merged_module(d: int, k: int, kind: str) -> tuple[torch.Tensor, float]:
 
     weights = WEIGHTS if kind == "ties" else (0.5, 0.5, 0.5)
     start = time.perf_counter()
-    tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip((random_factors(d, k, s) for s in range(3)), weights, strict=True)]
-    merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "bench"))  # type: ignore[arg-type]
+    factors = [random_factors(d, k, s) for s in range(3)]
+    tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip(factors, weights, strict=True)]
+    merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "bench"))
     return merged, time.perf_counter() - start
 
 
-def bench_truncation(d: int, k: int, kind: str, repeats: int) -> dict:
+def bench_truncation(d: int, k: int, kind: MergeMethod, repeats: int) -> dict:
     from peft_hub.compose.lowrank import dense_truncate, frobenius_sq
 
     m, merge_s = merged_module(d, k, kind)
@@ -261,8 +266,8 @@ def main() -> None:
     shapes = [(4096, 4096)] if args.skip_peft_11008 else [(4096, 4096), (4096, 11008)]
     for d, k in shapes:
         r = bench_module(d, k, args.repeats, args.dense_reference)
-        print(f"[1] svd merge 3x r16 -> r16 on {r['shape']}: ours {r['ours_s'] * 1e3:.1f} ms, PEFT {r['peft_s']:.2f} s, "
-              f"{r['speedup']:.0f}x faster (target >= 100x)\n"
+        print(f"[1] svd merge 3x r16 -> r16 on {r['shape']}: ours {r['ours_s'] * 1e3:.1f} ms, "
+              f"PEFT {r['peft_s']:.2f} s, {r['speedup']:.0f}x faster (target >= 100x)\n"
               f"    max|ours - PEFT| / max|ΔW| = {r['rel_err']:.1e} (target <= 1e-5); against the "
               f"{'dense ' if args.dense_reference else ''}float64 truncation: "
               f"ours {r['ours_exact']:.1e}, PEFT {r['peft_exact']:.1e}")
@@ -281,7 +286,8 @@ def main() -> None:
              bench_truncation(4096, 4096, "dare_ties", args.repeats)]
     for r in dense:
         print(f"[2] {r['kind']} 3x r16, density 0.2, -> r16 on {r['shape']} (merge {r['merge_s']:.1f} s): "
-              f"exact SVD {r['exact_s']:.1f} s, randomized {r['rand_s']:.2f} s ({r['exact_s'] / r['rand_s']:.0f}x faster)\n"
+              f"exact SVD {r['exact_s']:.1f} s, randomized {r['rand_s']:.2f} s "
+              f"({r['exact_s'] / r['rand_s']:.0f}x faster)\n"
               f"    exact keeps {r['kept_fraction']:.4f} of the energy; randomized keeps {r['energy_rel']:.1e} less "
               f"(relative, target <= 1e-3); Frobenius error {r['err_ratio'] - 1:+.1e} relative to Eckart-Young's "
               f"(target <= 1e-2); max|product diff| / max|exact| = {r['prod_rel']:.1e}")
@@ -292,15 +298,16 @@ def main() -> None:
     print(f"[3] 7B-shaped: 3 adapters x {LAYERS * len(SHAPES)} modules, inputs {r['inputs_mb']:.0f} MB (bf16); "
           f"RSS after importing torch + compose: {r['import_rss_mb']:.0f} MB")
     for label, run in r["runs"].items():
-        line = (f"    {label:5s} -> rank {run['rank']}: compose {run['compose_s']:.2f} s, with imports {run['total_s']:.2f} s; "
-                f"peak RSS {run['maxrss_mb']:.0f} MB")
+        line = (f"    {label:5s} -> rank {run['rank']}: compose {run['compose_s']:.2f} s, "
+                f"with imports {run['total_s']:.2f} s; peak RSS {run['maxrss_mb']:.0f} MB")
         if label == "ties":
             # The exact SVD alone, per module shape, as measured in [2]: 128 square and 96 4096 x 11008 modules.
             square, wide = dense[0]["exact_s"], dense[1]["exact_s"]
             exact_only = LAYERS * (4 * square + 3 * wide)
-            line += (f" (dense float32 work, 180 MB per 4096x11008 tensor); output {run['output_mb']:.0f} MB; energy kept "
-                     f"{run['energy']:.4f}; truncation {run['truncation']}; the exact SVDs alone would take about "
-                     f"{exact_only / 60:.0f} min ({exact_only / run['compose_s']:.1f}x this whole run)")
+            line += (f" (dense float32 work, 180 MB per 4096x11008 tensor); output {run['output_mb']:.0f} MB; "
+                     f"energy kept {run['energy']:.4f}; truncation {run['truncation']}; "
+                     f"the exact SVDs alone would take about {exact_only / 60:.0f} min "
+                     f"({exact_only / run['compose_s']:.1f}x this whole run)")
         else:
             line += (f" = {run['maxrss_mb'] / r['limit_mb']:.2f} of the limit {r['limit_mb']:.0f} MB; output "
                      f"{run['output_mb']:.0f} MB; energy kept {run['energy']:.4f} (target <= 15 s, "

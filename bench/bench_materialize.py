@@ -130,7 +130,8 @@ def compare(work: Path) -> float:
     for key, shard in index.items():
         if not any(t in key for t in TARGETS):
             continue
-        with safe_open(work / "out-stream" / shard, "pt") as a, safe_open(work / "out-peft" / peft_index[key], "pt") as b:
+        with (safe_open(work / "out-stream" / shard, "pt") as a,
+              safe_open(work / "out-peft" / peft_index[key], "pt") as b):
             x, y = a.get_tensor(key).float(), b.get_tensor(key).float()
         ulp = torch.finfo(torch.bfloat16).eps * y.abs().clamp(min=1e-30)
         worst = max(worst, ((x - y).abs() / ulp).max().item())
@@ -166,7 +167,8 @@ def main() -> None:
         print(f"built the base in {time.perf_counter() - t:.0f}s")
     size = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
     shards = len(list((work / "base").glob("*.safetensors")))
-    print(f"base: {size / 1e9:.2f} GB bf16 in {shards} shards; LoRA rank {RANK} on {len(TARGETS)} projections x {LAYERS} layers")
+    print(f"base: {size / 1e9:.2f} GB bf16 in {shards} shards; "
+          f"LoRA rank {RANK} on {len(TARGETS)} projections x {LAYERS} layers")
     for path in (work / "base").glob("*.safetensors"):  # same page-cache state for every mode
         with open(path, "rb") as fh:
             while fh.read(64 << 20):
@@ -182,8 +184,8 @@ def main() -> None:
             "baseline_rss_mb": max(r["baseline_rss_mb"] for r in runs),
         }
         r = results[mode]
-        print(f"{mode:<12} {r['seconds']:7.2f} s (median {r['median_seconds']:6.2f})   peak RSS {r['peak_rss_mb']:6.0f} MB "
-              f"(after imports {r['baseline_rss_mb']:.0f} MB)", flush=True)
+        print(f"{mode:<12} {r['seconds']:7.2f} s (median {r['median_seconds']:6.2f})   "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['baseline_rss_mb']:.0f} MB)", flush=True)
 
     def ratio(a: str, b: str, key: str) -> str:
         if a in results and b in results:

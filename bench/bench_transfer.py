@@ -1,8 +1,10 @@
 """Push and pull throughput of a 100 MB adapter through the hub on S3, against
 raw boto3 ``upload_file``/``download_file`` of the same bytes to the same
 SeaweedFS, in the same run. Also checks that re-pushing uploads 0 bytes.
+With ``--large-mb``, one large file (pushed in parts) is timed too, each
+side in a process of its own so that its peak RSS is its own.
 
-    python bench/bench_transfer.py [--mb 100] [--repeats 3]
+    python bench/bench_transfer.py [--mb 100] [--repeats 3] [--large-mb 1024]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large-mb", type=int, default=0, help="also push and pull one file this large, in parts")
     args = parser.parse_args()
 
     import boto3
@@ -89,16 +92,69 @@ def main() -> None:
                 hub_down.append(time.perf_counter() - t)
                 assert pulled.bytes_downloaded >= size and pushed.bytes_uploaded >= size
             again = HubClient(hub.url, token, cache_dir=work / "cache0").push(adapters[0], name="admin/bench0")
+            if args.large_mb:
+                large(work, hub.url, token, args.large_mb)
 
     mb = size / 1e6
     med = statistics.median
-    print(f"adapter weights: {mb:.1f} MB, {args.repeats} runs each, medians; machine: {os.cpu_count()} cores, loopback SeaweedFS")
+    print(f"adapter weights: {mb:.1f} MB, {args.repeats} runs each, medians; "
+          f"machine: {os.cpu_count()} cores, loopback SeaweedFS")
     print(f"  boto3 upload_file    {mb / med(boto_up):8.1f} MB/s")
-    print(f"  peft-hub push        {mb / med(hub_up):8.1f} MB/s   ratio {med(boto_up) / med(hub_up):.2f}x  (target >= 0.7x)")
+    print(f"  peft-hub push        {mb / med(hub_up):8.1f} MB/s   "
+          f"ratio {med(boto_up) / med(hub_up):.2f}x  (target >= 0.7x)")
     print(f"  boto3 download_file  {mb / med(boto_down):8.1f} MB/s")
-    print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.7x)")
+    print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   "
+          f"ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.7x)")
     print(f"  re-push unchanged    {again.bytes_uploaded} bytes uploaded, same revision: {not again.created}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+_CHILD = """
+import sys, time
+kind, work, url, token = sys.argv[1:5]
+t = time.perf_counter()
+if kind == "boto3":
+    import boto3
+    boto3.client("s3").upload_file(work + "/large/adapter_model.safetensors", "raw", "large")
+elif kind == "push":
+    from peft_hub.client import HubClient
+    HubClient(url, token, cache_dir=work + "/lcache").push(work + "/large", name="admin/large")
+else:
+    from peft_hub.client import HubClient
+    HubClient(url, token, cache_dir=work + "/lcache2").pull("admin/large", work + "/lpulled")
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # ru_maxrss survives exec
+print(time.perf_counter() - t, int(hwm.split()[1]) // 1024)
+"""
+
+
+def large(work: Path, url: str, token: str, mb: int) -> None:
+    """Push and pull one ``mb`` MB weights file (in parts) against boto3's
+    multipart ``upload_file``; each in its own process, for its peak RSS."""
+    import subprocess
+
+    import numpy as np
+
+    path = work / "large"
+    path.mkdir()
+    shutil.copy(work / "a0" / "adapter_config.json", path)
+    block = np.random.default_rng(0).standard_normal((16, 4096 * 1024), dtype=np.float32).astype(np.float16)
+    rows = max(1, mb * 1024 * 1024 // block.nbytes)
+    header = json.dumps({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": {
+        "dtype": "F16", "shape": [16, 4096 * 1024 * rows], "data_offsets": [0, block.nbytes * rows]}}).encode()
+    with open(path / "adapter_model.safetensors", "wb") as fh:  # written in blocks: the bench's memory stays small
+        fh.write(len(header).to_bytes(8, "little") + header)
+        for _ in range(rows):
+            fh.write(block.tobytes())
+    size = (path / "adapter_model.safetensors").stat().st_size / 1e6
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for kind in ("boto3", "push", "pull"):
+        out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(work), url, token], env=env,
+                             capture_output=True, text=True, check=False)
+        if out.returncode:
+            print(f"  large {kind}: failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        seconds, rss = out.stdout.split()
+        print(f"  large file {kind:6} {size:8.0f} MB  {size / float(seconds):8.1f} MB/s  peak RSS {rss} MB")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, ContextManager
+from typing import Any, BinaryIO
 
 from peft_hub.adapter_files import CONFIG_NAME, MAX_FILES, WEIGHTS_NAME, size_cap, validate_filename
 from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
@@ -219,7 +221,7 @@ def check_entries(entries: list[FileEntry]) -> None:
 
 
 def validate_manifest(
-    entries: list[FileEntry], open_file: Callable[[FileEntry], ContextManager[BinaryIO]]
+    entries: list[FileEntry], open_file: Callable[[FileEntry], AbstractContextManager[BinaryIO]]
 ) -> AdapterMeta:
     """Validate an adapter's contents, wherever its bytes live.
 
@@ -267,7 +269,7 @@ def validate_manifest(
     return describe(config, header, entries, card)
 
 
-def validate_files(files: dict[str, str | os.PathLike[str]]) -> tuple[AdapterMeta, list[FileEntry]]:
+def validate_files(files: Mapping[str, str | os.PathLike[str]]) -> tuple[AdapterMeta, list[FileEntry]]:
     """Validate a whole adapter given as ``{name: local path}``.
 
     Returns:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
+from peft_hub.model_files import MODEL_CONVERT_HINT, model_size_cap
 from peft_hub.names import shown
 from peft_hub.safeparse import name_problem
 from peft_hub.safetensors_header import CONVERT_HINT
@@ -18,15 +19,24 @@ WEIGHTS_MAX_BYTES = 8 * 1024**3
 EXTRA_FILE_CAPS = {".md": 1024**2, ".json": 32 * 1024**2, ".txt": 16 * 1024**2, ".jinja": 1024**2}
 
 MAX_FILES = 32
+MODEL_FILES_TEXT = (
+    "a model holds config.json, model.safetensors or model-00001-of-0000N.safetensors shards with "
+    "model.safetensors.index.json, generation_config.json, tokenizer files and README.md"
+)
 #: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
 MAX_FILENAME_BYTES = 255
 #: Path separators, and what Windows refuses or a quoted Content-Disposition cannot hold.
 _UNSAFE_IN_NAMES = '/\\"<>:|?*'
 
 
-def validate_filename(path: str) -> str:
-    """Check a file name inside an adapter: flat, allowlisted, no traversal,
-    no control characters, at most 255 bytes."""
+def validate_filename(path: str, kind: str | None = None) -> str:
+    """Check a file name inside a repo: flat, allowlisted, no traversal,
+    no control characters, at most 255 bytes.
+
+    Args:
+        kind: "adapter" or "model" for that kind's allowlist; None (a single
+            file whose repo's kind is not known yet) for a name either allows.
+    """
     if not isinstance(path, str) or not path or path.startswith(".") or any(c in path for c in _UNSAFE_IN_NAMES):
         raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
     problem = name_problem(path, MAX_FILENAME_BYTES)
@@ -35,8 +45,13 @@ def validate_filename(path: str) -> str:
             f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
         )
     if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {pickle_hint(path)}")
-    if path in (CONFIG_NAME, WEIGHTS_NAME):
+        hint = MODEL_CONVERT_HINT if kind == "model" and pickle_hint(path) == CONVERT_HINT else pickle_hint(path)
+        raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {hint}")
+    if kind == "model":
+        if model_size_cap(path) is None:
+            raise InvalidAdapterError(f"file {path!r} is not allowed in a model: {MODEL_FILES_TEXT}")
+        return path
+    if path in (CONFIG_NAME, WEIGHTS_NAME) or (kind is None and model_size_cap(path) is not None):
         return path
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in EXTRA_FILE_CAPS:
@@ -65,8 +80,13 @@ def pickle_hint(path: str) -> str:
     return CONVERT_HINT
 
 
-def size_cap(path: str) -> int:
-    """The largest size accepted for a file of this name."""
+def size_cap(path: str, kind: str | None = None) -> int:
+    """The largest size accepted for a file of this name (in a repo of
+    ``kind``; None: the larger of the adapter and the model cap)."""
+    model_cap = model_size_cap(path) or 0
+    if kind == "model":
+        return model_cap
     if path == WEIGHTS_NAME:
         return WEIGHTS_MAX_BYTES
-    return EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
+    cap = EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
+    return cap if kind == "adapter" else max(cap, model_cap)

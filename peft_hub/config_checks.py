@@ -81,7 +81,9 @@ def check_config(config: dict[str, Any]) -> None:
             raise InvalidAdapterError(f"{CONFIG_NAME}: {key} must be true or false")
     tokens = config.get("num_virtual_tokens")
     if tokens is not None and (not _is_int(tokens) or not 0 <= tokens <= MAX_VIRTUAL_TOKENS):
-        raise InvalidAdapterError(f"{CONFIG_NAME}: num_virtual_tokens must be an integer from 0 to {MAX_VIRTUAL_TOKENS}")
+        raise InvalidAdapterError(
+            f"{CONFIG_NAME}: num_virtual_tokens must be an integer from 0 to {MAX_VIRTUAL_TOKENS}"
+        )
     _check_targets(config.get("target_modules"))
     for key in ("rank_pattern", "alpha_pattern"):
         patterns = config.get(key)
@@ -114,7 +116,9 @@ def _check_targets(targets: Any) -> None:
             raise InvalidAdapterError(f"{CONFIG_NAME}: target_modules {problem}")
         return
     if not isinstance(targets, list) or len(targets) > MAX_TARGETS:
-        raise InvalidAdapterError(f"{CONFIG_NAME}: target_modules must be a string or a list of at most {MAX_TARGETS} names")
+        raise InvalidAdapterError(
+            f"{CONFIG_NAME}: target_modules must be a string or a list of at most {MAX_TARGETS} names"
+        )
     for name in targets:
         problem = "is not a string" if not isinstance(name, str) else name_problem(name, 256)
         if problem:
@@ -175,7 +179,8 @@ def compile_key(key: Any, *, what: str = "rank_pattern") -> Any:
     """The RE2 program for one pattern key; InvalidAdapterError if RE2 cannot run it."""
     if not isinstance(key, str):
         raise InvalidAdapterError(f"{what}: keys must be strings")
-    problem = text_problem(key) or (f"is longer than {MAX_PATTERN_CHARS} characters" if len(key) > MAX_PATTERN_CHARS else None)
+    too_long = f"is longer than {MAX_PATTERN_CHARS} characters" if len(key) > MAX_PATTERN_CHARS else None
+    problem = text_problem(key) or too_long
     if problem:
         raise InvalidAdapterError(f"{what}: the key {key[:64]!r} {problem}")
     try:

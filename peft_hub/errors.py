@@ -18,6 +18,10 @@ class PeftHubError(Exception):
 
     code: ClassVar[str] = "internal_error"
     status_code: ClassVar[int] = 500
+    #: On an error the client rebuilt from a response: the status as sent, and
+    #: the seconds its Retry-After asked for (what the retry policy decides on).
+    http_status: int | None = None
+    retry_after_header: float | None = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -37,7 +41,9 @@ class PeftHubError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def annotate(self, *, headers: dict[str, str] | None = None, extra: dict[str, object] | None = None) -> PeftHubError:
+    def annotate(
+        self, *, headers: dict[str, str] | None = None, extra: dict[str, object] | None = None,
+    ) -> PeftHubError:
         """Add response headers and body fields (never ``error`` or ``detail``); returns the error, to raise."""
         self.headers.update(headers or {})
         self.extra.update({k: v for k, v in (extra or {}).items() if k not in ("error", "detail")})

@@ -147,7 +147,9 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)  # the one-line note of the rule above
 
 
-def resolve_ref(ref: str | os.PathLike[str], client: Any = None, *, note: Callable[[str], None] = _stderr) -> ResolvedRef:
+def resolve_ref(
+    ref: str | os.PathLike[str], client: Any = None, *, note: Callable[[str], None] = _stderr,
+) -> ResolvedRef:
     """Resolve one ref to a local adapter directory.
 
     Args:

@@ -15,9 +15,10 @@ import json
 import math
 import operator
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any
 
 from peft_hub.errors import InvalidInputError
 
@@ -212,7 +213,7 @@ def yaml_bounds(text: str, *, max_depth: int = MAX_DEPTH, max_aliases: int = 100
                     raise InvalidInputError(f"{what} uses more than {max_aliases} aliases")
                 if any(frame[0] == event.anchor for frame in stack):
                     raise InvalidInputError(f"{what} has a recursive alias *{one_line(str(event.anchor), 64)}")
-                weight, height = anchors.get(event.anchor, (1, 0))
+                weight, height = anchors.get(event.anchor or "", (1, 0))  # an alias always names its anchor
                 add(weight, height)
             elif isinstance(event, yaml.ScalarEvent):
                 add(len(event.value) + 1, 0)
@@ -269,7 +270,7 @@ def load_yaml(
 
     try:
         yaml_bounds(text, max_depth=max_depth, max_aliases=max_aliases, max_expansion=max_expansion, what=what)
-        data = yaml.load(text, Loader=_loader())  # noqa: S506 - the safe loader
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader (see _loader): no Python objects
     except InvalidInputError as exc:
         raise error(exc.message) from None
     except yaml.YAMLError as exc:

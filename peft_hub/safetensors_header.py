@@ -169,7 +169,8 @@ def _tensor_info(key: str, entry: object, name: str) -> TensorInfo:
     if bits != (offsets[1] - offsets[0]) * 8:
         needs = f"{bits // 8}" + (f" and {bits % 8} bits" if bits % 8 else "")
         raise InvalidAdapterError(
-            f"{name}: tensor {label} is {offsets[1] - offsets[0]} bytes but shape {_short(shape)} of {dtype} needs {needs}"
+            f"{name}: tensor {label} is {offsets[1] - offsets[0]} bytes "
+            f"but shape {_short(shape)} of {dtype} needs {needs}"
         )
     return TensorInfo(key, dtype, tuple(shape), offsets[0], offsets[1])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 try:
     import fcntl
 except ImportError:  # Windows: leftovers are recognised by age alone
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
 
 #: Where no lock can be taken, a temporary file this old (seconds) is abandoned:
 #: a live download writes far more often, and fails after its read timeout.

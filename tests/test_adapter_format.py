@@ -51,13 +51,19 @@ def test_every_method_validates(base, tmp_path, method):
         "LORA": lambda: peft.LoraConfig(r=4, target_modules=targets, use_rslora=True,
                                         rank_pattern={"q_proj": 2}, task_type="CAUSAL_LM"),
         "QLORA_STYLE": lambda: peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
-        "ADALORA": lambda: peft.AdaLoraConfig(init_r=6, target_r=4, target_modules=targets, total_step=10, task_type="CAUSAL_LM"),
-        "IA3": lambda: peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM"),
+        "ADALORA": lambda: peft.AdaLoraConfig(
+            init_r=6, target_r=4, target_modules=targets, total_step=10, task_type="CAUSAL_LM"
+        ),
+        "IA3": lambda: peft.IA3Config(
+            target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM"
+        ),
         "LOHA": lambda: peft.LoHaConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"),
         "LOKR": lambda: peft.LoKrConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"),
         "PREFIX_TUNING": lambda: peft.PrefixTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"),
         "PROMPT_TUNING": lambda: peft.PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"),
-        "P_TUNING": lambda: peft.PromptEncoderConfig(num_virtual_tokens=5, encoder_hidden_size=16, task_type="CAUSAL_LM"),
+        "P_TUNING": lambda: peft.PromptEncoderConfig(
+            num_virtual_tokens=5, encoder_hidden_size=16, task_type="CAUSAL_LM"
+        ),
     }
     path = _save(base, configs[method](), tmp_path / "a")
     meta, entries = validate_dir(path)
@@ -103,7 +109,7 @@ def test_pickle_renamed_to_safetensors_is_refused(good):
         validate_dir(good)
 
 
-def _rewrite_header(path: Path, mutate) -> None:  # noqa: ANN001
+def _rewrite_header(path: Path, mutate) -> None:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
@@ -120,13 +126,17 @@ def _first(header: dict) -> str:
 @pytest.mark.parametrize("case,mutate,message", [
     ("trailing bytes", lambda h, d: (h, d + b"\0" * 4), "trailing"),
     ("truncated", lambda h, d: (h, d[:-4]), "truncated"),
-    ("shifted offsets", lambda h, d: ({**h, _first(h): {**h[_first(h)], "data_offsets": [4, h[_first(h)]["data_offsets"][1] + 4]}}, d), "gap|overlaps"),
+    ("shifted offsets",
+     lambda h, d: ({**h, _first(h): {**h[_first(h)], "data_offsets": [4, h[_first(h)]["data_offsets"][1] + 4]}}, d),
+     "gap|overlaps"),
     ("unknown dtype", lambda h, d: ({**h, _first(h): {**h[_first(h)], "dtype": "Q7"}}, d), "unknown dtype"),
     ("size mismatch", lambda h, d: ({**h, _first(h): {**h[_first(h)], "shape": [1, 1]}}, d), "needs"),
     ("not json", lambda h, d: (b"{not json", d), "not valid JSON"),
     ("not an object", lambda h, d: (b"[1, 2]", d), "start with"),
     ("bad utf8", lambda h, d: (b"{\"\xff\": 1}", d), "UTF-8"),
-    ("duplicate key", lambda h, d: (json.dumps(h).encode()[:-1] + b', ' + json.dumps({_first(h): h[_first(h)]}).encode()[1:], d), "duplicate"),
+    ("duplicate key",
+     lambda h, d: (json.dumps(h).encode()[:-1] + b', ' + json.dumps({_first(h): h[_first(h)]}).encode()[1:], d),
+     "duplicate"),
 ])
 def test_tampered_safetensors_is_refused(good, case, mutate, message):
     _rewrite_header(good / "adapter_model.safetensors", mutate)
@@ -138,7 +148,7 @@ def test_gap_between_tensors_is_refused(tmp_path):
     path = tmp_path / "x.safetensors"
     save_file({"a": torch.zeros(2), "b": torch.zeros(2)}, path)
 
-    def gap(h, d):  # noqa: ANN001, ANN202
+    def gap(h, d):
         for entry in h.values():
             if isinstance(entry, dict) and "data_offsets" in entry and entry["data_offsets"][0] > 0:
                 entry["data_offsets"] = [entry["data_offsets"][0] + 4, entry["data_offsets"][1] + 4]
@@ -193,7 +203,9 @@ def test_only_allowlisted_small_files(good):
     validate_dir(good)
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "a/b/c", "\u00c4/b", "a/-b", "a/b..c", "a/.b", "a/", "/b", "a/b c", "a%2fb/c"])
+@pytest.mark.parametrize(
+    "name", ["../etc/passwd", "a/b/c", "\u00c4/b", "a/-b", "a/b..c", "a/.b", "a/", "/b", "a/b c", "a%2fb/c"]
+)
 def test_bad_repo_ids_are_refused(name):
     with pytest.raises(InvalidNameError):
         validate_repo_id(name)
@@ -218,7 +230,8 @@ def test_reserved_namespaces_are_refused(owner):
 
 def test_description_is_the_cards_first_paragraph(good):
     (good / "README.md").write_text(
-        "---\nlicense: mit\n---\n# Support bot\n\n<img src=x>\n\nAnswers **billing** questions\nin a friendly tone.\n\nMore.\n"
+        "---\nlicense: mit\n---\n# Support bot\n\n<img src=x>\n\n"
+        "Answers **billing** questions\nin a friendly tone.\n\nMore.\n"
     )
     meta, _ = validate_dir(good)
     assert meta.description == "Answers **billing** questions in a friendly tone."

@@ -52,7 +52,8 @@ def test_push_pull_search_show_tag_eval(run, llama_adapter, tmp_path):
     assert json.loads(run("show", "admin/support@v1", "--json").output)["revision"] == revision
 
     assert run("tag", f"admin/support@{revision}", "prod").output.strip() == f"prod -> {revision}"
-    assert "added 1 eval(s)" in run("eval", "add", "support", "--metric", "accuracy=0.5", "--dataset", "support-qa", "--base").output
+    added = run("eval", "add", "support", "--metric", "accuracy=0.5", "--dataset", "support-qa", "--base")
+    assert "added 1 eval(s)" in added.output
     assert "added 2 eval(s)" in run("eval", "add", "support@prod", "--metric", "accuracy=0.9",
                                     "--metric", "f1=0.8", "--dataset", "support-qa").output
     assert "accuracy" in run("eval", "ls", "support").output
@@ -95,6 +96,7 @@ def test_errors_are_one_line_without_traceback(embedded_hub, client_env, llama_a
         (evil / f.name).write_bytes(f.read_bytes())
     (evil / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
     assert "safe_serialization=True" in fails("push", str(evil))
-    reader = subprocess.run([*exe, "token", "create", "--scope", "read", "--namespace", "r"], capture_output=True, text=True, env=env)
+    reader = subprocess.run([*exe, "token", "create", "--scope", "read", "--namespace", "r"],
+                            capture_output=True, text=True, env=env)
     assert "scope" in fails("push", str(llama_adapter), PEFT_HUB_TOKEN=reader.stdout.strip())
     assert "cannot reach" in fails("ls", PEFT_HUB_URL="http://127.0.0.1:9")

@@ -19,7 +19,8 @@ from tiny_models import dir_bytes, make_lora, tiny_llama
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = shutil.which("peft-hub") or pytest.skip("the peft-hub console script is not installed", allow_module_level=True)
+SCRIPT = shutil.which("peft-hub") or pytest.skip("the peft-hub console script is not installed",
+                                                 allow_module_level=True)
 
 
 def _env(home: Path, *, prepend: str | None = None, **extra: str) -> dict[str, str]:
@@ -233,7 +234,8 @@ def test_messages_name_what_the_user_typed(cli, tmp_path, llama_adapter):
     base.save_pretrained(tmp_path / "model")
     model = cli("push", str(tmp_path / "model"))
     assert model.returncode == 1
-    assert model.stderr == f"Error: {tmp_path / 'model'} is a model, not an adapter (no adapter_config.json)\n"
+    assert model.stderr == (f"Error: {tmp_path / 'model'} is a model, not an adapter (no adapter_config.json); "
+                            "to host it as a base model, push it with --kind model\n")
 
     url = cli.hub.url
     api = cli("whoami", PEFT_HUB_URL=f"{url}/api")

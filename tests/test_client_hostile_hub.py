@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from peft_hub.client import HubClient
 from peft_hub.client.http import build_session, json_body, raise_for_status
-from peft_hub.client.transfers import _build, absolute_url
+from peft_hub.client.transfers import absolute_url, build_request
 from peft_hub.errors import (
     ChecksumMismatchError,
     EntryNotFoundError,
@@ -477,7 +477,7 @@ def test_the_token_is_attached_by_origin_alone(url, attached):
     hub, other = "http://127.0.0.1:8123", "http://127.0.0.1:9123"
     url = url.format(hub=hub, other=other, hub_port=8123, other_port=9123)
     with build_session(hub, TOKEN) as session:
-        request = _build(session, "PUT", absolute_url(session, url))
+        request = build_request(session, "PUT", absolute_url(session, url))
     assert ("Authorization" in request.headers) is attached
 
 
@@ -501,7 +501,8 @@ def adapter(tmp_path) -> Path:
         {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
     ))
     (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4], "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
     }))
     return path
 
@@ -552,8 +553,9 @@ def test_the_uploaded_file_is_chosen_by_digest_never_by_the_hubs_path(hub, other
     secret.write_text("not for the hub")
 
     def plan(body: dict) -> dict:
-        return {"uploads": [{"path": f"../{secret.name}", "sha256": f["sha256"], "url": f"{other.url}/put/{f['sha256']}",
-                             "method": "PUT", "headers": {}, "auth": False} for f in body["files"]]}
+        return {"uploads": [{"path": f"../{secret.name}", "sha256": f["sha256"],
+                             "url": f"{other.url}/put/{f['sha256']}", "method": "PUT", "headers": {}, "auth": False}
+                            for f in body["files"]]}
 
     hub.preupload = plan
     with HubClient(hub.url, TOKEN) as client:

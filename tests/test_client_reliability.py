@@ -38,7 +38,8 @@ from services import free_port, wait_until
 from peft_hub.cli import cli
 from peft_hub.client import HubClient
 from peft_hub.client.cache import BlobCache
-from peft_hub.client.http import PROGRESS_FACTOR, RetryPolicy, timeouts, transient
+from peft_hub.client.http import timeouts
+from peft_hub.client.retry import PROGRESS_FACTOR, RetryPolicy, transient
 from peft_hub.errors import (
     ChecksumMismatchError,
     EntryNotFoundError,
@@ -104,7 +105,8 @@ def _span(seen: Seen, data: bytes, ranges: bool) -> tuple[int, dict[str, str], b
     if ranges and asked.startswith("bytes=") and asked.endswith("-"):
         start = int(asked[6:-1])
         part = data[start:]
-        return 206, {"content-length": str(len(part)), "content-range": f"bytes {start}-{len(data) - 1}/{len(data)}"}, part
+        span = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        return 206, {"content-length": str(len(part)), "content-range": span}, part
     return 200, {"content-length": str(len(data)), "accept-ranges": "bytes" if ranges else "none"}, data
 
 
@@ -337,7 +339,8 @@ def test_a_resume_through_a_presigned_redirect_keeps_its_range(fault, ws):
 
 async def _wrong_range(hub: FaultHub, seen: Seen, send: Send) -> None:
     data = hub.file_for(seen)
-    await _start(send, 206, {"content-length": str(len(data) - 10), "content-range": f"bytes 10-{len(data) - 1}/{len(data)}"})
+    await _start(send, 206, {"content-length": str(len(data) - 10),
+                             "content-range": f"bytes 10-{len(data) - 1}/{len(data)}"})
     await _body(send, data[10:])
 
 
@@ -403,7 +406,8 @@ def test_a_5xx_that_does_not_pass_gives_up_after_the_attempts(fault, ws):
 
 def test_a_4xx_is_not_retried(fault, ws):
     fault.script["resolve"] = [status(403, {"error": "forbidden", "detail": "no"})]
-    with _client(fault, ws) as client, pytest.raises(PermissionDeniedError, match=f"^{LABEL}: adapter_config.json: no$"):
+    with (_client(fault, ws) as client,
+          pytest.raises(PermissionDeniedError, match=f"^{LABEL}: adapter_config.json: no$")):
         client.pull("admin/support", ws / "work" / "out")
     assert len(fault.seen("resolve")) == 1
     assert_nothing_left(ws, ws / "work" / "out")
@@ -411,7 +415,8 @@ def test_a_4xx_is_not_retried(fault, ws):
 
 def test_a_429_waits_as_long_as_retry_after_says(fault, ws):
     fault.files = {"adapter_model.safetensors": WEIGHTS}
-    fault.script["resolve"] = [status(429, {"error": "rate_limited", "detail": "slow down"}, {"retry-after": "1"}), ok()]
+    slow_down = status(429, {"error": "rate_limited", "detail": "slow down"}, {"retry-after": "1"})
+    fault.script["resolve"] = [slow_down, ok()]
     out = ws / "work" / "out"
     start = time.monotonic()
     with _client(fault, ws) as client:
@@ -490,7 +495,8 @@ async def _slow_created(hub: FaultHub, seen: Seen, send: Send) -> None:
 def test_uploads_and_the_commit_are_retried(fault, adapter, ws):
     fault.script["preupload"] = [status(502), cut_json({}), None]
     fault.script["put"] = [status(503), _slow_created, status(500), answer({}, 201)]
-    fault.script["commit"] = [cut_json({"revision": REV}), answer({"revision": REV, "created": False, "files": []}, 201)]
+    fault.script["commit"] = [cut_json({"revision": REV}),
+                              answer({"revision": REV, "created": False, "files": []}, 201)]
     with _client(fault, ws, timeout=0.4) as client:
         result = client.push(adapter, name="admin/support")
     assert result.revision == REV and result.files_uploaded == 2

@@ -13,8 +13,8 @@ from test_compose_support import adapter, assert_deltas_close, base, lineage_of,
 
 from peft_hub.client import PulledAdapter, PushResult
 from peft_hub.compose import cli as compose_cli
-from peft_hub.compose.refs import default_output, resolve_ref, split_refs
 from peft_hub.errors import ComposeError, InvalidInputError, RankLimitError
+from peft_hub.refs import default_output, resolve_ref, split_refs
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -53,7 +53,8 @@ def test_compose_local_dirs(tmp_path):
 def test_negative_weights_and_svd_report(tmp_path):
     a, b = adapter(r=4, seed=1), adapter(r=4, seed=2)
     out = tmp_path / "out"
-    result = _run([f"{a}+{b}", "--weights", "-0.5,1", "--method", "svd", "--rank", "3", "--dtype", "bf16", "-o", str(out)])
+    result = _run([f"{a}+{b}", "--weights", "-0.5,1", "--method", "svd", "--rank", "3", "--dtype", "bf16",
+                   "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "Least energy kept:" in result.output and "rank 3, bf16" in result.output
     assert lineage_of(out)["params"]["weights"] == [-0.5, 1.0]

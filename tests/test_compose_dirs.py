@@ -164,8 +164,10 @@ def _with_saved_embedding(src, dst):
 
 
 def test_embedding_lora(tmp_path):
-    parents = [_with_saved_embedding(adapter(r=4, seed=101, target_modules=["embed_tokens", "q_proj"]), tmp_path / "p1"),
-               _with_saved_embedding(adapter(r=2, seed=102, target_modules=["embed_tokens"]), tmp_path / "p2")]
+    parents = [
+        _with_saved_embedding(adapter(r=4, seed=101, target_modules=["embed_tokens", "q_proj"]), tmp_path / "p1"),
+        _with_saved_embedding(adapter(r=2, seed=102, target_modules=["embed_tokens"]), tmp_path / "p2"),
+    ]
     weights = [1.0, -2.0]
     compose_dirs(parents, weights, tmp_path / "stack")
     assert_deltas_close(peft_deltas(base(), tmp_path / "stack"), weighted_sum(base(), parents, weights))

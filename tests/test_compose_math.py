@@ -29,7 +29,8 @@ def test_stack_is_the_exact_sum():
     assert torch.equal(a64[3:8], factors[1][1].double())  # A's are copied, never rounded
 
 
-@pytest.mark.parametrize(("d", "k", "ranks", "rank"), [(64, 96, [4, 8, 4], 6), (20, 16, [8, 8, 8], 5), (50, 30, [2, 3], 9)])
+@pytest.mark.parametrize(("d", "k", "ranks", "rank"),
+                         [(64, 96, [4, 8, 4], 6), (20, 16, [8, 8, 8], 5), (50, 30, [2, 3], 9)])
 def test_lowrank_truncation_equals_dense_svd(d, k, ranks, rank):
     """Eckart–Young from factors equals dense SVD, also when R > d, k and when rank > R."""
     b, a = lowrank.stack_factors(_factors(d, k, ranks, seed=d), [1.0, -0.5, 2.0][: len(ranks)])
@@ -137,7 +138,7 @@ def test_auto_truncation_is_exact_up_to_1024():
     assert lowrank.resolve_truncation("exact", 4096, 4096) == "exact"
     assert lowrank.resolve_truncation("randomized", 8, 8) == "randomized"
     with pytest.raises(ValueError, match="unknown truncation"):
-        lowrank.resolve_truncation("fast", 8, 8)  # type: ignore[arg-type]
+        lowrank.resolve_truncation("fast", 8, 8)  # type: ignore[arg-type]  # the bad value under test
     big = torch.randn(1025, 1030, generator=torch.Generator().manual_seed(0))
     assert lowrank.dense_truncate(big, 4, generator=torch.Generator().manual_seed(0))[4] == "randomized"
     with pytest.raises(ValueError, match="generator"):
@@ -237,6 +238,6 @@ def test_density_one_reduces_to_plain_sums():
 
 def test_merge_dense_dispatch_refuses_unknown():
     with pytest.raises(ValueError, match="unknown merge method"):
-        merge_methods.merge_dense("nope", _tasks(), density=0.5, generator=torch.Generator())  # type: ignore[arg-type]
+        merge_methods.merge_dense("nope", _tasks(), density=0.5, generator=torch.Generator())  # type: ignore[arg-type]  # bad on purpose
     with pytest.raises(ValueError, match="generator"):
         merge_methods.merge_dense("dare_ties", _tasks(), density=0.5)

@@ -56,7 +56,8 @@ def test_card_warns_above_vllm_default(tmp_path):
 
 
 def test_vllm_rank_table():
-    assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 64, 300, 321, 512, 513)] == [1, 8, 8, 16, 64, 320, 512, 512, None]
+    ranks = (1, 2, 8, 9, 64, 300, 321, 512, 513)
+    assert [vllm_max_lora_rank(r) for r in ranks] == [1, 8, 8, 16, 64, 320, 512, 512, None]
 
 
 def test_config_is_plain_lora_with_unit_scale(tmp_path):
@@ -202,8 +203,9 @@ def test_conv2d_lora(tmp_path):
 
 
 def test_all_linear_targets_become_module_names():
-    modules = [ModulePlan("model.layers.0.mlp.up_proj", "base_model.model.model.layers.0.mlp.up_proj", False, (4, 8), (8, 4))]
-    inputs = [AdapterInput(Path("a"), {"target_modules": "all-linear"}, None, ""),  # type: ignore[arg-type]
-              AdapterInput(Path("b"), {"target_modules": ["up_proj"]}, None, "")]  # type: ignore[arg-type]
+    modules = [ModulePlan("model.layers.0.mlp.up_proj", "base_model.model.model.layers.0.mlp.up_proj", False,
+                          (4, 8), (8, 4))]
+    inputs = [AdapterInput(Path("a"), {"target_modules": "all-linear"}, None, ""),  # type: ignore[arg-type]  # no reader
+              AdapterInput(Path("b"), {"target_modules": ["up_proj"]}, None, "")]  # type: ignore[arg-type]  # no reader
     assert output_targets(inputs, modules) == ["model.layers.0.mlp.up_proj"]
     assert output_targets(inputs[1:], modules) == ["up_proj"]

@@ -112,7 +112,7 @@ def test_options_refuse_unknown_names_and_contradictions(tmp_path):
     assert spec.ComposeOptions(rank=4).resolved_method == "svd" and spec.ComposeOptions().resolved_method == "stack"
     for bad in ({"rank": True}, {"max_rank": 0}, {"rank": "4"}, {"majority_sign": "mean"}, {"svd": "fast"}):
         with pytest.raises(ComposeError):
-            spec.ComposeOptions(**bad).check()  # type: ignore[arg-type]
+            spec.ComposeOptions(**bad).check()  # type: ignore[arg-type]  # the bad values under test
     with pytest.raises(PeftHubError, match="unknown dtype"):
         spec.ComposeOptions(dtype=["fp16"]).check()  # type: ignore[arg-type]
     a, b = adapter(r=4, seed=1), adapter(r=4, seed=2)

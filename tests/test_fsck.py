@@ -211,7 +211,7 @@ def test_client_reads_the_stream_strictly():
         _stream(b'{"event":"done","report":[]}\n').fsck()
     with pytest.raises(PermissionDeniedError):
         _stream(b'{"error":"forbidden","detail":"no"}', status=403).fsck()
-    from peft_hub.client import api
+    from peft_hub.client import admin_api
 
     with pytest.raises(PeftHubError, match="longer than"):
-        list(api._ndjson([b"x" * 10, b"y" * 10], limit=15))
+        list(admin_api._ndjson([b"x" * 10, b"y" * 10], limit=15))

@@ -49,7 +49,8 @@ def test_operations_apply_in_order_on_top_of_the_parent():
     parent = [_entry("README.md"), _entry("adapter_config.json"), _entry("adapter_model.safetensors")]
     new_card = _entry("README.md", b"new")
     out = apply_operations(parent, [
-        Operation("delete", "README.md"), Operation("add", "README.md", new_card), Operation("add", "notes.txt", _entry("notes.txt")),
+        Operation("delete", "README.md"), Operation("add", "README.md", new_card),
+        Operation("add", "notes.txt", _entry("notes.txt")),
     ])
     assert [e.path for e in out] == ["README.md", "adapter_config.json", "adapter_model.safetensors", "notes.txt"]
     assert out[0] == new_card
@@ -67,7 +68,8 @@ def test_read_commit_stores_inline_files_and_skips_git_files(tmp_path):
         {"key": "header", "value": {"summary": "s", "description": "d", "parentCommit": "a" * 40}},
         _file("adapter_config.json", config),
         _file(".gitattributes", b"*.safetensors filter=lfs\n"),
-        {"key": "lfsFile", "value": {"path": "adapter_model.safetensors", "algo": "sha256", "oid": "b" * 64, "size": 9}},
+        {"key": "lfsFile",
+         "value": {"path": "adapter_model.safetensors", "algo": "sha256", "oid": "b" * 64, "size": 9}},
         {"key": "deletedFile", "value": {"path": "README.md"}},
     ), store, stored := []))
     assert (parsed.message, parsed.parent_commit) == ("s\n\nd", "a" * 40)

@@ -24,8 +24,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from tiny_models import dir_bytes  # noqa: E402
+from tiny_models import dir_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +91,8 @@ def test_resolve_answers_head_itself_and_redirects_get_on_s3(hub, pushed, llama_
         assert httpx.get(get.headers["Location"]).content == weights
     else:
         assert get.status_code == 200 and get.content == weights
-        part = httpx.get(f"{hub.url}/admin/support/resolve/main/adapter_model.safetensors", headers={"Range": "bytes=8-15"})
+        part = httpx.get(f"{hub.url}/admin/support/resolve/main/adapter_model.safetensors",
+                         headers={"Range": "bytes=8-15"})
         assert part.status_code == 206 and part.content == weights[8:16]
 
 

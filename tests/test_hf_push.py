@@ -29,8 +29,7 @@ from huggingface_hub import (
     snapshot_download,
 )
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-from tiny_models import dir_bytes  # noqa: E402
+from tiny_models import dir_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +59,9 @@ def _stored(hub) -> set[str]:
 
 
 @pytest.mark.parametrize("transport", ["inline", "lfs"])
-def test_upload_folder_publishes_the_same_revision_as_a_native_push(hub, api, llama_adapter, tmp_path, transport, request):
+def test_upload_folder_publishes_the_same_revision_as_a_native_push(
+    hub, api, llama_adapter, tmp_path, transport, request
+):
     if transport == "lfs":
         request.getfixturevalue("lfs_everything")
     url = api.create_repo("admin/pushed")
@@ -95,7 +96,9 @@ def test_commits_apply_on_top_of_main(hub, api, llama_adapter, tmp_path):
     second = api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="admin/inc").oid
     third = api.create_commit(
         "admin/inc", commit_message="notes, no card",
-        operations=[CommitOperationAdd("notes.txt", b"trained on support tickets\n"), CommitOperationDelete("README.md")],
+        operations=[
+            CommitOperationAdd("notes.txt", b"trained on support tickets\n"), CommitOperationDelete("README.md"),
+        ],
     ).oid
     assert len({first, second, third}) == 3
 
@@ -105,7 +108,8 @@ def test_commits_apply_on_top_of_main(hub, api, llama_adapter, tmp_path):
     assert api.model_info("admin/inc", revision=second).card_data["license"] == "apache-2.0"
     latest = snapshot_download("admin/inc", endpoint=hub.url, cache_dir=tmp_path / "hf", token=False)
     assert sorted(os.listdir(latest)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt"]
-    assert Path(latest, "adapter_model.safetensors").read_bytes() == (llama_adapter / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert Path(latest, weights).read_bytes() == (llama_adapter / weights).read_bytes()
     # Older revisions stay reachable by id.
     old = snapshot_download("admin/inc", revision=first, endpoint=hub.url, cache_dir=tmp_path / "hf", token=False)
     assert dir_bytes(old) == dir_bytes(llama_adapter)
@@ -167,8 +171,8 @@ def test_a_pickle_sent_straight_to_commit_is_refused_before_it_is_stored(hub, ap
             + inline("adapter_config.json", (llama_adapter / "adapter_config.json").read_bytes())
             + inline("adapter_model.safetensors", (llama_adapter / "adapter_model.safetensors").read_bytes())
             + inline("adapter_model.bin", pickle))
-    response = httpx.post(f"{hub.url}/api/models/admin/raw/commit/main", content=body,
-                          headers={"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/x-ndjson"})
+    headers = {"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/x-ndjson"}
+    response = httpx.post(f"{hub.url}/api/models/admin/raw/commit/main", content=body, headers=headers)
     assert response.status_code == 422 and response.headers["X-Error-Code"] == "unsafe_format"
     assert hashlib.sha256(pickle).hexdigest() not in _stored(hub)
     assert api.model_info("admin/raw").sha == EMPTY_SHA
@@ -314,5 +318,7 @@ def test_xet_is_refused_plainly_when_a_file_needs_lfs(hub, llama_adapter, tmp_pa
                               check=False, capture_output=True, text=True, timeout=60)
     finally:
         commit.INLINE_MAX_BYTES = old
-    assert "REFUSED" in done.stdout and "xet-write-token" in done.stdout and "501" in done.stdout, done.stdout + done.stderr
+    assert "REFUSED" in done.stdout and "xet-write-token" in done.stdout and "501" in done.stdout, (
+        done.stdout + done.stderr
+    )
     assert HfApi(endpoint=hub.url, token=hub.admin_token).model_info("admin/xet").sha == EMPTY_SHA

@@ -69,7 +69,8 @@ def test_compose_file_parses_and_sets_only_real_settings():
     assert set(services) == {"proxy", "hub-1", "hub-2", "postgres", "seaweedfs"}
     for name, service in services.items():
         assert "healthcheck" in service, name
-    assert {v.split(":")[0] for v in services["postgres"]["volumes"] + services["seaweedfs"]["volumes"]} <= set(compose["volumes"])
+    mounts = services["postgres"]["volumes"] + services["seaweedfs"]["volumes"]
+    assert {v.split(":")[0] for v in mounts} <= set(compose["volumes"])
     fields = set(Settings.model_fields)
     for name in ("hub-1", "hub-2"):
         hub = services[name]
@@ -114,7 +115,8 @@ def test_compose_proxy_fronts_both_replicas_and_is_their_only_trusted_proxy():
     caddyfile = (ROOT / source).read_text()
     port = services["hub-1"]["environment"]["PEFT_HUB_PORT"]
     assert re.search(rf"^\s*reverse_proxy hub-1:{port} hub-2:{port} {{", caddyfile, re.MULTILINE)
-    assert re.search(r"^\s*health_uri /api/health/ready$", caddyfile, re.MULTILINE)  # readiness: routes around a sick replica
+    # Readiness: the proxy routes around a sick replica.
+    assert re.search(r"^\s*health_uri /api/health/ready$", caddyfile, re.MULTILINE)
     assert re.search(r"^:80 {", caddyfile, re.MULTILINE) and proxy["ports"][0].endswith(":80")
     # Caddy replaces a client's X-Forwarded-For unless told to trust it: it must not be.
     assert not re.search(r"^\s*trusted_proxies", caddyfile, re.MULTILINE)

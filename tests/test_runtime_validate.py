@@ -36,7 +36,8 @@ def setup(tmp_path_factory):
     make_lora(base, root / "a", seed=1)
     make_lora(base, root / "b", seed=2, target_modules=["v_proj"])
     data = write_jsonl(root / "data.jsonl", TEXT_ROWS + PC_ROWS)
-    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": r["prompt"], "reference": r["completion"]} for r in PC_ROWS])
+    prompts = write_jsonl(root / "prompts.jsonl",
+                          [{"prompt": r["prompt"], "reference": r["completion"]} for r in PC_ROWS])
     return root, base, data, prompts
 
 

@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-
 from services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -69,7 +68,8 @@ def test_first_start_creates_admin_and_push_works(tmp_path, llama_adapter, db, r
 def test_db_upgrade_is_idempotent(tmp_path):
     env = {**os.environ, "PEFT_HUB_HOME": str(tmp_path)}
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    first = subprocess.run([sys.executable, "-m", "peft_hub", "db", "upgrade", "--db-url", url], capture_output=True, text=True, env=env)
+    upgrade = [sys.executable, "-m", "peft_hub", "db", "upgrade", "--db-url", url]
+    first = subprocess.run(upgrade, capture_output=True, text=True, env=env)
     assert first.returncode == 0 and "applied 0001 initial schema" in first.stdout
-    again = subprocess.run([sys.executable, "-m", "peft_hub", "db", "upgrade", "--db-url", url], capture_output=True, text=True, env=env)
+    again = subprocess.run(upgrade, capture_output=True, text=True, env=env)
     assert again.stdout.strip() == "database is up to date"

@@ -238,7 +238,9 @@ def test_rollout_while_requests_run(stack):
             seen = len(answers)
             while (not answers or answers[-1] != want[key]) and time.monotonic() < moved + 30:
                 time.sleep(0.05)
-            assert answers and answers[-1] == want[key], f"prod -> {key} never answered ({len(answers) - seen} answers since)"
+            assert answers and answers[-1] == want[key], (
+                f"prod -> {key} never answered ({len(answers) - seen} answers since)"
+            )
             print(f"prod -> {key}: new revision answered {time.monotonic() - moved:.2f}s after the move")
     finally:
         stop.set()

@@ -6,6 +6,6 @@
 """
 
 from peft_hub.client.api import HubClient, PulledAdapter, PushResult
-from peft_hub.client.refs import Ref, parse_ref
+from peft_hub.refs import Ref, parse_ref
 
 __all__ = ["HubClient", "PulledAdapter", "PushResult", "Ref", "parse_ref"]

@@ -13,21 +13,23 @@ import click
 
 from peft_hub.client.api import HubClient
 from peft_hub.client.cli_common import echo_json as _echo_json
-from peft_hub.client.cli_common import human_size as _size
 from peft_hub.client.cli_common import pass_client
 from peft_hub.client.http import clean_text
 from peft_hub.errors import InvalidInputError
+from peft_hub.units import human_size as _size
 
 
 @click.command()
-@click.option("--grace", "grace_seconds", type=int, default=None, help="Keep unreferenced blobs younger than this (seconds).")
+@click.option("--grace", "grace_seconds", type=int, default=None,
+              help="Keep unreferenced blobs younger than this (seconds).")
 @click.option("--dry-run", is_flag=True)
 @pass_client
 def gc(hub: HubClient, grace_seconds: int | None, dry_run: bool) -> None:
     """Delete blobs that no revision references (admin)."""
     out = hub.gc(grace_seconds=grace_seconds, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {len(out['deleted'])} blob(s), {_size(out['bytes_freed'])}; {out['kept_in_grace']} kept within the grace period")
+    click.echo(f"{verb} {len(out['deleted'])} blob(s), {_size(out['bytes_freed'])}; "
+               f"{out['kept_in_grace']} kept within the grace period")
 
 
 @click.group("cache")
@@ -75,8 +77,9 @@ def cache_verify(hub: HubClient, repair: bool) -> None:
         click.echo(f"corrupt   snapshot {path}: links a corrupt blob{done}")
     for path in report.leftovers:
         click.echo(f"leftover  {path}{done}")
+    found = f"{len(report.corrupt)} corrupt, {len(report.leftovers)} leftover(s)"
     click.echo(f"{report.blobs} blob(s), {_size(report.size)} verified in {report.root}: "
-               + ("all good" if report.clean else f"{len(report.corrupt)} corrupt, {len(report.leftovers)} leftover(s)"))
+               + ("all good" if report.clean else found))
     if not (report.clean or repair):
         click.echo("Run `peft-hub cache verify --repair` to remove them.", err=True)
         raise SystemExit(1)
@@ -155,7 +158,8 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
               help="No higher than your own token's.")
 @click.option("--limit", "limits", multiple=True, help="Only allow these namespaces (repeatable).")
 @click.option("--name", default="", help="A label shown by `token ls`.")
-@click.option("--expires", default=None, help="Lifetime (30d, 12h, 90m) or an ISO date; default: never, or your token's expiry.")
+@click.option("--expires", default=None,
+              help="Lifetime (30d, 12h, 90m) or an ISO date; default: never, or your token's expiry.")
 @pass_client
 def token_create(
     hub: HubClient, namespace: str | None, scope: str, limits: tuple[str, ...], name: str, expires: str | None
@@ -282,12 +286,14 @@ def _print_fsck(report: dict[str, Any]) -> None:
         click.echo(f"repaired       marked {_count(repaired.get('blobs_marked_corrupt'))} blob(s) corrupt and "
                    f"{_count(repaired.get('revisions_marked_broken'))} revision(s) broken; cleared "
                    f"{_count(repaired.get('blobs_cleared'))} blob(s) and {_count(repaired.get('revisions_cleared'))} "
-                   f"revision(s); {_count(repaired.get('skipped_changed'))} changed while checked, left for the next run")
+                   f"revision(s); {_count(repaired.get('skipped_changed'))} changed while checked, "
+                   "left for the next run")
     total = _count(report.get("problem_count"))
     if report.get("clean") is True:
         click.echo("clean")
     elif isinstance(repaired, dict):
-        click.echo(f"{total} problem(s) marked; a push of an affected adapter uploads its missing and corrupt blobs again")
+        click.echo(f"{total} problem(s) marked; a push of an affected adapter uploads its missing and corrupt "
+                   "blobs again")
     else:
         click.echo(f"{total} problem(s); `peft-hub fsck --repair` marks them")
 

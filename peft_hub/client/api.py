@@ -10,26 +10,31 @@ from urllib.parse import quote
 
 import httpx
 
-from peft_hub.adapter import FileEntry, validate_dir
-from peft_hub.client.admin_api import NDJSON_LINE_LIMIT, AdminMixin, _ndjson  # noqa: F401 - re-exported
+from peft_hub.adapter import FileEntry
+from peft_hub.client.admin_api import AdminMixin
 from peft_hub.client.assemble import assemble, links
 from peft_hub.client.cache import BlobCache
-from peft_hub.client.http import RetryPolicy, build_session, json_body, send
+from peft_hub.client.download import download
+from peft_hub.client.http import build_session, json_body, send
+from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts
 from peft_hub.client.names import BlobChangedError, check_revision
-from peft_hub.client.refs import Ref, parse_ref
-from peft_hub.client.transfers import download, remote_manifest, upload, upload_plan
+from peft_hub.client.retry import RetryPolicy
+from peft_hub.client.transfers import UploadTarget, remote_manifest, upload, upload_plan
 from peft_hub.errors import (
     AuthenticationError,
     ConflictError,
     InvalidAdapterError,
     InvalidInputError,
     InvalidNameError,
+    NotFoundError,
     UploadRequiredError,
 )
 from peft_hub.names import validate_namespace
 from peft_hub.outdir import plan_output, replace_output
 from peft_hub.paths import save_token, save_url, saved_url, token_file
 from peft_hub.progress import tqdm
+from peft_hub.refs import Ref, parse_ref
+from peft_hub.repo_kinds import Kind, check_kind, dir_kind, infer_kind, kind_mismatch, validate_dir
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -60,8 +65,19 @@ class PushResult:
 def check_adapter_dir(path: Path) -> None:
     """A clear refusal for a directory that is not a PEFT adapter (a base model, a checkpoint)."""
     if path.is_dir() and not (path / "adapter_config.json").is_file():
-        what = "a model, not an adapter" if (path / "config.json").is_file() else "not a PEFT adapter"
-        raise InvalidAdapterError(f"{path} is {what} (no adapter_config.json)")
+        if (path / "config.json").is_file():
+            raise InvalidAdapterError(f"{path} is a model, not an adapter (no adapter_config.json); "
+                                      "to host it as a base model, push it with --kind model")
+        raise InvalidAdapterError(f"{path} is not a PEFT adapter (no adapter_config.json)")
+
+
+def check_repo_dir(path: Path, kind: Kind) -> None:
+    """Refuse a directory whose files make the other kind than ``--kind`` says."""
+    if dir_kind(path) == "model" and kind == "adapter":
+        raise InvalidAdapterError(f"{path} is a model, not an adapter (config.json, no adapter_config.json)")
+    if dir_kind(path) == "adapter" and kind == "model":
+        what = "an adapter, not a model" if (path / "adapter_config.json").is_file() else "not a model"
+        raise InvalidAdapterError(f"{path} is {what} (--kind model needs config.json and no adapter_config.json)")
 
 
 def saved_token() -> str | None:
@@ -109,6 +125,8 @@ class HubClient(AdminMixin):
         self.retry = retry or RetryPolicy.from_env()
         self.http = build_session(self.url, self.token, transport, timeout=timeout)
         self._me: str | None = None
+        #: Files larger than this go to S3 in parts of this size (when the hub plans parts).
+        self.part_bytes = PART_BYTES
 
     def close(self) -> None:
         self.http.close()
@@ -159,11 +177,14 @@ class HubClient(AdminMixin):
         tags: list[str] | tuple[str, ...] = (),
         private: bool | None = None,
         message: str = "",
+        kind: Kind | None = None,
     ) -> PushResult:
-        """Validate an adapter directory locally, upload missing blobs, publish.
+        """Validate an adapter (or base model) directory locally, upload missing blobs, publish.
 
         Args:
             path: the adapter directory (as ``save_pretrained`` wrote it).
+            kind: "model" to push a transformers base model directory; the
+                default, None, pushes an adapter and refuses a model directory.
             name: ``owner/name`` or a bare name; default: the directory's name.
             tags: extra tags to point at the new revision (``main`` always moves).
             private: make the adapter private (None keeps the current setting).
@@ -173,14 +194,20 @@ class HubClient(AdminMixin):
             The revision id and what was transferred.
         """
         path = Path(path)
-        check_adapter_dir(path)
-        meta, entries = validate_dir(path)
+        if kind is None:
+            check_adapter_dir(path)
+        else:
+            check_repo_dir(path, check_kind(kind))
+        kind = kind or "adapter"
+        meta, entries = validate_dir(kind, path)
         if name is None:
             try:
                 name = validate_namespace(path.resolve().name)
             except InvalidNameError as exc:
                 raise InvalidNameError(f"{exc}; pass --name owner/name") from None
         ref = self.resolve(name)
+        if kind == "model":  # before any upload: a model is large, and an adapter repo would refuse it at the commit
+            self._check_repo_kind(ref, kind)
         files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
         body = {"files": files, "tags": list(tags), "private": private, "message": message}
         total = count = 0
@@ -203,14 +230,40 @@ class HubClient(AdminMixin):
         revision = check_revision(detail.get("revision"))
         return PushResult(ref.repo_id, revision, detail.get("created") is True, total, count, detail)
 
-    def _upload_missing(self, ref: Ref, path: Path, entries: list[FileEntry], files: list[dict[str, Any]]) -> tuple[int, int]:
-        """Upload what the hub asks for; returns the bytes and files sent."""
-        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": files}, idempotent=True)
+    def _check_repo_kind(self, ref: Ref, kind: Kind) -> None:
+        """Refuse a push into an existing repo of the other kind (read from its files)."""
+        try:
+            detail = self.info(Ref(ref.owner, ref.name, None))
+        except NotFoundError:
+            return
+        files = detail.get("files") if isinstance(detail, dict) else None
+        names = [str(f.get("path")) for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+        if names and infer_kind(names) != kind:
+            raise kind_mismatch(ref.repo_id, infer_kind(names), kind)
+
+    def _upload_missing(
+        self, ref: Ref, path: Path, entries: list[FileEntry], files: list[dict[str, Any]],
+    ) -> tuple[int, int]:
+        """Upload what the hub asks for; returns the bytes and files sent.
+        A file larger than a part proposes its parts' digests (and resumes an
+        earlier upload in parts, see :mod:`peft_hub.client.multipart`)."""
+        states = {e.sha256: UploadState(self.cache.root, e, path / e.path) for e in entries if e.size > self.part_bytes}
+        asked = [{**f, "multipart": states[f["sha256"]].spec(self.part_bytes)} if f["sha256"] in states else f
+                 for f in files]
+        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": asked}, idempotent=True)
         targets = upload_plan(self.http, plan, entries)
         total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent
-                upload(self.http, target, path / target.entry.path, bar, retry=self.retry)
+                file = path / target.entry.path
+                if isinstance(target, MultipartTarget):
+                    if send_in_parts(self.http, self._json, ref.repo_id, target, file,
+                                     states.get(target.entry.sha256), bar, retry=self.retry):
+                        continue
+                    bar.update(-target.entry.size)  # stored by someone else: prove it through the hub
+                    url = f"/api/blobs/{target.entry.sha256}?size={target.entry.size}"
+                    target = UploadTarget(self.http.base_url.join(url), "PUT", {}, target.entry)
+                upload(self.http, target, file, bar, retry=self.retry)
         return total, len(targets)
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:

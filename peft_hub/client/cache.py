@@ -33,15 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from peft_hub.adapter import sha256_file
-from peft_hub.client.assemble import assemble, link_or_copy, links  # noqa: F401 - re-exported
-from peft_hub.client.names import (  # noqa: F401 - re-exported: the cache's public names
-    REVISION_RE,
-    SHA256_RE,
-    BlobChangedError,
-    check_name,
-    check_revision,
-    check_sha256,
-)
+from peft_hub.client.names import REVISION_RE, SHA256_RE, check_revision, check_sha256
 from peft_hub.names import validate_repo_id
 from peft_hub.paths import cache_dir
 from peft_hub.progress import tqdm

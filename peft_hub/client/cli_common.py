@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from peft_hub.client.api import HubClient
-from peft_hub.units import human_size  # noqa: F401 - the one size formatter, re-exported for the commands
 
 pass_client = click.make_pass_decorator(HubClient)
 

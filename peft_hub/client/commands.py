@@ -10,11 +10,12 @@ import click
 from peft_hub.client.admin_commands import ADMIN_COMMANDS
 from peft_hub.client.api import HubClient
 from peft_hub.client.cli_common import echo_json as _echo_json
-from peft_hub.client.cli_common import human_size as _size
 from peft_hub.client.cli_common import json_option, pass_client
 from peft_hub.client.doctor import doctor
 from peft_hub.client.http import clean_text
 from peft_hub.errors import InvalidInputError
+from peft_hub.repo_kinds import KINDS, Kind
+from peft_hub.units import human_size as _size
 
 
 def _login_token(hub: HubClient, token: str | None) -> str:
@@ -62,14 +63,17 @@ def whoami(hub: HubClient, as_json: bool) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--name", default=None, help="owner/name or name (default: the directory's name, in your namespace).")
 @click.option("--tag", "tags", multiple=True, help="Also point this tag at the new revision (repeatable).")
-@click.option("--private/--public", default=None, help="Visibility (default: public for new adapters, unchanged otherwise).")
+@click.option("--private/--public", default=None,
+              help="Visibility (default: public for new adapters, unchanged otherwise).")
 @click.option("-m", "--message", default="", help="A note stored with the revision.")
+@click.option("--kind", type=click.Choice(KINDS), default=None,
+              help="What the directory holds: a PEFT adapter (the default) or a transformers base model.")
 @json_option
 @pass_client
 def push(hub: HubClient, path: str, name: str | None, tags: tuple[str, ...], private: bool | None, message: str,
-         as_json: bool) -> None:
-    """Validate and upload an adapter directory as a new revision."""
-    result = hub.push(path, name=name, tags=tags, private=private, message=message)
+         kind: Kind | None, as_json: bool) -> None:
+    """Validate and upload an adapter (or, with --kind model, a base model) directory as a new revision."""
+    result = hub.push(path, name=name, tags=tags, private=private, message=message, kind=kind)
     if as_json:
         _echo_json({"id": result.repo_id, "revision": result.revision, "created": result.created,
                     "files_uploaded": result.files_uploaded, "bytes_uploaded": result.bytes_uploaded})
@@ -132,7 +136,8 @@ def search(hub: HubClient, query: str | None, as_json: bool, **filters: Any) -> 
         return
     rows = [("ADAPTER", "BASE MODEL", "METHOD", "RANK", "SIZE", "DOWNLOADS")]
     for a in result["items"]:
-        rows.append((a["id"], a["base_model"] or "-", a["method"] or "-", str(a["rank"] or "-"), _size(a["size"]), str(a["downloads"])))
+        rows.append((a["id"], a["base_model"] or "-", a["method"] or "-", str(a["rank"] or "-"), _size(a["size"]),
+                     str(a["downloads"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -168,8 +173,8 @@ def show(hub: HubClient, ref: str, as_json: bool) -> None:
     broken = info.get("broken")
     if isinstance(broken, dict):  # marked by `peft-hub fsck --repair`
         for f in broken.get("files") or []:
-            click.secho(f"  BROKEN     {clean_text(str(f.get('path')))}: {clean_text(str(f.get('problem')))} in the hub's "
-                        "store (re-push the adapter to repair it)", fg="red")
+            click.secho(f"  BROKEN     {clean_text(str(f.get('path')))}: {clean_text(str(f.get('problem')))} "
+                        "in the hub's store (re-push the adapter to repair it)", fg="red")
 
 
 @click.command()
@@ -236,7 +241,8 @@ def eval_ls(hub: HubClient, ref: str, as_json: bool) -> None:
         _echo_json(evals)
         return
     for e in evals:
-        click.echo(f"{e['id']:<6} {e['revision'][:12]}  {e['metric']:<16} {e['value']:<12.6g} {e['dataset']} {e['split'] or ''}")
+        click.echo(f"{e['id']:<6} {e['revision'][:12]}  {e['metric']:<16} {e['value']:<12.6g} "
+                   f"{e['dataset']} {e['split'] or ''}")
 
 
 @eval_group.command("rm")

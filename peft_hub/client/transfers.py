@@ -1,11 +1,9 @@
-"""Moving bytes: uploads to the hub or to presigned S3 URLs, and downloads
-into the cache with sha256 verification, both with progress bars.
+"""Uploads to the hub or to presigned S3 URLs, with progress bars, and the
+checks on the hub's answers that decide what moves where (downloads, which
+resume and verify, are in :mod:`peft_hub.client.download`).
 
-Both are retried on failures that may pass (see :mod:`peft_hub.client.http`):
-an upload is a content-addressed PUT, so sending it again is harmless; a
-download that was cut resumes with a Range request from the bytes it holds
-when the server answers 206 for exactly that range, and starts again when it
-does not. The sha256 covers every byte on disk, resumed or not.
+Uploads are retried on failures that may pass (see :mod:`peft_hub.client.http`):
+an upload is a content-addressed PUT, so sending it again is harmless.
 
 The hub's answers decide what moves where, so they are checked before any
 byte moves: file names, digests, sizes and revision ids must be exactly what
@@ -16,11 +14,9 @@ port), whatever a preupload answer or a redirect says.
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +24,17 @@ import httpx
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
-from peft_hub.client.cache import BlobCache, Partial, check_name, check_revision, check_sha256
-from peft_hub.client.http import NO_RETRY, RetryPolicy, origin, raise_for_status, redact, transient
-from peft_hub.errors import (
-    ChecksumMismatchError,
-    EntryNotFoundError,
-    HubUnreachableError,
-    InvalidAdapterError,
-    InvalidInputError,
-    NotFoundError,
-    PeftHubError,
-    StorageError,
-)
+from peft_hub.client.http import origin, raise_for_status, redact
+from peft_hub.client.multipart import MultipartTarget, parse_plan
+from peft_hub.client.names import check_name, check_revision, check_sha256
+from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
+from peft_hub.errors import HubUnreachableError, InvalidAdapterError, InvalidInputError, StorageError
+from peft_hub.model_files import MAX_MODEL_FILES
 from peft_hub.progress import tqdm
 
 CHUNK = 1024 * 1024
-MAX_REDIRECTS = 5
+#: The most files a pulled repo may list: an adapter's cap, or a base model's.
+MAX_REPO_FILES = max(MAX_FILES, MAX_MODEL_FILES)
 #: Headers a preupload answer may not set: credentials, and framing we decide ourselves.
 _RESERVED_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "host", "content-length", "transfer-encoding", "connection",
@@ -83,8 +74,8 @@ def remote_manifest(detail: Any) -> tuple[str, list[RemoteFile]]:
         if not isinstance(detail, dict) or not isinstance(detail.get("files"), list):
             raise InvalidAdapterError("the answer is not a revision with a list of files")
         revision, files = check_revision(detail.get("revision")), detail["files"]
-        if len(files) > MAX_FILES:
-            raise InvalidAdapterError(f"it lists {len(files)} files, and an adapter has at most {MAX_FILES}")
+        if len(files) > MAX_REPO_FILES:
+            raise InvalidAdapterError(f"it lists {len(files)} files, and a repo has at most {MAX_REPO_FILES}")
         out: list[RemoteFile] = []
         seen: set[str] = set()
         for item in files:
@@ -110,7 +101,7 @@ def _remote_name(name: Any) -> str:
     return check_name(validate_filename(name))
 
 
-def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> list[UploadTarget]:
+def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> list[UploadTarget | MultipartTarget]:
     """The uploads a preupload answer asks for, each tied to a file of this push.
 
     The local file is picked by its sha256 from ``entries``, never by a path
@@ -119,7 +110,7 @@ def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> l
     ours = {e.sha256: e for e in entries}
     if not isinstance(plan, dict) or not isinstance(plan.get("uploads"), list):
         raise InvalidInputError("the hub's preupload answer has no list of uploads")
-    targets: dict[str, UploadTarget] = {}
+    targets: dict[str, UploadTarget | MultipartTarget] = {}
     for item in plan["uploads"]:
         if not isinstance(item, dict):
             raise InvalidInputError(f"the hub's preupload answer holds {item!r:.80}, not an upload")
@@ -127,11 +118,15 @@ def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> l
         entry = ours.get(sha256) if isinstance(sha256, str) else None
         if entry is None:
             raise InvalidInputError(f"the hub asked for blob {item.get('sha256')!r:.80}, which this push does not hold")
+        if "multipart" in item:  # a large file in parts, straight to S3
+            targets.setdefault(entry.sha256, parse_plan(item, entry, lambda url: absolute_url(session, url)))
+            continue
         method = item.get("method", "PUT")
         if method not in ("PUT", "POST"):
             raise InvalidInputError(f"the hub asked for an upload with method {method!r:.20}")
         headers = item.get("headers") or {}
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in headers.items()):
             raise InvalidInputError("the hub's upload headers are not a mapping of strings")
         headers = {k: v for k, v in headers.items() if k.lower() not in _RESERVED_HEADERS}
         targets.setdefault(entry.sha256, UploadTarget(absolute_url(session, item.get("url")), method, headers, entry))
@@ -151,7 +146,7 @@ def absolute_url(session: httpx.Client, url: Any, base: httpx.URL | None = None)
     return resolved
 
 
-def _build(session: httpx.Client, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+def build_request(session: httpx.Client, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
     """A request on the session, with the token and cookies only for the hub's own origin."""
     request = session.build_request(method, url, **kwargs)
     if origin(request.url) != origin(session.base_url):
@@ -163,7 +158,9 @@ def _build(session: httpx.Client, method: str, url: httpx.URL | str, **kwargs: A
 # --- moving bytes --------------------------------------------------------------
 
 
-def upload(session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm, *, retry: RetryPolicy = NO_RETRY) -> None:
+def upload(
+    session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm, *, retry: RetryPolicy = NO_RETRY,
+) -> None:
     """Send one file to the URL the hub handed out (its own, or presigned S3).
 
     Retried as an idempotent request: the target is named by the blob's
@@ -185,154 +182,18 @@ def upload(session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm, *
             with attempt:
                 bar.update(-sent)  # a new try sends the file from its start
                 sent = 0
-                request = _build(session, target.method, target.url, content=chunks(), headers=headers)
+                request = build_request(session, target.method, target.url, content=chunks(), headers=headers)
                 response = session.send(request, stream=True)
                 try:
                     if response.status_code == 412:  # If-None-Match: someone stored the same blob first
                         return
-                    if response.is_redirect:  # never followed: the body would go, and the token, where the hub did not say
-                        raise StorageError(f"the upload of {path.name} to {redact(target.url)} was answered with a redirect")
+                    # A redirect is never followed: the body would go, and the token, where the hub did not say.
+                    if response.is_redirect:
+                        raise StorageError(
+                            f"the upload of {path.name} to {redact(target.url)} was answered with a redirect"
+                        )
                     raise_for_status(response)
                 finally:
                     response.close()
     except httpx.HTTPError as exc:
         raise HubUnreachableError(f"upload of {path.name} to {redact(target.url)} failed: {exc}") from None
-
-
-@contextmanager
-def _get(session: httpx.Client, url: str | httpx.URL, headers: dict[str, str]) -> Iterator[httpx.Response]:
-    """GET ``url`` and follow redirects by hand: once a redirect leaves the
-    hub's origin, no later request carries the token, even one that comes back."""
-    authorized = True
-    for _ in range(MAX_REDIRECTS + 1):
-        request = _build(session, "GET", url, headers=headers)
-        if not authorized:
-            request.headers.pop("Authorization", None)
-            request.headers.pop("Cookie", None)
-        authorized = "Authorization" in request.headers
-        response = session.send(request, stream=True)
-        if not response.is_redirect:
-            try:
-                yield response
-            finally:
-                response.close()
-            return
-        response.close()
-        url = absolute_url(session, response.headers["location"], base=request.url)
-    raise HubUnreachableError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
-
-
-class _Restart(Exception):  # noqa: N818 - a control-flow signal caught in this module, like StopIteration
-    """The server's answer cannot continue the bytes held; the next try starts the file again."""
-
-
-@dataclass
-class _Fetch:
-    """One file's download across tries: the bytes on disk and their running hash."""
-
-    part: Partial
-    size: int
-    bar: tqdm
-    received: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
-    resumed: bool = False  # some bytes came from a ranged answer
-    ranges: bool = True  # whether to ask for a range at all
-
-    def restart(self) -> None:
-        self.bar.update(-self.received)
-        self.part.fh.seek(0)
-        self.part.fh.truncate()
-        self.received, self.digest, self.resumed = 0, hashlib.sha256(), False
-
-    def once(self, session: httpx.Client, url: str) -> None:
-        """One try: ask for the bytes not yet held, and append what comes."""
-        offset = self.received if self.ranges and 0 < self.received < self.size else 0
-        if self.received and not offset:
-            self.restart()
-        headers = {"Accept-Encoding": "identity"}  # the sha256 is of the bytes as stored
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        with _get(session, url, headers) as response:
-            if offset and response.status_code == 416:
-                self.ranges = False
-                raise _Restart("the server refused the range")
-            raise_for_status(response)
-            if offset and response.status_code == 206:
-                if not _continues(response.headers.get("content-range"), offset, self.size):
-                    self.ranges = False
-                    raise _Restart(f"the server sent the range {response.headers.get('content-range')!r:.60}")
-                self.resumed = True
-            elif offset:  # the whole file again: the server ignores ranges
-                self.restart()
-            elif response.status_code == 206:
-                raise ChecksumMismatchError("the hub answered with part of the file, unasked")
-            expected = self.size - self.received
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.strip() != str(expected):
-                raise ChecksumMismatchError(f"the hub announced {declared:.20} bytes, not the {expected} expected")
-            for block in response.iter_raw():  # no chunk size: a buffered chunk would be lost on a cut
-                if self.received + len(block) > self.size:
-                    raise ChecksumMismatchError(f"the hub sent more than the {self.size} bytes the file has")
-                self.part.fh.write(block)
-                self.digest.update(block)
-                self.received += len(block)
-                self.bar.update(len(block))
-
-
-def _continues(content_range: str | None, offset: int, size: int) -> bool:
-    """Whether a 206's Content-Range is exactly ``offset`` to the end of a ``size``-byte file."""
-    unit, _, spec = (content_range or "").strip().partition(" ")
-    span, _, total = spec.partition("/")
-    return unit == "bytes" and span == f"{offset}-{size - 1}" and total in ("*", str(size))
-
-
-def download(
-    session: httpx.Client, url: str, sha256: str, size: int, cache: BlobCache, bar: tqdm, *, name: str = "file",
-    retry: RetryPolicy = NO_RETRY,
-) -> Path:
-    """Fetch a file into the cache, verify it, and return its cached path.
-
-    The bytes go to a temporary file that is removed on any failure: a
-    connection that stays broken, an error status, a body longer or shorter
-    than ``size``, or one that hashes to anything but ``sha256``. Errors name
-    the file as ``name`` (e.g. ``owner/name@revision: file``); a file the
-    store does not have is an EntryNotFoundError.
-    """
-    check_sha256(sha256)
-    with cache.partial(sha256) as part:
-        fetch = _Fetch(part, size, bar)
-        try:
-            for last in (False, True):
-                for attempt in retry.retrying(_retryable, progress=lambda: fetch.received):
-                    with attempt:
-                        fetch.once(session, url)
-                if fetch.received != size:
-                    raise ChecksumMismatchError(f"the hub served {fetch.received} bytes, not {size}")
-                if fetch.digest.hexdigest() == sha256:
-                    return cache.commit(part, sha256)
-                if last or not fetch.resumed:
-                    raise ChecksumMismatchError(f"the hub served {size} bytes hashing to {fetch.digest.hexdigest()}, "
-                                                f"not {sha256}")
-                fetch.ranges = False  # stitched from ranges that do not fit: fetch it whole, once
-                fetch.restart()
-        except httpx.HTTPError as exc:
-            raise HubUnreachableError(f"{name}: download failed after {fetch.received} bytes: {exc}") from None
-        except _Restart as exc:
-            raise StorageError(f"{name}: download failed after {fetch.received} bytes: {exc}") from None
-        except PeftHubError as exc:
-            raise _named(exc, name) from None
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _Restart) or transient(exc, idempotent=True)
-
-
-def _named(exc: PeftHubError, name: str) -> PeftHubError:
-    """``exc`` again, its message prefixed with the file it is about; a plain
-    404 (an object store's) means the store lacks the file: EntryNotFoundError."""
-    cls: type[PeftHubError] = EntryNotFoundError if type(exc) is NotFoundError else type(exc)
-    text = f"{name}: the hub's store does not have it ({exc})" if cls is not type(exc) else f"{name}: {exc}"
-    new = cls(text)
-    new.__dict__.update({k: v for k, v in exc.__dict__.items() if k != "message"})
-    return new

@@ -49,7 +49,8 @@ class ComposeReport:
     energy_kept: float  # Σ kept / Σ total of ‖ΔW‖²_F over all modules; 1.0 when exact
     module_energy: dict[str, float] = field(default_factory=dict)  # per module, same fraction
     module_ranks: dict[str, int] = field(default_factory=dict)
-    truncation: dict[str, int] = field(default_factory=dict)  # dense methods: modules per SVD kind ("exact", "randomized")
+    # Dense methods: how many modules each SVD kind ("exact", "randomized") truncated.
+    truncation: dict[str, int] = field(default_factory=dict)
     vllm_max_lora_rank: int | None = None
     dtype: str = "fp32"
     lineage: dict[str, Any] = field(default_factory=dict)
@@ -122,7 +123,8 @@ def interpolate_dirs(
         raise ComposeError(f"t must be a finite number, got {t}")
     given = ComposeOptions.of(options, **settings)
     default = ComposeOptions()
-    other = sorted(k for k in ("method", "density", "majority_sign", "seed") if getattr(given, k) != getattr(default, k))
+    other = sorted(k for k in ("method", "density", "majority_sign", "seed")
+                   if getattr(given, k) != getattr(default, k))
     if other:
         raise ComposeError(f"interpolate takes {', '.join(sorted(_INTERPOLATE_OPTIONS))}, not {other[0]}")
     chosen = ComposeOptions.of(given, method="stack" if given.rank is None else "svd")
@@ -193,7 +195,8 @@ def _compose(
         raise ComposeError(f"{len(paths)} adapters but {len(parents)} parent records")
     out = _check_output(output_dir, paths, into_existing)
     inputs = [read_adapter(p) for p in paths]
-    base_model = check_base_models([(str(a.path), a.config.get("base_model_name_or_path")) for a in inputs], options.force)
+    bases = [(str(a.path), a.config.get("base_model_name_or_path")) for a in inputs]
+    base_model = check_base_models(bases, options.force)
     modules, extras = plan_modules(inputs, weights)
     method, ranks = plan_ranks(modules, options)
     out_dtype = _output_dtype(inputs, modules, options.dtype)
@@ -214,7 +217,8 @@ def _compose(
     try:
         results, carried = stream_compose(
             inputs, modules, ranks, extras, tmp / WEIGHTS_NAME, out_dtype=out_dtype,
-            metadata={"format": "pt", LINEAGE_KEY: json.dumps(record)}, options=ComposeOptions.of(options, method=method),
+            metadata={"format": "pt", LINEAGE_KEY: json.dumps(record)},
+            options=ComposeOptions.of(options, method=method),
         )
         kept = sum(r.energy_kept or 0.0 for r in results)
         total = sum(r.energy_total or 0.0 for r in results)

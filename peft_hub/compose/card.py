@@ -78,12 +78,14 @@ def render_card(
         "per module via `rank_pattern`/`alpha_pattern`), so any runtime that applies `lora_alpha / r` gets it right.",
     ]
     if vllm is None:
-        lines.append(f"- vLLM: rank {rank} is above the largest `--max-lora-rank` vLLM accepts ({VLLM_LORA_RANKS[-1]}).")
+        lines.append(f"- vLLM: rank {rank} is above the largest `--max-lora-rank` vLLM accepts "
+                     f"({VLLM_LORA_RANKS[-1]}).")
     else:
         note = "" if vllm <= VLLM_DEFAULT_LORA_RANK else f" (above vLLM's default of {VLLM_DEFAULT_LORA_RANK})"
         lines.append(f"- vLLM: serve with `--max-lora-rank {vllm}`{note}.")
     if carried:
-        lines.append(f"- Full tensors carried through unchanged from the parents: {', '.join(f'`{k}`' for k in carried)}.")
+        names = ", ".join(f"`{k}`" for k in carried)
+        lines.append(f"- Full tensors carried through unchanged from the parents: {names}.")
     lines += [
         "",
         "## Usage",

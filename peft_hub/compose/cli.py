@@ -12,10 +12,9 @@ from typing import Any
 
 import click
 
-from peft_hub.compose.refs import default_output, resolve_ref, split_refs
 from peft_hub.compose.spec import DEFAULT_MAX_RANK, DTYPE_NAMES, MAJORITY_SIGNS, METHODS, TRUNCATIONS
 from peft_hub.errors import InvalidInputError
-from peft_hub.refs import in_user_terms
+from peft_hub.refs import default_output, in_user_terms, resolve_ref, split_refs
 
 SHOWN_MODULES = 5
 
@@ -36,14 +35,16 @@ def _print_report(report: Any) -> None:
         f"{report.dtype}); energy kept {report.energy_kept:.6f}"
     )
     if report.truncation:
-        how = ", ".join(f"{kind} SVD on {n} module{'s' if n != 1 else ''}" for kind, n in sorted(report.truncation.items()))
+        how = ", ".join(f"{kind} SVD on {n} module{'s' if n != 1 else ''}"
+                        for kind, n in sorted(report.truncation.items()))
         click.echo(f"Truncation: {how}")
     worst = sorted(report.module_energy.items(), key=lambda kv: kv[1])[:SHOWN_MODULES]
     if worst and worst[0][1] < 1.0:
         click.echo("Least energy kept:")
         for name, fraction in worst:
             click.echo(f"  {fraction:.6f}  {name}")
-    click.echo(f"vLLM: --max-lora-rank {vllm}" if vllm else f"vLLM: rank {report.rank} is above vLLM's largest --max-lora-rank")
+    click.echo(f"vLLM: --max-lora-rank {vllm}" if vllm
+               else f"vLLM: rank {report.rank} is above vLLM's largest --max-lora-rank")
 
 
 def _print_json(report: Any) -> None:
@@ -85,12 +86,14 @@ def _output_options(fn: Any) -> Any:
 
 @click.command()
 @click.argument("adapters", metavar="A+B[+C...]")
-@click.option("--weights", callback=_parse_weights, default=None, help="One weight per adapter, e.g. 0.7,0.3 (default 1 each).")
+@click.option("--weights", callback=_parse_weights, default=None,
+              help="One weight per adapter, e.g. 0.7,0.3 (default 1 each).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="Default: stack exactly if the result fits --max-rank, svd if --rank is given.")
 @click.option("--density", type=float, default=None, help="Fraction kept, for ties/dare/magnitude_prune.")
 @click.option("--majority-sign", type=click.Choice(MAJORITY_SIGNS), default="total", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the DARE methods and the randomized SVD.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the DARE methods and the randomized SVD.")
 @_output_options
 @click.pass_obj
 def compose(

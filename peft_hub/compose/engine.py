@@ -46,7 +46,10 @@ def module_generator(seed: int, name: str) -> torch.Generator:
 
 
 def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each term's ``(B, A)`` as 2-D tensors in their stored dtype: B (d, r), A (r, k) (conv kernels flattened into k)."""
+    """Each term's ``(B, A)`` as 2-D tensors in their stored dtype: B (d, r), A (r, k).
+
+    Conv kernels are flattened into k.
+    """
     out = []
     for term in plan.terms:
         a = reader.get(term.adapter, term.key_a).reshape(term.rank, -1)  # (r, k)
@@ -92,7 +95,8 @@ def compute_module(
         b, a = stack_factors(factors, coeffs, torch.float64)  # (d, R), (R, k)
         b, a, kept, total = truncate_factors(b, a, rank)
         return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
-    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs, strict=True)]  # each (d, k): weighted task delta
+    # Each (d, k): one term's weighted task delta.
+    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs, strict=True)]
     merged = merge_dense(
         method, tasks, density=float(options.density or 0), majority_sign=options.majority_sign,
         generator=module_generator(options.seed, plan.name),

@@ -235,7 +235,9 @@ def plan_ranks(modules: list[ModulePlan], options: ComposeOptions) -> tuple[str,
                 f"or a higher --max-rank (at least {top}) to keep it exact"
             )
     elif (target := _target_rank(modules, options)) > max_rank:
-        raise RankLimitError(f"--rank {target} is above --max-rank {max_rank}: pass a smaller --rank N or a higher --max-rank")
+        raise RankLimitError(
+            f"--rank {target} is above --max-rank {max_rank}: pass a smaller --rank N or a higher --max-rank"
+        )
     return method, ranks
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from peft_hub.compose.spec import METHODS as COMPOSE_METHODS
 from peft_hub.units import human_size
+
+if TYPE_CHECKING:  # quantize imports torch, which these commands load only when they run
+    from peft_hub.gpu_runtime.quantize import Quantization
 
 DTYPE = click.Choice(["bf16", "fp16", "fp32"])
 QUANT = click.Choice(["none", "int8", "nf4"])
@@ -41,7 +44,7 @@ METHODS = click.Choice(COMPOSE_METHODS)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def materialize(hub: Any, base: str, adapters: str, weights: str | None, method: str | None, rank: int | None,
-                density: float | None, output_dir: str | None, dtype: str | None, quantize: str, device: str,
+                density: float | None, output_dir: str | None, dtype: str | None, quantize: Quantization, device: str,
                 force: bool, as_json: bool) -> None:
     """Merge ADAPTER[+ADAPTER...] into BASE and write a standalone transformers model.
 
@@ -87,9 +90,9 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
 @click.option("--push-evals", is_flag=True, help="Attach each adapter's results to its hub revision.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def validate(hub: Any, base: str, adapters: str, data: str, prompts: str | None, quantize: str, batch_size: int,
-             max_samples: int | None, max_new_tokens: int | None, device: str, dtype: str | None, seed: int,
-             split: str, tokenizer: str | None, output: str | None, push_evals: bool, as_json: bool) -> None:
+def validate(hub: Any, base: str, adapters: str, data: str, prompts: str | None, quantize: Quantization,
+             batch_size: int, max_samples: int | None, max_new_tokens: int | None, device: str, dtype: str | None,
+             seed: int, split: str, tokenizer: str | None, output: str | None, push_evals: bool, as_json: bool) -> None:
     """Compare BASE with BASE+ADAPTER on loss, perplexity, token accuracy and exact match.
 
     Several adapters, comma-separated, are compared in one table; an entry
@@ -130,7 +133,8 @@ def demo(hub: Any, workdir: str, offline: bool, namespace: str, pretrain_steps: 
     """
     from peft_hub.gpu_runtime.demo import run_demo
 
-    steps = {k: v for k, v in (("pretrain_steps", pretrain_steps), ("lora_steps", lora_steps)) if v is not None}
+    given = (("pretrain_steps", pretrain_steps), ("lora_steps", lora_steps))
+    steps: dict[str, Any] = {k: v for k, v in given if v is not None}  # unset: run_demo's defaults
     report = run_demo(workdir, None if offline else hub, namespace=namespace, device=device,
                       log=lambda msg: click.echo(msg, err=True), **steps)
     if as_json:

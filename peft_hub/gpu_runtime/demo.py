@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peft_hub.errors import InvalidInputError
+
+if TYPE_CHECKING:  # quantize imports torch, which the demo loads only when it runs
+    from peft_hub.gpu_runtime.quantize import Quantization
 
 CORPUS = Path(__file__).parent / "data" / "corpus.txt"
 #: Words the pretraining corpus uses (see data/make_corpus.py).
@@ -86,7 +89,7 @@ def run_demo(
     pretrain_steps: int = 150,
     lora_steps: int = 500,
     words: list[str] | None = None,
-    quantizations: tuple[str, ...] = ("nf4", "int8"),
+    quantizations: tuple[Quantization, ...] = ("nf4", "int8"),
     seed: int = 0,
     device: str = "auto",
     log: Callable[[str], None] = lambda msg: None,
@@ -123,7 +126,7 @@ def run_demo(
 
 
 def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretrain_steps: int, lora_steps: int,
-         quantizations: tuple[str, ...], seed: int, log: Callable[[str], None], started: float) -> DemoReport:
+         quantizations: tuple[Quantization, ...], seed: int, log: Callable[[str], None], started: float) -> DemoReport:
     from peft_hub.compose import compose_dirs
     from peft_hub.gpu_runtime.materializer import materialize
     from peft_hub.gpu_runtime.train import pretrain_base, train_lora
@@ -135,7 +138,8 @@ def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretr
     base_info = pretrain_base(base, corpus, steps=pretrain_steps, seed=seed, device=dev)
 
     log(f"2/6 training {len(TASKS)} LoRAs for {lora_steps} steps each")
-    files, adapters = {}, {}
+    files: dict[str, tuple[Path, Path]] = {}
+    adapters: dict[str, dict[str, Any]] = {}
     for i, task in enumerate(TASKS):
         data, prompts, rows = write_task_files(task, words, work / "tasks")
         files[task] = (data, prompts)
@@ -159,7 +163,7 @@ def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretr
         repo, _, rev = info["ref"].partition("@")
         parents.append({"ref": repo, "revision": rev or None})
     compose_report = compose_dirs([Path(a["path"]) for a in adapters.values()], None, composed_path, parents=parents)
-    composed = {"path": str(composed_path), "ref": str(composed_path), "method": compose_report.method,
+    composed: dict[str, Any] = {"path": str(composed_path), "ref": str(composed_path), "method": compose_report.method,
                 "rank": compose_report.rank}
     if hub is not None:
         pushed = hub.push(composed_path, name=f"{namespace}/upper-reverse")
@@ -167,10 +171,12 @@ def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretr
 
     log(f"5/6 materializing: none, {', '.join(quantizations)}")
     materialized: dict[str, dict[str, Any]] = {}
-    for q in ("none", *quantizations):
+    levels: tuple[Quantization, ...] = ("none", *quantizations)
+    for q in levels:
         out = work / "models" / f"merged-{q}"
-        rep = materialize(base, composed["ref"], out, quantize=q, device=str(dev), client=hub)
-        materialized[q] = {"path": str(out), "seconds": rep.seconds, "merged": rep.merged, "quantized": rep.quantized}
+        built = materialize(base, composed["ref"], out, quantize=q, device=str(dev), client=hub)
+        materialized[q] = {"path": str(out), "seconds": built.seconds, "merged": built.merged,
+                           "quantized": built.quantized}
 
     log("6/6 validating every model on every task")
     refs = {task: info["ref"] for task, info in adapters.items()}
@@ -185,10 +191,10 @@ def _run(work: Path, hub: Any, dev: Any, words: list[str], namespace: str, pretr
         pushed_evals.extend(report.pushed)
         for label, ref in [("base", "base"), *refs.items()]:
             scores.setdefault(label, {})[task] = _pick(report.model(ref).metrics)
-        for q, info in materialized.items():
-            rep = validate(info["path"], data=data, prompts=prompts, device=str(dev), seed=seed,
-                           output=work / "results" / f"{task}-merged-{q}.json")
-            scores.setdefault(f"materialized {q}", {})[task] = _pick(rep.models[0].metrics)
+        for level, info in materialized.items():
+            checked = validate(info["path"], data=data, prompts=prompts, device=str(dev), seed=seed,
+                               output=work / "results" / f"{task}-merged-{level}.json")
+            scores.setdefault(f"materialized {level}", {})[task] = _pick(checked.models[0].metrics)
 
     result = DemoReport(
         workdir=str(work), base=base_info, adapters=adapters, composed=composed, materialized=materialized,

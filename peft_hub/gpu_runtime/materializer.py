@@ -149,7 +149,7 @@ def materialize(
         for key in ("dtype", "torch_dtype"):
             if key in config or key == "dtype":
                 config[key] = CONFIG_DTYPE_NAMES.get(out_dtype, str(out_dtype).removeprefix("torch."))
-        if quantize != "none":
+        if layout is not None:  # exactly when quantizing (checked above)
             config["quantization_config"] = quantization_config(quantize, out_dtype, layout.skip_modules)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_side_files(base, staging)

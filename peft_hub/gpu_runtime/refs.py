@@ -73,7 +73,9 @@ def resolve_adapters(
     try:
         from peft_hub.compose import compose_dirs
     except ImportError as exc:
-        raise InvalidInputError(f"composing several adapters needs peft_hub.compose, which failed to import: {exc}") from exc
+        raise InvalidInputError(
+            f"composing several adapters needs peft_hub.compose, which failed to import: {exc}"
+        ) from exc
     out = scratch / "composed"
     parents = [{"ref": r.repo_id or r.ref, "revision": r.revision} for r in resolved]
     compose_dirs([r.path for r in resolved], ws, out, method=method, rank=rank, density=density, parents=parents)

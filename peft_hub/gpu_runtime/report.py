@@ -126,6 +126,7 @@ class ValidationReport:
             [r["metric"]] + [f"{r[c]:+.4f}" if c.startswith("Δ") else f"{r[c]:.4f}" for c in cols[1:]] for r in rows
         ]
         widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                           for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
                  for row in cells]
         return "\n".join(lines)

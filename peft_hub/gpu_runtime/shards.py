@@ -136,7 +136,8 @@ class ShardWriter:
         self._expected: list[tuple[str, int]] = [(name, slots[name][1]) for name, _, _ in specs]
         self.path = path
         self.data_bytes = sum(nbytes for _, nbytes in self._expected)
-        self._fh = open(path, "wb", buffering=0)  # closed by close(); unbuffered: copy_file_range writes to the fd directly
+        # Closed by close(); unbuffered, because copy_file_range writes to the fd directly.
+        self._fh = open(path, "wb", buffering=0)
         self._fh.write(prefix)
         self._next = 0
 

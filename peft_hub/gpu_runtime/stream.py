@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -30,6 +31,9 @@ from peft_hub.gpu_runtime.shards import (
 )
 from peft_hub.progress import tqdm
 
+#: Writes one planned tensor into the open output shard.
+Emit = Callable[[ShardWriter], None]
+
 
 @dataclass
 class MergeStats:
@@ -41,6 +45,23 @@ class MergeStats:
     quantized: int = 0
     bytes_written: int = 0
     weight_map: dict[str, str] = field(default_factory=dict)
+
+
+def _put(name: str, tensor: torch.Tensor) -> Emit:
+    return lambda writer: writer.write(name, tensor)
+
+
+def _write(name: str, make: Callable[[], torch.Tensor]) -> Emit:
+    """Write ``make()`` when its turn comes, so only one tensor is built at a time."""
+    return lambda writer: writer.write(name, make())
+
+
+def _cast(name: str, load: Callable[[], torch.Tensor], dtype: torch.dtype) -> Emit:
+    return lambda writer: writer.write(name, load().to(dtype))
+
+
+def _copy(name: str, src: BinaryIO, offset: int) -> Emit:
+    return lambda writer: writer.copy_raw(name, src, offset)
 
 
 def to_checkpoint_names(model_names: set[str], base_keys: set[str]) -> set[str]:
@@ -124,7 +145,7 @@ def _stream_merge(
     stats = MergeStats()
     bar = tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, desc="materialize")
     for shard, header in ckpt.headers.items():
-        plan: list[tuple[str, str, tuple[int, ...], Callable[[ShardWriter], None]]] = []
+        plan: list[tuple[str, str, tuple[int, ...], Emit]] = []
         with open(ckpt.root / shard, "rb") as fh:
             for name, info in sorted(header.tensors.items(), key=lambda kv: kv[1].start):
                 upd = updates.get(name)
@@ -150,20 +171,20 @@ def _stream_merge(
                     prefix = name[: -len("weight")]
                     for k, t in quantize_weight(w, quantize, compute_dtype=dtype, device=device).items():
                         key = prefix + k
-                        plan.append((key, ST_DTYPES[t.dtype], tuple(t.shape), lambda wr, k=key, t=t: wr.write(k, t)))
+                        plan.append((key, ST_DTYPES[t.dtype], tuple(t.shape), _put(key, t)))
                     stats.quantized += 1
                     stats.merged += upd is not None
                 elif upd is not None:
                     if not floating:
                         raise IncompatibleAdaptersError(f"the adapter changes {name}, which is not floating-point")
-                    plan.append((name, st, info.shape, lambda wr, n=name, v=value: wr.write(n, v())))
+                    plan.append((name, st, info.shape, _write(name, value)))
                     stats.merged += 1
                 elif floating and info.dtype != out_st:
-                    plan.append((name, st, info.shape, lambda wr, n=name, i=info: wr.write(n, load(i).to(dtype))))
+                    plan.append((name, st, info.shape, _cast(name, load, dtype)))  # load's defaults hold this info
                     stats.cast += 1
                 else:
                     offset = header.data_offset + info.start
-                    plan.append((name, st, info.shape, lambda wr, n=name, o=offset: wr.copy_raw(n, fh, o)))
+                    plan.append((name, st, info.shape, _copy(name, fh, offset)))
                     stats.copied += 1
             metadata = {**header.metadata, "format": "pt"}
             with ShardWriter(out_dir / shard, [(n, d, s) for n, d, s, _ in plan], metadata) as writer:
@@ -175,9 +196,8 @@ def _stream_merge(
             stats.bytes_written += writer.data_bytes
     bar.close()
     if ckpt.sharded:
-        metadata = {**ckpt.index_metadata, "total_size": stats.bytes_written}
-        (out_dir / INDEX_NAME).write_text(
-            json.dumps({"metadata": metadata, "weight_map": dict(sorted(stats.weight_map.items()))}, indent=2) + "\n"
-        )
+        index_metadata: dict[str, object] = {**ckpt.index_metadata, "total_size": stats.bytes_written}
+        index = {"metadata": index_metadata, "weight_map": dict(sorted(stats.weight_map.items()))}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return stats
 

@@ -77,7 +77,8 @@ def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(path)
-    if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / n).is_file() for n in names):
         raise InvalidInputError(
             f"{path} has no tokenizer files. Save the base's tokenizer there, or for a model built from a "
             "config save a character tokenizer: "

@@ -55,8 +55,7 @@ def pretrain_base(
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    # transformers' stub types .to() as taking a model, not a device
-    model = LlamaForCausalLM(config).to(device).train()  # type: ignore[arg-type]
+    model = LlamaForCausalLM(config).to(device).train()  # type: ignore[arg-type]  # transformers' .to() stub
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     losses = []
@@ -109,8 +108,9 @@ def train_lora(
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    # transformers' stub types .to() as taking a model, not a device
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)  # type: ignore[arg-type]
+    # Any: it becomes a PeftModel below.
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = model.to(device)
     config = LoraConfig(
         r=r, lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates lora_alpha as int; it scales by any number
         target_modules=LLAMA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"

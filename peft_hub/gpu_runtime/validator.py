@@ -100,7 +100,8 @@ def validate(
     tok = load_tokenizer(tokenizer or base)
     data_file = read_jsonl(data, required=(("text",), ("prompt", "completion")), max_samples=max_samples, seed=seed)
     prompt_file = (
-        read_jsonl(prompts, required=(("prompt", "reference"),), max_samples=max_samples, seed=seed) if prompts else None
+        read_jsonl(prompts, required=(("prompt", "reference"),), max_samples=max_samples, seed=seed)
+        if prompts else None
     )
     encoded = [encode_loss_row(row, tok, max_length) for row in data_file.rows]
     if not any(label != IGNORE for _, labels in encoded for label in labels[1:]):
@@ -141,17 +142,20 @@ def validate(
         for name, (spec, _, parents) in zip(names, resolved, strict=True):
             model.set_adapter(name)
             result = run(spec)
-            result.adapter = {"parents": [p.to_dict() for p in parents], "pinned": parents[0].pinned if len(parents) == 1 else None}
+            pinned = parents[0].pinned if len(parents) == 1 else None
+            result.adapter = {"parents": [p.to_dict() for p in parents], "pinned": pinned}
             results.append(result)
 
     report = ValidationReport(
-        base_model=str(base), quantization=quant_label, device=str(dev), dtype=DTYPE_NAMES.get(compute_dtype, str(compute_dtype)),
-        seed=seed, split=split, dataset=data_file.describe(), prompts=prompt_file.describe() if prompt_file else None,
+        base_model=str(base), quantization=quant_label, device=str(dev),
+        dtype=DTYPE_NAMES.get(compute_dtype, str(compute_dtype)), seed=seed, split=split,
+        dataset=data_file.describe(), prompts=prompt_file.describe() if prompt_file else None,
         models=results, peft_hub_version=__version__,
     )
     if push_evals:
         for result in results[1:]:
-            report.pushed[result.name] = client.add_evals(result.adapter["pinned"], report.evals_for(result.name))
+            if result.adapter is not None:  # set on every result but the base's
+                report.pushed[result.name] = client.add_evals(result.adapter["pinned"], report.evals_for(result.name))
     if output is not None:
         Path(output).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
@@ -222,8 +226,8 @@ def _load_base(base: Path, quantize: Quantization, dtype: torch.dtype, device: t
         kwargs["device_map"] = {"": str(device)}
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     if quantize == "none" and not existing:
-        model.to(device)
-    label = quantize
+        model.to(device)  # type: ignore[arg-type]  # transformers' stub for to() has lost torch's signature
+    label: str = quantize
     if existing:
         qc = existing if isinstance(existing, dict) else existing.to_dict()
         label = "nf4" if qc.get("load_in_4bit") else "int8" if qc.get("load_in_8bit") else str(qc.get("quant_method"))
@@ -274,8 +278,10 @@ def _loss_metrics(model: Any, encoded: list[tuple[list[int], list[int]]], batch_
             "tokens": float(scored)}
 
 
-def _generation_metrics(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int,
-                        max_new_tokens: int | None, device: torch.device, label: str) -> tuple[float, list[dict[str, str]]]:
+def _generation_metrics(
+    model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int, max_new_tokens: int | None,
+    device: torch.device, label: str,
+) -> tuple[float, list[dict[str, str]]]:
     """Greedy generation on each prompt; exact match of the stripped texts."""
     from transformers import GenerationConfig
 

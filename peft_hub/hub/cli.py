@@ -57,9 +57,11 @@ class HubCommandGroup(click.Group):
               help="Database URL (default: SQLite under ~/.peft-hub).")
 @click.option("--storage", envvar="PEFT_HUB_STORAGE", default=None,
               help="Blob storage: a directory or s3://bucket/prefix.")
+@click.option("--upstream", envvar="PEFT_HUB_UPSTREAM", default=None,
+              help="An HF-compatible hub to mirror repos from on a read miss (default: none).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(host: str, port: int, db_url: str | None, storage: str | None, log_level: str) -> None:
+def serve(host: str, port: int, db_url: str | None, storage: str | None, upstream: str | None, log_level: str) -> None:
     """Start the hub (embedded SQLite and local files unless told otherwise).
 
     The port is bound first, then the banner names the URL. On the first
@@ -72,7 +74,7 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, log_lev
 
     from peft_hub.hub import Settings, create_app
 
-    given = {"db_url": db_url, "storage": storage, "host": host, "port": port}
+    given = {"db_url": db_url, "storage": storage, "host": host, "port": port, "upstream": upstream}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     _hub_logging(log_level)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     s3_public_url: str | None = None
     #: Lifetime of presigned S3 URLs, in seconds.
     presign_expiry: int = 3600
+    #: Blobs larger than this go to S3 as a multipart upload, in parts sent
+    #: straight from the client (S3's smallest part is 5 MiB; a single PUT is at most 5 GiB).
+    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    #: Part size the hub picks when the client proposes none (raised to fit 10,000 parts).
+    multipart_part_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     #: Secret that signs the HF LFS upload URLs; generated per process when
     #: unset (set it when running several hub processes).
     session_secret: str | None = None
@@ -115,3 +120,22 @@ class Settings(BaseSettings):
     #: Allow webhook URLs that resolve to loopback, private or link-local
     #: addresses (off: a hook cannot make the hub call into its own network).
     webhook_allow_private: bool = False
+
+    # --- pull-through mirror -------------------------------------------------
+
+    #: An HF-compatible hub (huggingface.co, or another peft-hub) whose public
+    #: repos are fetched, verified, stored and served on a read of a repo this
+    #: hub does not hold; unset: off.
+    upstream: str | None = None
+    #: The hub's own token for the upstream; a caller's token is never sent there.
+    upstream_token: str | None = None
+    #: Seconds to connect to the upstream, and for its next bytes.
+    upstream_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    upstream_read_timeout: float = Field(default=15.0, gt=0, le=120)
+    #: Seconds a whole fetch may take (kept below ``write_deadline``).
+    upstream_fetch_deadline: float = Field(default=30.0, gt=0, le=600)
+    #: Bytes one mirrored repo may hold, all files together.
+    upstream_max_bytes: int = Field(default=2 * 1024**3, ge=1)
+    #: Seconds a repo the upstream does not have (or that cannot be mirrored)
+    #: is answered 404 without asking the upstream again.
+    upstream_negative_ttl: float = Field(default=60.0, ge=0, le=86400)

@@ -8,10 +8,12 @@ the table, and ``XPublic`` is what the API returns.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event
 from sqlmodel import Field, SQLModel
+
+from peft_hub.errors import PeftHubError
 
 
 def utcnow() -> datetime:
@@ -21,6 +23,18 @@ def utcnow() -> datetime:
 def name_key(*parts: str) -> str:
     """The case-insensitive key of a name or an ``owner/name`` (names are ASCII)."""
     return "/".join(parts).lower()
+
+
+class _HasId(Protocol):
+    id: int | None
+
+
+def pk(row: _HasId) -> int:
+    """A stored row's primary key as an ``int`` (the ``None`` the table type
+    allows is only there before the first flush)."""
+    if row.id is None:
+        raise PeftHubError(f"{type(row).__name__} has no id yet: flush it first")
+    return row.id
 
 
 class Namespace(SQLModel, table=True):
@@ -60,7 +74,11 @@ class Token(SQLModel, table=True):
 
 
 class Adapter(SQLModel, table=True):
-    """An ``owner/name`` adapter; search fields mirror its ``main`` revision."""
+    """An ``owner/name`` repo; search fields mirror its ``main`` revision.
+
+    Base models live here too, told apart by ``kind``: the table keeps the
+    name it had when it held adapters only (migration 0004 says why).
+    """
 
     __table_args__ = (UniqueConstraint("owner", "name"),)
 
@@ -70,6 +88,8 @@ class Adapter(SQLModel, table=True):
     #: ``owner/name`` lowercased (``name_key(owner, name)``): unique, what lookups match (migration 0003).
     name_key: str = Field(default="", index=True, unique=True, max_length=129)
     private: bool = False
+    #: ``adapter`` or ``model`` (see ``peft_hub.repo_kinds``), decided by the first push (migration 0004).
+    kind: str = Field(default="adapter", index=True, max_length=8)
     downloads: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)

@@ -18,13 +18,14 @@ from typing import BinaryIO, cast
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from peft_hub.adapter import FileEntry, check_entries, manifest_digest, validate_manifest
+from peft_hub.adapter import FileEntry, manifest_digest
 from peft_hub.errors import ChecksumMismatchError, StorageError, UploadRequiredError
 from peft_hub.hub import audit, crud, events, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.models import Adapter, Blob, Revision
 from peft_hub.hub.storage import BlobStat, BlobStore
 from peft_hub.names import validate_repo_id
+from peft_hub.repo_kinds import Kind, check_entries, infer_kind, kind_mismatch, validate_manifest
 
 
 def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None) -> None:
@@ -111,7 +112,7 @@ def publish(
     session: Session,
     store: BlobStore,
     *,
-    principal: Principal,
+    principal: Principal | None,
     repo_id: str,
     entries: list[FileEntry],
     message: str = "",
@@ -140,12 +141,14 @@ def publish(
         The adapter, the revision, and whether the revision is new.
     """
     owner, name = validate_repo_id(repo_id)
-    require_write(principal, owner)
+    principal = require_write(principal, owner)
     for tag in tags:
         crud.validate_tag(tag)
-    check_entries(entries)
+    kind = infer_kind(e.path for e in entries)
+    check_entries(kind, entries)
     # Outside the write transaction: possession, hashing, validation (store reads).
     engine = cast(Engine, session.get_bind())  # a request's session is bound to the engine
+    _check_kind(engine, owner, name, kind)
     proved = possession.require_held(engine, store, principal, [e for e in entries if e.sha256 not in received])
     verify_outside(engine, store, principal, entries)
 
@@ -153,7 +156,7 @@ def publish(
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:
         yield read_back(store, entry)
 
-    meta = validate_manifest(entries, open_stored)
+    meta = validate_manifest(kind, entries, open_stored)
     # The write transaction: the blobs' rows locked, each blob seen still
     # stored (a gc may have run meanwhile) and trusted, then the revision.
     rows = ledger.lock(session, {e.sha256: e.size for e in entries})
@@ -173,3 +176,12 @@ def publish(
     audit.record(session, actor=principal.user.name, action="push", target=f"{owner}/{name}@{revision.sha}",
                  client=client, detail={"created": created, "tags": ["main", *tags], "files": len(entries)})
     return adapter, revision, created
+
+
+def _check_kind(engine: Engine, owner: str, name: str, kind: Kind) -> None:
+    """Refuse early, before any store read, a push of one kind into a repo of
+    the other (``crud.publish_revision`` checks again under the write lock)."""
+    with Session(engine) as session:
+        adapter = crud.find_adapter(session, owner=owner, name=name)
+        if adapter is not None and adapter.kind != kind and "main" in crud.tags_of(session, adapter=adapter):
+            raise kind_mismatch(f"{adapter.owner}/{adapter.name}", adapter.kind, kind)

@@ -9,13 +9,17 @@ without NUL, control characters or unpaired surrogates, so a bad body is a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILENAME_BYTES, WEIGHTS_MAX_BYTES
+from peft_hub.model_files import MAX_MODEL_FILES
 from peft_hub.safeparse import check_strings, json_depth, name_problem, text_problem
 
 
@@ -33,15 +37,34 @@ def _text(value: str) -> str:
     return value
 
 
-def Name(max_length: int, min_length: int = 0) -> Any:  # noqa: N802 - a type
-    """A short single-line string: no control characters, NUL or surrogates."""
-    return Annotated[str, StringConstraints(strict=True, min_length=min_length, max_length=max_length),
-                     AfterValidator(_name)]
+@dataclass(frozen=True)
+class OneLine(GroupedMetadata):
+    """``Annotated[str, OneLine(64)]``: a short single-line string, strict, of
+    ``min_length`` to ``max_length`` characters, without control characters,
+    NUL or surrogates.
+
+    Metadata rather than a function returning a type, so type checkers read
+    the field as ``str``; the lengths are checked before the characters.
+    """
+
+    max_length: int
+    min_length: int = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from StringConstraints(strict=True, min_length=self.min_length, max_length=self.max_length)
+        yield AfterValidator(_name)
 
 
-def Text(max_length: int) -> Any:  # noqa: N802 - a type
-    """Free text (newlines allowed), without NUL or unpaired surrogates."""
-    return Annotated[str, StringConstraints(strict=True, max_length=max_length), AfterValidator(_text)]
+@dataclass(frozen=True)
+class FreeText(GroupedMetadata):
+    """``Annotated[str, FreeText(4000)]``: free text (newlines allowed), strict,
+    at most ``max_length`` characters, without NUL or unpaired surrogates."""
+
+    max_length: int
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from StringConstraints(strict=True, max_length=self.max_length)
+        yield AfterValidator(_text)
 
 
 #: A finite float: NaN and infinities do not fit a JSON column on PostgreSQL.
@@ -64,7 +87,7 @@ def _extra(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileSpec(BaseModel):
-    path: Name(MAX_FILENAME_BYTES, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    path: Annotated[str, OneLine(MAX_FILENAME_BYTES, min_length=1)]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", strict=True)
     size: StrictInt = Field(ge=0, le=WEIGHTS_MAX_BYTES)
 
@@ -73,32 +96,34 @@ class FileSpec(BaseModel):
 
 
 class PreuploadRequest(BaseModel):
-    files: list[FileSpec] = Field(max_length=64)
+    files: list[FileSpec] = Field(max_length=MAX_MODEL_FILES)
 
 
 class CommitRequest(BaseModel):
-    files: list[FileSpec] = Field(max_length=64)
-    tags: list[Name(64, min_length=1)] = Field(default_factory=list, max_length=16)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    files: list[FileSpec] = Field(max_length=MAX_MODEL_FILES)
+    tags: list[Annotated[str, OneLine(64, min_length=1)]] = Field(default_factory=list, max_length=16)
     private: StrictBool | None = None
-    message: Text(4000) = ""  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    message: Annotated[str, FreeText(4000)] = ""
 
 
 class TagRequest(BaseModel):
     #: A tag or a 40-hex revision id.
-    revision: Name(64, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    revision: Annotated[str, OneLine(64, min_length=1)]
 
 
 class EvalIn(BaseModel):
-    metric: Name(128, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    metric: Annotated[str, OneLine(128, min_length=1)]
     value: Finite
-    dataset: Name(256, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    dataset_version: Name(128) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    split: Name(64) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    extra: Annotated[dict[Name(128), Any], Field(max_length=64), AfterValidator(_extra)] = Field(default_factory=dict)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    dataset: Annotated[str, OneLine(256, min_length=1)]
+    dataset_version: Annotated[str, OneLine(128)] | None = None
+    split: Annotated[str, OneLine(64)] | None = None
+    extra: Annotated[dict[Annotated[str, OneLine(128)], Any], Field(max_length=64), AfterValidator(_extra)] = Field(
+        default_factory=dict
+    )
 
 
 class EvalsRequest(BaseModel):
-    revision: Name(64, min_length=1) = "main"  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    revision: Annotated[str, OneLine(64, min_length=1)] = "main"
     evals: list[EvalIn] = Field(min_length=1, max_length=1000)
 
 

@@ -89,7 +89,8 @@ def stale_names(event: Event, served: Iterable[Served]) -> tuple[list[str], list
             continue
         if event.event == "delete":
             unload.append(s.name)
-        elif event.event == "tag" and s.ref_name == event.tag or event.event == "push" and s.ref_name == "main" and event.tag in (None, "main"):
+        elif (event.event == "tag" and s.ref_name == event.tag
+              or event.event == "push" and s.ref_name == "main" and event.tag in (None, "main")):
             switch.append(s.name)
     return switch, unload
 

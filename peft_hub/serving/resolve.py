@@ -103,7 +103,9 @@ def check_servable(meta: dict[str, Any], limits: ServeLimits, *, label: str) -> 
     if limits.max_lora_rank is not None and isinstance(rank, int) and rank > limits.max_lora_rank:
         need = vllm_max_lora_rank(rank)
         hint = f"start vLLM with --max-lora-rank {need}" if need else "vLLM cannot serve a rank this large"
-        raise RankLimitError(f"{label} has rank {rank}, above this server's --max-lora-rank {limits.max_lora_rank}: {hint}")
+        raise RankLimitError(
+            f"{label} has rank {rank}, above this server's --max-lora-rank {limits.max_lora_rank}: {hint}"
+        )
 
 
 def check_config_servable(config: dict[str, Any], *, label: str) -> None:

@@ -26,7 +26,8 @@ VERBS = [("see", "sees", "saw"), ("like", "likes", "liked"), ("find", "finds", "
          ("clean", "cleans", "cleaned"), ("bring", "brings", "brought"), ("read", "reads", "read"),
          ("keep", "keeps", "kept"), ("sell", "sells", "sold"), ("buy", "buys", "bought"), ("draw", "draws", "drew")]
 MOVES = [("walk", "walks", "walked"), ("run", "runs", "ran"), ("go", "goes", "went"), ("swim", "swims", "swam"),
-         ("jump", "jumps", "jumped"), ("sing", "sings", "sang"), ("sleep", "sleeps", "slept"), ("play", "plays", "played")]
+         ("jump", "jumps", "jumped"), ("sing", "sings", "sang"), ("sleep", "sleeps", "slept"),
+         ("play", "plays", "played")]
 TIMES = ["today", "yesterday", "in the morning", "at night", "every day", "after lunch", "on Sunday", "in the spring"]
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "brown", "pink"]
 

@@ -6,11 +6,11 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from peft_hub.errors import ConflictError, InvalidInputError
 from peft_hub.hub.auth import as_utc, hash_token, is_expired, lookup_of, new_token
-from peft_hub.hub.models import Membership, Namespace, Token, WebSession, name_key, utcnow
+from peft_hub.hub.models import Membership, Namespace, Token, WebSession, name_key, pk, utcnow
 
 # --- namespaces and tokens --------------------------------------------------
 
@@ -45,7 +45,7 @@ def issue_token(
     lookup = lookup_of(token)
     if lookup is None:
         raise InvalidInputError("tokens start with 'phub_' and are at least 33 characters long")
-    row = Token(user_id=user.id, lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces,
+    row = Token(user_id=pk(user), lookup=lookup, token_hash=hash_token(token), scope=scope, namespaces=namespaces,
                 name=name, expires_at=expires_at)
     session.add(row)
     session.flush()
@@ -54,7 +54,7 @@ def issue_token(
 
 def list_tokens(session: Session, *, user: Namespace) -> list[Token]:
     """The user's tokens, oldest first."""
-    return list(session.exec(select(Token).where(Token.user_id == user.id).order_by(Token.id)))
+    return list(session.exec(select(Token).where(Token.user_id == user.id).order_by(col(Token.id))))
 
 
 def get_token(session: Session, *, token_id: int) -> Token | None:
@@ -80,7 +80,7 @@ def create_web_session(session: Session, *, token: Token, expires_at: datetime) 
     if token.expires_at is not None:
         expires_at = min(expires_at, as_utc(token.expires_at))
     raw = secrets.token_urlsafe(32)
-    web = WebSession(id_hash=hash_token(raw), token_id=token.id, csrf=secrets.token_urlsafe(32), expires_at=expires_at)
+    web = WebSession(id_hash=hash_token(raw), token_id=pk(token), csrf=secrets.token_urlsafe(32), expires_at=expires_at)
     session.add(web)
     session.flush()
     return web, raw
@@ -113,7 +113,7 @@ def add_member(session: Session, *, org: str, user: str) -> Namespace:
     if user_ns.kind != "user":
         raise ConflictError(f"{user!r} is an organisation, not a user")
     if session.get(Membership, (user_ns.id, org_ns.id)) is None:
-        session.add(Membership(user_id=user_ns.id, org_id=org_ns.id))
+        session.add(Membership(user_id=pk(user_ns), org_id=pk(org_ns)))
         session.flush()
     return org_ns
 

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, or_, true
+from sqlalchemy import ColumnElement, func, or_, true
+from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col, select
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.models import Adapter, Eval, RevisionFile, Tag
 
-SORTS = {"updated": Adapter.updated_at, "downloads": Adapter.downloads, "name": Adapter.name, "rank": Adapter.rank, "size": Adapter.total_size}
+SORTS: dict[str, Mapped[Any]] = {
+    "updated": col(Adapter.updated_at), "downloads": col(Adapter.downloads), "name": col(Adapter.name),
+    "rank": col(Adapter.rank), "size": col(Adapter.total_size),
+}
 
 
 # --- search -----------------------------------------------------------------
 
 
-def visible_clause(principal: Principal | None):  # noqa: ANN202
+def visible_clause(principal: Principal | None) -> ColumnElement[bool]:
     """``auth.can_read`` in SQL: public adapters, and private ones in the
     namespaces the principal owns (``Principal.owned_namespaces``, the one rule;
     tests/test_hub_contract.py checks both forms agree over every case)."""
     if principal is None:
-        return Adapter.private == False  # noqa: E712
+        return col(Adapter.private) == False  # noqa: E712 - SQL, not Python: SQLAlchemy builds "private = false"
     owned = principal.owned_namespaces()
     if owned is None:
         return true()
-    return or_(Adapter.private == False, func.lower(col(Adapter.owner)).in_(sorted(owned)))  # noqa: E712
+    return or_(col(Adapter.private) == False, func.lower(col(Adapter.owner)).in_(sorted(owned)))  # noqa: E712 - SQL
 
 
 def search_filters(
@@ -42,7 +46,7 @@ def search_filters(
     tag: str | None = None,
 ) -> list[Any]:
     """The WHERE clauses shared by search, facets and the web catalog."""
-    clauses: list[Any] = [visible_clause(principal), Adapter.method.is_not(None)]
+    clauses: list[Any] = [visible_clause(principal), col(Adapter.method).is_not(None)]
     if q:
         like = f"%{q.lower()}%"
         clauses.append(or_(
@@ -54,9 +58,9 @@ def search_filters(
     if method:
         clauses.append(func.upper(Adapter.method) == method.upper())
     if min_rank is not None:
-        clauses.append(Adapter.max_rank >= min_rank)
+        clauses.append(col(Adapter.max_rank) >= min_rank)
     if max_rank is not None:
-        clauses.append(Adapter.rank <= max_rank)
+        clauses.append(col(Adapter.rank) <= max_rank)
     if owner:
         clauses.append(func.lower(Adapter.owner) == owner.lower())
     if tag:
@@ -70,7 +74,8 @@ def search_filters(
 
 
 def search_adapters(
-    session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1, per_page: int = 20
+    session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1,
+    per_page: int = 20,
 ) -> tuple[list[Adapter], int]:
     """One page of adapters matching ``clauses``, and the total count."""
     if sort not in SORTS:
@@ -78,7 +83,7 @@ def search_adapters(
     if order not in ("asc", "desc"):
         raise InvalidInputError("order must be asc or desc")
     column = SORTS[sort]
-    ordering = [column.asc() if order == "asc" else column.desc(), Adapter.id.asc()]
+    ordering = [column.asc() if order == "asc" else column.desc(), col(Adapter.id).asc()]
     total = session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
     items = session.exec(
         select(Adapter).where(*clauses).order_by(*ordering).offset((page - 1) * per_page).limit(per_page)
@@ -89,7 +94,8 @@ def search_adapters(
 def facets(session: Session, *, clauses: list[Any]) -> dict[str, list[tuple[str, int]]]:
     """Counts per base model, method and owner among matching adapters."""
     out = {}
-    for name, column in (("base_model", Adapter.base_model), ("method", Adapter.method), ("owner", Adapter.owner)):
+    by = (("base_model", col(Adapter.base_model)), ("method", col(Adapter.method)), ("owner", col(Adapter.owner)))
+    for name, column in by:
         rows = session.exec(
             select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
         ).all()
@@ -109,7 +115,7 @@ def main_revision_evals(session: Session, *, adapter_ids: list[int]) -> dict[int
     if not adapter_ids:
         return {}
     rows = session.exec(
-        select(Tag.adapter_id, Eval).join(Eval, Eval.revision_id == Tag.revision_id)
+        select(Tag.adapter_id, Eval).join(Eval, col(Eval.revision_id) == Tag.revision_id)
         .where(Tag.name == "main", col(Tag.adapter_id).in_(adapter_ids)).order_by(col(Eval.id).desc())
     ).all()
     out: dict[int, list[Eval]] = {}

@@ -7,7 +7,8 @@ from sqlmodel import Session
 
 from peft_hub.contract import AdapterSummary, FileInfo, RevisionDetail
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.crud.adapters import lineage, revision_files, tags_of
+from peft_hub.hub.crud.adapters import revision_files, tags_of
+from peft_hub.hub.crud.revisions import lineage
 from peft_hub.hub.models import Adapter, Revision
 
 
@@ -21,7 +22,9 @@ def adapter_summary(adapter: Adapter) -> AdapterSummary:
     )
 
 
-def revision_detail(session: Session, *, adapter: Adapter, revision: Revision, principal: Principal | None) -> RevisionDetail:
+def revision_detail(
+    session: Session, *, adapter: Adapter, revision: Revision, principal: Principal | None
+) -> RevisionDetail:
     """Everything about one revision of an adapter, as ``principal`` may see it."""
     meta = dict(revision.meta or {})
     if isinstance(meta.get("lineage"), dict):  # the file's own record names parents' sha256s

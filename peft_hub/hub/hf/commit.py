@@ -20,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
-from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError
+from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError, PeftHubError
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import put_small
+from peft_hub.model_files import MAX_MODEL_FILES
 from peft_hub.safeparse import loads_json
 
 #: Files up to this size are sent inline, base64 in the commit itself
@@ -33,6 +34,8 @@ INLINE_MAX_BYTES = 64 * 1024 * 1024
 #: Git bookkeeping files an HF client may send; they mean nothing here and are skipped.
 IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
 MAX_MESSAGE = 4000
+#: The most files one commit may add: a model's limit (an adapter's, lower, is checked at publish).
+MAX_COMMIT_FILES = max(MAX_FILES, MAX_MODEL_FILES)
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 
 
@@ -43,6 +46,13 @@ class Operation:
     entry: FileEntry | None = None
     #: The bytes came inline in the commit (the hub received them itself).
     inline: bool = False
+
+    @property
+    def added(self) -> FileEntry:
+        """The file an ``add`` puts in place (every ``add`` has one)."""
+        if self.entry is None:
+            raise PeftHubError(f"the {self.kind} of {self.path} carries no file")
+        return self.entry
 
 
 @dataclass
@@ -128,8 +138,13 @@ async def ndjson_lines(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIter
         yield bytes(buffer)
 
 
-async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore, stored: list[str]) -> ParsedCommit:
+async def read_commit(
+    chunks: AsyncIterator[bytes], store: BlobStore, stored: list[str], *, max_files: int = MAX_FILES,
+) -> ParsedCommit:
     """Parse the commit body; inline files are stored as blobs as they arrive.
+
+    ``max_files`` caps the files added (the route passes
+    :data:`MAX_COMMIT_FILES`, a model's limit; publishing checks the kind's own).
 
     A refused file name (a pickle, say) stops the commit before its bytes are
     stored. The sha256 of each blob this call newly stored is appended to
@@ -149,10 +164,11 @@ async def read_commit(chunks: AsyncIterator[bytes], store: BlobStore, stored: li
             parsed.parent_commit = value.get("parentCommit")
         elif isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES:
             continue
-        elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= MAX_FILES:
-            raise InvalidInputError(f"a commit adds at most {MAX_FILES} files (an adapter has at most {MAX_FILES})")
+        elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= max_files:
+            raise InvalidInputError(f"a commit adds at most {max_files} files (an adapter has at most {MAX_FILES})")
         elif key == "file":
-            parsed.operations.append(Operation("add", value.get("path"), await _inline_file(value, store, stored), inline=True))
+            entry = await _inline_file(value, store, stored)
+            parsed.operations.append(Operation("add", value.get("path"), entry, inline=True))
         elif key == "lfsFile":
             parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value)))
         elif key == "deletedFile":
@@ -191,6 +207,7 @@ def _lfs_file(value: dict[str, Any]) -> FileEntry:
     size = value.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= size_cap(path)):
         raise InvalidInputError(f"{path}: 'size' must be an integer between 0 and {size_cap(path)}")
+    # size may be None (huggingface_hub omits it): the commit route fills it in from the upload receipt.
     return FileEntry(path, size, oid)  # type: ignore[arg-type]
 
 
@@ -199,7 +216,7 @@ def apply_operations(parent: list[FileEntry], operations: list[Operation]) -> li
     files = {e.path: e for e in parent}
     for op in operations:
         if op.kind == "add":
-            files[op.path] = op.entry
+            files[op.path] = op.added
         elif op.kind == "delete":
             if files.pop(op.path, None) is None:
                 raise EntryNotFoundError(f"A file with this name doesn't exist: {op.path}")

@@ -57,7 +57,8 @@ def _filter_clauses(principal: Any, search: str | None, author: str | None, filt
 def list_models(
     request: Request, session: SessionDep, store: StoreDep, principal: HfPrincipalDep,
     search: str | None = Query(None, max_length=200), author: str | None = Query(None, max_length=64),
-    filter: list[str] = Query([], max_length=16), sort: str | None = Query(None, max_length=32),  # noqa: A002
+    filter: list[str] = Query([], max_length=16),  # noqa: B008 - FastAPI's Query(); HF's name; [] is copied per call
+    sort: str | None = Query(None, max_length=32),
     direction: int = Query(-1, ge=-1, le=1), limit: int | None = Query(None, ge=1, le=10**6),
     full: bool = False, cardData: bool = False, p: int = Query(0, ge=0, le=10**6),  # noqa: N803 - HF's name
 ) -> JSONResponse:
@@ -68,7 +69,7 @@ def list_models(
         raise InvalidInputError(f"sort must be one of {', '.join(sorted(SORT_KEYS))}")
     per_page = min(limit or PAGE_MAX, PAGE_MAX)
     clauses = _filter_clauses(principal, search, author, filter)
-    items, total = crud.search_adapters(session, clauses=clauses, sort=SORT_KEYS.get(sort or "lastModified"),
+    items, total = crud.search_adapters(session, clauses=clauses, sort=SORT_KEYS[sort or "lastModified"],
                                         order="asc" if direction == 1 else "desc", page=p + 1, per_page=per_page)
     body = [_item(session, store, a, full=full, card=cardData) for a in items]
     headers = {}
@@ -92,7 +93,9 @@ def _item(session: Session, store: BlobStore, adapter: Adapter, *, full: bool, c
 
 @router.get("/api/settings/repositories")
 @router.get("/api/organizations/{namespace}/settings/repositories")
-def list_user_repos(session: SessionDep, principal: HfPrincipalDep, namespace: str | None = None) -> list[dict[str, Any]]:
+def list_user_repos(
+    session: SessionDep, principal: HfPrincipalDep, namespace: str | None = None
+) -> list[dict[str, Any]]:
     """``hf repos ls``: the caller's adapters (or an organisation's that the caller can see), with storage."""
     if principal is None:
         raise AuthenticationError("sign in (a peft-hub token) to list your repositories")

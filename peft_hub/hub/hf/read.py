@@ -24,6 +24,7 @@ from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.routes.adapters import blob_response
 from peft_hub.hub.storage import BlobStore
+from peft_hub.model_files import MODEL_CONFIG_NAME
 
 router = APIRouter()
 
@@ -55,7 +56,9 @@ def _is_empty(session: Session, adapter: Adapter) -> bool:
 
 
 @router.get("/api/models/{owner}/{name}")
-def model_info(owner: str, name: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep) -> dict[str, Any]:
+def model_info(
+    owner: str, name: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
+) -> dict[str, Any]:
     """Repo info at ``main``; a repo with no push yet is the empty revision, with no files."""
     adapter = load_adapter(session, principal, owner, name)
     return _info(session, store, adapter, _revision(session, adapter, "main"))
@@ -125,7 +128,7 @@ async def paths_info(owner: str, name: str, rev: str, request: Request, principa
                      session: SessionDep) -> list[dict[str, Any]]:
     """Tree entries for the listed paths (``HfApi.get_paths_info``); absent paths are left out."""
     form = await request.form()
-    wanted = set(form.getlist("paths"))
+    wanted = {p for p in form.getlist("paths") if isinstance(p, str)}  # an uploaded file names no path
     expand = str(form.get("expand", "")).lower() in ("1", "true")
     # The queries run in a worker thread, never on the event loop.
     return await anyio.to_thread.run_sync(_paths_info, session, principal, owner, name, rev, wanted, expand)
@@ -172,11 +175,11 @@ def commits(
 @router.get("/api/whoami-v2")
 def whoami(principal: HfPrincipalDep) -> dict[str, Any]:
     """The caller, as ``HfApi.whoami`` reads it."""
-    principal: Principal = require_scope(principal, "read")
-    role = "read" if principal.scope == "read" else "write"
+    caller = require_scope(principal, "read")
+    role = "read" if caller.scope == "read" else "write"
     return {
-        "type": "user", "id": str(principal.user.id), "name": principal.user.name, "fullname": principal.user.name,
-        "isPro": False, "orgs": [{"type": "org", "name": org} for org in sorted(principal.orgs)],
+        "type": "user", "id": str(caller.user.id), "name": caller.user.name, "fullname": caller.user.name,
+        "isPro": False, "orgs": [{"type": "org", "name": org} for org in sorted(caller.orgs)],
         "auth": {"type": "access_token", "accessToken": {"displayName": "peft-hub token", "role": role}},
     }
 
@@ -207,7 +210,8 @@ def _locate(
         # push_to_hub relies on this when it looks for an existing model card.
         raise EntryNotFoundError(f"{filename} not found: {owner}/{name} has no files yet").annotate(
             headers={"X-Repo-Commit": shapes.EMPTY_SHA})
-    entry: RevisionFile | None = next((f for f in crud.revision_files(session, revision=revision) if f.path == filename), None)
+    files = crud.revision_files(session, revision=revision)
+    entry: RevisionFile | None = next((f for f in files if f.path == filename), None)
     if entry is None:
         # With X-Repo-Commit, so the client caches the absence for that commit and does not ask again.
         raise EntryNotFoundError(f"{filename} not found in {owner}/{name}@{rev}").annotate(
@@ -243,9 +247,9 @@ def resolve_get(
 ) -> Response:
     """A file's bytes: a 302 to a presigned URL on S3, else streamed with Range support.
 
-    Fetching ``adapter_config.json`` counts one download of the adapter.
+    Fetching ``adapter_config.json`` (a model's ``config.json``) counts one download of the repo.
     """
     adapter, entry, headers = _locate(session, principal, owner, name, rev, filename)
-    if filename == CONFIG_NAME:
+    if filename == (CONFIG_NAME if adapter.kind != "model" else MODEL_CONFIG_NAME):
         crud.count_download(session, adapter=adapter)
     return blob_response(store, settings, entry.sha256, filename, headers)

@@ -16,18 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from peft_hub.errors import ConflictError, InvalidInputError
 from peft_hub.hub import audit, crud
-from peft_hub.hub.auth import Principal, require_write
+from peft_hub.hub.auth import Principal
 from peft_hub.hub.deps import ClientDep, SessionDep
-from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
-from peft_hub.hub.hf.write import json_object
-from peft_hub.hub.models import Adapter
+from peft_hub.hub.hf.access import HfPrincipalDep
+from peft_hub.hub.hf.write import json_object, writable
 
 router = APIRouter()
-
-
-def _writable(session: Session, principal: Principal | None, owner: str, name: str) -> tuple[Adapter, Principal]:
-    adapter = load_adapter(session, principal, owner, name)
-    return adapter, require_write(principal, adapter.owner)
 
 
 @router.post("/api/models/{owner}/{name}/tag/{rev}")
@@ -44,10 +38,12 @@ async def create_tag(
 
 def _create_tag(session: Session, principal: Principal | None, owner: str, name: str, rev: str, tag: Any,
                 client: str) -> dict[str, Any]:
-    adapter, principal = _writable(session, principal, owner, name)
+    adapter, principal = writable(session, principal, owner, name)
     crud.validate_tag(tag)
     if tag in crud.tags_of(session, adapter=adapter):
-        raise ConflictError(f"tag {tag!r} already exists in {adapter.owner}/{adapter.name}; move it with `peft-hub tag`")
+        raise ConflictError(
+            f"tag {tag!r} already exists in {adapter.owner}/{adapter.name}; move it with `peft-hub tag`"
+        )
     revision = crud.resolve_revision(session, adapter=adapter, rev=rev)
     crud.set_tag(session, adapter=adapter, tag=tag, revision=revision)
     audit.record(session, actor=principal.user.name, action="tag.move", target=f"{adapter.owner}/{adapter.name}:{tag}",
@@ -60,7 +56,7 @@ def delete_tag(
     owner: str, name: str, tag: str, session: SessionDep, principal: HfPrincipalDep, client: ClientDep
 ) -> dict[str, Any]:
     """Delete a tag (never ``main``)."""
-    adapter, principal = _writable(session, principal, owner, name)
+    adapter, principal = writable(session, principal, owner, name)
     crud.delete_tag(session, adapter=adapter, tag=tag)
     audit.record(session, actor=principal.user.name, action="tag.delete",
                  target=f"{adapter.owner}/{adapter.name}:{tag}", client=client)
@@ -96,7 +92,7 @@ def _private(body: dict[str, Any]) -> bool:
 
 def _update_settings(session: Session, principal: Principal | None, owner: str, name: str, private: bool,
                      client: str) -> dict[str, Any]:
-    adapter, principal = _writable(session, principal, owner, name)
+    adapter, principal = writable(session, principal, owner, name)
     if adapter.private != private:
         crud.set_visibility(session, adapter=adapter, private=private)
         audit.record(session, actor=principal.user.name, action="adapter.visibility",

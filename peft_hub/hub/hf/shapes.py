@@ -11,12 +11,13 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from peft_hub.adapter import AdapterMeta
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub.limits import SizedCache
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
 from peft_hub.hub.storage import BlobStore
+from peft_hub.model_dir import ModelMeta
 from peft_hub.modelcard import CARD_NAME, front_matter
+from peft_hub.repo_kinds import meta_from_dict
 from peft_hub.safeparse import load_yaml
 
 #: The commit id of an empty repo's ``main``: the revision id of no files (``manifest_digest([])``).
@@ -55,7 +56,9 @@ def tree_entry(f: RevisionFile, revision: Revision | None = None) -> dict[str, A
         "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": len(pointer)},
     }
     if revision is not None:  # expand=true
-        item["lastCommit"] = {"id": revision.sha, "title": revision.message.split("\n", 1)[0], "date": iso(revision.created_at)}
+        item["lastCommit"] = {
+            "id": revision.sha, "title": revision.message.split("\n", 1)[0], "date": iso(revision.created_at),
+        }
     return item
 
 
@@ -110,7 +113,9 @@ def model_info(
     ``revision`` is None for a repo created with ``create_repo`` that has no
     push yet: it exists (``sha`` is null, no files) so ``repo_exists`` holds.
     """
-    meta = AdapterMeta(**revision.meta) if revision is not None else None
+    meta = meta_from_dict(revision.meta) if revision is not None else None
+    if isinstance(meta, ModelMeta):
+        return {**_repo_fields(adapter, revision, files), **base_model_fields(meta, card)}
     base = hub_model_id(meta.base_model) if meta else None
     card_data = dict(card)
     if not isinstance(card_data.get("base_model"), str) or not hub_model_id(card_data["base_model"]):
@@ -128,6 +133,17 @@ def model_info(
         if isinstance(tag, str) and tag not in tags:
             tags.append(tag)
     return {
+        **_repo_fields(adapter, revision, files),
+        "library_name": "peft",
+        "tags": tags,
+        "pipeline_tag": None,
+        "cardData": card_data,
+    }
+
+
+def _repo_fields(adapter: Adapter, revision: Revision | None, files: list[RevisionFile]) -> dict[str, Any]:
+    """The fields of repo info that do not depend on the repo's kind."""
+    return {
         "id": f"{adapter.owner}/{adapter.name}",
         "modelId": f"{adapter.owner}/{adapter.name}",
         "author": adapter.owner,
@@ -139,15 +155,33 @@ def model_info(
         "disabled": False,
         "downloads": adapter.downloads,
         "likes": 0,
-        "library_name": "peft",
-        "tags": tags,
-        "pipeline_tag": None,
-        "cardData": card_data,
         "siblings": [sibling(f) for f in files],
         "spaces": [],
         "usedStorage": sum(f.size for f in files),
         # 0.3x clients ask before each commit; False keeps them on LFS (peft-hub has no Xet).
         "xetEnabled": False,
+    }
+
+
+def base_model_fields(meta: ModelMeta, card: dict[str, Any]) -> dict[str, Any]:
+    """What the HF Hub says of a transformers model: its library, tags,
+    pipeline (text generation for a causal LM) and the config's identity."""
+    card_data = dict(card)
+    card_data.setdefault("library_name", "transformers")
+    tags = ["transformers", "safetensors", meta.model_type]
+    causal = any(a.endswith("ForCausalLM") for a in meta.architectures)
+    if causal:
+        tags.append("text-generation")
+    card_tags = card_data.get("tags")
+    for tag in card_tags if isinstance(card_tags, list) else []:
+        if isinstance(tag, str) and tag not in tags:
+            tags.append(tag)
+    return {
+        "library_name": "transformers",
+        "tags": tags,
+        "pipeline_tag": "text-generation" if causal else None,
+        "cardData": card_data,
+        "config": {"model_type": meta.model_type, "architectures": meta.architectures},
     }
 
 
@@ -158,7 +192,8 @@ def refs(tags: dict[str, str], *, empty: bool = False) -> dict[str, Any]:
     return {
         "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": main}] if main else [],
         "tags": [
-            {"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha} for name, sha in tags.items() if name != "main"
+            {"name": name, "ref": f"refs/tags/{name}", "targetCommit": sha}
+            for name, sha in tags.items() if name != "main"
         ],
         "converts": [],
         "pullRequests": [],

@@ -13,11 +13,12 @@ from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import require_write
 from peft_hub.hub.config import Settings
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.models import Adapter
 from peft_hub.hub.publish import publish
+from peft_hub.hub.routes import uploads
 from peft_hub.hub.schemas import (
     CommitRequest,
     EvalsRequest,
-    PreuploadRequest,
     TagRequest,
 )
 from peft_hub.hub.storage import BlobStore
@@ -31,7 +32,7 @@ MAX_INT32 = 2**31 - 1
 MAX_PAGE = 10_000
 
 
-def _load(session: SessionDep, principal: PrincipalDep, owner: str, name: str):  # noqa: ANN202
+def _load(session: SessionDep, principal: PrincipalDep, owner: str, name: str) -> Adapter:
     owner, name = validate_repo_id(f"{owner}/{name}")
     return crud.get_adapter(session, owner=owner, name=name, principal=principal)
 
@@ -90,28 +91,47 @@ def revisions(owner: str, name: str, session: SessionDep, principal: PrincipalDe
 
 @router.post("/{owner}/{name}/preupload")
 def preupload(
-    owner: str, name: str, body: PreuploadRequest, session: SessionDep, store: StoreDep, settings: SettingsDep,
-    principal: PrincipalDep, request: Request,
+    owner: str, name: str, body: uploads.UploadPreuploadRequest, session: SessionDep, store: StoreDep,
+    settings: SettingsDep, principal: PrincipalDep, request: Request,
 ) -> dict[str, Any]:
     """Say which blobs to upload, and where: every blob the caller has not
-    proved it holds, whether or not the store has it (no existence oracle)."""
+    proved it holds, whether or not the store has it (no existence oracle).
+    A large blob on S3 gets a multipart plan (see :mod:`.uploads`)."""
     owner, name = validate_repo_id(f"{owner}/{name}")
     principal = require_write(principal, owner)
     entries = [f.entry() for f in body.files]
     have = possession.stored_and_held(
         session, store, principal, entries, lease_seconds=settings.upload_lease_seconds)
-    uploads = []
-    for entry in entries:
-        if entry.sha256 in have:
+    key = uploads.signing_key(request.app.state, settings)
+    out: list[dict[str, Any]] = []
+    for spec, entry in zip(body.files, entries, strict=True):
+        if entry.sha256 in have or any(u["sha256"] == entry.sha256 for u in out):
+            continue
+        multipart = uploads.plan(store, settings, key, str(principal.user.id), entry, spec.multipart)
+        if multipart is not None:
+            out.append({"path": entry.path, "sha256": entry.sha256, "multipart": multipart})
             continue
         target = store.upload_target(entry.sha256, entry.size, settings.presign_expiry, uploader=str(principal.user.id))
         if target is None:
             url = str(request.url_for("upload_blob", sha256=entry.sha256)) + f"?size={entry.size}"
-            uploads.append({"path": entry.path, "sha256": entry.sha256, "url": url, "method": "PUT", "headers": {}, "auth": True})
+            out.append({"path": entry.path, "sha256": entry.sha256, "url": url, "method": "PUT", "headers": {},
+                        "auth": True})
         else:
-            uploads.append({"path": entry.path, "sha256": entry.sha256, "url": target.url, "method": target.method,
+            out.append({"path": entry.path, "sha256": entry.sha256, "url": target.url, "method": target.method,
                             "headers": target.headers or {}, "auth": False})
-    return {"uploads": uploads}
+    return {"uploads": out}
+
+
+@router.post("/{owner}/{name}/uploads/complete")
+def complete_upload(
+    owner: str, name: str, body: uploads.CompleteRequest, store: StoreDep, settings: SettingsDep,
+    principal: PrincipalDep, request: Request,
+) -> dict[str, Any]:
+    """Finish the caller's multipart upload of a blob planned by preupload."""
+    owner, name = validate_repo_id(f"{owner}/{name}")
+    principal = require_write(principal, owner)
+    key = uploads.signing_key(request.app.state, settings)
+    return uploads.complete(store, key, str(principal.user.id), body)
 
 
 @router.post("/{owner}/{name}/commit", status_code=201)
@@ -142,7 +162,9 @@ def resolve(
     return blob_response(store, settings, entry.sha256, path, {"X-Repo-Commit": rev.sha, "ETag": f'"{entry.sha256}"'})
 
 
-def blob_response(store: BlobStore, settings: Settings, sha256: str, filename: str, headers: dict[str, str]) -> Response:
+def blob_response(
+    store: BlobStore, settings: Settings, sha256: str, filename: str, headers: dict[str, str]
+) -> Response:
     """Send a blob: 302 to a presigned URL where the store has one, else the file."""
     url = store.presign_get(sha256, filename, settings.presign_expiry)
     if url is not None:
@@ -158,7 +180,10 @@ def blob_response(store: BlobStore, settings: Settings, sha256: str, filename: s
 
 
 @router.get("/{owner}/{name}/card")
-def card(owner: str, name: str, session: SessionDep, store: StoreDep, principal: PrincipalDep, revision: str = Query("main", max_length=64)) -> Response:
+def card(
+    owner: str, name: str, session: SessionDep, store: StoreDep, principal: PrincipalDep,
+    revision: str = Query("main", max_length=64),
+) -> Response:
     """The model card (README.md) as Markdown text."""
     adapter = _load(session, principal, owner, name)
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
@@ -184,7 +209,9 @@ def put_tag(
 
 
 @router.delete("/{owner}/{name}/tags/{tag}", status_code=204)
-def delete_tag(owner: str, name: str, tag: str, session: SessionDep, principal: PrincipalDep, client: ClientDep) -> Response:
+def delete_tag(
+    owner: str, name: str, tag: str, session: SessionDep, principal: PrincipalDep, client: ClientDep
+) -> Response:
     adapter = _load(session, principal, owner, name)
     principal = require_write(principal, adapter.owner)
     crud.delete_tag(session, adapter=adapter, tag=tag)
@@ -212,9 +239,10 @@ def add_evals(
     adapter = _load(session, principal, owner, name)
     principal = require_write(principal, adapter.owner)
     revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
-    rows = crud.add_evals(session, revision=revision, evals=[e.model_dump() for e in body.evals], added_by=principal.user.name)
-    audit.record(session, actor=principal.user.name, action="eval.add", target=f"{adapter.owner}/{adapter.name}@{revision.sha}",
-                 client=client, detail={"evals": len(rows)})
+    evals = [e.model_dump() for e in body.evals]
+    rows = crud.add_evals(session, revision=revision, evals=evals, added_by=principal.user.name)
+    audit.record(session, actor=principal.user.name, action="eval.add",
+                 target=f"{adapter.owner}/{adapter.name}@{revision.sha}", client=client, detail={"evals": len(rows)})
     return {"revision": revision.sha, "added": len(rows)}
 
 
@@ -242,7 +270,9 @@ def delete_eval(
 
 
 @router.get("/{owner}/{name}/lineage")
-def lineage(owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = Query("main", max_length=64)) -> dict[str, Any]:
+def lineage(
+    owner: str, name: str, session: SessionDep, principal: PrincipalDep, revision: str = Query("main", max_length=64)
+) -> dict[str, Any]:
     """Parents (with weights and method) of a revision, and children of the adapter."""
     adapter = _load(session, principal, owner, name)
     rev = crud.resolve_revision(session, adapter=adapter, rev=revision)

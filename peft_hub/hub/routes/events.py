@@ -19,7 +19,7 @@ from peft_hub.errors import InvalidInputError
 from peft_hub.hub import audit, events, webhooks
 from peft_hub.hub.auth import require_scope, require_write
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep
-from peft_hub.hub.schemas import Name
+from peft_hub.hub.schemas import OneLine
 from peft_hub.names import validate_namespace, validate_repo_id
 
 router = APIRouter(prefix="/api", tags=["events"])
@@ -31,11 +31,11 @@ SERVER_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Name(webhooks.MAX_URL_CHARS, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    url: Annotated[str, OneLine(webhooks.MAX_URL_CHARS, min_length=1)]
     #: 16-256 characters; deliveries are signed with it, and it is never shown again.
-    secret: Name(256, min_length=16)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    namespace: Name(64, min_length=1) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    adapter: Name(129, min_length=3) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    secret: Annotated[str, OneLine(256, min_length=16)]
+    namespace: Annotated[str, OneLine(64, min_length=1)] | None = None
+    adapter: Annotated[str, OneLine(129, min_length=3)] | None = None
     events: list[Literal["tag", "push", "delete"]] = Field(default_factory=lambda: list(events.KINDS),
                                                            min_length=1, max_length=3)
 
@@ -43,17 +43,17 @@ class WebhookRequest(BaseModel):
 class DeployedAdapter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ref: Name(300, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    repo: Name(129, min_length=3)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    ref_name: Name(64, min_length=1) | None = None  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    ref: Annotated[str, OneLine(300, min_length=1)]
+    repo: Annotated[str, OneLine(129, min_length=3)]
+    ref_name: Annotated[str, OneLine(64, min_length=1)] | None = None
     revision: str = Field(pattern=r"^[0-9a-f]{40}$", strict=True)
 
 
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Name(webhooks.MAX_URL_CHARS, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
-    base_model: Name(300, min_length=1)  # type: ignore[valid-type]  # Name()/Text() build an Annotated type at run time
+    url: Annotated[str, OneLine(webhooks.MAX_URL_CHARS, min_length=1)]
+    base_model: Annotated[str, OneLine(300, min_length=1)]
     adapters: list[DeployedAdapter] = Field(default_factory=list, max_length=1000)
 
 

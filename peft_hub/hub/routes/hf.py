@@ -7,10 +7,11 @@ map onto adapters.
 
 from fastapi import APIRouter
 
-from peft_hub.hub.hf import listing, read, settings, write
+from peft_hub.hub.hf import lfs, listing, read, settings, write
 
 router = APIRouter(tags=["huggingface"])
 router.include_router(listing.router)
 router.include_router(read.router)
 router.include_router(write.router)
+router.include_router(lfs.router)
 router.include_router(settings.router)

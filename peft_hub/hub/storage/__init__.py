@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from peft_hub.errors import InvalidInputError
-from peft_hub.hub.storage.base import BlobStat, BlobStore, UploadTarget
+from peft_hub.hub.storage.base import BlobStat, BlobStore, MultipartStore, PartInfo, UploadTarget
 
 
 def open_store(uri: str, *, s3_public_url: str | None = None, **s3_options: Any) -> BlobStore:
@@ -33,4 +33,4 @@ def open_store(uri: str, *, s3_public_url: str | None = None, **s3_options: Any)
     raise InvalidInputError(f"unknown storage scheme {parsed.scheme!r}: use a directory or s3://bucket/prefix")
 
 
-__all__ = ["BlobStat", "BlobStore", "UploadTarget", "open_store"]
+__all__ = ["BlobStat", "BlobStore", "MultipartStore", "PartInfo", "UploadTarget", "open_store"]

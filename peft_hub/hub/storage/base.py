@@ -129,3 +129,40 @@ class BlobStore(abc.ABC):
         """A direct upload URL that records ``uploader`` with the blob, or None
         when the hub receives the bytes itself."""
         return None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part of a multipart upload, as the store lists it."""
+
+    number: int
+    size: int
+    etag: str
+
+
+class MultipartStore(abc.ABC):
+    """Direct uploads in parts (S3 multipart with presigned part URLs). A store
+    that has them is also a :class:`BlobStore`; the hub checks with isinstance."""
+
+    @abc.abstractmethod
+    def multipart_create(self, sha256: str, uploader: str, *, checksums: bool) -> str:
+        """Start a multipart upload of ``sha256`` recording ``uploader``; its id."""
+
+    @abc.abstractmethod
+    def multipart_part_url(self, sha256: str, upload_id: str, number: int, size: int, part_sha256: str | None,
+                           expires: int) -> UploadTarget:
+        """A presigned PUT for one part, signed with its sha256 when given."""
+
+    @abc.abstractmethod
+    def multipart_parts(self, sha256: str, upload_id: str) -> list[PartInfo] | None:
+        """The parts uploaded so far, by number; None when there is no such upload."""
+
+    @abc.abstractmethod
+    def multipart_complete(self, sha256: str, upload_id: str, parts: list[PartInfo],
+                           part_sha256s: list[str] | None) -> bool:
+        """Join the parts under the blob's name unless a blob is already stored
+        there; False (and the upload aborted) in that case."""
+
+    @abc.abstractmethod
+    def multipart_abort(self, sha256: str, upload_id: str) -> None:
+        """Drop an unfinished upload; an unknown one is ignored."""

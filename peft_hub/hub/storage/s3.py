@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from peft_hub.errors import StorageError, StorageUnavailableError
 from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTarget
+from peft_hub.hub.storage.s3_multipart import S3Multipart
 
 #: boto error codes -> what they mean to us.
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -200,8 +201,8 @@ class S3BlobWriter(BlobWriter):
             self.upload_id = None
 
 
-class S3BlobStore(BlobStore):
-    """Blobs under ``s3://bucket/prefix/sha256/<hex>``."""
+class S3BlobStore(S3Multipart, BlobStore):
+    """Blobs under ``s3://bucket/prefix/sha256/<hex>`` (direct uploads in parts: :mod:`.s3_multipart`)."""
 
     def __init__(
         self, bucket: str, prefix: str = "", client: Any = None, *, public_endpoint: str | None = None,

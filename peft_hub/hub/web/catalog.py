@@ -13,7 +13,7 @@ from starlette.datastructures import QueryParams
 
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.models import Adapter
+from peft_hub.hub.models import Adapter, pk
 from peft_hub.hub.web.charts import headline
 
 PER_PAGE = 20
@@ -65,7 +65,8 @@ class CatalogQuery:
         if sort not in SORTS:
             problems.append(f"unknown sort {sort!r}; sorted by last update")
             sort = "updated"
-        order = params.get("order") if params.get("order") in ("asc", "desc") else SORTS[sort]
+        asked = params.get("order")
+        order = asked if asked in ("asc", "desc") else SORTS[sort]
         page = parse_int(params.get("page"), problems, "page", maximum=10_000) or 1
         return cls(**text, min_rank=parse_int(params.get("min_rank"), problems, "min rank"),
                    max_rank=parse_int(params.get("max_rank"), problems, "max rank"),
@@ -104,7 +105,9 @@ def search(session: Session, principal: Principal | None, query: CatalogQuery) -
                                 page=query.page, per_page=PER_PAGE)
 
 
-def facet_counts(session: Session, principal: Principal | None, query: CatalogQuery) -> dict[str, list[tuple[str, int]]]:
+def facet_counts(
+    session: Session, principal: Principal | None, query: CatalogQuery
+) -> dict[str, list[tuple[str, int]]]:
     """Counts per base model, method and owner. Each facet ignores its own
     filter, so the alternatives stay visible (and countable) once one is picked."""
     out: dict[str, list[tuple[str, int]]] = {}
@@ -120,8 +123,8 @@ def facet_counts(session: Session, principal: Principal | None, query: CatalogQu
 
 def rows(session: Session, adapters: list[Adapter]) -> list[dict[str, Any]]:
     """Result rows with each adapter's headline eval (newest on its main revision)."""
-    evals = crud.main_revision_evals(session, adapter_ids=[a.id for a in adapters])
-    return [{"adapter": a, "headline": headline(evals.get(a.id, []))} for a in adapters]
+    evals = crud.main_revision_evals(session, adapter_ids=[pk(a) for a in adapters])
+    return [{"adapter": a, "headline": headline(evals.get(pk(a), []))} for a in adapters]
 
 
 def pages(page: int, total: int) -> tuple[int, list[int | None]]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-from peft_hub.hub.models import Eval, Revision
+from peft_hub.hub.models import Eval, Revision, pk
 
 WIDTH, HEIGHT = 400, 230
 #: Values a chart can place; others (non-finite, or beyond any real metric)
@@ -25,9 +25,11 @@ WIDTH, HEIGHT = 400, 230
 CHARTABLE = 1e15
 
 
-def chartable(value: object) -> bool:
+def chartable(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and abs(value) <= CHARTABLE
+
+
 LEFT, RIGHT, TOP, BOTTOM = 50, 12, 24, 44
 
 
@@ -82,7 +84,8 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.ceil(lo / step) * step
-    ticks, v = [], first
+    ticks: list[float] = []
+    v = first
     while v <= hi + step * 1e-9 and len(ticks) <= 2 * count:
         ticks.append(round(v, 12))
         v += step
@@ -109,7 +112,8 @@ def layout(key: tuple, by_revision: list[tuple[str, float]], base: float | None,
     n = len(by_revision)
     for i, (sha, v) in enumerate(by_revision):
         inset = 32  # room for the value labels beside the axis
-        x = (chart.left + chart.right) / 2 if n == 1 else chart.left + inset + i * (chart.right - chart.left - 2 * inset) / (n - 1)
+        width = chart.right - chart.left - 2 * inset
+        x = (chart.left + chart.right) / 2 if n == 1 else chart.left + inset + i * width / (n - 1)
         chart.points.append(Point(x, y(v), v, sha, sha == current_sha))
     if base is not None:
         chart.base = (y(base), base)
@@ -117,10 +121,12 @@ def layout(key: tuple, by_revision: list[tuple[str, float]], base: float | None,
     return chart
 
 
-def build(evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha: str) -> tuple[list[dict[str, Any]], list[Chart]]:
+def build(
+    evals: list[tuple[Eval, str]], revisions: list[Revision], current_sha: str
+) -> tuple[list[dict[str, Any]], list[Chart]]:
     """The eval table rows (newest first, with the difference to the base
     model's score) and one chart per metric/dataset series."""
-    order = {r.sha: i for i, r in enumerate(sorted(revisions, key=lambda r: r.id))}
+    order = {r.sha: i for i, r in enumerate(sorted(revisions, key=pk))}
     base_scores: dict[tuple, float] = {}
     latest: dict[tuple, dict[str, float]] = {}
     for e, sha in evals:  # oldest first, so later evals overwrite earlier ones

@@ -171,6 +171,7 @@ def build(picked: list[Picked], method: str, rank: int | None, density: float | 
     errors, warnings = preview.errors, preview.warnings
     if len(picked) < 2:
         errors.append("pick at least two adapters to compose")
+    # method is the form's unchecked text; options.check() below refuses one compose does not know.
     options = ComposeOptions(method=method, rank=rank, density=density, max_rank=max_rank)  # type: ignore[arg-type]
     valid = _refuse(errors, options.check)
     if any(p.weight is None for p in picked):
@@ -178,7 +179,8 @@ def build(picked: list[Picked], method: str, rank: int | None, density: float | 
     elif picked:
         _refuse(errors, lambda: check_weights([p.weight or 0.0 for p in picked], len(picked)))
     found = [p for p in picked if p.found and not p.problems]
-    _refuse(errors, lambda: check_base_models([(p.ref, p.meta.get("base_model")) for p in found], False) if found else None)
+    bases = [(p.ref, p.meta.get("base_model")) for p in found]
+    _refuse(errors, lambda: check_base_models(bases, False) if found else None)
     targets = {tuple(p.meta.get("target_modules") or ()) for p in found}
     if len(targets) > 1:
         warnings.append("the adapters target different modules; the result covers all of them: "

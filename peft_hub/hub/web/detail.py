@@ -56,7 +56,9 @@ def sibling(session: Session, adapter: Adapter, principal: Principal | None) -> 
     return next((f"{a.owner}/{a.name}" for a in items if a.id != adapter.id), None)
 
 
-def snippets(hub_url: str, adapter: Adapter, rev_label: str | None, meta: dict[str, Any], other: str | None) -> dict[str, str]:
+def snippets(
+    hub_url: str, adapter: Adapter, rev_label: str | None, meta: dict[str, Any], other: str | None
+) -> dict[str, str]:
     """Commands to pull, compose and serve this adapter, quoted for a shell or Python."""
     repo_id = f"{adapter.owner}/{adapter.name}"
     ref = f"{repo_id}@{rev_label}" if rev_label else repo_id

@@ -28,7 +28,8 @@ def make_router(renderer: Renderer) -> APIRouter:
         return renderer.page(request, "error.html", 404, title="Not found", message=message)
 
     def listing(request: Request, session: SessionDep, principal: WebPrincipal, template: str, path: str, **extra):
-        query = catalog.CatalogQuery.parse(request.query_params, **({"owner": extra["owner"]} if "owner" in extra else {}))
+        fixed = {"owner": extra["owner"]} if "owner" in extra else {}
+        query = catalog.CatalogQuery.parse(request.query_params, **fixed)
         adapters, total = catalog.search(session, principal, query)
         last, page_list = catalog.pages(query.page, total)
         return renderer.page(
@@ -84,8 +85,8 @@ def make_router(renderer: Renderer) -> APIRouter:
     def adapter_page(owner: str, ref: str, request: Request, session: SessionDep, store: StoreDep,
                      principal: WebPrincipal) -> Response:
         """One adapter at a revision: ``/owner/name``, ``/owner/name@rev`` or ``?revision=rev``."""
-        name, _, rev = ref.partition("@")
-        rev = rev or request.query_params.get("revision") or None
+        name, _, at = ref.partition("@")
+        rev = at or request.query_params.get("revision") or None
         try:
             adapter = crud.get_adapter(session, owner=owner, name=name, principal=principal)
             revision = crud.resolve_revision(session, adapter=adapter, rev=rev)

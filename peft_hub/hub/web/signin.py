@@ -129,7 +129,7 @@ def make_router(renderer: Renderer) -> APIRouter:
         if current is not None:
             session.delete(current)  # a fresh session id and CSRF token on every sign-in
         lifetime = timedelta(seconds=request.app.state.settings.web_session_seconds)
-        web, raw = crud.create_web_session(session, token=session.get(Token, principal.token_id),
+        web, raw = crud.create_web_session(session, token=session.get_one(Token, principal.token_id),
                                            expires_at=utcnow() + lifetime)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(SESSION_COOKIE, raw, max_age=int(lifetime.total_seconds()), **cookie_options(request))

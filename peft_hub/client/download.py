@@ -1,0 +1,174 @@
+"""Downloads into the cache, retried, resumed and verified by sha256.
+
+A download that was cut resumes with a Range request from the bytes it holds
+when the server answers 206 for exactly that range, and starts again when it
+does not. The sha256 covers every byte on disk, resumed or not. Redirects are
+followed by hand, so the token never follows one off the hub's origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from peft_hub.client.cache import BlobCache, Partial
+from peft_hub.client.http import raise_for_status, redact
+from peft_hub.client.names import check_sha256
+from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
+from peft_hub.client.transfers import absolute_url, build_request
+from peft_hub.errors import (
+    ChecksumMismatchError,
+    EntryNotFoundError,
+    HubUnreachableError,
+    NotFoundError,
+    PeftHubError,
+    StorageError,
+)
+from peft_hub.progress import tqdm
+
+MAX_REDIRECTS = 5
+
+
+@contextmanager
+def _get(session: httpx.Client, url: str | httpx.URL, headers: dict[str, str]) -> Iterator[httpx.Response]:
+    """GET ``url`` and follow redirects by hand: once a redirect leaves the
+    hub's origin, no later request carries the token, even one that comes back."""
+    authorized = True
+    for _ in range(MAX_REDIRECTS + 1):
+        request = build_request(session, "GET", url, headers=headers)
+        if not authorized:
+            request.headers.pop("Authorization", None)
+            request.headers.pop("Cookie", None)
+        authorized = "Authorization" in request.headers
+        response = session.send(request, stream=True)
+        if not response.is_redirect:
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        response.close()
+        url = absolute_url(session, response.headers["location"], base=request.url)
+    raise HubUnreachableError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
+
+
+class _Restart(Exception):  # noqa: N818 - a control-flow signal caught in this module, like StopIteration
+    """The server's answer cannot continue the bytes held; the next try starts the file again."""
+
+
+@dataclass
+class _Fetch:
+    """One file's download across tries: the bytes on disk and their running hash."""
+
+    part: Partial
+    size: int
+    bar: tqdm
+    received: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    resumed: bool = False  # some bytes came from a ranged answer
+    ranges: bool = True  # whether to ask for a range at all
+
+    def restart(self) -> None:
+        self.bar.update(-self.received)
+        self.part.fh.seek(0)
+        self.part.fh.truncate()
+        self.received, self.digest, self.resumed = 0, hashlib.sha256(), False
+
+    def once(self, session: httpx.Client, url: str) -> None:
+        """One try: ask for the bytes not yet held, and append what comes."""
+        offset = self.received if self.ranges and 0 < self.received < self.size else 0
+        if self.received and not offset:
+            self.restart()
+        headers = {"Accept-Encoding": "identity"}  # the sha256 is of the bytes as stored
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        with _get(session, url, headers) as response:
+            if offset and response.status_code == 416:
+                self.ranges = False
+                raise _Restart("the server refused the range")
+            raise_for_status(response)
+            if offset and response.status_code == 206:
+                if not _continues(response.headers.get("content-range"), offset, self.size):
+                    self.ranges = False
+                    raise _Restart(f"the server sent the range {response.headers.get('content-range')!r:.60}")
+                self.resumed = True
+            elif offset:  # the whole file again: the server ignores ranges
+                self.restart()
+            elif response.status_code == 206:
+                raise ChecksumMismatchError("the hub answered with part of the file, unasked")
+            expected = self.size - self.received
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.strip() != str(expected):
+                raise ChecksumMismatchError(f"the hub announced {declared:.20} bytes, not the {expected} expected")
+            for block in response.iter_raw():  # no chunk size: a buffered chunk would be lost on a cut
+                if self.received + len(block) > self.size:
+                    raise ChecksumMismatchError(f"the hub sent more than the {self.size} bytes the file has")
+                self.part.fh.write(block)
+                self.digest.update(block)
+                self.received += len(block)
+                self.bar.update(len(block))
+
+
+def _continues(content_range: str | None, offset: int, size: int) -> bool:
+    """Whether a 206's Content-Range is exactly ``offset`` to the end of a ``size``-byte file."""
+    unit, _, spec = (content_range or "").strip().partition(" ")
+    span, _, total = spec.partition("/")
+    return unit == "bytes" and span == f"{offset}-{size - 1}" and total in ("*", str(size))
+
+
+def download(
+    session: httpx.Client, url: str, sha256: str, size: int, cache: BlobCache, bar: tqdm, *, name: str = "file",
+    retry: RetryPolicy = NO_RETRY,
+) -> Path:
+    """Fetch a file into the cache, verify it, and return its cached path.
+
+    The bytes go to a temporary file that is removed on any failure: a
+    connection that stays broken, an error status, a body longer or shorter
+    than ``size``, or one that hashes to anything but ``sha256``. Errors name
+    the file as ``name`` (e.g. ``owner/name@revision: file``); a file the
+    store does not have is an EntryNotFoundError.
+    """
+    check_sha256(sha256)
+    with cache.partial(sha256) as part:
+        fetch = _Fetch(part, size, bar)
+        try:
+            for last in (False, True):
+                for attempt in retry.retrying(_retryable, progress=lambda: fetch.received):
+                    with attempt:
+                        fetch.once(session, url)
+                if fetch.received != size:
+                    raise ChecksumMismatchError(f"the hub served {fetch.received} bytes, not {size}")
+                if fetch.digest.hexdigest() == sha256:
+                    return cache.commit(part, sha256)
+                if last or not fetch.resumed:
+                    raise ChecksumMismatchError(f"the hub served {size} bytes hashing to {fetch.digest.hexdigest()}, "
+                                                f"not {sha256}")
+                fetch.ranges = False  # stitched from ranges that do not fit: fetch it whole, once
+                fetch.restart()
+        except httpx.HTTPError as exc:
+            raise HubUnreachableError(f"{name}: download failed after {fetch.received} bytes: {exc}") from None
+        except _Restart as exc:
+            raise StorageError(f"{name}: download failed after {fetch.received} bytes: {exc}") from None
+        except PeftHubError as exc:
+            raise _named(exc, name) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Restart) or transient(exc, idempotent=True)
+
+
+def _named(exc: PeftHubError, name: str) -> PeftHubError:
+    """``exc`` again, its message prefixed with the file it is about; a plain
+    404 (an object store's) means the store lacks the file: EntryNotFoundError."""
+    cls: type[PeftHubError] = EntryNotFoundError if type(exc) is NotFoundError else type(exc)
+    text = f"{name}: the hub's store does not have it ({exc})" if cls is not type(exc) else f"{name}: {exc}"
+    new = cls(text)
+    new.__dict__.update({k: v for k, v in exc.__dict__.items() if k != "message"})
+    return new

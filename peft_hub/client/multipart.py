@@ -1,0 +1,253 @@
+"""Large files sent to S3 in parts, straight from the file, resumable.
+
+For a file larger than one part the client proposes a part size and each
+part's sha256 in its preupload request; the hub answers a plan with one
+presigned URL per part still missing (each signed with its part's
+checksum, so S3 refuses other bytes), and the client PUTs the parts, a few
+at a time, each streamed from the file with a fixed buffer: memory stays
+bounded whatever the file's size. Then the hub joins the parts.
+
+A small state file per blob (``<cache>/uploads/<sha256>.json``) keeps the
+part digests and the upload id and ticket of the plan; a push run again
+after a kill sends them, and the hub plans only the parts S3 does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from peft_hub.adapter import FileEntry
+from peft_hub.client.http import origin, raise_for_status, redact
+from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
+from peft_hub.errors import HubUnreachableError, InvalidInputError, StorageError
+from peft_hub.progress import tqdm
+
+CHUNK = 1024 * 1024
+MIN_PART = 5 * 1024 * 1024
+#: Default part size: S3's limit of 10,000 parts makes it at least size / 10,000.
+PART_BYTES = 16 * 1024 * 1024
+MAX_PARTS = 10_000
+WORKERS = 4
+_ALLOWED_HEADERS = frozenset({"x-amz-checksum-sha256"})
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    url: httpx.URL
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MultipartTarget:
+    """A checked multipart plan for one file of this push."""
+
+    entry: FileEntry
+    upload_id: str
+    ticket: str
+    part_size: int
+    parts: list[Part]
+    #: Whether each part URL is signed with the part's sha256 that this client proposed.
+    checksums: bool = False
+
+    def spec(self, digests: list[str] | None) -> dict[str, Any]:
+        return {"part_size": self.part_size, "parts": digests, "upload_id": self.upload_id, "ticket": self.ticket}
+
+
+class UploadState:
+    """The state file of one blob's upload in parts."""
+
+    def __init__(self, root: Path, entry: FileEntry, path: Path) -> None:
+        self.file = root / "uploads" / f"{entry.sha256}.json"
+        self.entry, self.path = entry, path
+        self.data: dict[str, Any] = {}
+
+    def spec(self, part_bytes: int) -> dict[str, Any]:
+        """The ``multipart`` field of the preupload request: the saved one
+        when it still describes the file, else part digests computed now."""
+        stat = self.path.stat()
+        stamp = {"size": self.entry.size, "mtime_ns": stat.st_mtime_ns}
+        part_size = max(part_bytes, MIN_PART, math.ceil(self.entry.size / MAX_PARTS))
+        try:
+            saved = json.loads(self.file.read_text())
+            if (
+                isinstance(saved, dict)
+                and {k: saved.get(k) for k in stamp} == stamp
+                and saved.get("part_size") == part_size
+            ):
+                self.data = saved
+        except (OSError, ValueError):
+            pass
+        if not self.data:
+            self.data = {**stamp, "part_size": part_size, "parts": part_digests(self.path, part_size)}
+        return {k: self.data.get(k) for k in ("part_size", "parts", "upload_id", "ticket")}
+
+    def save(self, target: MultipartTarget) -> None:
+        """Remember the plan, so that a push run again resumes it."""
+        self.data.update(upload_id=target.upload_id, ticket=target.ticket, part_size=target.part_size)
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.file)
+
+    def clear(self) -> None:
+        self.file.unlink(missing_ok=True)
+
+
+def part_digests(path: Path, part_size: int) -> list[str]:
+    """The sha256 of each ``part_size`` slice of a file, read with a fixed buffer."""
+    out: list[str] = []
+    with open(path, "rb") as fh:
+        while True:
+            digest, left = hashlib.sha256(), part_size
+            while left and (block := fh.read(min(CHUNK, left))):
+                digest.update(block)
+                left -= len(block)
+            if left == part_size:
+                return out
+            out.append(digest.hexdigest())
+
+
+def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> MultipartTarget:
+    """A preupload answer's ``multipart`` plan, refused unless it fits the file."""
+    plan = item.get("multipart")
+    if not isinstance(plan, dict):
+        raise InvalidInputError("the hub's multipart plan is not an object")
+    upload_id, ticket, part_size = plan.get("upload_id"), plan.get("ticket"), plan.get("part_size")
+    if (
+        not isinstance(upload_id, str)
+        or not 0 < len(upload_id) <= 1024
+        or not isinstance(ticket, str)
+        or len(ticket) > 128
+    ):
+        raise InvalidInputError("the hub's multipart plan has no valid upload id and ticket")
+    if type(part_size) is not int or not MIN_PART <= part_size <= 5 * 1024**3:
+        raise InvalidInputError(f"the hub's multipart part size {part_size!r:.20} is not allowed")
+    count = math.ceil(entry.size / part_size)
+    parts: dict[int, Part] = {}
+    for raw in plan.get("parts") or []:
+        number = raw.get("number") if isinstance(raw, dict) else None
+        if type(number) is not int or not 1 <= number <= count or number in parts:
+            raise InvalidInputError(f"the hub's multipart plan names part {number!r:.20} of {count}")
+        headers = raw.get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise InvalidInputError("the hub's part headers are not a mapping of strings")
+        parts[number] = Part(
+            number, absolute(raw.get("url")), {k: v for k, v in headers.items() if str(k).lower() in _ALLOWED_HEADERS}
+        )
+    return MultipartTarget(
+        entry, upload_id, ticket, part_size, [parts[n] for n in sorted(parts)], checksums=plan.get("checksums") is True
+    )
+
+
+class _Slice:
+    """One part of a file, read in fixed-size blocks as the request sends it."""
+
+    def __init__(self, path: Path, offset: int, length: int, bar: tqdm) -> None:
+        self.path, self.offset, self.length, self.bar = path, offset, length, bar
+
+    def __iter__(self):  # noqa: ANN204 - a generator of bytes
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            left = self.length
+            while left and (block := fh.read(min(CHUNK, left))):
+                left -= len(block)
+                self.bar.update(len(block))
+                yield block
+        if left:
+            raise StorageError(f"{self.path.name} changed while it was uploaded")
+
+
+def upload_parts(
+    session: httpx.Client,
+    target: MultipartTarget,
+    path: Path,
+    bar: tqdm,
+    *,
+    retry: RetryPolicy = NO_RETRY,
+    workers: int = WORKERS,
+) -> int:
+    """PUT every part the plan lists, ``workers`` at a time; returns the bytes sent."""
+    count = math.ceil(target.entry.size / target.part_size)
+
+    def send(part: Part) -> int:
+        offset = (part.number - 1) * target.part_size
+        length = target.part_size if part.number < count else target.entry.size - offset
+        sent = 0
+        try:
+            for attempt in retry.retrying(lambda exc: transient(exc, idempotent=True)):
+                with attempt:
+                    bar.update(-sent)
+                    sent = length
+                    headers = {**part.headers, "Content-Length": str(length)}
+                    request = session.build_request(
+                        "PUT", part.url, content=_Slice(path, offset, length, bar), headers=headers
+                    )
+                    if origin(request.url) != origin(session.base_url):  # the token goes to the hub only
+                        request.headers.pop("Authorization", None)
+                        request.headers.pop("Cookie", None)
+                    response = session.send(request)
+                    if response.is_redirect:
+                        raise StorageError(f"part {part.number} of {path.name} was answered with a redirect")
+                    raise_for_status(response)
+        except httpx.HTTPError as exc:
+            raise HubUnreachableError(
+                f"part {part.number} of {path.name} to {redact(part.url)} failed: {exc}"
+            ) from None
+        return length
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return sum(pool.map(send, target.parts))
+
+
+def send_in_parts(
+    session: httpx.Client,
+    call: Any,
+    repo_id: str,
+    target: MultipartTarget,
+    path: Path,
+    state: UploadState | None,
+    bar: tqdm,
+    *,
+    retry: RetryPolicy = NO_RETRY,
+) -> bool:
+    """Send the missing parts and have the hub join them; False when the hub
+    already stores this blob from someone else (then send it through the hub,
+    which proves the caller holds it).
+
+    ``call`` is the client's JSON request function.
+    """
+    from peft_hub.errors import NotFoundError
+
+    digests = state.data.get("parts") if state is not None and target.checksums else None
+    if state is not None:
+        state.save(target)
+    bar.update(target.entry.size - sum(_lengths(target)))  # parts S3 already holds
+    upload_parts(session, target, path, bar, retry=retry)
+    body = {"sha256": target.entry.sha256, "size": target.entry.size, "multipart": target.spec(digests)}
+    try:
+        answer = call("POST", f"/api/adapters/{repo_id}/uploads/complete", json=body, idempotent=True)
+    except NotFoundError:
+        # A retried completion whose first try went through finds no upload;
+        # the commit says whether the blob is there (else the push plans again).
+        answer = {"stored": True}
+    if state is not None:
+        state.clear()
+    return not isinstance(answer, dict) or answer.get("stored") is not False
+
+
+def _lengths(target: MultipartTarget) -> list[int]:
+    count = math.ceil(target.entry.size / target.part_size)
+    return [
+        target.part_size if p.number < count else target.entry.size - target.part_size * (count - 1)
+        for p in target.parts
+    ]
