@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from peft_hub.client import HubClient
 from peft_hub.client.http import build_session, json_body, raise_for_status
-from peft_hub.client.transfers import absolute_url, build_request
+from peft_hub.client.transfers import MAX_REPO_FILES, absolute_url, build_request
 from peft_hub.errors import (
     ChecksumMismatchError,
     EntryNotFoundError,
@@ -368,7 +368,7 @@ def _deep(n: int) -> str:
 @pytest.mark.parametrize("answer", [
     [], "a string", 7, None, {"revision": REV}, {"revision": REV, "files": "adapter_config.json"},
     {"revision": REV, "files": {"adapter_config.json": {}}}, {"revision": REV, "files": ["adapter_config.json"]},
-    {"revision": REV, "files": [_entry(f"f{i}.json", b"{}") for i in range(33)]},
+    {"revision": REV, "files": [_entry(f"f{i}.json", b"{}") for i in range(MAX_REPO_FILES + 1)]},
 ], ids=lambda v: repr(v)[:40])
 def test_malformed_revision_answers_are_clear_errors(hub, ws, answer):
     hub.detail = answer
