@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peft_hub.adapter_files import CONFIG_NAME, MAX_FILES, WEIGHTS_NAME, size_cap, validate_filename
+from peft_hub.adapter_files import CONFIG_NAME, MAX_FILES, WEIGHTS_NAME, check_listing, size_cap, validate_filename
 from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
 from peft_hub.errors import InvalidAdapterError
 from peft_hub.modelcard import CARD_NAME, card_summary, check_card
@@ -204,17 +204,7 @@ def parse_lineage(raw: str) -> dict[str, Any]:
 
 def check_entries(entries: list[FileEntry]) -> None:
     """Check the file list alone: names, required files, count and size caps."""
-    if len(entries) > MAX_FILES:
-        raise InvalidAdapterError(f"an adapter has at most {MAX_FILES} files, got {len(entries)}")
-    names = {e.path for e in entries}
-    if len(names) != len(entries):
-        raise InvalidAdapterError("a file is listed twice")
-    for entry in entries:
-        validate_filename(entry.path)
-        if entry.size > size_cap(entry.path):
-            raise InvalidAdapterError(f"{entry.path} is {entry.size} bytes, above the {size_cap(entry.path)} byte cap")
-        if not isinstance(entry.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
-            raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
+    names = check_listing(entries, kind="adapter", max_files=MAX_FILES)
     for required in (CONFIG_NAME, WEIGHTS_NAME):
         if required not in names:
             raise InvalidAdapterError(f"{required} is missing")

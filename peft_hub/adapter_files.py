@@ -4,12 +4,19 @@ caps, and the advice given for a refused pickle."""
 from __future__ import annotations
 
 import os
+import re
+from typing import TYPE_CHECKING
 
 from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
 from peft_hub.model_files import MODEL_CONVERT_HINT, model_size_cap
 from peft_hub.names import shown
 from peft_hub.safeparse import name_problem
 from peft_hub.safetensors_header import CONVERT_HINT
+
+if TYPE_CHECKING:
+    from peft_hub.adapter import FileEntry
+
+SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -90,3 +97,26 @@ def size_cap(path: str, kind: str | None = None) -> int:
         return WEIGHTS_MAX_BYTES
     cap = EXTRA_FILE_CAPS.get(os.path.splitext(path)[1].lower(), 0)
     return cap if kind == "adapter" else max(cap, model_cap)
+
+
+def check_listing(entries: list[FileEntry], *, kind: str, max_files: int) -> set[str]:
+    """The checks every repo's file list gets: a count cap, no name twice,
+    allowlisted names of ``kind`` within their size caps, well-formed sha256s.
+
+    Returns:
+        The file names.
+    """
+    if len(entries) > max_files:
+        raise InvalidAdapterError(f"a{'n' if kind == 'adapter' else ''} {kind} has at most {max_files} files, "
+                                  f"got {len(entries)}")
+    names = {e.path for e in entries}
+    if len(names) != len(entries):
+        raise InvalidAdapterError("a file is listed twice")
+    for entry in entries:
+        validate_filename(entry.path, kind=kind)
+        cap = size_cap(entry.path, kind=kind)
+        if entry.size > cap:
+            raise InvalidAdapterError(f"{entry.path} is {entry.size} bytes, above the {cap} byte cap")
+        if not isinstance(entry.sha256, str) or not SHA256_RE.fullmatch(entry.sha256):
+            raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
+    return names

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 from peft_hub.adapter import FileEntry
-from peft_hub.adapter_files import size_cap, validate_filename
+from peft_hub.adapter_files import check_listing
 from peft_hub.errors import InvalidAdapterError
 from peft_hub.model_files import (
     BINARY_FILES,
@@ -105,18 +105,7 @@ def parse_config(raw: bytes) -> dict[str, Any]:
 
 def check_entries(entries: list[FileEntry]) -> None:
     """Check the file list alone: names, count, caps, and a complete set of shards."""
-    if len(entries) > MAX_MODEL_FILES:
-        raise InvalidAdapterError(f"a model has at most {MAX_MODEL_FILES} files, got {len(entries)}")
-    names = {e.path for e in entries}
-    if len(names) != len(entries):
-        raise InvalidAdapterError("a file is listed twice")
-    for entry in entries:
-        validate_filename(entry.path, kind="model")
-        if entry.size > size_cap(entry.path, kind="model"):
-            raise InvalidAdapterError(
-                f"{entry.path} is {entry.size} bytes, above the {size_cap(entry.path, kind='model')} byte cap")
-        if not isinstance(entry.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
-            raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
+    names = check_listing(entries, kind="model", max_files=MAX_MODEL_FILES)
     if MODEL_CONFIG_NAME not in names:
         raise InvalidAdapterError(f"{MODEL_CONFIG_NAME} is missing")
     shards = sorted(n for n in names if SHARD_RE.match(n))
