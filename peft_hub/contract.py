@@ -37,6 +37,8 @@ class AdapterSummary(BaseModel):
     target_modules: list[str]
     downloads: int
     updated_at: str
+    #: ``adapter`` or ``model`` (a base model); absent from older hubs' answers.
+    kind: str = "adapter"
 
 
 class RevisionDetail(AdapterSummary):

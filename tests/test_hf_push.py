@@ -322,3 +322,22 @@ def test_xet_is_refused_plainly_when_a_file_needs_lfs(hub, llama_adapter, tmp_pa
         done.stdout + done.stderr
     )
     assert HfApi(endpoint=hub.url, token=hub.admin_token).model_info("admin/xet").sha == EMPTY_SHA
+
+
+@pytest.mark.parametrize("size", [True, False, 1.0, 4096.0, "4096", None, -1])
+def test_lfs_and_preupload_refuse_a_size_that_is_not_an_integer(hub, api, size):
+    """``true`` is an int in Python and ``4096.0`` passes a naive check: both
+    are refused as sizes, and nothing is planned or stored for them."""
+    api.create_repo("admin/sizes", exist_ok=True)
+    data = os.urandom(64)
+    oid = hashlib.sha256(data).hexdigest()
+    auth = {"Authorization": f"Bearer {hub.admin_token}"}
+    batch = httpx.post(f"{hub.url}/admin/sizes.git/info/lfs/objects/batch", headers=auth,
+                       json={"operation": "upload", "objects": [{"oid": oid, "size": size}]})
+    assert batch.status_code == 200, batch.text
+    item = batch.json()["objects"][0]
+    assert item["error"]["code"] == 422 and "actions" not in item and type(item["size"]) is int, item
+    plan = httpx.post(f"{hub.url}/api/models/admin/sizes/preupload/main", headers=auth,
+                      json={"files": [{"path": "adapter_model.safetensors", "size": size, "sample": ""}]})
+    assert plan.status_code == 422 and plan.json()["error"] == "invalid_input", plan.text
+    assert oid not in _stored(hub)

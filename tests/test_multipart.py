@@ -195,3 +195,86 @@ def test_an_incomplete_upload_or_wrong_bytes_publish_nothing(s3hub, tmp_path):
     # The wrong bytes were discarded: the same push now uploads and publishes the right ones.
     alice.push(src, name="alice/big")
     assert alice.info("alice/big")["files"]
+
+
+def _put_parts(plan: dict, data: bytes) -> None:
+    for part in plan["parts"]:
+        start = (part["number"] - 1) * plan["part_size"]
+        chunk = data[start : start + plan["part_size"]]
+        assert httpx.put(part["url"], content=chunk, headers=part["headers"]).status_code == 200
+
+
+def _complete_body(spec: dict, plan: dict) -> dict:
+    multipart = {"part_size": plan["part_size"], "upload_id": plan["upload_id"], "ticket": plan["ticket"]}
+    return {**spec, "multipart": multipart}
+
+
+def test_wrong_bytes_completed_under_a_blob_name_do_not_block_the_real_push(s3hub, tmp_path):
+    """S3 multipart has no whole-object sha256: mallory can complete other
+    bytes under the name of alice's blob. Alice's completion hashes that
+    object, drops it, and her push succeeds the first time."""
+    alice, mallory = users(s3hub, tmp_path)
+    src = big_lora(tmp_path / "big", 1024 * 1024, seed=5)
+    spec = weights_spec(src)[0]
+    garbage = bytearray((src / "adapter_model.safetensors").read_bytes())
+    garbage[-1] ^= 1
+    plan = mallory.post("/api/adapters/mallory/x/preupload", json={"files": [spec]}).json()["uploads"][0]["multipart"]
+    _put_parts(plan, bytes(garbage))
+    r = mallory.post("/api/adapters/mallory/x/uploads/complete", json=_complete_body(spec, plan))
+    assert r.status_code == 200 and r.json()["stored"] is True, r.text
+    store = s3hub.app.state.store
+    assert store.stat(spec["sha256"]) is not None
+    parts = count_parts(alice)
+    alice.push(src, name="alice/big")  # raises if the commit met mallory's bytes
+    assert sorted(parts) == list(range(1, math.ceil(spec["size"] / MIN_PART) + 1))
+    with store.open(spec["sha256"]) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == spec["sha256"]  # mallory's bytes are gone
+
+
+def test_a_verified_blob_is_kept_when_another_upload_completes_over_it(s3hub, tmp_path):
+    """A blob a (private) revision holds is never dropped: another user's
+    completion of other bytes under its name stores nothing."""
+    alice, mallory = users(s3hub, tmp_path)
+    src = big_lora(tmp_path / "big", 1024 * 1024, seed=6)
+    alice.push(src, name="alice/big", private=True)
+    spec = weights_spec(src)[0]
+    plan = mallory.post("/api/adapters/mallory/x/preupload", json={"files": [spec]}).json()["uploads"][0]["multipart"]
+    garbage = bytearray((src / "adapter_model.safetensors").read_bytes())
+    garbage[0] ^= 1
+    _put_parts(plan, bytes(garbage))
+    r = mallory.post("/api/adapters/mallory/x/uploads/complete", json=_complete_body(spec, plan))
+    assert r.status_code == 200 and r.json()["stored"] is False, r.text
+    pulled = HubClient(s3hub.url, s3hub.admin_token, cache_dir=tmp_path / "c9").pull("alice/big", tmp_path / "out")
+    assert (Path(pulled.path) / "adapter_model.safetensors").read_bytes() == (
+        src / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_a_retried_completion_after_a_lost_answer_is_harmless(s3hub, tmp_path):
+    """The first completion went through but its answer was lost: the retry
+    finds no upload (404, which the client takes as done), and the commit
+    then publishes the stored blob without sending it again."""
+    alice, _ = users(s3hub, tmp_path)
+    src = big_lora(tmp_path / "big", 1024 * 1024, seed=7)
+    spec = weights_spec(src)[0]
+    data = (src / "adapter_model.safetensors").read_bytes()
+    plan = alice.http.post("/api/adapters/alice/big/preupload", json={"files": [spec]}).json()["uploads"][0]
+    plan = plan["multipart"]
+    _put_parts(plan, data)
+    body = _complete_body(spec, plan)
+    first = alice.http.post("/api/adapters/alice/big/uploads/complete", json=body)
+    assert first.status_code == 200 and first.json()["stored"] is True, first.text
+    again = alice.http.post("/api/adapters/alice/big/uploads/complete", json=body)
+    assert again.status_code == 404, again.text
+    files = [
+        {"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size}
+        for p in sorted(src.iterdir())
+    ]
+    for f in files:
+        if f["path"] != spec["path"]:
+            up = alice.http.post("/api/adapters/alice/big/preupload", json={"files": [f]}).json()["uploads"][0]
+            sent = httpx.put(up["url"], content=(src / f["path"]).read_bytes(), headers=up["headers"])
+            assert sent.status_code == 200
+    r = alice.http.post("/api/adapters/alice/big/commit", json={"files": files})  # as the client goes on after a 404
+    assert r.status_code == 201, r.text
+    assert alice.info("alice/big")["files"]

@@ -27,7 +27,7 @@ METHODS = click.Choice(COMPOSE_METHODS)
 
 
 @click.command("materialize")
-@click.argument("base", type=click.Path(exists=True, file_okay=False))
+@click.argument("base")
 @click.argument("adapters", metavar="ADAPTER[+ADAPTER...]")
 @click.option("--weights", default=None, help="Comma-separated weights, one per adapter.")
 @click.option("--method", type=METHODS, default=None, help="How to compose several adapters (default: compose's).")
@@ -48,14 +48,16 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
                 force: bool, as_json: bool) -> None:
     """Merge ADAPTER[+ADAPTER...] into BASE and write a standalone transformers model.
 
-    Each ADAPTER is a local directory written as a path (./x, /x, ~/x) or
+    BASE is a local model directory written as a path (./x, /x, ~/x) or a hub
+    ref (owner/name[@revision]), pulled through the cache. Each ADAPTER is a
+    local directory written as a path (./x, /x, ~/x) or
     a hub ref (name, owner/name[@revision]); several are composed first. The merge streams over BASE's safetensors
     shards without loading the model.
     """
     from peft_hub.gpu_runtime.materializer import materialize as run
 
     if output_dir is None:
-        output_dir = f"{Path(base).name}-merged" + ("" if quantize == "none" else f"-{quantize}")
+        output_dir = f"{Path(base.partition('@')[0]).name}-merged" + ("" if quantize == "none" else f"-{quantize}")
     report = run(base, adapters, output_dir, weights=weights, method=method, rank=rank, density=density, dtype=dtype,
                  quantize=quantize, device=device, client=hub, force=force)
     if as_json:
@@ -69,7 +71,7 @@ def materialize(hub: Any, base: str, adapters: str, weights: str | None, method:
 
 
 @click.command("validate")
-@click.argument("base", type=click.Path(exists=True, file_okay=False))
+@click.argument("base")
 @click.argument("adapters", metavar="[ADAPTER[,ADAPTER...]]", required=False, default="")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help='JSONL of {"text"} or {"prompt", "completion"} rows.')

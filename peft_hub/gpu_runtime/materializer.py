@@ -35,7 +35,7 @@ from peft_hub.gpu_runtime.quantize import (
     model_layout,
     quantization_config,
 )
-from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters
+from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters, resolve_base
 from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint
 from peft_hub.gpu_runtime.stream import stream_merge
 from peft_hub.outdir import plan_output
@@ -110,7 +110,8 @@ def materialize(
         IncompatibleAdaptersError: the adapter does not fit the base.
     """
     started = time.perf_counter()
-    base, out = Path(base), Path(output_dir)
+    base_ref = resolve_base(base, client)  # a hub ref is pulled through the client's cache
+    base, out = base_ref.path, Path(output_dir)
     if quantize not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
     if out.resolve() == base.resolve():
@@ -154,7 +155,7 @@ def materialize(
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_side_files(base, staging)
         report = MaterializeReport(
-            output_dir=str(out), base=str(base), adapters=[r.to_dict() for r in resolved],
+            output_dir=str(out), base=base_ref.pinned or str(base), adapters=[r.to_dict() for r in resolved],
             weights=parse_weights(weights, len(resolved)),
             method=method, dtype=DTYPE_NAMES.get(out_dtype, str(out_dtype)), quantization=quantize,
             device=str(compute), merged=stats.merged, copied=stats.copied, cast=stats.cast,

@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from peft_hub.errors import InvalidInputError
-from peft_hub.refs import ResolvedRef, resolve_ref, split_refs
+from peft_hub.refs import ResolvedRef, is_local, resolve_ref, split_refs
 
 #: One adapter argument and where its files are (the shared :class:`peft_hub.refs.ResolvedRef`).
 ResolvedAdapter = ResolvedRef
+
+
+def resolve_base(base: str | Path, client: Any = None) -> ResolvedRef:
+    """The base model argument made local: a path (``./x``, ``/x``, ``~/x``, a
+    ``Path``) is used as is; ``owner/name[@revision]`` is pulled through the
+    client's cache, as adapter refs are."""
+    if is_local(base) and not Path(base).expanduser().is_dir():
+        raise InvalidInputError(f"base model {base} is not a directory")
+    return resolve_ref(base, client)
 
 
 def split_spec(spec: str | Sequence[str]) -> list[str]:

@@ -34,7 +34,7 @@ from peft_hub.gpu_runtime.device import (
 )
 from peft_hub.gpu_runtime.jsonl import IGNORE, encode_loss_row, pad_batch, read_jsonl
 from peft_hub.gpu_runtime.quantize import QUANTIZATIONS, Quantization
-from peft_hub.gpu_runtime.refs import ResolvedAdapter, resolve_adapters, split_spec
+from peft_hub.gpu_runtime.refs import ResolvedAdapter, resolve_adapters, resolve_base, split_spec
 from peft_hub.gpu_runtime.report import ModelResult, ValidationReport
 from peft_hub.gpu_runtime.tokenizer import load_tokenizer
 from peft_hub.progress import tqdm
@@ -87,7 +87,8 @@ def validate(
     Returns:
         A :class:`ValidationReport`.
     """
-    base = Path(base)
+    base_ref = resolve_base(base, client)  # a hub ref is pulled through the client's cache
+    base = base_ref.path
     specs = _split_list(adapters)
     if quantize not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
@@ -147,7 +148,7 @@ def validate(
             results.append(result)
 
     report = ValidationReport(
-        base_model=str(base), quantization=quant_label, device=str(dev),
+        base_model=base_ref.pinned or str(base), quantization=quant_label, device=str(dev),
         dtype=DTYPE_NAMES.get(compute_dtype, str(compute_dtype)), seed=seed, split=split,
         dataset=data_file.describe(), prompts=prompt_file.describe() if prompt_file else None,
         models=results, peft_hub_version=__version__,

@@ -18,11 +18,11 @@ from typing import BinaryIO, cast
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from peft_hub.adapter import FileEntry, manifest_digest
-from peft_hub.errors import ChecksumMismatchError, StorageError, UploadRequiredError
-from peft_hub.hub import audit, crud, events, ledger, possession
+from peft_hub.adapter import AdapterMeta, FileEntry, manifest_digest
+from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError, StorageError, UploadRequiredError
+from peft_hub.hub import audit, base_compat, crud, events, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
-from peft_hub.hub.models import Adapter, Blob, Revision
+from peft_hub.hub.models import Adapter, Blob, Revision, RevisionFile
 from peft_hub.hub.storage import BlobStat, BlobStore
 from peft_hub.names import validate_repo_id
 from peft_hub.repo_kinds import Kind, check_entries, infer_kind, kind_mismatch, validate_manifest
@@ -157,6 +157,13 @@ def publish(
         yield read_back(store, entry)
 
     meta = validate_manifest(kind, entries, open_stored)
+    if isinstance(meta, AdapterMeta):
+        try:
+            base_compat.check_base(engine, store, principal=principal, meta=meta, entries=entries,
+                                   open_stored=open_stored)
+        except InvalidAdapterError:
+            _discard_own(engine, store, principal, entries)
+            raise
     # The write transaction: the blobs' rows locked, each blob seen still
     # stored (a gc may have run meanwhile) and trusted, then the revision.
     rows = ledger.lock(session, {e.sha256: e.size for e in entries})
@@ -185,3 +192,16 @@ def _check_kind(engine: Engine, owner: str, name: str, kind: Kind) -> None:
         adapter = crud.find_adapter(session, owner=owner, name=name)
         if adapter is not None and adapter.kind != kind and "main" in crud.tags_of(session, adapter=adapter):
             raise kind_mismatch(f"{adapter.owner}/{adapter.name}", adapter.kind, kind)
+
+
+def _discard_own(engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
+    """Take back the caller's own unreferenced uploads of a push refused as
+    not fitting its base, so the refusal leaves nothing stored (as a blob that
+    fails verification is discarded; blobs a revision or another user holds stay)."""
+    with Session(engine) as session:
+        ledger.lock(session, {e.sha256: e.size for e in entries})
+        kept = [sha256 for sha256 in sorted({e.sha256 for e in entries})
+                if not possession.discard_if_own(session, store, principal, sha256)]
+        referenced = session.exec(select(RevisionFile.sha256).where(col(RevisionFile.sha256).in_(kept))).all()
+        ledger.release(session, referenced)  # a revision holds them: this push's lease guards nothing
+        session.commit()

@@ -44,6 +44,7 @@ def search_filters(
     target_module: str | None = None,
     owner: str | None = None,
     tag: str | None = None,
+    kind: str | None = None,
 ) -> list[Any]:
     """The WHERE clauses shared by search, facets and the web catalog."""
     clauses: list[Any] = [visible_clause(principal), col(Adapter.method).is_not(None)]
@@ -63,6 +64,8 @@ def search_filters(
         clauses.append(col(Adapter.rank) <= max_rank)
     if owner:
         clauses.append(func.lower(Adapter.owner) == owner.lower())
+    if kind:
+        clauses.append(col(Adapter.kind) == kind.lower())
     if tag:
         clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
     if target_module:
@@ -91,11 +94,17 @@ def search_adapters(
     return list(items), total
 
 
-def facets(session: Session, *, clauses: list[Any]) -> dict[str, list[tuple[str, int]]]:
-    """Counts per base model, method and owner among matching adapters."""
+def facets(
+    session: Session, *, clauses: list[Any], names: tuple[str, ...] | None = None
+) -> dict[str, list[tuple[str, int]]]:
+    """Counts per base model, method, owner and kind among matching repos
+    (only the facets in ``names``, when given: one query each)."""
     out = {}
-    by = (("base_model", col(Adapter.base_model)), ("method", col(Adapter.method)), ("owner", col(Adapter.owner)))
+    by = (("base_model", col(Adapter.base_model)), ("method", col(Adapter.method)), ("owner", col(Adapter.owner)),
+          ("kind", col(Adapter.kind)))
     for name, column in by:
+        if names is not None and name not in names:
+            continue
         rows = session.exec(
             select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
         ).all()

@@ -18,7 +18,7 @@ def adapter_summary(adapter: Adapter) -> AdapterSummary:
         id=f"{adapter.owner}/{adapter.name}", owner=adapter.owner, name=adapter.name, private=adapter.private,
         base_model=adapter.base_model, method=adapter.method, rank=adapter.rank, max_rank=adapter.max_rank,
         size=adapter.total_size, target_modules=adapter.target_modules, downloads=adapter.downloads,
-        updated_at=adapter.updated_at.isoformat(),
+        updated_at=adapter.updated_at.isoformat(), kind=adapter.kind,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -74,7 +74,7 @@ def _upload_plan(
             out.append({"path": path, "uploadMode": "regular", "shouldIgnore": True, "oid": None})
             continue
         path = check_path(path)
-        if not isinstance(size, int) or size < 0:
+        if not _is_count(size) or size < 0:
             raise InvalidInputError(f"{path}: 'size' must be a non-negative integer")
         if size > size_cap(path):
             raise InvalidAdapterError(f"{path} is {size} bytes, above the {size_cap(path)} byte cap")
@@ -110,7 +110,7 @@ async def lfs_batch(
     objects = []
     for obj in items:
         oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
-        item: dict[str, Any] = {"oid": str(oid)[:64], "size": size if isinstance(size, int) else 0}
+        item: dict[str, Any] = {"oid": str(oid)[:64], "size": size if _is_count(size) else 0}
         problem = _lfs_problem(oid, size)
         if problem:
             item["error"] = {"code": 422, "message": problem}
@@ -134,10 +134,15 @@ def _plan_uploads(
     return possession.stored_and_held(session, store, principal, entries, lease_seconds=lease)
 
 
+def _is_count(value: Any) -> TypeGuard[int]:
+    """A JSON integer: not a float, and not ``true``/``false`` (a bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _lfs_problem(oid: Any, size: Any) -> str | None:
     if not isinstance(oid, str) or len(oid) != 64 or any(c not in "0123456789abcdef" for c in oid):
         return "oid must be a sha256 in 64 lowercase hex digits"
-    if not isinstance(size, int) or size < 0:
+    if not _is_count(size) or size < 0:
         return "size must be a non-negative integer"
     if size > WEIGHTS_MAX_BYTES:
         return f"{size} bytes is above the {WEIGHTS_MAX_BYTES} byte cap"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
@@ -49,6 +49,7 @@ def search(
     target_module: str | None = Query(None, max_length=128),
     owner: str | None = Query(None, max_length=64),
     tag: str | None = Query(None, max_length=64),
+    kind: Literal["adapter", "model"] | None = Query(None),
     sort: str = Query("updated", max_length=16),
     order: str = Query("desc", max_length=4),
     page: int = Query(1, ge=1, le=MAX_PAGE),
@@ -57,7 +58,7 @@ def search(
     """Search adapters with a text query and filters; sorted and paginated."""
     clauses = crud.search_filters(
         principal=principal, q=q, base_model=base_model, method=method, min_rank=min_rank,
-        max_rank=max_rank, target_module=target_module, owner=owner, tag=tag,
+        max_rank=max_rank, target_module=target_module, owner=owner, tag=tag, kind=kind,
     )
     items, total = crud.search_adapters(session, clauses=clauses, sort=sort, order=order, page=page, per_page=per_page)
     return SearchPage(items=[crud.adapter_summary(a) for a in items], total=total, page=page,
@@ -131,7 +132,7 @@ def complete_upload(
     owner, name = validate_repo_id(f"{owner}/{name}")
     principal = require_write(principal, owner)
     key = uploads.signing_key(request.app.state, settings)
-    return uploads.complete(store, key, str(principal.user.id), body)
+    return uploads.complete(store, key, str(principal.user.id), body, engine=request.app.state.engine)
 
 
 @router.post("/{owner}/{name}/commit", status_code=201)

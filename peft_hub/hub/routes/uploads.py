@@ -23,11 +23,16 @@ import threading
 from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt
+from sqlalchemy import exists
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import WEIGHTS_MAX_BYTES
 from peft_hub.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
+from peft_hub.hub import ledger, possession
 from peft_hub.hub.config import Settings
+from peft_hub.hub.models import Blob, RevisionFile
 from peft_hub.hub.schemas import FileSpec, PreuploadRequest
 from peft_hub.hub.storage import BlobStore, MultipartStore
 from peft_hub.model_files import MAX_MODEL_FILES
@@ -152,10 +157,47 @@ def plan(
     }
 
 
-def complete(store: BlobStore, key: bytes, user: str, body: CompleteRequest) -> dict[str, Any]:
+def clear_unverified(engine: Engine, store: BlobStore, sha256: str, size: int) -> bool:
+    """Delete an object stored under ``sha256`` whose bytes do not hash to it
+    (someone completed an upload of other bytes under that name), so that a
+    completion of the real bytes can take its place. The object is hashed
+    streaming, outside any transaction, unless the ledger or the store already
+    vouches for it; it is deleted under the blob's ledger lock, and kept if a
+    revision references it or it changed meanwhile. True when it was deleted."""
+    stat = store.stat(sha256)
+    if stat is None:
+        return False
+    with Session(engine) as session:
+        row = session.get(Blob, sha256)
+        if ledger.trusted(row, stat):
+            return False
+    if stat.size == size and ledger.hash_stored(store, sha256) == sha256:
+        with Session(engine) as session:
+            ledger.note_verified(session, store, sha256, size)
+            session.commit()
+        return False
+    with Session(engine) as session:
+        ledger.lock(session, {sha256: size})
+        referenced = session.exec(select(exists().where(col(RevisionFile.sha256) == sha256))).one()
+        now = store.stat(sha256)
+        if referenced or now is None or (now.size, now.modified) != (stat.size, stat.modified):
+            session.rollback()
+            return False
+        store.delete(sha256)
+        possession.forget(session, sha256=sha256)
+        session.commit()
+    return True
+
+
+def complete(
+    store: BlobStore, key: bytes, user: str, body: CompleteRequest, *, engine: Engine
+) -> dict[str, Any]:
     """Join the caller's uploaded parts into the blob, refusing unless every
-    part is there with the planned size. The blob is then unverified (only S3's
-    composite checksum): publish hashes it once before any revision holds it."""
+    part is there with the planned size. An object already under the blob's
+    name that the hub has not verified is hashed first, and dropped when its
+    bytes are not the blob's (see :func:`clear_unverified`).
+    The blob is then unverified (only S3's composite checksum): publish hashes
+    it once before any revision holds it."""
     entry, spec = FileEntry("", body.size, body.sha256), body.multipart
     digests = spec.digests()
     missing = NotFoundError(f"no upload {(spec.upload_id or '')[:80]!r} of blob {body.sha256} of yours is in progress")
@@ -183,5 +225,6 @@ def complete(store: BlobStore, key: bytes, user: str, body: CompleteRequest) -> 
             f"blob {body.sha256}: parts {wrong[:10]} do not have the planned sizes "
             f"for {body.size} bytes; the upload was dropped, push again"
         )
+    clear_unverified(engine, store, body.sha256, body.size)
     stored = store.multipart_complete(body.sha256, spec.upload_id, listed, digests)
     return {"sha256": body.sha256, "size": body.size, "stored": stored}

@@ -17,8 +17,10 @@ from peft_hub.hub.models import Adapter, pk
 from peft_hub.hub.web.charts import headline
 
 PER_PAGE = 20
-FILTERS = ("q", "base_model", "method", "owner", "tag", "min_rank", "max_rank")
-FACETS = ("base_model", "method", "owner")
+FILTERS = ("q", "base_model", "method", "owner", "tag", "min_rank", "max_rank", "kind")
+FACETS = ("base_model", "method", "owner", "kind")
+#: Repo kinds the catalog filters on, and their labels.
+KINDS = {"model": "Models", "adapter": "Adapters"}
 #: Sortable columns, and the order a first click on each gives.
 SORTS = {"updated": "desc", "name": "asc", "rank": "asc", "size": "asc", "downloads": "desc"}
 
@@ -50,6 +52,7 @@ class CatalogQuery:
     tag: str | None = None
     min_rank: int | None = None
     max_rank: int | None = None
+    kind: str | None = None
     sort: str = "updated"
     order: str = "desc"
     page: int = 1
@@ -61,6 +64,10 @@ class CatalogQuery:
         problems: list[str] = []
         text = {k: (params.get(k) or "").strip() or None for k in ("q", "base_model", "method", "owner", "tag")}
         text.update(fixed)
+        kind = (params.get("kind") or "").strip().lower() or None
+        if kind is not None and kind not in KINDS:
+            problems.append(f"unknown kind {kind[:20]!r}; showing every kind")
+            kind = None
         sort = params.get("sort") or "updated"
         if sort not in SORTS:
             problems.append(f"unknown sort {sort!r}; sorted by last update")
@@ -69,7 +76,7 @@ class CatalogQuery:
         order = asked if asked in ("asc", "desc") else SORTS[sort]
         page = parse_int(params.get("page"), problems, "page", maximum=10_000) or 1
         return cls(**text, min_rank=parse_int(params.get("min_rank"), problems, "min rank"),
-                   max_rank=parse_int(params.get("max_rank"), problems, "max rank"),
+                   max_rank=parse_int(params.get("max_rank"), problems, "max rank"), kind=kind,
                    sort=sort, order=order, page=max(page, 1), problems=problems)
 
     def filters(self, without: str | None = None) -> dict[str, Any]:
@@ -108,16 +115,16 @@ def search(session: Session, principal: Principal | None, query: CatalogQuery) -
 def facet_counts(
     session: Session, principal: Principal | None, query: CatalogQuery
 ) -> dict[str, list[tuple[str, int]]]:
-    """Counts per base model, method and owner. Each facet ignores its own
-    filter, so the alternatives stay visible (and countable) once one is picked."""
-    out: dict[str, list[tuple[str, int]]] = {}
-    cache: dict[tuple, dict[str, list[tuple[str, int]]]] = {}
+    """Counts per base model, method, owner and kind. Each facet ignores its
+    own filter, so the alternatives stay visible (and countable) once one is
+    picked; facets that share their filters share their clauses, one query per facet."""
+    groups: dict[tuple, list[str]] = {}
     for facet in FACETS:
-        kwargs = query.filters(without=facet)
-        key = tuple(sorted(kwargs.items()))
-        if key not in cache:
-            cache[key] = crud.facets(session, clauses=crud.search_filters(principal=principal, **kwargs))
-        out[facet] = cache[key][facet]
+        groups.setdefault(tuple(sorted(query.filters(without=facet).items())), []).append(facet)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key, names in groups.items():
+        clauses = crud.search_filters(principal=principal, **dict(key))
+        out.update(crud.facets(session, clauses=clauses, names=tuple(names)))
     return out
 
 

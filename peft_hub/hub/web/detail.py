@@ -7,7 +7,8 @@ import json
 import shlex
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from peft_hub.adapter import vllm_max_lora_rank
 from peft_hub.hub import crud
@@ -45,6 +46,19 @@ def lineage_view(session: Session, adapter: Adapter, revision: Revision, princip
     record = (revision.meta or {}).get("lineage") or {}
     params = record.get("params") if isinstance(record.get("params"), dict) else {}
     return {"parents": parents, "children": children, "method": record.get("method"), "params": params}
+
+
+def find_base(session: Session, principal: Principal | None, base_model: str | None) -> Adapter | None:
+    """The visible model repo an adapter's ``base_model`` names, if the hub holds it."""
+    owner, slash, name = (base_model or "").partition("/")
+    if not slash or not owner or not name or "/" in name:
+        return None
+    return session.exec(
+        select(Adapter).where(
+            crud.visible_clause(principal), col(Adapter.kind) == "model",
+            func.lower(col(Adapter.owner)) == owner.lower(), func.lower(col(Adapter.name)) == name.lower(),
+        )
+    ).first()
 
 
 def sibling(session: Session, adapter: Adapter, principal: Principal | None) -> str | None:
@@ -112,5 +126,5 @@ def build(
         "eval_rows": eval_rows, "charts": eval_charts, "card_front": front, "card_html": card_html,
         "lineage": lineage_view(session, adapter, revision, principal),
         "snippets": snippets(hub_url, adapter, rev_label, meta, sibling(session, adapter, principal)),
-        "page_link": page_link,
+        "base_repo": find_base(session, principal, adapter.base_model), "page_link": page_link,
     }

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from peft_hub.errors import NotFoundError
 from peft_hub.hub import crud
 from peft_hub.hub.deps import SessionDep, StoreDep
-from peft_hub.hub.web import catalog, compose_preview, detail
+from peft_hub.hub.web import catalog, compose_preview, detail, model_page
 from peft_hub.hub.web.render import Renderer
 from peft_hub.hub.web.signin import WebPrincipal
 
@@ -35,7 +35,7 @@ def make_router(renderer: Renderer) -> APIRouter:
         return renderer.page(
             request, template, query=query, base_path=path, rows=catalog.rows(session, adapters), total=total,
             facets=catalog.facet_counts(session, principal, query), last_page=last, page_list=page_list,
-            principal=principal, **extra,
+            principal=principal, kinds=catalog.KINDS, **extra,
         )
 
     @router.get("/")
@@ -94,7 +94,11 @@ def make_router(renderer: Renderer) -> APIRouter:
             hint = "" if principal else " If it is private, sign in to see it."
             return not_found(request, f"{exc}.{hint}")
         hub_url = str(request.base_url).rstrip("/")
-        context = detail.build(session, store, principal, hub_url, adapter, revision, None if rev == "main" else rev)
+        label = None if rev == "main" else rev
+        if adapter.kind == "model":
+            context = model_page.build(session, store, principal, hub_url, adapter, revision, label)
+            return renderer.page(request, "model.html", principal=principal, **context)
+        context = detail.build(session, store, principal, hub_url, adapter, revision, label)
         return renderer.page(request, "adapter.html", principal=principal, **context)
 
     return router
