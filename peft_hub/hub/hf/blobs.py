@@ -15,33 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import threading
 import time
 from typing import Any
 
 from peft_hub.errors import AuthenticationError
+from peft_hub.hub import keys
 from peft_hub.hub.config import Settings
-
-_key_lock = threading.Lock()
-
 
 # --- signed upload URLs -------------------------------------------------------
 
 
 def signing_key(app_state: Any, settings: Settings) -> bytes:
-    """The HMAC key for upload URLs: the session secret, else one per process.
-
-    A hub run as several processes must set ``PEFT_HUB_SESSION_SECRET`` so that
-    any process accepts a URL another one signed.
-    """
-    if settings.session_secret:
-        return hashlib.sha256(b"peft-hub hf lfs upload\x00" + settings.session_secret.encode()).digest()
-    with _key_lock:
-        key = getattr(app_state, "hf_upload_key", None)
-        if key is None:
-            key = app_state.hf_upload_key = secrets.token_bytes(32)
-    return key
+    """The HMAC key for upload URLs (see :mod:`peft_hub.hub.keys`)."""
+    return keys.signing_key(app_state, settings, "hf lfs upload")
 
 
 def sign(key: bytes, sha256: str, size: int, expires: int, user: int) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import secrets
-import threading
 from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt
@@ -30,7 +28,7 @@ from sqlmodel import Session, col, select
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import WEIGHTS_MAX_BYTES
 from peft_hub.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
-from peft_hub.hub import ledger, possession
+from peft_hub.hub import keys, ledger, possession
 from peft_hub.hub.config import Settings
 from peft_hub.hub.models import Blob, RevisionFile
 from peft_hub.hub.schemas import FileSpec, PreuploadRequest
@@ -42,7 +40,6 @@ MAX_PART = 5 * 1024**3
 MAX_PARTS = 10_000
 SHA256 = r"^[0-9a-f]{64}$"
 
-_key_lock = threading.Lock()
 
 
 class MultipartSpec(BaseModel):
@@ -76,14 +73,8 @@ class CompleteRequest(BaseModel):
 
 
 def signing_key(app_state: Any, settings: Settings) -> bytes:
-    """The tickets' HMAC key: from the session secret, else one per process."""
-    if settings.session_secret:
-        return hashlib.sha256(b"peft-hub multipart ticket\x00" + settings.session_secret.encode()).digest()
-    with _key_lock:
-        key = getattr(app_state, "multipart_key", None)
-        if key is None:
-            key = app_state.multipart_key = secrets.token_bytes(32)
-    return key
+    """The tickets' HMAC key (see :mod:`peft_hub.hub.keys`)."""
+    return keys.signing_key(app_state, settings, "multipart ticket")
 
 
 def _ticket(key: bytes, entry: FileEntry, user: str, part_size: int, digests: list[str] | None, upload_id: str) -> str:
