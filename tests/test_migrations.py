@@ -26,6 +26,8 @@ from peft_hub.hub.db import make_engine
 from peft_hub.hub.migrations import check, current, head, upgrade
 from peft_hub.hub.models import Namespace
 
+pytestmark = pytest.mark.integration  # SeaweedFS or PostgreSQL
+
 DATA = Path(__file__).parent / "data"
 BIG = 6 * 2**30
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)

@@ -19,6 +19,8 @@ from peft_hub.client import HubClient
 from peft_hub.client.multipart import MIN_PART
 from peft_hub.errors import AdapterNotFoundError, ChecksumMismatchError, InvalidInputError
 
+pytestmark = pytest.mark.integration  # SeaweedFS or PostgreSQL
+
 MiB = 1024 * 1024
 
 
