@@ -19,10 +19,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peft_hub.adapter_files import CONFIG_NAME, MAX_FILES, WEIGHTS_NAME, check_listing, size_cap, validate_filename
+from peft_hub.adapter_files import (
+    CONFIG_NAME,
+    MAX_FILES,
+    WEIGHTS_NAME,
+    check_listing,
+    check_text_file,
+    size_cap,
+    validate_filename,
+)
 from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
 from peft_hub.errors import InvalidAdapterError
-from peft_hub.modelcard import CARD_NAME, card_summary, check_card
+from peft_hub.modelcard import CARD_NAME, card_summary
 from peft_hub.names import shown
 from peft_hub.safeparse import loads_json
 from peft_hub.safetensors_header import SafetensorsHeader, read_header
@@ -245,16 +253,8 @@ def validate_manifest(
             continue
         with open_file(entry) as fh:
             raw = fh.read(entry.size + 1)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text") from None
-        if entry.path.lower().endswith(".json"):
-            loads_json(raw, what=entry.path, error=InvalidAdapterError, allow_nan=True)
-        elif "\x00" in text:
-            raise InvalidAdapterError(f"{entry.path} contains NUL bytes: it is not a text file")
+        text = check_text_file(entry.path, raw)
         if entry.path == CARD_NAME:
-            check_card(text)
             card = text
     return describe(config, header, entries, card)
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
 from peft_hub.model_files import MODEL_CONVERT_HINT, model_size_cap
+from peft_hub.modelcard import CARD_NAME, check_card
 from peft_hub.names import shown
-from peft_hub.safeparse import name_problem
+from peft_hub.safeparse import loads_json, name_problem
 from peft_hub.safetensors_header import CONVERT_HINT
 
 if TYPE_CHECKING:
@@ -120,3 +121,19 @@ def check_listing(entries: list[FileEntry], *, kind: str, max_files: int) -> set
         if not isinstance(entry.sha256, str) or not SHA256_RE.fullmatch(entry.sha256):
             raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
     return names
+
+
+def check_text_file(path: str, raw: bytes) -> str:
+    """A repo's small file: bounded JSON, or UTF-8 text without NUL; a model
+    card's YAML header is checked too. Returns the text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidAdapterError(f"{path} is not valid UTF-8 text") from None
+    if path.lower().endswith(".json"):
+        loads_json(raw, what=path, error=InvalidAdapterError, allow_nan=True)
+    elif "\x00" in text:
+        raise InvalidAdapterError(f"{path} contains NUL bytes: it is not a text file")
+    if path == CARD_NAME:
+        check_card(text)
+    return text

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 from peft_hub.adapter import FileEntry
-from peft_hub.adapter_files import check_listing
+from peft_hub.adapter_files import check_listing, check_text_file
 from peft_hub.errors import InvalidAdapterError
 from peft_hub.model_files import (
     BINARY_FILES,
@@ -30,7 +30,7 @@ from peft_hub.model_files import (
     SHARD_RE,
     is_weights,
 )
-from peft_hub.modelcard import CARD_NAME, card_summary, check_card
+from peft_hub.modelcard import CARD_NAME, card_summary
 from peft_hub.names import shown
 from peft_hub.safeparse import loads_json
 from peft_hub.safetensors_header import SafetensorsHeader, read_header
@@ -152,17 +152,7 @@ def _check_small_file(entry: FileEntry, raw: bytes) -> str:
         if entry.size and raw[:1] != b"\x0a":  # a sentencepiece ModelProto starts with field 1 (pieces)
             raise InvalidAdapterError(f"{entry.path} is not a sentencepiece model")
         return ""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidAdapterError(f"{entry.path} is not valid UTF-8 text") from None
-    if entry.path.endswith(".json"):
-        loads_json(raw, what=entry.path, error=InvalidAdapterError, allow_nan=True)
-    elif "\x00" in text:
-        raise InvalidAdapterError(f"{entry.path} contains NUL bytes: it is not a text file")
-    if entry.path == CARD_NAME:
-        check_card(text)
-    return text
+    return check_text_file(entry.path, raw)
 
 
 def validate_manifest(
