@@ -52,6 +52,7 @@ def lfs_everything(monkeypatch):
     from peft_hub.hub.hf import commit
 
     monkeypatch.setattr(commit, "INLINE_MAX_BYTES", 0)
+    monkeypatch.setattr(commit, "XET_CLIENT_INLINE_MAX_BYTES", 0)  # 1.x clients would get inline files too
 
 
 def _stored(hub) -> set[str]:
@@ -312,13 +313,13 @@ def test_xet_is_refused_plainly_when_a_file_needs_lfs(hub, llama_adapter, tmp_pa
     from peft_hub.hub.hf import commit
 
     # The hub runs in this process: shrink its inline limit so the weights need LFS.
-    old = commit.INLINE_MAX_BYTES
-    commit.INLINE_MAX_BYTES = 1024
+    old = commit.INLINE_MAX_BYTES, commit.XET_CLIENT_INLINE_MAX_BYTES
+    commit.INLINE_MAX_BYTES = commit.XET_CLIENT_INLINE_MAX_BYTES = 1024
     try:
         done = subprocess.run([sys.executable, "-c", script, str(llama_adapter)], env=_hf_env(hub, tmp_path),
                               check=False, capture_output=True, text=True, timeout=60)
     finally:
-        commit.INLINE_MAX_BYTES = old
+        commit.INLINE_MAX_BYTES, commit.XET_CLIENT_INLINE_MAX_BYTES = old
     assert "REFUSED" in done.stdout and "xet-write-token" in done.stdout and "501" in done.stdout, (
         done.stdout + done.stderr
     )

@@ -269,5 +269,9 @@ class _AdvisoryLock:
             try:
                 self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                 self.conn.commit()
+            except BaseException:
+                # A pooled connection would keep the lock forever: end its session instead.
+                self.conn.invalidate()
+                raise
             finally:
                 self.conn.close()

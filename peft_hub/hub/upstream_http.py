@@ -56,7 +56,7 @@ class UpstreamHttp:
                     return None
                 self._check(response, url)
                 raw = bytearray()
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in _pieces(response, self.base):
                     raw += chunk
                     if len(raw) > MAX_INFO_BYTES:
                         raise UnavailableError(f"{self.base}: repo info above {MAX_INFO_BYTES} bytes; refused")
@@ -73,7 +73,7 @@ class UpstreamHttp:
         with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
             with self._get(client, url, deadline) as response:
                 self._check(response, url)
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in _pieces(response, self.base):
                     got += len(chunk)
                     if got > size:
                         raise UnavailableError(f"{self.base}: {path} is longer than the {size} bytes it listed")
@@ -121,6 +121,16 @@ class _Closing:
 
     def __exit__(self, *exc: object) -> None:
         self.response.close()
+
+
+def _pieces(response: httpx.Response, base: str) -> Iterator[bytes]:
+    """The body in CHUNK pieces; an upstream that breaks off mid-body (closed
+    connection, reset, read timeout) is a 503 like one that never answered."""
+    try:
+        yield from response.iter_bytes(CHUNK)
+    except httpx.HTTPError as exc:
+        reason = one_line(str(exc) or type(exc).__name__, 200)
+        raise UnavailableError(f"upstream {base} broke off mid-answer: {reason}; retry later") from None
 
 
 def _check_deadline(deadline: float, base: str) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 
@@ -22,21 +22,40 @@ from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
 from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError, PeftHubError
 from peft_hub.hub.storage import BlobStore
-from peft_hub.hub.uploads import put_small
+from peft_hub.hub.uploads import put_small, put_staged
 from peft_hub.model_files import MAX_MODEL_FILES
 from peft_hub.safeparse import loads_json
 
 #: Files up to this size are sent inline, base64 in the commit itself
 #: (``uploadMode: regular``). That needs no LFS and, above all, no Xet, so a
 #: client with ``hf_xet`` installed pushes a typical adapter without setting
-#: ``HF_HUB_DISABLE_XET``. Larger files go through LFS (and need Xet off).
+#: ``HF_HUB_DISABLE_XET``. Larger files go through LFS.
 INLINE_MAX_BYTES = 64 * 1024 * 1024
+#: huggingface_hub >= 1.0 uploads every LFS file with Xet when ``hf_xet`` is
+#: importable (a hard dependency), whatever the repo's ``xetEnabled`` says,
+#: and peft-hub has no Xet. Such a client is told to send files inline up to
+#: this size. It builds the base64 line in memory (3-4x the file, by its
+#: source: the bytes, their base64, its text and the JSON line), so the bound
+#: stays where a workstation copes; above it the Xet 501 names HF_HUB_DISABLE_XET=1.
+XET_CLIENT_INLINE_MAX_BYTES = 2 * 1024**3
+#: A commit line up to this length is parsed whole; a longer one must be an
+#: inline file as huggingface_hub writes it, and is streamed (bounded memory).
+WHOLE_LINE_MAX = 4 * 1024 * 1024
+#: The JSON after an inline file's content (its path and encoding) is at most this long.
+FILE_TAIL_MAX = 64 * 1024
+#: Base64 decoded per worker-thread call. Small pieces: each thread's malloc
+#: arena keeps what it last held, and a commit passes through many threads.
+DECODE_BYTES = 256 * 1024
 #: Git bookkeeping files an HF client may send; they mean nothing here and are skipped.
 IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
 MAX_MESSAGE = 4000
 #: The most files one commit may add: a model's limit (an adapter's, lower, is checked at publish).
 MAX_COMMIT_FILES = max(MAX_FILES, MAX_MODEL_FILES)
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
+#: How huggingface_hub starts a ``file`` line (json.dumps of key, value, content in that order).
+_FILE_HEAD = re.compile(rb'\s*\{\s*"key"\s*:\s*"file"\s*,\s*"value"\s*:\s*\{\s*"content"\s*:\s*"')
+_FILE_KEYS = frozenset({"content", "path", "encoding"})
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")  # used with fullmatch, on pieces of 4k characters
 
 
 @dataclass
@@ -68,51 +87,14 @@ class ParsedCommit:
         return text[:MAX_MESSAGE]
 
 
-def upload_mode(size: int) -> str:
-    """How the client should send a file: inline in the commit, or through LFS."""
-    return "regular" if size <= INLINE_MAX_BYTES else "lfs"
+def upload_mode(size: int, *, takes_xet: bool = False) -> str:
+    """How the client should send a file: inline in the commit, or through LFS.
 
-
-#: A ``.gitignore`` longer than this is refused (patterns beyond it would not be read).
-GITIGNORE_MAX = 64 * 1024
-
-
-def gitignore_matcher(text: Any) -> Callable[[str], bool]:
-    """Whether a path is ignored by the ``.gitignore`` a client sends with its
-    preupload (``gitIgnore``), as huggingface.co answers ``shouldIgnore``.
-
-    The common subset of gitignore: blank lines and ``#`` comments skipped, a
-    pattern with a ``/`` (or ending in one) matches from the root, one without
-    matches any path component; ``!`` negations are not supported and refused.
+    ``takes_xet``: the client would send an LFS file through Xet (see
+    :data:`XET_CLIENT_INLINE_MAX_BYTES`), so larger files go inline too.
     """
-    if text is None:
-        return lambda path: False
-    if not isinstance(text, str) or len(text) > GITIGNORE_MAX:
-        raise InvalidInputError(f"'gitIgnore' must be a string of at most {GITIGNORE_MAX} characters")
-    patterns = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("!"):
-            raise InvalidInputError(f"the .gitignore line {line[:80]!r}: negations ('!') are not supported")
-        patterns.append(line)
-
-    def ignored(path: str) -> bool:
-        parts = path.split("/")
-        for pattern in patterns:
-            directory = pattern.endswith("/")
-            pat = pattern.strip("/")
-            if "/" in pattern.rstrip("/"):  # anchored at the root
-                depth = pat.count("/") + 1
-                prefixes = ["/".join(parts[:i]) for i in range(depth, len(parts) + (0 if directory else 1))]
-                if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
-                    return True
-            elif any(fnmatch.fnmatchcase(part, pat) for part in (parts[:-1] if directory else parts)):
-                return True
-        return False
-
-    return ignored
+    limit = max(INLINE_MAX_BYTES, XET_CLIENT_INLINE_MAX_BYTES) if takes_xet else INLINE_MAX_BYTES
+    return "regular" if size <= limit else "lfs"
 
 
 def check_path(path: Any) -> str:
@@ -122,20 +104,67 @@ def check_path(path: Any) -> str:
     return validate_filename(path)
 
 
+class _Body:
+    """A streamed request body, consumed a line (or, for a long line, a piece) at a time."""
+
+    LONG = b"<a line too long to read whole>"
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks.__aiter__()
+        self.buffer = bytearray()
+        self._scanned = 0  # bytes of buffer known to hold no newline
+
+    async def more(self) -> bool:
+        """Read the next piece into the buffer; False at the end of the body."""
+        try:
+            self.buffer += await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return False
+        return True
+
+    async def line(self, limit: int) -> bytes | None:
+        """The next non-blank line; :attr:`LONG` (the line left unread in the
+        buffer) when it is longer than ``limit``; None at the end."""
+        while True:
+            end = self.buffer.find(b"\n", self._scanned)
+            if end > limit or (end < 0 and len(self.buffer) > limit):
+                self._scanned = 0
+                return self.LONG
+            if end >= 0:
+                line = bytes(self.buffer[:end])
+                del self.buffer[: end + 1]
+                self._scanned = 0
+                if line.strip():
+                    return line
+                continue
+            self._scanned = len(self.buffer)
+            if not await self.more():
+                line, self._scanned = bytes(self.buffer), 0
+                self.buffer.clear()
+                return line if line.strip() else None
+
+    async def rest_of_line(self, limit: int, what: str) -> bytes:
+        """The bytes up to the next newline (consumed with it), at most ``limit``."""
+        while (end := self.buffer.find(b"\n")) < 0:
+            if len(self.buffer) > limit:
+                raise InvalidInputError(f"{what} is longer than {limit} bytes")
+            if not await self.more():
+                end = len(self.buffer)
+                break
+        if end > limit:
+            raise InvalidInputError(f"{what} is longer than {limit} bytes")
+        rest = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        return rest
+
+
 async def ndjson_lines(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[bytes]:
     """Split a streamed body into lines without holding more than one line."""
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        while (end := buffer.find(b"\n")) >= 0:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.strip():
-                yield line
-        if len(buffer) > max_line:
+    body = _Body(chunks)
+    while (line := await body.line(max_line)) is not None:
+        if line is _Body.LONG:
             raise InvalidInputError(f"a commit line is longer than {max_line} bytes; send large files through LFS")
-    if bytes(buffer).strip():
-        yield bytes(buffer)
+        yield line
 
 
 async def read_commit(
@@ -146,13 +175,28 @@ async def read_commit(
     ``max_files`` caps the files added (the route passes
     :data:`MAX_COMMIT_FILES`, a model's limit; publishing checks the kind's own).
 
+    Lines up to :data:`WHOLE_LINE_MAX` are parsed whole; a longer one is an
+    inline file whose base64 is decoded into a staged file as it arrives
+    (:func:`_streamed_file`), so a large file costs no memory.
+
     A refused file name (a pickle, say) stops the commit before its bytes are
     stored. The sha256 of each blob this call newly stored is appended to
     ``stored``, so a commit refused later can take them back.
     """
     parsed = ParsedCommit()
-    max_line = INLINE_MAX_BYTES * 4 // 3 + 64 * 1024
-    async for line in ndjson_lines(chunks, max_line):
+    body = _Body(chunks)
+
+    def check_count() -> None:
+        if sum(op.kind == "add" for op in parsed.operations) >= max_files:
+            raise InvalidInputError(f"a commit adds at most {max_files} files (an adapter has at most {MAX_FILES})")
+
+    while (line := await body.line(WHOLE_LINE_MAX)) is not None:
+        if line is _Body.LONG:
+            check_count()
+            streamed = await _streamed_file(body, store, stored)
+            if streamed is not None:
+                parsed.operations.append(Operation("add", streamed.path, streamed, inline=True))
+            continue
         # Bounded depth, and no NUL or broken Unicode in the message and paths.
         item = loads_json(line, what="a commit line", strict_strings=True)
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
@@ -164,12 +208,12 @@ async def read_commit(
             parsed.parent_commit = value.get("parentCommit")
         elif isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES:
             continue
-        elif key in ("file", "lfsFile") and sum(op.kind == "add" for op in parsed.operations) >= max_files:
-            raise InvalidInputError(f"a commit adds at most {max_files} files (an adapter has at most {MAX_FILES})")
         elif key == "file":
+            check_count()
             entry = await _inline_file(value, store, stored)
             parsed.operations.append(Operation("add", value.get("path"), entry, inline=True))
         elif key == "lfsFile":
+            check_count()
             parsed.operations.append(Operation("add", value.get("path"), _lfs_file(value)))
         elif key == "deletedFile":
             parsed.operations.append(Operation("delete", str(value.get("path", ""))))
@@ -178,6 +222,96 @@ async def read_commit(
         else:
             raise InvalidInputError(f"unsupported commit operation {key!r}")
     return parsed
+
+
+class _Staged:
+    """An inline file's bytes, decoded from base64 into a temporary file as
+    they arrive and hashed on the way; nothing reaches the store from here."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile()
+        self.digest, self.size, self.ended = hashlib.sha256(), 0, False
+
+    def feed(self, text: bytes) -> None:
+        """Decode a piece of 4k base64 characters (padding only in the last)."""
+        if not text:
+            return
+        if self.ended or len(text) % 4 or not _BASE64.fullmatch(text):
+            raise InvalidInputError("an inline file's content is not valid base64")
+        data = base64.b64decode(text, validate=True)
+        self.size += len(data)
+        if self.size > XET_CLIENT_INLINE_MAX_BYTES:
+            raise InvalidAdapterError(
+                f"an inline file is larger than {XET_CLIENT_INLINE_MAX_BYTES} bytes; send it through LFS"
+            )
+        self.digest.update(data)
+        self.file.write(data)
+        self.ended = text.endswith(b"=")
+
+
+async def _streamed_file(body: _Body, store: BlobStore, stored: list[str]) -> FileEntry | None:
+    """Read a long ``file`` line left in ``body``: the content streamed into a
+    staged file, then the rest of the line parsed and checked, and only then
+    the blob stored. None for a git file that is skipped."""
+    head = _FILE_HEAD.match(body.buffer)
+    if head is None:
+        raise InvalidInputError(
+            f"a commit line longer than {WHOLE_LINE_MAX} bytes must be an inline file written as huggingface_hub "
+            'writes it: {"key": "file", "value": {"content": "<base64>", "path": ..., "encoding": "base64"}}'
+        )
+    del body.buffer[: head.end()]
+    staged = await run_in_threadpool(_Staged)
+    try:
+        pending = bytearray()
+        while True:
+            quote = body.buffer.find(b'"')
+            take = quote if quote >= 0 else len(body.buffer) - len(body.buffer) % 4
+            pending += body.buffer[:take]
+            del body.buffer[: take + (1 if quote >= 0 else 0)]
+            if quote >= 0 or len(pending) >= DECODE_BYTES:
+                piece = bytes(pending[: len(pending) - (0 if quote >= 0 else len(pending) % 4)])
+                del pending[: len(piece)]
+                await run_in_threadpool(staged.feed, piece)
+            if quote >= 0:
+                if pending:  # fewer than 4 characters left over
+                    raise InvalidInputError("an inline file's content is not valid base64")
+                break
+            if not await body.more():
+                raise InvalidInputError("the commit ended inside an inline file's content")
+        value = _file_tail(await body.rest_of_line(FILE_TAIL_MAX, "the rest of an inline file's line"))
+        if value["path"] in IGNORED_FILES:
+            return None
+        path = check_path(value["path"])
+        if staged.size > size_cap(path):
+            raise InvalidAdapterError(f"{path} is {staged.size} bytes, above the {size_cap(path)} byte cap")
+        sha256 = staged.digest.hexdigest()
+        if await run_in_threadpool(put_staged, store, sha256, staged.size, staged.file):
+            stored.append(sha256)
+        return FileEntry(path, staged.size, sha256)
+    finally:
+        await run_in_threadpool(staged.file.close)
+
+
+def _file_tail(tail: bytes) -> dict[str, Any]:
+    """The ``value`` of a streamed file line, from what follows its content:
+    ``, "path": ..., "encoding": "base64"}}`` and nothing else."""
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise InvalidInputError("an inline file's line repeats a key (a second 'content'?)")
+        return dict(pairs)
+
+    item = loads_json(b'{"key": "file", "value": {"content": ""' + tail, what="an inline file's line",
+                      strict_strings=True, object_pairs_hook=no_repeats)
+    value = item.get("value") if isinstance(item, dict) else None
+    if set(item) != {"key", "value"} or not isinstance(value, dict) or not set(value) <= _FILE_KEYS:
+        raise InvalidInputError("an inline file's line holds only 'key' and a 'value' of content, path and encoding")
+    if value.get("encoding", "base64") != "base64":
+        raise InvalidInputError("an inline file's content must be base64")
+    if not isinstance(value.get("path"), str):
+        raise InvalidInputError("every operation needs a string 'path'")
+    return value
 
 
 async def _inline_file(value: dict[str, Any], store: BlobStore, stored: list[str]) -> FileEntry:

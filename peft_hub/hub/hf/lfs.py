@@ -7,6 +7,8 @@ The commit that names the uploaded files is :mod:`peft_hub.hub.hf.write`'s.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeGuard
@@ -25,8 +27,9 @@ from peft_hub.hub.auth import Principal
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.hf import blobs
 from peft_hub.hub.hf.access import HfPrincipalDep
-from peft_hub.hub.hf.commit import IGNORED_FILES, check_path, gitignore_matcher, upload_mode
+from peft_hub.hub.hf.commit import IGNORED_FILES, XET_CLIENT_INLINE_MAX_BYTES, check_path, upload_mode
 from peft_hub.hub.hf.write import json_object, main_only, parent_files, writable
+from peft_hub.hub.limits import HF_COMMIT_CAP
 from peft_hub.hub.models import pk
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import receive
@@ -37,9 +40,22 @@ router = APIRouter()
 MAX_LFS_OBJECTS = 256
 
 XET_HINT = (
-    "peft-hub does not speak the Xet protocol. Set HF_HUB_DISABLE_XET=1 so huggingface_hub uploads "
-    "files larger than the inline limit through Git LFS instead"
+    "peft-hub does not speak the Xet protocol. huggingface_hub >= 1.0 is sent files of up to "
+    f"{XET_CLIENT_INLINE_MAX_BYTES // 1024**3} GiB inline; for a larger file (or more in one commit than the "
+    f"{HF_COMMIT_CAP // 1024**2} MiB a commit body may carry) set HF_HUB_DISABLE_XET=1 so huggingface_hub "
+    "uploads it through Git LFS instead"
 )
+#: The huggingface_hub version in its User-Agent: ``...; hf_hub/2.4.0; ...``.
+_HF_HUB_AGENT = re.compile(r"(?:^|[;\s])(?:hf_hub|huggingface_hub)/(\d{1,6})\.")
+
+
+def takes_xet(user_agent: str) -> bool:
+    """Whether the client sends LFS files through Xet: huggingface_hub >= 1.0
+    does whenever ``hf_xet`` is importable (a dependency it installs), and
+    ignores the repo's ``xetEnabled``. Older ones ask ``xetEnabled`` (we say
+    false) and take Git LFS, as does anything that is not huggingface_hub."""
+    match = _HF_HUB_AGENT.search(user_agent)
+    return match is not None and int(match.group(1)) >= 1
 
 
 @router.post("/api/models/{owner}/{name}/preupload/{rev}")
@@ -47,7 +63,8 @@ async def preupload(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
     create_pr: str | None = None,
 ) -> dict[str, Any]:
-    """Say how each file travels: inline up to the inline limit, else LFS.
+    """Say how each file travels: inline up to the inline limit, else LFS
+    (see :func:`_upload_plan`).
 
     A name the registry refuses (a pickle, a subfolder) fails here, before
     any bytes are sent. ``oid`` is the stored sha256 for LFS files, so an
@@ -56,18 +73,24 @@ async def preupload(
     main_only(rev, create_pr)
     body = await json_object(request)
     ignored = gitignore_matcher(body.get("gitIgnore"))
-    return await run_in_threadpool(_upload_plan, session, principal, owner, name, body.get("files") or [], ignored)
+    xet = takes_xet(request.headers.get("user-agent", ""))
+    return await run_in_threadpool(
+        _upload_plan, session, principal, owner, name, body.get("files") or [], ignored, xet)
 
 
 def _upload_plan(
     session: Session, principal: Principal | None, owner: str, name: str, files: list[Any],
-    ignored: Callable[[str], bool],
+    ignored: Callable[[str], bool], xet: bool,
 ) -> dict[str, Any]:
+    """Each file inline up to the inline limit (higher for a Xet client, while
+    the commit body stays under its cap), else LFS; a file the parent holds
+    unchanged gets its oid so it is not sent again."""
     adapter, _ = writable(session, principal, owner, name)
     if not isinstance(files, list) or len(files) > MAX_LFS_OBJECTS:
         raise InvalidInputError(f"'files' must be a list of at most {MAX_LFS_OBJECTS} files")
     parent = parent_files(session, adapter)
     out = []
+    body_left = HF_COMMIT_CAP - 1024**2  # what inline files may take of the commit body (header aside)
     for spec in files:
         path, size = (spec.get("path"), spec.get("size")) if isinstance(spec, dict) else (None, None)
         if isinstance(path, str) and (path in IGNORED_FILES or ignored(path)):
@@ -78,11 +101,56 @@ def _upload_plan(
             raise InvalidInputError(f"{path}: 'size' must be a non-negative integer")
         if size > size_cap(path):
             raise InvalidAdapterError(f"{path} is {size} bytes, above the {size_cap(path)} byte cap")
-        mode = upload_mode(size)
+        line = size * 4 // 3 + 4 + 1024  # base64, and the JSON around it
+        mode = upload_mode(size, takes_xet=xet and line <= body_left)
+        if mode == "regular":
+            body_left -= line
         known = parent.get(path)
         oid = known.sha256 if mode == "lfs" and known is not None else None
         out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
     return {"files": out}
+
+
+#: A ``.gitignore`` longer than this is refused (patterns beyond it would not be read).
+GITIGNORE_MAX = 64 * 1024
+
+
+def gitignore_matcher(text: Any) -> Callable[[str], bool]:
+    """Whether a path is ignored by the ``.gitignore`` a client sends with its
+    preupload (``gitIgnore``), as huggingface.co answers ``shouldIgnore``.
+
+    The common subset of gitignore: blank lines and ``#`` comments skipped, a
+    pattern with a ``/`` (or ending in one) matches from the root, one without
+    matches any path component; ``!`` negations are not supported and refused.
+    """
+    if text is None:
+        return lambda path: False
+    if not isinstance(text, str) or len(text) > GITIGNORE_MAX:
+        raise InvalidInputError(f"'gitIgnore' must be a string of at most {GITIGNORE_MAX} characters")
+    patterns = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("!"):
+            raise InvalidInputError(f"the .gitignore line {line[:80]!r}: negations ('!') are not supported")
+        patterns.append(line)
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        for pattern in patterns:
+            directory = pattern.endswith("/")
+            pat = pattern.strip("/")
+            if "/" in pattern.rstrip("/"):  # anchored at the root
+                depth = pat.count("/") + 1
+                prefixes = ["/".join(parts[:i]) for i in range(depth, len(parts) + (0 if directory else 1))]
+                if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+                    return True
+            elif any(fnmatch.fnmatchcase(part, pat) for part in (parts[:-1] if directory else parts)):
+                return True
+        return False
+
+    return ignored
 
 
 @router.post("/{owner}/{repo}/info/lfs/objects/batch")
