@@ -58,6 +58,28 @@ def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Ten
     return out
 
 
+class DeltaBuffers:
+    """Float32 task-delta buffers kept from one module to the next.
+
+    A fresh 64–180 MB tensor is an mmap whose page faults cost about as much
+    as filling it; modules of a model share a few sizes, so the buffers of the
+    last size seen are kept (and dropped, before new ones are made, when the
+    size changes, so that the peak is never two sets).
+    """
+
+    def __init__(self) -> None:
+        self._numel = 0
+        self._free: list[torch.Tensor] = []
+
+    def take(self, shape: tuple[int, int], n: int) -> list[torch.Tensor]:
+        numel = shape[0] * shape[1]
+        if numel != self._numel or len(self._free) < n:
+            self._free = []  # release the old set before making the new one
+            self._free = [torch.empty(numel) for _ in range(n)]
+            self._numel = numel
+        return [buf.view(shape) for buf in self._free[:n]]
+
+
 def compute_module(
     plan: ModulePlan,
     factors: list[tuple[torch.Tensor, torch.Tensor]],
@@ -65,6 +87,7 @@ def compute_module(
     *,
     rank: int,
     out_dtype: torch.dtype = torch.float32,
+    buffers: DeltaBuffers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, ModuleResult]:
     """Compose one module.
 
@@ -78,6 +101,7 @@ def compute_module(
         rank: the output rank for this module (ignored by ``stack``).
         out_dtype: the dtype that will be written; ``stack`` computes in the
             wider of it and the inputs', so each value is rounded once.
+        buffers: reused for the dense methods' task deltas (overwritten).
 
     Returns:
         ``(B', A', result)``: B' (d, r') and A' (r', k), scale 1, in a float
@@ -95,11 +119,13 @@ def compute_module(
         b, a = stack_factors(factors, coeffs, torch.float64)  # (d, R), (R, k)
         b, a, kept, total = truncate_factors(b, a, rank)
         return b, a, ModuleResult(plan.name, b.shape[1], kept, total)
-    # Each (d, k): one term's weighted task delta.
-    tasks = [c * (bi.float() @ ai.float()) for (bi, ai), c in zip(factors, coeffs, strict=True)]
+    # Each (d, k): one term's weighted task delta, c·(B·A) scaled in place (the same rounding as c * (B @ A)).
+    bufs = (buffers or DeltaBuffers()).take((plan.d, plan.k), len(factors))
+    tasks = [torch.mm(bi.float(), ai.float(), out=buf).mul_(c)
+             for (bi, ai), c, buf in zip(factors, coeffs, bufs, strict=True)]
     merged = merge_dense(
         method, tasks, density=float(options.density or 0), majority_sign=options.majority_sign,
-        generator=module_generator(options.seed, plan.name),
+        generator=module_generator(options.seed, plan.name), inplace=True,
     )
     del tasks
     b, a, kept, total, how = dense_truncate(
@@ -155,11 +181,12 @@ def stream_compose(
     # more than it saves; the dense methods' large products use every core, and
     # lowrank drops to one thread around their thin steps.
     threads = 1 if options.resolved_method in FACTOR_METHODS else None
+    buffers = DeltaBuffers()
     try:
         with TensorReader([a.weights_path for a in inputs]) as reader, intra_op_threads(threads):
             for m in tqdm(modules, desc="compose", unit="module"):
                 b, a, result = compute_module(
-                    m, load_factors(reader, m), options, rank=ranks[m.name], out_dtype=out_dtype,
+                    m, load_factors(reader, m), options, rank=ranks[m.name], out_dtype=out_dtype, buffers=buffers,
                 )
                 if result.rank != ranks[m.name]:
                     raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")

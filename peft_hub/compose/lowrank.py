@@ -154,9 +154,19 @@ def factor_energy(b: torch.Tensor, a: torch.Tensor) -> float:
 
 
 def frobenius_sq(m: torch.Tensor, block: int = 256) -> float:
-    """``‖m‖²_F`` accumulated in float64, a block of rows at a time (no full float64 copy)."""
-    with intra_op_threads(1):  # many short reductions: see peft_hub.compose.threads
-        return sum(float(rows.to(CORE_DTYPE).square().sum()) for rows in m.split(block))
+    """``‖m‖²_F`` accumulated in float64, a block of rows at a time (no full float64 copy).
+
+    One float64 buffer is reused for every block (a fresh one per block is an
+    mmap and its page faults); the squares are exact in float64 for float32
+    input, and each block's sum is the same reduction as on a fresh tensor.
+    """
+    buf = torch.empty((min(block, m.shape[0]), *m.shape[1:]), dtype=CORE_DTYPE)
+    with torch.no_grad(), intra_op_threads(1):  # many short reductions: see peft_hub.compose.threads
+        total = 0.0
+        for rows in m.split(block):
+            b = buf[: rows.shape[0]]
+            total += float(b.copy_(rows).square_().sum())
+        return total
 
 
 def _orthonormal_basis(y: torch.Tensor) -> torch.Tensor:

@@ -15,21 +15,47 @@ weights this is the same as PEFT (pruning commutes with a positive scale,
 and the sign counts of ``frequency`` are unchanged). Where PEFT elects the
 ``total`` sign from the unweighted tensors, we elect it from the weighted
 ones, so that a negative weight subtracts a task instead of voting for it.
+
+The work is done block by block in :mod:`peft_hub.compose.fused`: a
+threshold per task instead of a top-k over a copy, and the sign election
+fused with the disjoint mean. Of entries tied in magnitude at a threshold,
+the lowest flat indices are kept (``topk`` leaves that choice to its
+selection algorithm).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from peft_hub.compose.fused import Cut, dare_cut, drop_rescale_, magnitude_cut, sum_pass, ties_pass, trim
 from peft_hub.compose.spec import MERGE_METHODS, MajoritySign, MergeMethod
 
 __all__ = ["MERGE_METHODS", "MajoritySign", "MergeMethod", "merge_dense"]
 
 
+def _cut(tensor: torch.Tensor, density: float) -> Cut | None:
+    """The magnitude cut keeping ``int(density·numel)`` entries (None: all, when ``density >= 1``)."""
+    if density >= 1:
+        return None
+    return magnitude_cut(tensor.reshape(-1), int(density * tensor.numel()))
+
+
+def _cuts(tensors: Sequence[torch.Tensor], density: float) -> list[Cut | None]:
+    """Every task's cut, on as many threads as torch has intra-op threads (numpy's passes release the GIL)."""
+    workers = min(torch.get_num_threads(), len(tensors))
+    if workers <= 1 or density >= 1:
+        return [_cut(t, density) for t in tensors]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda t: _cut(t, density), tensors))
+
+
 def prune_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``int(density·numel)`` entries of largest magnitude, zero the rest.
+
+    Of entries tied in magnitude at the threshold, the lowest flat indices are kept.
 
     Args:
         tensor: any shape.
@@ -38,13 +64,8 @@ def prune_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
     Returns:
         A new tensor of the same shape.
     """
-    if density >= 1:
-        return tensor.clone()
-    flat = tensor.reshape(-1)
-    k = int(density * flat.numel())
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.topk(flat.abs(), k=k, largest=True, sorted=False).indices] = True
-    return (flat * mask).reshape(tensor.shape)
+    cut = _cut(tensor, density)
+    return tensor.clone() if cut is None else trim(tensor, cut)
 
 
 def prune_random(tensor: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -53,82 +74,58 @@ def prune_random(tensor: torch.Tensor, density: float, generator: torch.Generato
     Args:
         tensor: any shape.
         density: keep probability, in (0, 1].
-        generator: the seeded source of randomness.
+        generator: the seeded source of randomness; ``numel`` uniforms are drawn unless ``density >= 1``.
 
     Returns:
         ``tensor · mask / density``, a new tensor.
     """
+    out = tensor.clone()
+    if density < 1:
+        drop_rescale_(out.reshape(-1), density, generator)
+    return out
+
+
+def _dare_cuts(tensors: Sequence[torch.Tensor], density: float, generator: torch.Generator) -> list[Cut | None]:
+    """DARE's keep masks for every task, drawn in task order (the generator's stream as one draw per task)."""
     if density >= 1:
-        return tensor.clone()
-    keep = torch.rand(tensor.shape, generator=generator, dtype=torch.float32) < density
-    return tensor * keep / density
+        return [None] * len(tensors)
+    return [dare_cut(t.numel(), density, generator) for t in tensors]
 
 
-def elect_sign(tensors: Sequence[torch.Tensor], method: MajoritySign) -> torch.Tensor:
-    """The elected sign per entry: +1 where the vote is ≥ 0, else -1.
-
-    Args:
-        tensors: the (trimmed, weighted) task tensors, same shape.
-        method: ``total`` sums the values, ``frequency`` sums their signs.
-
-    Returns:
-        A tensor of ±1 of the same shape.
-    """
-    vote = torch.zeros_like(tensors[0])
-    for t in tensors:
-        vote += t if method == "total" else t.sign()
-    return torch.where(vote >= 0, 1.0, -1.0).to(tensors[0].dtype)
-
-
-def disjoint_mean(tensors: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
-    """Mean of the entries whose sign agrees with the elected one (zeros never agree).
-
-    Args:
-        tensors: the task tensors, same shape.
-        sign: the elected ±1 sign per entry.
-
-    Returns:
-        The merged tensor; entries no task agrees on are zero.
-    """
-    total = torch.zeros_like(tensors[0])
-    count = torch.zeros_like(tensors[0])
-    for t in tensors:
-        agree = t.sign() == sign
-        total += t * agree
-        count += agree
-    return total / count.clamp(min=1.0)
-
-
-def ties(tensors: Sequence[torch.Tensor], density: float, majority_sign: MajoritySign = "total") -> torch.Tensor:
-    """TIES merging: trim, elect sign, disjoint mean.
+def ties(
+    tensors: Sequence[torch.Tensor], density: float, majority_sign: MajoritySign = "total", *, inplace: bool = False
+) -> torch.Tensor:
+    """TIES merging: trim, elect sign, disjoint mean (one pass after the thresholds).
 
     Args:
         tensors: weighted task tensors ``wᵢ·ΔWᵢ``, same shape.
         density: fraction of each task tensor kept by magnitude.
         majority_sign: how the sign is elected.
+        inplace: the result may be written over ``tensors[0]``.
 
     Returns:
         The merged dense tensor.
     """
-    trimmed = [prune_magnitude(t, density) for t in tensors]
-    return disjoint_mean(trimmed, elect_sign(trimmed, majority_sign))
+    cuts = _cuts(tensors, density)
+    return ties_pass(tensors, cuts, majority_sign, out=_out(tensors, inplace))
 
 
-def dare_linear(tensors: Sequence[torch.Tensor], density: float, generator: torch.Generator) -> torch.Tensor:
+def dare_linear(
+    tensors: Sequence[torch.Tensor], density: float, generator: torch.Generator, *, inplace: bool = False
+) -> torch.Tensor:
     """DARE drop-and-rescale, then a plain sum.
 
     Args:
         tensors: weighted task tensors, same shape.
         density: keep probability.
         generator: seeded; consumed in task order.
+        inplace: accepted for symmetry with the others; the tasks are only read.
 
     Returns:
         The merged dense tensor.
     """
-    out = torch.zeros_like(tensors[0])
-    for t in tensors:
-        out += prune_random(t, density, generator)
-    return out
+    del inplace  # the drop is fused into the sum; the tasks are only read
+    return sum_pass(tensors, _dare_cuts(tensors, density, generator))
 
 
 def dare_ties(
@@ -136,6 +133,8 @@ def dare_ties(
     density: float,
     generator: torch.Generator,
     majority_sign: MajoritySign = "total",
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """DARE drop-and-rescale, then TIES's sign election and disjoint mean.
 
@@ -144,12 +143,13 @@ def dare_ties(
         density: keep probability.
         generator: seeded; consumed in task order.
         majority_sign: how the sign is elected.
+        inplace: the result may be written over ``tensors[0]``.
 
     Returns:
         The merged dense tensor.
     """
-    dropped = [prune_random(t, density, generator) for t in tensors]
-    return disjoint_mean(dropped, elect_sign(dropped, majority_sign))
+    cuts = _dare_cuts(tensors, density, generator)
+    return ties_pass(tensors, cuts, majority_sign, out=_out(tensors, inplace))
 
 
 def magnitude_prune(tensors: Sequence[torch.Tensor], density: float) -> torch.Tensor:
@@ -162,10 +162,12 @@ def magnitude_prune(tensors: Sequence[torch.Tensor], density: float) -> torch.Te
     Returns:
         The merged dense tensor.
     """
-    out = torch.zeros_like(tensors[0])
-    for t in tensors:
-        out += prune_magnitude(t, density)
-    return out
+    return sum_pass(tensors, _cuts(tensors, density))
+
+
+def _out(tensors: Sequence[torch.Tensor], inplace: bool) -> torch.Tensor | None:
+    """Where a merge may write: over the first task when allowed and it is a plain contiguous buffer."""
+    return tensors[0] if inplace and tensors[0].is_contiguous() else None
 
 
 def merge_dense(
@@ -175,6 +177,7 @@ def merge_dense(
     density: float,
     majority_sign: MajoritySign = "total",
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Dispatch to one of the merge methods.
 
@@ -184,18 +187,20 @@ def merge_dense(
         density: see each method.
         majority_sign: for ``ties`` and ``dare_ties``.
         generator: required for the DARE methods.
+        inplace: the task tensors are scratch: TIES and DARE-TIES write the
+            result over the first.
 
     Returns:
         The merged dense tensor.
     """
     if method == "ties":
-        return ties(tensors, density, majority_sign)
+        return ties(tensors, density, majority_sign, inplace=inplace)
     if method == "magnitude_prune":
         return magnitude_prune(tensors, density)
     if generator is None:
         raise ValueError(f"{method} needs a seeded generator")
     if method == "dare_linear":
-        return dare_linear(tensors, density, generator)
+        return dare_linear(tensors, density, generator, inplace=inplace)
     if method == "dare_ties":
-        return dare_ties(tensors, density, generator, majority_sign)
+        return dare_ties(tensors, density, generator, majority_sign, inplace=inplace)
     raise ValueError(f"unknown merge method {method!r}")
