@@ -14,12 +14,18 @@ and its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
 - ``load-nf4`` / ``load-int8``: the same with a ``BitsAndBytesConfig``
   (transformers quantizing while it loads);
 - ``stream-nf4`` / ``stream-int8``: quantized materialize;
-  target: <= 2x the time of a plain load.
+  target: <= 2x the time of a plain load;
+- ``copy``: ``cp`` of the same files materialize reads (shards, index,
+  config, side files) into a fresh directory, timed around the ``cp`` process;
+  target: ``stream`` >= 0.6x its speed (issue #15);
+- ``memcpy``: one in-memory copy of as many bytes as the shards hold (the
+  bandwidth limit).
 
-Prints every figure and the ratios. Times are the best of ``--repeats`` runs
-(the machine this was written on is shared), RSS the worst. Not a test.
+Modes run interleaved (round-robin, ``--repeats`` rounds) so a busy machine
+disturbs every mode alike; ratios use the median of each mode's runs, RSS the
+worst. Prints every figure and the ratios. Not a test.
 
-    python bench/bench_materialize.py [--workdir DIR] [--repeats 3] [--modes load,stream,...] [--keep]
+    python bench/bench_materialize.py [--workdir DIR] [--repeats 3] [--modes stream,copy,memcpy,...] [--keep]
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
 HIDDEN, INTER, LAYERS, VOCAB, RANK = 2048, 5632, 8, 32000, 16
 SHARD = "250MB"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MODES = ["load", "peft", "stream", "load-nf4", "stream-nf4", "load-int8", "stream-int8"]
+MODES = ["load", "peft", "stream", "copy", "memcpy", "load-nf4", "stream-nf4", "load-int8", "stream-int8"]
 
 
 def build(work: Path) -> None:
@@ -71,6 +77,15 @@ def child(mode: str, work: Path) -> dict:
     """Run one measurement in this process; return seconds and peak RSS."""
     import torch
 
+    if mode == "memcpy":
+        size = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
+        src = torch.ones(size, dtype=torch.uint8)
+        dst = torch.zeros(size, dtype=torch.uint8)  # both touched first: no page faults in the timing
+        started = time.perf_counter()
+        dst.copy_(src)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": peak / 1024}
     # Each side imports only what it needs: the streaming path never imports transformers
     # unless it quantizes, and that is part of what it saves.
     if mode.startswith("stream"):
@@ -111,7 +126,21 @@ def child(mode: str, work: Path) -> dict:
     return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024}
 
 
+def copy_files(work: Path) -> dict:
+    """``cp`` of every file of the base into a fresh directory (what materialize reads)."""
+    out = work / "out-copy"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    files = sorted(str(p) for p in (work / "base").iterdir() if p.is_file())
+    started = time.perf_counter()
+    subprocess.run(["cp", *files, str(out)], check=True)
+    seconds = time.perf_counter() - started
+    return {"mode": "copy", "seconds": seconds, "peak_rss_mb": float("nan"), "baseline_rss_mb": float("nan")}
+
+
 def measure(mode: str, work: Path) -> dict:
+    if mode == "copy":
+        return copy_files(work)
     proc = subprocess.run([sys.executable, __file__, "--child", mode, "--workdir", str(work)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -142,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3,
-                        help="Runs per mode: ratios use the fastest (least disturbed) run and the highest RSS.")
+                        help="Rounds: ratios use each mode's median run and its highest RSS.")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -174,18 +203,24 @@ def main() -> None:
             while fh.read(64 << 20):
                 pass
 
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for _ in range(args.repeats):  # round-robin: each round runs every mode once
+        for mode in modes:
+            runs[mode].append(measure(mode, work))
     results: dict[str, dict] = {}
-    for mode in args.modes.split(","):
-        runs = [measure(mode, work) for _ in range(args.repeats)]
+    for mode in modes:
         results[mode] = {
-            "seconds": min(r["seconds"] for r in runs),
-            "median_seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-            "baseline_rss_mb": max(r["baseline_rss_mb"] for r in runs),
+            "seconds": statistics.median(r["seconds"] for r in runs[mode]),
+            "all": [r["seconds"] for r in runs[mode]],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[mode]),
+            "baseline_rss_mb": max(r["baseline_rss_mb"] for r in runs[mode]),
         }
         r = results[mode]
-        print(f"{mode:<12} {r['seconds']:7.2f} s (median {r['median_seconds']:6.2f})   "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['baseline_rss_mb']:.0f} MB)", flush=True)
+        rate = (2 if mode in ("stream", "copy", "memcpy") else 1) * size / r["seconds"] / 1e9
+        print(f"{mode:<12} median {r['seconds']:7.3f} s ({' '.join(f'{x:.3f}' for x in r['all'])})  "
+              f"{rate:5.2f} GB/s   peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['baseline_rss_mb']:.0f} MB)",
+              flush=True)
 
     def ratio(a: str, b: str, key: str) -> str:
         if a in results and b in results:
@@ -193,6 +228,8 @@ def main() -> None:
         return "n/a"
 
     print()
+    print(f"stream speed / cp speed:       {ratio('copy', 'stream', 'seconds')}x   (target >= 0.6)")
+    print(f"stream speed / memcpy speed:   {ratio('memcpy', 'stream', 'seconds')}x")
     print(f"peft / stream time:            {ratio('peft', 'stream', 'seconds')}x   (target >= 2)")
     print(f"stream / peft peak RSS:        {ratio('stream', 'peft', 'peak_rss_mb')}x   (target <= 0.5)")
     for q in ("nf4", "int8"):

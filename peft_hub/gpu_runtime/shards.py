@@ -1,16 +1,20 @@
 """A base checkpoint's safetensors shards: read one tensor at a time, write
 shards tensor by tensor, and copy untouched tensors as raw bytes.
 
-Nothing here holds more than one tensor in memory, so a merge over a
-checkpoint costs about one tensor of RAM on top of what is being computed.
+Merges read tensors from a copy-on-write mapping of the shard
+(:class:`MappedShard`) and write into reusable buffers from a
+:class:`BufferPool`, so the memory of a merge is bounded by the pool's
+budget (or one tensor, when a single tensor is larger) plus the few
+tensors mapped at a time.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import threading
 from dataclasses import dataclass, field
-from io import BufferedIOBase
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,11 +33,18 @@ SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
-__all__ = ["FLOAT_DTYPES", "ST_DTYPES", "TORCH_DTYPES", "Checkpoint", "ShardWriter", "open_checkpoint", "read_tensor"]
+__all__ = [
+    "FLOAT_DTYPES", "ST_DTYPES", "TORCH_DTYPES", "BufferPool", "Checkpoint", "MappedShard", "ShardWriter",
+    "open_checkpoint",
+    "read_tensor",
+]
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 _COPY_CHUNK = 16 * 1024 * 1024
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_ROUND = 1 << 20  # buffer sizes are rounded up to this, so similar tensors share buffers
 
 
 @dataclass
@@ -109,19 +120,132 @@ def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(root, headers, weight_map, metadata, sharded)
 
 
-def read_tensor(fh: BufferedIOBase, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor:
-    """Read one tensor of an open shard into a fresh CPU tensor."""
+def read_tensor(
+    fh: BinaryIO, header: SafetensorsHeader, info: TensorInfo, buf: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Read one tensor of an open shard into CPU memory: ``buf`` (uint8, reused) or a fresh buffer.
+
+    Reads are positional (``pread``), so threads may share ``fh``.
+    """
     dtype = TORCH_DTYPES.get(info.dtype)
     if dtype is None:
         raise InvalidInputError(f"tensor {info.name} has dtype {info.dtype}, which torch cannot hold")
     nbytes = info.end - info.start
     if nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
-    buf = bytearray(nbytes)
-    fh.seek(header.data_offset + info.start)
-    if fh.readinto(buf) != nbytes:
-        raise InvalidInputError(f"tensor {info.name} is truncated")
-    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+    raw = torch.empty(nbytes, dtype=torch.uint8) if buf is None else buf[:nbytes]
+    view, offset = raw.numpy().data, header.data_offset + info.start
+    while view:
+        n = os.preadv(fh.fileno(), [view], offset)
+        if n == 0:
+            raise InvalidInputError(f"tensor {info.name} is truncated")
+        view, offset = view[n:], offset + n
+    return raw.view(dtype).reshape(info.shape)
+
+
+class MappedShard:
+    """A shard mapped copy-on-write, so merges read tensors straight from the page cache.
+
+    Views stay valid while they live (the mapping is released with the last
+    one); writing into a view would change a private copy, never the file.
+    A tensor whose offset does not suit its dtype is read into memory instead.
+    """
+
+    def __init__(self, fh: BinaryIO, header: SafetensorsHeader) -> None:
+        self._fh, self._header = fh, header
+        size = os.fstat(fh.fileno()).st_size
+        self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+        if self._map is not None and hasattr(mmap, "MADV_WILLNEED"):
+            try:
+                self._map.madvise(mmap.MADV_WILLNEED)  # one asynchronous readahead of the whole shard if cold
+            except OSError:
+                pass  # only a hint
+
+    def _span(self, info: TensorInfo) -> tuple[int, int]:
+        start = self._header.data_offset + info.start
+        return start, start + info.end - info.start
+
+    def tensor(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor, as a view of the mapping when it can be one."""
+        dtype = TORCH_DTYPES.get(info.dtype)
+        start, end = self._span(info)
+        if self._map is None or dtype is None or end == start or start % dtype.itemsize:
+            return read_tensor(self._fh, self._header, info)
+        if end > len(self._map):
+            raise InvalidInputError(f"tensor {info.name} is truncated")
+        return torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=start).view(dtype).reshape(
+            info.shape)
+
+    def prefetch(self, info: TensorInfo) -> None:
+        """Fault the tensor's pages in now (reading them from disk if need be), off the merging thread."""
+        self._advise(info, _MADV_POPULATE_READ, inner=False)
+
+    def release(self, info: TensorInfo) -> None:
+        """Unmap the tensor's pages (they stay in the page cache), so the mapping adds little to RSS."""
+        self._advise(info, _MADV_DONTNEED, inner=True)
+
+    def _advise(self, info: TensorInfo, advice: int | None, *, inner: bool) -> None:
+        start, end = self._span(info)
+        if self._map is None or advice is None or end <= start or end > len(self._map):
+            return
+        # Pages shared with a neighbouring tensor are kept when releasing.
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE if inner else start - start % mmap.PAGESIZE
+        last = end - end % mmap.PAGESIZE if inner else end
+        if last > first:
+            try:
+                self._map.madvise(advice, first, last - first)
+            except (OSError, AttributeError):
+                pass  # an older kernel without MADV_POPULATE_READ: pages fault in as the merge reads them
+
+
+class BufferPool:
+    """Reusable CPU byte buffers for tensors in flight, at most ``budget`` bytes in use.
+
+    A tensor larger than the budget still gets a buffer, alone. Reuse matters:
+    fresh buffers cost a page fault per 4 KB on first touch.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._free: list[torch.Tensor] = []
+        self._busy = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A uint8 buffer of at least ``nbytes``; waits while the budget is used up."""
+        size = -(-max(nbytes, 1) // _ROUND) * _ROUND
+        with self._cond:
+            while not self._closed and self._busy and self._busy + size > self._budget:
+                self._cond.wait()
+            if self._closed:
+                raise RuntimeError("the buffer pool was closed")
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= size]
+            if fits:
+                buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+            else:
+                # Drop idle buffers until a new one fits next to them under the budget.
+                self._free.sort(key=torch.Tensor.numel)
+                while self._free and self._busy + size + sum(b.numel() for b in self._free) > self._budget:
+                    self._free.pop(0)
+                buf = torch.empty(size, dtype=torch.uint8)
+            self._busy += buf.numel()
+            return buf
+
+    def give(self, buf: torch.Tensor) -> None:
+        """Return a buffer from :meth:`take`."""
+        with self._cond:
+            self._busy -= buf.numel()
+            if buf.numel() <= self._budget and not self._closed:
+                self._free.append(buf)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wake and fail every waiting :meth:`take` (on errors, so no thread waits forever)."""
+        with self._cond:
+            self._closed = True
+            self._free.clear()
+            self._cond.notify_all()
 
 
 class ShardWriter:
@@ -172,15 +296,15 @@ class ShardWriter:
                 return
             except OSError:
                 pass  # e.g. across file systems that refuse it; fall back to read/write
-        src.seek(offset)
-        while remaining:
-            chunk = src.read(min(remaining, _COPY_CHUNK))
+        while remaining:  # positional reads: the same handle may be read by another thread
+            chunk = os.pread(src_fd, min(remaining, _COPY_CHUNK), offset)
             if not chunk:
                 raise InvalidInputError(f"{name}: source file ended early")
             view = memoryview(chunk)
             while view:
                 view = view[self._fh.write(view):]
             remaining -= len(chunk)
+            offset += len(chunk)
 
     def close(self) -> None:
         self._fh.close()

@@ -5,15 +5,25 @@ tensor the adapter changes is read, merged in fp32 on the compute device and
 written in the output dtype; a tensor it does not change is copied as raw
 bytes (or only cast when the output dtype differs). With quantization, each
 Linear weight is also quantized as it goes.
+
+Reads, merges and writes overlap: the shard is mapped copy-on-write, a reader
+thread faults the next tensors' pages in while the calling thread merges from
+the mapping into a pooled buffer, and a writer thread writes finished tensors
+and copies untouched ones in file order. Both hand-offs are bounded
+(:data:`DEPTH` tensors; at most :data:`BUDGET` bytes of buffers), so memory
+stays a few tensors whatever the checkpoint's size.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,14 +35,20 @@ from peft_hub.gpu_runtime.shards import (
     FLOAT_DTYPES,
     INDEX_NAME,
     ST_DTYPES,
+    TORCH_DTYPES,
+    BufferPool,
     Checkpoint,
+    MappedShard,
     ShardWriter,
     read_tensor,
 )
 from peft_hub.progress import tqdm
+from peft_hub.safetensors_header import SafetensorsHeader, TensorInfo
 
-#: Writes one planned tensor into the open output shard.
-Emit = Callable[[ShardWriter], None]
+#: Tensors read ahead of the merge, and merged tensors queued for the writer.
+DEPTH = 2
+#: Bytes of read buffers in flight at once (a larger tensor goes alone).
+BUDGET = 96 << 20
 
 
 @dataclass
@@ -47,21 +63,19 @@ class MergeStats:
     weight_map: dict[str, str] = field(default_factory=dict)
 
 
-def _put(name: str, tensor: torch.Tensor) -> Emit:
-    return lambda writer: writer.write(name, tensor)
+@dataclass
+class _Job:
+    """One output tensor: copied as raw bytes, written from memory, or read, computed and written."""
 
-
-def _write(name: str, make: Callable[[], torch.Tensor]) -> Emit:
-    """Write ``make()`` when its turn comes, so only one tensor is built at a time."""
-    return lambda writer: writer.write(name, make())
-
-
-def _cast(name: str, load: Callable[[], torch.Tensor], dtype: torch.dtype) -> Emit:
-    return lambda writer: writer.write(name, load().to(dtype))
-
-
-def _copy(name: str, src: BinaryIO, offset: int) -> Emit:
-    return lambda writer: writer.copy_raw(name, src, offset)
+    name: str
+    st: str  # safetensors dtype code
+    shape: tuple[int, ...]
+    copy_from: int | None = None  # raw copy: the absolute offset in the base shard
+    tensor: torch.Tensor | None = None  # already computed (quantization outputs)
+    source: TensorInfo | None = None  # read this base tensor ...
+    #: ... and turn it into the output, given an empty output-shaped tensor on the CPU (or None)
+    make: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    progress: int = 0  # base bytes it accounts for
 
 
 def to_checkpoint_names(model_names: set[str], base_keys: set[str]) -> set[str]:
@@ -143,56 +157,55 @@ def _stream_merge(
     qweights = to_checkpoint_names(layout.linear, base_keys) if (layout and quantize != "none") else set()
     out_st = ST_DTYPES[dtype]
     stats = MergeStats()
+    scratch = torch.empty(1 << 20, dtype=torch.float32, device=device)  # merge_rows' upcast blocks, reused
+    pool = BufferPool(BUDGET)
     bar = tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, desc="materialize")
     for shard, header in ckpt.headers.items():
-        plan: list[tuple[str, str, tuple[int, ...], Emit]] = []
+        jobs: list[_Job] = []
         with open(ckpt.root / shard, "rb") as fh:
             for name, info in sorted(header.tensors.items(), key=lambda kv: kv[1].start):
                 upd = updates.get(name)
                 floating = info.dtype in FLOAT_DTYPES
                 st = out_st if floating else info.dtype
+                nbytes = info.end - info.start
 
-                def load(info=info, header=header) -> torch.Tensor:
-                    return read_tensor(fh, header, info).to(device)
-
-                def value(name=name, info=info, upd=upd) -> torch.Tensor:
-                    t = load(info)
+                def merged(raw: torch.Tensor, out: torch.Tensor | None = None, name: str = name,
+                           info: TensorInfo = info, upd: TensorUpdate | None = upd) -> torch.Tensor:
+                    t = raw.to(device)  # read only: on the CPU, a view of the mapped shard
                     if upd is None:
-                        return t.to(dtype)
+                        return t.to(dtype) if out is None else out.copy_(t)
                     return upd.apply(
-                        t, base_key=name, dtype=dtype,
+                        t, base_key=name, dtype=dtype, out=out, scratch=scratch,
                         transposed=is_transposed(name, info.shape, upd, transposed, fan_in_fan_out),
                     )
 
                 if name in qweights:
-                    w = value()
+                    w = merged(read_tensor(fh, header, info))
                     if transposed is not None and name in transposed:
                         w = w.T.contiguous()  # transformers quantizes Conv1D weights as (out, in)
                     prefix = name[: -len("weight")]
                     for k, t in quantize_weight(w, quantize, compute_dtype=dtype, device=device).items():
-                        key = prefix + k
-                        plan.append((key, ST_DTYPES[t.dtype], tuple(t.shape), _put(key, t)))
+                        jobs.append(_Job(prefix + k, ST_DTYPES[t.dtype], tuple(t.shape), tensor=t,
+                                         progress=nbytes if prefix + k == name else 0))
                     stats.quantized += 1
                     stats.merged += upd is not None
                 elif upd is not None:
                     if not floating:
                         raise IncompatibleAdaptersError(f"the adapter changes {name}, which is not floating-point")
-                    plan.append((name, st, info.shape, _write(name, value)))
+                    jobs.append(_Job(name, st, info.shape, source=info, make=merged, progress=nbytes))
                     stats.merged += 1
                 elif floating and info.dtype != out_st:
-                    plan.append((name, st, info.shape, _cast(name, load, dtype)))  # load's defaults hold this info
+                    jobs.append(_Job(name, st, info.shape, source=info, make=merged, progress=nbytes))
                     stats.cast += 1
                 else:
-                    offset = header.data_offset + info.start
-                    plan.append((name, st, info.shape, _copy(name, fh, offset)))
+                    jobs.append(_Job(name, st, info.shape, copy_from=header.data_offset + info.start,
+                                     progress=nbytes))
                     stats.copied += 1
             metadata = {**header.metadata, "format": "pt"}
-            with ShardWriter(out_dir / shard, [(n, d, s) for n, d, s, _ in plan], metadata) as writer:
-                for name, _, _, emit in plan:
-                    emit(writer)
-                    stats.weight_map[name] = shard
-                    if name in header.tensors:  # not the extra quantization-state tensors
-                        bar.update(header.tensors[name].end - header.tensors[name].start)
+            with ShardWriter(out_dir / shard, [(j.name, j.st, j.shape) for j in jobs], metadata) as writer:
+                _run(jobs, fh, header, writer, pool, bar, device)
+            for job in jobs:
+                stats.weight_map[job.name] = shard
             stats.bytes_written += writer.data_bytes
     bar.close()
     if ckpt.sharded:
@@ -201,3 +214,74 @@ def _stream_merge(
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return stats
 
+
+def _run(jobs: list[_Job], fh: BinaryIO, header: SafetensorsHeader, writer: ShardWriter, pool: BufferPool,
+         bar: Any, device: torch.device) -> None:
+    """Write ``jobs`` in file order, reading ahead on one thread and writing on another.
+
+    The first error of any stage is raised here, after both threads have stopped.
+    """
+
+    shard = MappedShard(fh, header)
+    to_cpu = device.type == "cpu"
+
+    def read(job: _Job) -> torch.Tensor:
+        assert job.source is not None
+        shard.prefetch(job.source)
+        return shard.tensor(job.source)
+
+    def write(job: _Job, value: torch.Tensor | None, buf: torch.Tensor | None) -> None:
+        try:
+            if job.copy_from is not None:
+                writer.copy_raw(job.name, fh, job.copy_from)
+            else:
+                assert value is not None
+                writer.write(job.name, value)
+            bar.update(job.progress)
+        finally:
+            if buf is not None:
+                pool.give(buf)
+
+    sources: Iterator[_Job] = (j for j in jobs if j.source is not None)
+    reads: deque[Future[torch.Tensor]] = deque()
+    writes: deque[Future[None]] = deque()  # in file order, as the writer runs them
+    held: deque[Future[None]] = deque()  # those holding a buffer or a computed tensor
+    with ThreadPoolExecutor(1, thread_name_prefix="materialize-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="materialize-write") as out:
+        try:
+            def read_ahead() -> None:
+                while len(reads) < DEPTH and (nxt := next(sources, None)) is not None:
+                    reads.append(reader.submit(read, nxt))
+
+            read_ahead()
+            for job in jobs:
+                value, buf = job.tensor, None
+                if job.make is not None:
+                    assert job.source is not None
+                    raw = reads.popleft().result()
+                    read_ahead()
+                    out_view = None
+                    if to_cpu:
+                        out_dtype = TORCH_DTYPES[job.st]
+                        nbytes = math.prod(job.shape) * out_dtype.itemsize
+                        buf = pool.take(nbytes)
+                        out_view = buf[:nbytes].view(out_dtype).view(job.shape)
+                    value = job.make(raw, out_view)
+                    del raw, out_view
+                    shard.release(job.source)
+                writes.append(out.submit(write, job, value, buf))
+                if value is not None:
+                    held.append(writes[-1])
+                while len(held) > DEPTH:
+                    held.popleft().result()
+                while writes and writes[0].done():
+                    writes.popleft().result()  # a failed write stops the pass here
+            for fut in writes:
+                fut.result()
+        except BaseException:
+            pool.close()
+            for ahead in reads:
+                ahead.cancel()
+            for queued in writes:
+                queued.cancel()
+            raise
