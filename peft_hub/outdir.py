@@ -33,7 +33,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,9 @@ class OutputDir:
     error: type[PeftHubError] = InvalidInputError
     flag: str = "--into-existing"
     record: bool = True  # keep a record in the cache (the cache's own snapshots need none)
+    #: Run on the staging directory when :meth:`commit` starts, before anything
+    #: is visible: raising leaves the target as it was (e.g. the sources changed).
+    check: Callable[[Path], None] | None = None
     _staging: AbstractContextManager[Path] | None = None
     path: Path | None = None  # the staging directory, while staged
 
@@ -135,6 +138,8 @@ class OutputDir:
         if staged is None:
             raise RuntimeError("commit() before stage()")
         try:
+            if self.check is not None:
+                self.check(staged)
             names = sorted(p.name for p in staged.iterdir())
             if self.mode == "replace" and (self.target.exists() or self.target.is_symlink()):
                 self._swap(staged)

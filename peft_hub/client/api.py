@@ -318,6 +318,12 @@ class HubClient(AdminMixin):
                         assemble(blobs, replace_output(target, kind="snapshot", identity=label), link=True)
                         for f in files:  # the new links changed the blobs' ctime, not their bytes
                             self.cache.restamp(f.sha256)
+                elif all(self.cache.fresh(f.sha256) for f in files):
+                    # Hashed as they arrived just now: copied in the kernel, unhashed,
+                    # and checked unchanged before the directory is handed over.
+                    fresh = {f.path: (f.sha256, f.size) for f in files}
+                    out.check = lambda staged, fresh=fresh: self.cache.check_fresh_copies(staged, fresh)
+                    target = assemble(blobs, out, record={"revision": revision})
                 else:
                     target = assemble(blobs, out, digests={f.path: f.sha256 for f in files},
                                       record={"revision": revision})

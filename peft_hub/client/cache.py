@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from peft_hub.adapter import sha256_file
-from peft_hub.client.names import REVISION_RE, SHA256_RE, check_revision, check_sha256
+from peft_hub.client.names import (
+    REVISION_RE,
+    SHA256_RE,
+    BlobChangedError,
+    check_name,
+    check_revision,
+    check_sha256,
+)
 from peft_hub.names import validate_repo_id
 from peft_hub.paths import cache_dir
 from peft_hub.progress import tqdm
@@ -96,6 +103,9 @@ class BlobCache:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root else cache_dir()
+        #: Blobs this process downloaded and verified, with their fingerprint
+        #: then (kept in memory: no other process can forge it).
+        self._fresh: dict[str, tuple[int, int, int, int]] = {}
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / check_sha256(sha256)
@@ -200,8 +210,34 @@ class BlobCache:
         os.chmod(part.path, 0o444)
         final = self.blob_path(sha256)
         os.replace(part.path, final)  # while still locked, so no cleanup takes it first
-        self._write_stamp(sha256, os.lstat(final))
+        st = os.lstat(final)
+        self._write_stamp(sha256, st)
+        self._fresh[sha256] = _fingerprint(st)
         return final
+
+    def fresh(self, sha256: str) -> bool:
+        """Whether this process verified the blob's bytes as it downloaded them,
+        and its inode is unchanged since (size, mtime, ctime: a write moves the ctime)."""
+        try:
+            return self._fresh.get(sha256) == _fingerprint(os.lstat(self.blob_path(sha256)))
+        except OSError:
+            return False
+
+    def check_fresh_copies(self, staged: Path, files: dict[str, tuple[str, int]]) -> None:
+        """Check copies of fresh blobs made without hashing (in the kernel), before they are handed over.
+
+        Each ``files`` name maps to its blob's sha256 and size. A copy is good when it is a
+        plain file of the size, and its blob is still :meth:`fresh` now that the copy is done:
+        then no byte of the blob changed before or during the copy, so the copy is the bytes
+        that were hashed as they came.
+
+        Raises:
+            BlobChangedError: naming the first copy that cannot be trusted.
+        """
+        for name, (sha256, size) in files.items():
+            st = os.lstat(staged / check_name(name))
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size or not self.fresh(sha256):
+                raise BlobChangedError(f"the cached copy of {name} changed while it was copied", sha256)
 
     # --- leftovers, verification, listing --------------------------------------------
 

@@ -9,14 +9,16 @@ followed by hand, so the token never follows one off the hub's origin.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
+from peft_hub.client import ranged
 from peft_hub.client.cache import BlobCache, Partial
 from peft_hub.client.http import raise_for_status, redact
 from peft_hub.client.names import check_sha256
@@ -58,6 +60,35 @@ def _get(session: httpx.Client, url: str | httpx.URL, headers: dict[str, str]) -
     raise HubUnreachableError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
 
 
+class _Hasher:
+    """The sha256 of the blocks given, computed on a thread of its own, so
+    that hashing overlaps receiving (hashlib releases the GIL on large blocks).
+    At most ``depth`` blocks wait: memory stays bounded."""
+
+    def __init__(self, depth: int = 64) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._digest.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def close(self) -> None:
+        """Stop the thread once it has hashed every block given (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._digest.hexdigest()
+
+
 class _Restart(Exception):  # noqa: N818 - a control-flow signal caught in this module, like StopIteration
     """The server's answer cannot continue the bytes held; the next try starts the file again."""
 
@@ -70,7 +101,7 @@ class _Fetch:
     size: int
     bar: tqdm
     received: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
+    digest: _Hasher = field(default_factory=_Hasher)
     resumed: bool = False  # some bytes came from a ranged answer
     ranges: bool = True  # whether to ask for a range at all
 
@@ -78,7 +109,8 @@ class _Fetch:
         self.bar.update(-self.received)
         self.part.fh.seek(0)
         self.part.fh.truncate()
-        self.received, self.digest, self.resumed = 0, hashlib.sha256(), False
+        self.digest.close()
+        self.received, self.digest, self.resumed = 0, _Hasher(), False
 
     def once(self, session: httpx.Client, url: str) -> None:
         """One try: ask for the bytes not yet held, and append what comes."""
@@ -137,18 +169,27 @@ def download(
     check_sha256(sha256)
     with cache.partial(sha256) as part:
         fetch = _Fetch(part, size, bar)
+        passes = (False, True)
         try:
-            for last in (False, True):
+            if size >= ranged.MIN_SIZE:
+                digest = ranged.fetch(session, url, size, part.fh.fileno(), bar, retry=retry, opener=_get)
+                if digest == sha256:
+                    return cache.commit(part, sha256)
+                if digest is not None:  # stitched from ranges that do not fit: fetch it whole, once
+                    bar.update(-size)
+                    fetch.ranges, passes = False, (True,)
+                part.fh.truncate(0)
+            for last in passes:
                 for attempt in retry.retrying(_retryable, progress=lambda: fetch.received):
                     with attempt:
                         fetch.once(session, url)
                 if fetch.received != size:
                     raise ChecksumMismatchError(f"the hub served {fetch.received} bytes, not {size}")
-                if fetch.digest.hexdigest() == sha256:
+                digest = fetch.digest.hexdigest()
+                if digest == sha256:
                     return cache.commit(part, sha256)
                 if last or not fetch.resumed:
-                    raise ChecksumMismatchError(f"the hub served {size} bytes hashing to {fetch.digest.hexdigest()}, "
-                                                f"not {sha256}")
+                    raise ChecksumMismatchError(f"the hub served {size} bytes hashing to {digest}, not {sha256}")
                 fetch.ranges = False  # stitched from ranges that do not fit: fetch it whole, once
                 fetch.restart()
         except httpx.HTTPError as exc:
@@ -157,6 +198,8 @@ def download(
             raise StorageError(f"{name}: download failed after {fetch.received} bytes: {exc}") from None
         except PeftHubError as exc:
             raise _named(exc, name) from None
+        finally:
+            fetch.digest.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -9,6 +9,7 @@ that name the dependency, never bare 500s.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from sqlmodel import Session
 
 from peft_hub import __version__
 from peft_hub.errors import StorageUnavailableError
-from peft_hub.hub import crud, errors_http
+from peft_hub.hub import cache, crud, errors_http
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import BODY_CLOCK, UNAVAILABLE, describe, engine_from, unavailable
 from peft_hub.hub.errors_http import header_safe, render_error, without_queries  # noqa: F401 - their old home
@@ -63,6 +64,28 @@ def bootstrap(engine, settings: Settings) -> str | None:
     return token
 
 
+def say_token(settings: Settings, token: str) -> None:
+    """Print the first admin's token: shown once, by design."""
+    print(f"Created the first admin {settings.admin_name!r}. Its token, shown only now:\n  {token}\n"
+          f"Saved to {settings.token_file} for the peft-hub CLI on this machine.", flush=True)
+
+
+async def prepare_database(settings: Settings) -> str | None:
+    """Migrate and bootstrap as a start does, waiting for the database:
+    what ``serve --workers`` runs once before its workers start.
+
+    Returns:
+        The first admin's generated token when this call created it, else None.
+    """
+    engine = engine_from(settings)
+    try:
+        await wait_for("database", describe(engine), partial(_migrate, settings), settings.startup_timeout)
+        return await wait_for("database", describe(engine), partial(bootstrap, engine, settings),
+                              settings.startup_timeout)
+    finally:
+        engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The hub as an ASGI app, wired to the database and store in ``settings``."""
     settings = settings or Settings()
@@ -70,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = engine_from(settings)
+        cache.watch(engine, settings.cache_ttl)  # before any write, so every one is seen
         app.state.engine, app.state.settings = engine, settings
         try:
             await wait_for("database", describe(engine), partial(_migrate, settings), settings.startup_timeout)
@@ -90,11 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.webhooks = DeliveryWorker(engine, settings)
         app.state.webhooks.start()
         if token:
-            print(  # shown once, by design
-                f"Created the first admin {settings.admin_name!r}. Its token, shown only now:\n  {token}\n"
-                f"Saved to {settings.token_file} for the peft-hub CLI on this machine.",
-                flush=True,
-            )
+            say_token(settings, token)
+        _freeze_heap()
         yield
         await app.state.webhooks.stop()
         engine.dispose()
@@ -105,13 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors_http.install(app, settings)
 
     from peft_hub.hub import web
-    from peft_hub.hub.routes import adapters, admin, events, hf, system
+    from peft_hub.hub.routes import adapters, admin, events, facets, hf, system
 
     app.include_router(system.router)
     app.include_router(adapters.router)
     app.include_router(hf.router)
     app.include_router(admin.router)
     app.include_router(events.router)
+    app.include_router(facets.router)
     web.install(app, settings)
     app.add_middleware(BodyClock)
     # Added last, so it is the outermost: limits apply before anything else runs.
@@ -144,6 +166,20 @@ class BodyClock:
 
 
 # --- start-up ----------------------------------------------------------------
+
+_frozen = False
+
+
+def _freeze_heap() -> None:
+    """Once per process, after the first start: move what start-up made
+    (modules, the engine, the routes) out of the cyclic collector's reach,
+    so its full passes stop scanning them. Those passes were the hub's p99
+    (about 140 ms against 60 ms under 32 concurrent resolves)."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def _migrate(settings: Settings) -> None:

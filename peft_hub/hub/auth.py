@@ -24,9 +24,11 @@ from typing import cast, overload
 from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from peft_hub.errors import AuthenticationError, PermissionDeniedError
+from peft_hub.hub import cache
 from peft_hub.hub.models import Adapter, Membership, Namespace, Token, utcnow
 
 log = logging.getLogger("peft_hub.hub")
@@ -120,12 +122,58 @@ class Principal:
 
 
 def authenticate(session: Session, token: str) -> Principal:
-    """Turn a presented token into a principal, or raise AuthenticationError."""
+    """Turn a presented token into a principal, or raise AuthenticationError.
+
+    One statement (the token, its user and the user's organisations), or
+    none while this process's short-lived cache holds the principal
+    (:mod:`peft_hub.hub.cache`: a revoke, an expiry moved or a membership
+    changed in this process is seen at once, in another replica within
+    ``PEFT_HUB_CACHE_TTL``). The expiry is checked at every use, cached or not.
+    """
     lookup = lookup_of(token)
-    row = session.exec(select(Token).where(Token.lookup == lookup)).first() if lookup else None
-    if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or is_expired(row):
+    if lookup is None:
         raise AuthenticationError(INVALID)
-    return principal_for(session, row)
+    digest = hash_token(token)
+    hub_cache = cache.of(session.get_bind())
+    cached: tuple[Principal, datetime | None] | None = hub_cache.get("auth", digest)
+    if cached is not None:
+        principal, last_used = cached
+        if principal.expires_at is not None and principal.expires_at <= utcnow():
+            raise AuthenticationError(INVALID)
+        touch_id(session, principal.token_id, last_used)
+        return principal
+    generation = hub_cache.generation("auth")
+    org = aliased(Namespace)
+    rows = session.exec(
+        select(Token, Namespace, org.name)
+        .join(Namespace, col(Namespace.id) == Token.user_id)
+        .join(Membership, col(Membership.user_id) == Token.user_id, isouter=True)
+        .join(org, col(org.id) == Membership.org_id, isouter=True)
+        .where(Token.lookup == lookup)
+    ).all()
+    row = rows[0][0] if rows else None
+    if row is None or not hmac.compare_digest(row.token_hash, digest) or is_expired(row):
+        raise AuthenticationError(INVALID)
+    principal = _principal(row, rows[0][1], {name for _, _, name in rows if name is not None})
+    touch(session, row)
+    hub_cache.put("auth", digest, (principal, as_utc(row.last_used_at)), generation)
+    return principal
+
+
+def cached_principal(engine: Engine, token: str) -> Principal | None:
+    """The principal for ``token`` if this process's cache holds it, unexpired,
+    with no use to record yet; else None (then :func:`authenticate` decides).
+    Runs no statement, so it may run on the event loop."""
+    cached = cache.of(engine).get("auth", hash_token(token)) if lookup_of(token) else None
+    if cached is None:
+        return None
+    principal, last = cached
+    now = utcnow()
+    if principal.expires_at is not None and principal.expires_at <= now:
+        return None
+    if last is None or now - last >= TOUCH_EVERY:
+        return None
+    return principal
 
 
 def principal_for(session: Session, row: Token) -> Principal:
@@ -138,15 +186,24 @@ def principal_for(session: Session, row: Token) -> Principal:
         .join(Membership, col(Membership.org_id) == Namespace.id)
         .where(Membership.user_id == row.user_id)
     ).all()
+    touch(session, row)
+    return _principal(row, user, set(orgs))
+
+
+def _principal(row: Token, user: Namespace, orgs: set[str]) -> Principal:
     scope = row.scope if row.scope in SCOPES else "read"
     if scope_rank(scope) > scope_rank(highest_scope(user)):
         scope = highest_scope(user)
-    touch(session, row)
-    return Principal(user=user, scope=scope, namespaces=row.namespaces, orgs=set(orgs), token_id=row.id,
+    return Principal(user=user, scope=scope, namespaces=row.namespaces, orgs=orgs, token_id=row.id,
                      expires_at=as_utc(row.expires_at))
 
 
 def touch(session: Session, row: Token) -> None:
+    """:func:`touch_id` for a token row."""
+    touch_id(session, row.id, as_utc(row.last_used_at))
+
+
+def touch_id(session: Session, token_id: int | None, last: datetime | None) -> None:
     """Record that the token was used, at most once per TOUCH_EVERY.
 
     The write never joins a request's long transaction, so a read stays a
@@ -156,12 +213,11 @@ def touch(session: Session, row: Token) -> None:
     written there, on the one connection; elsewhere in a transaction of its own.
     """
     now = utcnow()
-    last = as_utc(row.last_used_at)
-    if last is not None and now - last < TOUCH_EVERY:
+    if token_id is None or (last is not None and now - last < TOUCH_EVERY):
         return
     cutoff = now - TOUCH_EVERY
     unused_since = or_(col(Token.last_used_at).is_(None), col(Token.last_used_at) < cutoff)
-    stmt = update(Token).where(col(Token.id) == row.id, unused_since).values(last_used_at=now)
+    stmt = update(Token).where(col(Token.id) == token_id, unused_since).values(last_used_at=now)
     try:
         if session.info.get("short"):
             if session.get_bind().dialect.name == "postgresql":
@@ -174,7 +230,7 @@ def touch(session: Session, row: Token) -> None:
         with engine.begin() as conn:
             conn.execute(stmt)
     except SQLAlchemyError as exc:  # bookkeeping: never fail the request over it
-        log.warning("could not record the use of token %s: %s", row.id, exc)
+        log.warning("could not record the use of token %s: %s", token_id, exc)
 
 
 def can_read(principal: Principal | None, adapter: Adapter) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -60,15 +61,21 @@ class HubCommandGroup(click.Group):
               help="Blob storage: a directory or s3://bucket/prefix.")
 @click.option("--upstream", envvar="PEFT_HUB_UPSTREAM", default=None,
               help="An HF-compatible hub to mirror repos from on a read miss (default: none).")
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--log-level", envvar="PEFT_HUB_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(host: str, port: int, db_url: str | None, storage: str | None, upstream: str | None, log_level: str) -> None:
+@click.option("--workers", envvar="PEFT_HUB_WORKERS", default=None, type=click.IntRange(1, 64),
+              help="Server processes sharing the port [default: min(4, CPU cores)].")
+def serve(host: str, port: int, db_url: str | None, storage: str | None, upstream: str | None, log_level: str,
+          workers: int | None) -> None:
     """Start the hub (embedded SQLite and local files unless told otherwise).
 
     The port is bound first, then the banner names the URL. On the first
     start (when it saves the admin's token) the hub also saves its URL
     beside the token, so the CLI on this machine finds it on any port;
     PEFT_HUB_URL and --url still win.
+
+    With several workers the database is migrated and bootstrapped once,
+    here, before they start; each worker then finds nothing to do.
     """
     import uvicorn
     from sqlalchemy.engine import make_url
@@ -78,15 +85,21 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, upstrea
     given = {"db_url": db_url, "storage": storage, "host": host, "port": port, "upstream": upstream}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
+    workers = workers or default_workers()
     _hub_logging(log_level)
     sock = _bind(host, port)
     url = _local_url(host, sock.getsockname()[1])
     db_shown = make_url(settings.db_url).render_as_string(hide_password=True)
-    click.echo(f"peft-hub serving on {url} (db: {db_shown}, storage: {settings.storage})")
+    workers_shown = f", {workers} workers" if workers > 1 else ""
+    click.echo(f"peft-hub serving on {url} (db: {db_shown}, storage: {settings.storage}{workers_shown})")
     token_before = _read(settings.token_file)
     # X-Forwarded-For is believed only from the proxies named in
     # PEFT_HUB_TRUSTED_PROXIES: rate limits and the audit log key on the address.
     proxies = settings.trusted_proxies
+    if workers > 1:
+        _serve_workers(settings, overrides, sock, workers, log_level, url,
+                       announce=lambda: _announce(settings, url, token_before))
+        return
     config = uvicorn.Config(create_app(settings), log_level=log_level, proxy_headers=bool(proxies),
                             forwarded_allow_ips=proxies or None)
 
@@ -97,6 +110,82 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, upstrea
                 _announce(settings, url, token_before)
 
     _Server(config).run(sockets=[sock])
+
+
+def _serve_workers(settings, overrides: dict[str, Any], sock: socket.socket, workers: int, log_level: str,
+                   url: str, announce: Callable[[], None]) -> None:
+    """Serve with uvicorn's supervisor: ``workers`` spawned processes accept
+    on ``sock``; one that dies is replaced.
+
+    The database is migrated and bootstrapped here first, once, so the first
+    admin's token is printed once and saved before any worker answers. Each
+    worker builds its settings from the environment, so the flags go there,
+    with a session secret shared by all (what one worker signs, an upload URL
+    or a multipart ticket, another must accept).
+    """
+    import secrets
+    import threading
+
+    import anyio
+    from uvicorn import Config
+    from uvicorn.supervisors import Multiprocess
+
+    from peft_hub.errors import PeftHubError
+    from peft_hub.hub.app import prepare_database, say_token
+
+    token = anyio.run(prepare_database, settings)
+    if token:
+        say_token(settings, token)
+    os.environ.update({f"PEFT_HUB_{key.upper()}": str(value) for key, value in overrides.items()})
+    os.environ["PEFT_HUB_LOG_LEVEL"] = log_level
+    if not settings.session_secret:
+        os.environ["PEFT_HUB_SESSION_SECRET"] = secrets.token_urlsafe(32)
+    proxies = settings.trusted_proxies
+    config = Config(f"{__name__}:worker_app", factory=True, workers=workers, log_level=log_level,
+                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    answered = threading.Event()
+
+    def announce_when_answering() -> None:
+        if _wait_answering(url):
+            answered.set()
+            announce()
+
+    threading.Thread(target=announce_when_answering, daemon=True).start()
+    Multiprocess(config, sockets=[sock]).run()
+    if not answered.is_set():
+        raise PeftHubError("the hub's workers stopped before any answered; see the log above")
+
+
+def _wait_answering(url: str, timeout: float = 600.0) -> bool:
+    """Whether ``url``'s health check answered 200 within ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def worker_app():
+    """The app one ``serve --workers`` process runs, from ``PEFT_HUB_*`` settings."""
+    from peft_hub.hub import Settings, create_app
+
+    _hub_logging(os.environ.get("PEFT_HUB_LOG_LEVEL", "info"))
+    return create_app(Settings())
+
+
+def default_workers() -> int:
+    """One worker per core, at most 4: a worker is a process (its own
+    memory, its own pools), and past a few of them the database, not
+    Python, is what requests wait for."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _bind(host: str, port: int) -> socket.socket:

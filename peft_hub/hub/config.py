@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     presign_expiry: int = 3600
     #: Blobs larger than this go to S3 as a multipart upload, in parts sent
     #: straight from the client (S3's smallest part is 5 MiB; a single PUT is at most 5 GiB).
-    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    #: Up to it, one presigned PUT whose signed sha256 S3 itself checks, so
+    #: the hub never reads the bytes back; a multipart blob has no whole-object
+    #: sha256 in S3, so publish hashes it once (about 0.35 s per 100 MiB here).
+    #: 256 MiB keeps a typical adapter on the single PUT (bench/bench_transfer.py).
+    multipart_threshold: int = Field(default=256 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     #: Part size the hub picks when the client proposes none (raised to fit 10,000 parts).
     multipart_part_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     #: Secret that signs the HF LFS upload URLs; generated per process when
@@ -98,6 +102,11 @@ class Settings(BaseSettings):
     #: Seconds from the last byte of a request to its commit: a change whose
     #: work ran longer is rolled back (503), since its client may have given up.
     write_deadline: float = Field(default=45.0, gt=0)
+    #: Seconds this process keeps token -> principal and ``owner/name`` -> the
+    #: adapter row with its tags, visibility included, between database reads;
+    #: 0: never kept. A write in this process is seen on its next request;
+    #: another replica's write within this many seconds (docs/architecture.md).
+    cache_ttl: float = Field(default=2.0, ge=0, le=60)
     #: Seconds ``/api/health/ready`` gives the database and the store to answer.
     ready_timeout: float = Field(default=5.0, gt=0)
     #: Seconds the hub keeps retrying an unreachable database or store at start.

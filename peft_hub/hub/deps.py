@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from peft_hub.errors import AuthenticationError
 from peft_hub.hub import audit, crud
-from peft_hub.hub.auth import Principal, authenticate, lookup_of, principal_for
+from peft_hub.hub.auth import Principal, authenticate, cached_principal, lookup_of, principal_for
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import session_scope, write_deadline
 from peft_hub.hub.storage import BlobStore
@@ -56,11 +57,16 @@ async def get_store(request: Request) -> AsyncIterator[BlobStore]:
         yield request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:  # async: no thread for an attribute
     return request.app.state.settings
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
+    """:func:`peer_address` as a dependency (async: it needs no thread)."""
+    return peer_address(request)
+
+
+def peer_address(request: Request) -> str:
     """The peer's address, which rate limits and audit events are keyed by."""
     return request.client.host if request.client else ""
 
@@ -82,7 +88,7 @@ def authenticate_request(request: Request, session: Session, token: str) -> Prin
     request's session will be rolled back.
     """
     limiter = request.app.state.auth_limiter
-    address, lookup = client_address(request), lookup_of(token)
+    address, lookup = peer_address(request), lookup_of(token)
     limiter.check(address=address, lookup=lookup)
     try:
         return authenticate(session, token)
@@ -126,10 +132,28 @@ def get_principal(request: Request, session: Session) -> Principal | None:
     return cookie_principal(request, session)
 
 
-def request_principal(request: Request) -> Principal | None:
+def fast_principal(request: Request, token: str | None) -> Principal | None:
+    """The bearer token's principal from this process's cache, after the
+    failed-attempt limits (as :func:`authenticate_request` checks them); None
+    when it must be read. Runs no statement: it is called on the event loop."""
+    if not token:
+        return None
+    request.app.state.auth_limiter.check(address=peer_address(request), lookup=lookup_of(token))
+    return cached_principal(request.app.state.engine, token)
+
+
+async def request_principal(request: Request) -> Principal | None:
     """:func:`get_principal` in a short session, closed before the route runs
-    (and before its body is read). The principal's rows are detached: their
-    columns stay readable, and writes name them by id."""
+    (and before its body is read), in a worker thread unless the cache
+    answers. The principal's rows are detached: their columns stay readable,
+    and writes name them by id."""
+    principal = fast_principal(request, bearer_token(request))
+    if principal is not None:
+        return principal
+    return await run_in_threadpool(_read_principal, request)
+
+
+def _read_principal(request: Request) -> Principal | None:
     with short_session(request) as session:
         return get_principal(request, session)
 

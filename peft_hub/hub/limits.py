@@ -116,6 +116,8 @@ class RequestLimits:
             return
         if streamed:
             await self.stream(scope, receive, send, cap)
+        elif declared is None and _header(scope, b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body to read (RFC 9112, 6.3): nothing to check
         else:
             await self.buffer(scope, receive, send, cap)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event, func
 from sqlmodel import Field, SQLModel
 
 from peft_hub.errors import PeftHubError
@@ -80,7 +80,17 @@ class Adapter(SQLModel, table=True):
     name it had when it held adapters only (migration 0004 says why).
     """
 
-    __table_args__ = (UniqueConstraint("owner", "name"),)
+    __table_args__ = (
+        UniqueConstraint("owner", "name"),
+        # Search (migration 0005): each facet's GROUP BY with the visibility clause, covered; filters; sorts.
+        Index("ix_adapter_facet_base_model", "base_model", "private", "method", "owner", "rank", "max_rank"),
+        Index("ix_adapter_facet_method", "method", "private", "owner", "rank", "max_rank"),
+        Index("ix_adapter_facet_owner", "owner", "private", "method", "rank", "max_rank"),
+        Index("ix_adapter_facet_kind", "kind", "private", "method", "owner", "rank", "max_rank"),
+        Index("ix_adapter_downloads", "downloads"),
+        Index("ix_adapter_rank", "rank"),
+        Index("ix_adapter_total_size", "total_size"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     owner: str = Field(index=True, max_length=64)
@@ -132,6 +142,8 @@ class RevisionFile(SQLModel, table=True):
 
 class Tag(SQLModel, table=True):
     """A mutable name for a revision; ``main`` follows the newest push."""
+
+    __table_args__ = (Index("ix_tag_name_adapter", "name", "adapter_id"),)  # search's tag filter (0005)
 
     adapter_id: int = Field(foreign_key="adapter.id", primary_key=True)
     name: str = Field(primary_key=True, max_length=64)
@@ -311,6 +323,17 @@ class Deployment(SQLModel, table=True):
     adapters: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime = Field(default_factory=utcnow)
+
+
+#: Search (migration 0005): the owner filter and visibility match ``lower(owner)``, the method filter
+#: ``upper(method)``; on PostgreSQL, ``q=``'s substring LIKEs use trigram GIN indexes (SQLite has none: 0005
+#: makes them on PostgreSQL only).
+_adapters = SQLModel.metadata.tables["adapter"]
+Index("ix_adapter_owner_lower", func.lower(_adapters.c.owner))
+Index("ix_adapter_method_upper", func.upper(_adapters.c.method))
+for _column in ("name", "owner", "base_model", "description"):
+    Index(f"ix_adapter_{_column}_trgm", func.lower(_adapters.c[_column]).label(f"{_column}_lower"),
+          postgresql_using="gin", postgresql_ops={f"{_column}_lower": "gin_trgm_ops"}).ddl_if(dialect="postgresql")
 
 
 @event.listens_for(Namespace, "before_insert")

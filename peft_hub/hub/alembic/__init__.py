@@ -33,7 +33,18 @@ def config(connection: Connection | None = None) -> Config:
 def context_options(dialect: str) -> dict[str, Any]:
     """What ``env.py`` and :func:`peft_hub.hub.migrations.check` compare and
     render with: the models as target, column types compared, and batch
-    (copy-and-move) operations for SQLite, whose ALTER TABLE can do little."""
+    (copy-and-move) operations for SQLite, whose ALTER TABLE can do little.
+    The tables of SQLite's full-text index (revision 0006) are not models:
+    comparisons skip them."""
     from peft_hub.hub import models  # noqa: F401 - registers the tables
 
-    return {"target_metadata": SQLModel.metadata, "compare_type": True, "render_as_batch": dialect == "sqlite"}
+    return {"target_metadata": SQLModel.metadata, "compare_type": True, "render_as_batch": dialect == "sqlite",
+            "include_name": _not_full_text}
+
+
+#: What revision 0006's FTS5 table and its shadow tables are called.
+FULL_TEXT_PREFIX = "adapter_fts"
+
+
+def _not_full_text(name: str | None, type_: str, parent_names: Any) -> bool:
+    return not (type_ == "table" and (name or "").startswith(FULL_TEXT_PREFIX))

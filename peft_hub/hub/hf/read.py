@@ -16,13 +16,14 @@ from peft_hub.errors import (
     EntryNotFoundError,
     InvalidInputError,
 )
-from peft_hub.hub import crud
+from peft_hub.hub import cache, crud, hot
 from peft_hub.hub.auth import Principal, require_scope
+from peft_hub.hub.crud import views
+from peft_hub.hub.crud.views import RepoView
 from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
 from peft_hub.hub.hf import shapes
-from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
+from peft_hub.hub.hf.access import HfPrincipalDep, read_view
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
-from peft_hub.hub.routes.adapters import blob_response
 from peft_hub.hub.storage import BlobStore
 from peft_hub.model_files import MODEL_CONFIG_NAME
 
@@ -33,7 +34,7 @@ TREE_PAGE, TREE_PAGE_EXPANDED = 1000, 50
 COMMITS_PAGE = 50
 
 
-def _revision(session: Session, adapter: Adapter, rev: str) -> Revision | None:
+def _revision(session: Session, view: RepoView, rev: str) -> Revision | None:
     """A tag, a 40-hex id or a unique 7+-hex prefix (crud's resolver) -> the revision.
 
     None is the empty revision: ``main`` (or :data:`shapes.EMPTY_SHA`) of a
@@ -41,41 +42,45 @@ def _revision(session: Session, adapter: Adapter, rev: str) -> Revision | None:
     an empty repo still has ``main``, and clients rely on it: 0.3x versions
     read ``repo_info(revision="main")`` before the first commit.
     """
-    if rev in ("main", shapes.EMPTY_SHA) and _is_empty(session, adapter):
+    if rev in ("main", shapes.EMPTY_SHA) and "main" not in view.tags:
         return None
-    return crud.resolve_revision(session, adapter=adapter, rev=rev)
+    return views.view_revision(session, view=view, rev=rev)
 
 
 def _files(session: Session, revision: Revision | None) -> list[RevisionFile]:
-    return crud.revision_files(session, revision=revision) if revision is not None else []
+    return list(views.files_of(session, revision=revision)) if revision is not None else []
 
 
-def _is_empty(session: Session, adapter: Adapter) -> bool:
-    """Created by ``create_repo`` and never pushed to: no ``main`` yet."""
-    return "main" not in crud.tags_of(session, adapter=adapter)
+def _pinned(rev: str, revision: Revision | None) -> bool:
+    """Asked at a full revision id, so the answer's files can never change."""
+    return revision is not None and rev == revision.sha
 
 
-@router.get("/api/models/{owner}/{name}")
+@router.get("/api/models/{owner}/{name}", response_model=dict[str, Any])
 def model_info(
-    owner: str, name: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
-) -> dict[str, Any]:
+    owner: str, name: str, request: Request, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
+) -> Response:
     """Repo info at ``main``; a repo with no push yet is the empty revision, with no files."""
-    adapter = load_adapter(session, principal, owner, name)
-    return _info(session, store, adapter, _revision(session, adapter, "main"))
+    view = read_view(session, principal, owner, name)
+    return _info(request, session, store, view, _revision(session, view, "main"))
 
 
-@router.get("/api/models/{owner}/{name}/revision/{rev}")
+@router.get("/api/models/{owner}/{name}/revision/{rev}", response_model=dict[str, Any])
 def model_info_at(
-    owner: str, name: str, rev: str, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
-) -> dict[str, Any]:
+    owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
+    principal: HfPrincipalDep,
+) -> Response:
     """Repo info at a tag, a revision id or a unique prefix of one."""
-    adapter = load_adapter(session, principal, owner, name)
-    return _info(session, store, adapter, _revision(session, adapter, rev))
+    view = read_view(session, principal, owner, name)
+    return _info(request, session, store, view, _revision(session, view, rev))
 
 
-def _info(session: Session, store: BlobStore, adapter: Adapter, revision: Revision | None) -> dict[str, Any]:
+def _info(request: Request, session: Session, store: BlobStore, view: RepoView,
+          revision: Revision | None) -> Response:
+    """Repo info with an ETag; never ``immutable``, since it carries the download count."""
     files = _files(session, revision)
-    return shapes.model_info(adapter, revision, files, shapes.card_metadata(store, files))
+    info = shapes.model_info(view.adapter, revision, files, shapes.card_metadata(store, files))
+    return cache.json_answer(request, info, private=view.adapter.private)
 
 
 @router.get("/api/models/{owner}/{name}/tree/{rev}")
@@ -84,14 +89,14 @@ def tree(
     owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
     path: str = "", recursive: bool = False, expand: bool = False,
     cursor: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1, le=1000),
-) -> JSONResponse:
+) -> Response:
     """The files of a revision, paged with a ``Link: <…>; rel="next"`` header.
 
     Adapters are flat, so ``recursive`` changes nothing and any ``path`` other
     than the root (or one file's own name) is missing.
     """
-    adapter = load_adapter(session, principal, owner, name)
-    revision = _revision(session, adapter, rev)
+    view = read_view(session, principal, owner, name)
+    revision = _revision(session, view, rev)
     files = _files(session, revision)
     if path.strip("/"):
         files = [f for f in files if f.path == path.strip("/")]
@@ -100,11 +105,11 @@ def tree(
     page = min(limit or TREE_PAGE, TREE_PAGE_EXPANDED if expand else TREE_PAGE)
     start = _decode_cursor(cursor)
     items = [shapes.tree_entry(f, revision if expand else None) for f in files[start: start + page]]
-    headers = {}
+    answer = cache.json_answer(request, items, private=view.adapter.private, immutable=_pinned(rev, revision))
     if start + page < len(files):
         next_url = request.url.include_query_params(cursor=_encode_cursor(start + page))
-        headers["Link"] = f'<{next_url}>; rel="next"'
-    return JSONResponse(items, headers=headers)
+        answer.headers["Link"] = f'<{next_url}>; rel="next"'
+    return answer
 
 
 def _encode_cursor(offset: int) -> str:
@@ -123,33 +128,33 @@ def _decode_cursor(cursor: str | None) -> int:
     raise InvalidInputError("invalid tree cursor")
 
 
-@router.post("/api/models/{owner}/{name}/paths-info/{rev}")
+@router.post("/api/models/{owner}/{name}/paths-info/{rev}", response_model=list[dict[str, Any]])
 async def paths_info(owner: str, name: str, rev: str, request: Request, principal: HfPrincipalDep,
-                     session: SessionDep) -> list[dict[str, Any]]:
+                     session: SessionDep) -> Response:
     """Tree entries for the listed paths (``HfApi.get_paths_info``); absent paths are left out."""
     form = await request.form()
     wanted = {p for p in form.getlist("paths") if isinstance(p, str)}  # an uploaded file names no path
     expand = str(form.get("expand", "")).lower() in ("1", "true")
     # The queries run in a worker thread, never on the event loop.
-    return await anyio.to_thread.run_sync(_paths_info, session, principal, owner, name, rev, wanted, expand)
+    view, revision, items = await anyio.to_thread.run_sync(
+        _paths_info, session, principal, owner, name, rev, wanted, expand)
+    return cache.json_answer(request, items, private=view.adapter.private, immutable=_pinned(rev, revision))
 
 
 def _paths_info(session: Session, principal: Principal | None, owner: str, name: str, rev: str,
-                wanted: set[str], expand: bool) -> list[dict[str, Any]]:
-    adapter = load_adapter(session, principal, owner, name)
-    revision = _revision(session, adapter, rev)
-    return [
-        shapes.tree_entry(f, revision if expand else None)
-        for f in _files(session, revision) if f.path in wanted
-    ]
+                wanted: set[str], expand: bool) -> tuple[RepoView, Revision | None, list[dict[str, Any]]]:
+    view = read_view(session, principal, owner, name)
+    revision = _revision(session, view, rev)
+    items = [shapes.tree_entry(f, revision if expand else None) for f in _files(session, revision) if f.path in wanted]
+    return view, revision, items
 
 
-@router.get("/api/models/{owner}/{name}/refs")
-def refs(owner: str, name: str, session: SessionDep, principal: HfPrincipalDep) -> dict[str, Any]:
+@router.get("/api/models/{owner}/{name}/refs", response_model=dict[str, Any])
+def refs(owner: str, name: str, request: Request, session: SessionDep, principal: HfPrincipalDep) -> Response:
     """``main`` as the branch, the other tags as git tags."""
-    adapter = load_adapter(session, principal, owner, name)
-    tags = crud.tags_of(session, adapter=adapter)
-    return shapes.refs(tags, empty="main" not in tags)
+    view = read_view(session, principal, owner, name)
+    tags = view.tag_shas()
+    return cache.json_answer(request, shapes.refs(tags, empty="main" not in tags), private=view.adapter.private)
 
 
 @router.get("/api/models/{owner}/{name}/commits/{rev}")
@@ -162,8 +167,8 @@ def commits(
     peft-hub's history is linear (each push moves ``main``), so the history of
     a revision is it and every revision pushed before it.
     """
-    adapter = load_adapter(session, principal, owner, name)
-    revision = _revision(session, adapter, rev)
+    view = read_view(session, principal, owner, name)
+    adapter, revision = view.adapter, _revision(session, view, rev)
     history = [] if revision is None else crud.revision_history(session, adapter=adapter, revision=revision,
                                                                 offset=p * limit, limit=limit + 1)
     headers = {}
@@ -203,14 +208,14 @@ def single_segment_repo(name: str) -> None:
 def _locate(
     session: Session, principal: Principal | None, owner: str, name: str, rev: str, filename: str
 ) -> tuple[Adapter, RevisionFile, dict[str, str]]:
-    adapter = load_adapter(session, principal, owner, name)
-    revision = _revision(session, adapter, rev)
+    view = read_view(session, principal, owner, name)
+    adapter, revision = view.adapter, _revision(session, view, rev)
     if revision is None:
         # An empty repo's main is an empty tree: every file is missing. transformers'
         # push_to_hub relies on this when it looks for an existing model card.
         raise EntryNotFoundError(f"{filename} not found: {owner}/{name} has no files yet").annotate(
             headers={"X-Repo-Commit": shapes.EMPTY_SHA})
-    files = crud.revision_files(session, revision=revision)
+    files = views.files_of(session, revision=revision)
     entry: RevisionFile | None = next((f for f in files if f.path == filename), None)
     if entry is None:
         # With X-Repo-Commit, so the client caches the absence for that commit and does not ask again.
@@ -227,29 +232,41 @@ def _locate(
 
 
 @router.head("/{owner}/{name}/resolve/{rev}/{filename:path}")
-def resolve_head(
-    owner: str, name: str, rev: str, filename: str, session: SessionDep, principal: HfPrincipalDep
+async def resolve_head(
+    owner: str, name: str, rev: str, filename: str, request: Request, principal: HfPrincipalDep
 ) -> Response:
     """A file's metadata, answered here and never redirected.
 
     ``huggingface_hub`` reads the ETag, size and commit from this response; a
     redirect to S3 would leave it to sign a HEAD with a URL presigned for GET.
+    Answered on the event loop when the caches hold the repo (``hub.hot``).
     """
-    _, entry, headers = _locate(session, principal, owner, name, rev, filename)
+    _, entry, headers = await hot.answer(request, _locate, principal, owner, name, rev, filename)
     return Response(status_code=200, headers={**headers, "Content-Length": str(entry.size)},
                     media_type="application/octet-stream")
 
 
 @router.get("/{owner}/{name}/resolve/{rev}/{filename:path}")
-def resolve_get(
-    owner: str, name: str, rev: str, filename: str,
-    session: SessionDep, store: StoreDep, settings: SettingsDep, principal: HfPrincipalDep,
+async def resolve_get(
+    owner: str, name: str, rev: str, filename: str, request: Request, settings: SettingsDep,
+    principal: HfPrincipalDep,
 ) -> Response:
     """A file's bytes: a 302 to a presigned URL on S3, else streamed with Range support.
 
-    Fetching ``adapter_config.json`` (a model's ``config.json``) counts one download of the repo.
+    Fetching ``adapter_config.json`` (a model's ``config.json``) counts one
+    download of the repo. Answered on the event loop when the caches hold the
+    repo and no download is counted (``hub.hot``).
     """
+    adapter, entry, headers = await hot.answer(request, _counted, principal, owner, name, rev, filename)
+    return await hot.send_blob(request, settings, entry.sha256, filename, headers, private=adapter.private,
+                           pinned=rev == headers["X-Repo-Commit"])
+
+
+def _counted(
+    session: Session, principal: Principal | None, owner: str, name: str, rev: str, filename: str
+) -> tuple[Adapter, RevisionFile, dict[str, str]]:
+    """:func:`_locate`, counting a download for the repo's config file."""
     adapter, entry, headers = _locate(session, principal, owner, name, rev, filename)
     if filename == (CONFIG_NAME if adapter.kind != "model" else MODEL_CONFIG_NAME):
         crud.count_download(session, adapter=adapter)
-    return blob_response(store, settings, entry.sha256, filename, headers)
+    return adapter, entry, headers

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from peft_hub.contract import CommitResult, SearchPage
-from peft_hub.errors import EntryNotFoundError, StorageError
-from peft_hub.hub import audit, crud, possession
-from peft_hub.hub.auth import require_write
-from peft_hub.hub.config import Settings
+from peft_hub.errors import EntryNotFoundError
+from peft_hub.hub import audit, cache, crud, hot, possession
+from peft_hub.hub.auth import Principal, require_write
+from peft_hub.hub.crud import views
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
-from peft_hub.hub.models import Adapter
+from peft_hub.hub.models import Adapter, RevisionFile
 from peft_hub.hub.publish import publish
 from peft_hub.hub.routes import uploads
 from peft_hub.hub.schemas import (
@@ -21,7 +21,6 @@ from peft_hub.hub.schemas import (
     EvalsRequest,
     TagRequest,
 )
-from peft_hub.hub.storage import BlobStore
 from peft_hub.modelcard import CARD_NAME
 from peft_hub.names import validate_repo_id
 
@@ -65,20 +64,23 @@ def search(
                       per_page=per_page).model_dump()
 
 
-@router.get("/{owner}/{name}")
+@router.get("/{owner}/{name}", response_model=dict[str, Any])
 def show(
-    owner: str, name: str, session: SessionDep, principal: PrincipalDep,
+    owner: str, name: str, request: Request, session: SessionDep, principal: PrincipalDep,
     revision: str = Query("main", max_length=64), download: bool = False,
-) -> dict[str, Any]:
+) -> Response:
     """An adapter at a revision (a tag or a 40-hex id): metadata, files, tags.
 
     ``download=true`` counts a download: clients set it when they pull.
     """
-    adapter = _load(session, principal, owner, name)
-    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
+    owner, name = validate_repo_id(f"{owner}/{name}")
+    view = views.read_repo(session, owner=owner, name=name, principal=principal)
+    rev = views.view_revision(session, view=view, rev=revision)
     if download:
-        crud.count_download(session, adapter=adapter)
-    return crud.revision_detail(session, adapter=adapter, revision=rev, principal=principal).model_dump()
+        crud.count_download(session, adapter=view.adapter)
+    detail = crud.revision_detail(session, adapter=view.adapter, revision=rev, principal=principal,
+                                  tags=view.tag_shas(), files=views.files_of(session, revision=rev))
+    return cache.json_answer(request, detail.model_dump(), private=view.adapter.private)
 
 
 @router.get("/{owner}/{name}/revisions")
@@ -150,34 +152,28 @@ def commit(
 
 
 @router.get("/{owner}/{name}/resolve/{revision}/{path}")
-def resolve(
-    owner: str, name: str, revision: str, path: str,
-    session: SessionDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
+async def resolve(
+    owner: str, name: str, revision: str, path: str, request: Request, settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> Response:
-    """A file's bytes: a redirect to S3, or streamed with Range support."""
-    adapter = _load(session, principal, owner, name)
-    rev = crud.resolve_revision(session, adapter=adapter, rev=revision)
-    entry = next((f for f in crud.revision_files(session, revision=rev) if f.path == path), None)
+    """A file's bytes: a redirect to S3, or streamed with Range support (on
+    the event loop when the caches hold the repo, see ``hub.hot``)."""
+    private, sha, entry = await hot.answer(request, _entry, principal, owner, name, revision, path)
+    headers = {"X-Repo-Commit": sha, "ETag": f'"{entry.sha256}"'}
+    return await hot.send_blob(request, settings, entry.sha256, path, headers, private=private,
+                               pinned=revision == sha)
+
+
+def _entry(session: Any, principal: Principal | None, owner: str, name: str, revision: str,
+           path: str) -> tuple[bool, str, RevisionFile]:
+    """(private, revision sha, file) for a resolve, if the caller may read it."""
+    owner, name = validate_repo_id(f"{owner}/{name}")
+    view = views.read_repo(session, owner=owner, name=name, principal=principal)
+    rev = views.view_revision(session, view=view, rev=revision)
+    entry = next((f for f in views.files_of(session, revision=rev) if f.path == path), None)
     if entry is None:
         raise EntryNotFoundError(f"{path} not found in {owner}/{name}@{revision}")
-    return blob_response(store, settings, entry.sha256, path, {"X-Repo-Commit": rev.sha, "ETag": f'"{entry.sha256}"'})
-
-
-def blob_response(
-    store: BlobStore, settings: Settings, sha256: str, filename: str, headers: dict[str, str]
-) -> Response:
-    """Send a blob: 302 to a presigned URL where the store has one, else the file."""
-    url = store.presign_get(sha256, filename, settings.presign_expiry)
-    if url is not None:
-        return RedirectResponse(url, status_code=302, headers=headers)
-    local_path = store.local_path(sha256)
-    if local_path is not None:  # FileResponse handles Range and HEAD
-        if not local_path.is_file():
-            raise StorageError(f"{filename}: its blob {sha256} is missing from the hub's store; "
-                               "an admin can find every such file with `peft-hub fsck`")
-        return FileResponse(local_path, headers=headers, media_type="application/octet-stream",
-                            filename=filename, content_disposition_type="attachment")
-    return StreamingResponse(store.open(sha256), headers=headers, media_type="application/octet-stream")
+    return view.adapter.private, rev.sha, entry
 
 
 @router.get("/{owner}/{name}/card")

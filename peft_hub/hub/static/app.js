@@ -34,6 +34,38 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
+  // Filters with thousands of values (owner, base model): the text field suggests
+  // values from /api/facets/... as one types. Without this it is a plain filter field.
+  for (const input of document.querySelectorAll("input[data-typeahead]")) {
+    const list = input.list;
+    if (!list) continue;
+    let timer = null;
+    let asked = 0;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const mine = ++asked;
+        const url = `${input.dataset.typeahead}?limit=10&prefix=${encodeURIComponent(input.value.trim())}`;
+        let values;
+        try {
+          const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+          if (!response.ok) return;
+          values = (await response.json()).values;
+        } catch (_) {
+          return; // offline or refused: the field still works as typed
+        }
+        if (mine !== asked || !Array.isArray(values)) return; // a newer keystroke has asked since
+        const options = values.map(({ value, count }) => {
+          const option = document.createElement("option");
+          option.value = value;
+          option.textContent = `${value} (${count})`;
+          return option;
+        });
+        list.replaceChildren(...options);
+      }, 150);
+    });
+  }
+
   // Phones: the filters start folded, so the results come first.
   if (window.matchMedia("(max-width: 640px)").matches) {
     for (const details of document.querySelectorAll("details[data-collapse-on-phone]")) details.open = false;

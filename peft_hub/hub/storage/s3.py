@@ -13,6 +13,7 @@ Downloads are redirects to presigned GETs: bytes never pass through the hub.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -20,8 +21,12 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from peft_hub.errors import StorageError, StorageUnavailableError
+from peft_hub.hub.cache import RecentItems
 from peft_hub.hub.storage.base import BlobStat, BlobStore, BlobWriter, UploadTarget
 from peft_hub.hub.storage.s3_multipart import S3Multipart
+
+#: Presigned GET URLs by (endpoint, bucket, key, filename, expiry), with when they were signed.
+_presigned = RecentItems(4096)
 
 #: boto error codes -> what they mean to us.
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -298,7 +303,14 @@ class S3BlobStore(S3Multipart, BlobStore):
         return aborted
 
     def presign_get(self, sha256: str, filename: str, expires: int) -> str | None:
-        return self.presigner.generate_presigned_url(
+        """A presigned GET, reused while more than half its validity remains
+        (signing costs more than the rest of a resolve); it names only the
+        blob and the file name, never who asked."""
+        found = self.reused_get(sha256, filename, expires)
+        if found is not None:
+            return found
+        key, now = self._presign_key(sha256, filename, expires), time.monotonic()
+        url = self.presigner.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": self.bucket, "Key": self._key(sha256),
@@ -306,6 +318,19 @@ class S3BlobStore(S3Multipart, BlobStore):
             },
             ExpiresIn=expires,
         )
+        _presigned.put(key, (url, now))
+        return url
+
+    def reused_get(self, sha256: str, filename: str, expires: int) -> str | None:
+        """The URL :meth:`presign_get` would reuse, or None when it would sign
+        (which may fetch credentials): a lookup quick enough for the event loop."""
+        found = _presigned.get(self._presign_key(sha256, filename, expires))
+        if found is not None and time.monotonic() - found[1] < expires / 2:
+            return found[0]
+        return None
+
+    def _presign_key(self, sha256: str, filename: str, expires: int) -> tuple[Any, ...]:
+        return (self.presigner.meta.endpoint_url, self.bucket, self._key(sha256), filename, expires)
 
     def upload_target(self, sha256: str, size: int, expires: int, uploader: str) -> UploadTarget | None:
         checksum = _b64(sha256)

@@ -13,6 +13,7 @@ from starlette.datastructures import QueryParams
 
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
+from peft_hub.hub.crud.search import facet_groups
 from peft_hub.hub.models import Adapter, pk
 from peft_hub.hub.web.charts import headline
 
@@ -21,6 +22,13 @@ FILTERS = ("q", "base_model", "method", "owner", "tag", "min_rank", "max_rank", 
 FACETS = ("base_model", "method", "owner", "kind")
 #: Repo kinds the catalog filters on, and their labels.
 KINDS = {"model": "Models", "adapter": "Adapters"}
+#: Facets that can have thousands of values: past :data:`SELECT_MAX` values their filter
+#: is a text field with a type-ahead (``/api/facets/...``), and the Browse list shows the first :data:`SHOWN`.
+TYPEAHEAD = ("base_model", "owner")
+SELECT_MAX = 50
+SHOWN = 20
+#: Filters the facet indexes (migration 0005) do not cover.
+UNINDEXED = ("q", "tag")
 #: Sortable columns, and the order a first click on each gives.
 SORTS = {"updated": "desc", "name": "asc", "rank": "asc", "size": "asc", "downloads": "desc"}
 
@@ -106,26 +114,46 @@ class CatalogQuery:
         return self.url(path, sort=column, order=SORTS[column])
 
 
-def search(session: Session, principal: Principal | None, query: CatalogQuery) -> tuple[list[Adapter], int]:
+def search(
+    session: Session, principal: Principal | None, query: CatalogQuery, total: int | None = None
+) -> tuple[list[Adapter], int]:
+    """One page of the catalog, and how many match (``total`` when already known: see :func:`counts`)."""
     clauses = crud.search_filters(principal=principal, **query.filters())
     return crud.search_adapters(session, clauses=clauses, sort=query.sort, order=query.order,
-                                page=query.page, per_page=PER_PAGE)
+                                page=query.page, per_page=PER_PAGE, total=total)
+
+
+def counts(
+    session: Session, principal: Principal | None, query: CatalogQuery
+) -> tuple[dict[str, list[tuple[str, int]]], int | None]:
+    """Counts per base model, method, owner and kind, and, when no kind is
+    picked, how many repos match the whole query: the kind facet's counts
+    then cover exactly the page's rows, so they add up to its total, and the
+    page needs no count of its own.
+
+    Each facet ignores its own filter, so the alternatives stay visible (and
+    countable) once one is picked. Each facet is computed once: one indexed
+    query per facet, or, with a filter that no facet index answers (a text
+    query, a tag), one statement for all the facets that share their
+    filters, which reads the matching rows once."""
+    groups: dict[tuple, list[str]] = {}
+    for facet in FACETS:
+        active = {k: v for k, v in query.filters(without=facet).items() if v not in (None, "")}
+        groups.setdefault(tuple(sorted(active.items())), []).append(facet)
+    out: dict[str, list[tuple[str | None, int]]] = {}
+    for key, names in groups.items():
+        clauses = crud.search_filters(principal=principal, **dict(key))
+        one_pass = any(name in UNINDEXED for name, _ in key)
+        out.update(facet_groups(session, clauses=clauses, names=tuple(names), one_pass=one_pass))
+    total = sum(n for _, n in out["kind"]) if query.kind in (None, "") else None
+    return {facet: [(v, n) for v, n in out[facet] if v] for facet in FACETS}, total
 
 
 def facet_counts(
     session: Session, principal: Principal | None, query: CatalogQuery
 ) -> dict[str, list[tuple[str, int]]]:
-    """Counts per base model, method, owner and kind. Each facet ignores its
-    own filter, so the alternatives stay visible (and countable) once one is
-    picked; facets that share their filters share their clauses, one query per facet."""
-    groups: dict[tuple, list[str]] = {}
-    for facet in FACETS:
-        groups.setdefault(tuple(sorted(query.filters(without=facet).items())), []).append(facet)
-    out: dict[str, list[tuple[str, int]]] = {}
-    for key, names in groups.items():
-        clauses = crud.search_filters(principal=principal, **dict(key))
-        out.update(crud.facets(session, clauses=clauses, names=tuple(names)))
-    return out
+    """The facets of :func:`counts`."""
+    return counts(session, principal, query)[0]
 
 
 def rows(session: Session, adapters: list[Adapter]) -> list[dict[str, Any]]:

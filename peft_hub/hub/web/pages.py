@@ -30,12 +30,13 @@ def make_router(renderer: Renderer) -> APIRouter:
     def listing(request: Request, session: SessionDep, principal: WebPrincipal, template: str, path: str, **extra):
         fixed = {"owner": extra["owner"]} if "owner" in extra else {}
         query = catalog.CatalogQuery.parse(request.query_params, **fixed)
-        adapters, total = catalog.search(session, principal, query)
+        facets, known = catalog.counts(session, principal, query)
+        adapters, total = catalog.search(session, principal, query, total=known)
         last, page_list = catalog.pages(query.page, total)
         return renderer.page(
             request, template, query=query, base_path=path, rows=catalog.rows(session, adapters), total=total,
-            facets=catalog.facet_counts(session, principal, query), last_page=last, page_list=page_list,
-            principal=principal, kinds=catalog.KINDS, **extra,
+            facets=facets, last_page=last, page_list=page_list,
+            principal=principal, kinds=catalog.KINDS, select_max=catalog.SELECT_MAX, shown=catalog.SHOWN, **extra,
         )
 
     @router.get("/")

@@ -1,0 +1,202 @@
+"""A large blob fetched as parallel ranged GETs, written in place with
+``pwrite`` and hashed from the file as its written prefix grows.
+
+The first range goes through the hub (which redirects to the store's
+presigned URL, or answers itself); the others go straight to the URL that
+first answer came from, with the token only if the first request still
+carried it. A server that answers the first range with the whole body (or
+refuses ranges) gets the single stream of :mod:`peft_hub.client.download`
+instead. Any other answer that is not exactly the range asked for is
+refused. Each range resumes from the bytes it holds when its connection
+is cut, and is retried per the pull's policy. The sha256 is computed by
+reading the file back (the page cache is hot), a contiguous prefix at a
+time, on a thread of its own, so it overlaps the transfer; memory holds
+one network block per stream and one read block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
+
+import httpx
+
+from peft_hub.client.http import raise_for_status
+from peft_hub.client.retry import RetryPolicy, transient
+from peft_hub.client.transfers import build_request
+from peft_hub.errors import ChecksumMismatchError, StorageError
+from peft_hub.progress import tqdm
+
+#: Blobs at least this large are fetched in ranges.
+MIN_SIZE = 32 * 1024 * 1024
+#: Bytes per range, and parallel streams (boto3's part size; fewer streams than its 10: 2 cores).
+PART = 8 * 1024 * 1024
+STREAMS = 6
+_READ = 1024 * 1024
+
+Opener = Callable[[httpx.Client, str, dict[str, str]], AbstractContextManager[httpx.Response]]
+
+
+class _Short(Exception):  # noqa: N818 - a retryable signal, like download._Restart
+    """A range ended before its last byte; the next try asks for the rest."""
+
+
+class _Stopped(Exception):  # noqa: N818
+    """Another range failed: this one stops."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Short) or transient(exc, idempotent=True)
+
+
+class _Ranges:
+    """The ranges of one file: what each holds, the hashed prefix, the pool's work."""
+
+    def __init__(self, fd: int, size: int, bar: tqdm) -> None:
+        self.fd, self.size, self.bar = fd, size, bar
+        self.spans = [(a, min(a + PART, size)) for a in range(0, size, PART)]
+        self.done = [0] * len(self.spans)  # bytes held from each span's start, contiguous
+        self.todo: deque[int] = deque(range(1, len(self.spans)))
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self._open = 0  # the first span not yet complete
+
+    def headers(self, i: int) -> dict[str, str]:
+        a, b = self.spans[i]
+        return {"Accept-Encoding": "identity", "Range": f"bytes={a + self.done[i]}-{b - 1}"}
+
+    def check(self, response: httpx.Response, i: int) -> None:
+        """Refuse any answer but exactly the bytes asked for."""
+        a, b = self.spans[i]
+        start = a + self.done[i]
+        if response.status_code != 206:
+            raise ChecksumMismatchError(f"the server answered a range with HTTP {response.status_code}")
+        got = response.headers.get("content-range", "")
+        if got.strip() != f"bytes {start}-{b - 1}/{self.size}":
+            raise ChecksumMismatchError(f"the server answered the range {start}-{b - 1} with {got!r:.60}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.strip() != str(b - start):
+            raise ChecksumMismatchError(f"the server announced {declared:.20} bytes for a range of {b - start}")
+
+    def write(self, response: httpx.Response, i: int) -> None:
+        a, b = self.spans[i]
+        for block in response.iter_raw():
+            if self.stop.is_set():
+                raise _Stopped
+            pos = a + self.done[i]
+            if pos + len(block) > b:
+                raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
+            os.pwrite(self.fd, block, pos)
+            with self.cond:
+                self.done[i] += len(block)
+                self.bar.update(len(block))
+                self.cond.notify_all()
+        if self.done[i] != b - a:
+            raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
+
+    def halt(self) -> None:
+        """Stop every stream and the hash: one range failed."""
+        with self.cond:
+            self.stop.set()
+            self.cond.notify_all()
+
+    def mark(self) -> int:
+        """The end of the contiguous written prefix (under ``cond``)."""
+        spans, done = self.spans, self.done
+        while self._open < len(spans) and done[self._open] == spans[self._open][1] - spans[self._open][0]:
+            self._open += 1
+        return self.size if self._open == len(self.spans) else self.spans[self._open][0] + self.done[self._open]
+
+    def digest(self) -> str:
+        """The sha256 of the file as written, read back as its prefix grows."""
+        digest, pos = hashlib.sha256(), 0
+        while pos < self.size:
+            with self.cond:
+                while (end := self.mark()) <= pos and not self.stop.is_set():
+                    self.cond.wait()
+            if self.stop.is_set():
+                raise _Stopped
+            while pos < end:
+                data = os.pread(self.fd, min(_READ, end - pos), pos)
+                if not data:
+                    raise StorageError("the file being downloaded shrank while it was hashed")
+                digest.update(data)
+                pos += len(data)
+        return digest.hexdigest()
+
+
+def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, retry: RetryPolicy,
+          opener: Opener) -> str | None:
+    """Fill ``fd`` (``size`` bytes) from ``url`` in parallel ranges; return the file's sha256.
+
+    Returns None, with nothing counted on ``bar``, when the server does not
+    serve ranges (the caller fetches the file whole). Raises on a failure that
+    retries did not cure, or on an answer that is not the range asked for.
+    """
+    state = _Ranges(fd, size, bar)
+    os.ftruncate(fd, size)
+    with ExitStack() as stack:
+        response = None
+        for attempt in retry.retrying(_retryable):
+            with attempt:
+                stack.close()
+                response = stack.enter_context(opener(session, url, state.headers(0)))
+                if response.status_code in (200, 416):  # the whole file, or no ranges: one stream
+                    return None
+                raise_for_status(response)
+                state.check(response, 0)
+        assert response is not None
+        auth = "authorization" in response.request.headers
+        direct = response.request.url  # the store's URL the hub redirected to, or the hub's own
+        with ThreadPoolExecutor(max_workers=STREAMS, thread_name_prefix="range") as pool:
+            hashed = pool.submit(state.digest)
+            tasks = [pool.submit(_work, session, direct, auth, state, retry) for _ in range(STREAMS - 1)]
+            errors: list[BaseException] = []
+            try:
+                try:
+                    state.write(response, 0)
+                except (_Short, httpx.TransportError):
+                    state.todo.appendleft(0)  # resumed by a stream with retries
+                stack.close()
+                _work(session, direct, auth, state, retry)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the streams stopped
+                state.halt()
+                errors.append(exc)
+            errors += [e for t in tasks if (e := t.exception()) is not None]
+            if not errors:
+                return hashed.result()
+            state.halt()
+            error = next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+            raise StorageError(f"download failed: {error}") if isinstance(error, _Short) else error
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _work(session: httpx.Client, url: httpx.URL, auth: bool, state: _Ranges, retry: RetryPolicy) -> None:
+    """Fetch ranges until none is left, each retried and resumed."""
+    while not state.stop.is_set():
+        try:
+            i = state.todo.popleft()
+        except IndexError:
+            return
+        try:
+            for attempt in retry.retrying(_retryable, progress=lambda i=i: state.done[i]):
+                with attempt:
+                    request = build_request(session, "GET", url, headers=state.headers(i))
+                    if not auth:
+                        request.headers.pop("Authorization", None)
+                        request.headers.pop("Cookie", None)
+                    response = session.send(request, stream=True)
+                    try:
+                        raise_for_status(response)
+                        state.check(response, i)
+                        state.write(response, i)
+                    finally:
+                        response.close()
+        except BaseException:
+            state.halt()
+            raise

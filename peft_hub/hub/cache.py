@@ -1,0 +1,223 @@
+"""In-process caches for the hot read paths, and the hook that keeps them right.
+
+Two kinds, one :class:`HubCache` per engine (so per app, so per replica):
+
+- **fixed**: a bounded LRU for what a revision can never change (its file
+  list), keyed by the revision's id *and* sha. A deleted revision's id may be
+  reused by SQLite, but never with the same sha, so nothing here is ever
+  invalidated: it cannot go stale.
+- **fresh**: a short-TTL map (``PEFT_HUB_CACHE_TTL`` seconds, default 2, 0
+  disables) for what writes change: token -> principal, and ``owner/name`` ->
+  the adapter row with its tags. Each entry also carries the generation it
+  was read at; a committed write in this process to a table it came from
+  bumps that generation (:func:`watch`), so this process sees its own writes
+  on the next request. Another replica sees them within the TTL.
+
+A cache never decides who may read: callers run the permission checks on the
+cached rows each request, and a token's expiry is checked at use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+#: Tables whose writes make cached principals stale, and those for repos.
+AUTH_TABLES = frozenset({"token", "namespace", "membership", "websession"})
+REPO_TABLES = frozenset({"adapter", "tag", "revision"})
+#: A write statement and the table it writes, ORM or Core or text alike.
+_WRITE = re.compile(r'\s*(?:insert\s+(?:or\s+\w+\s+)?into|update|delete\s+from)\s+"?(\w+)', re.IGNORECASE)
+_DIRTY, _PENDING = "peft_hub.cache.dirty", "peft_hub.cache.pending"
+
+FIXED_ITEMS = 4096
+FRESH_ITEMS = 8192
+
+
+class RecentItems:
+    """A thread-safe mapping that keeps its ``size`` most recently used items."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class HubCache:
+    """The caches of one engine; thread-safe."""
+
+    def __init__(self, ttl: float = 2.0, fixed_items: int = FIXED_ITEMS, fresh_items: int = FRESH_ITEMS) -> None:
+        self.ttl = ttl
+        self.generations = {"auth": 0, "repo": 0}
+        self._fixed = RecentItems(fixed_items)
+        self._fresh: OrderedDict[Hashable, tuple[float, int, Any]] = OrderedDict()
+        self._fresh_items = fresh_items
+        self._lock = threading.Lock()
+
+    # --- fixed: immutable data ------------------------------------------------
+
+    def fixed(self, key: Hashable) -> Any | None:
+        return self._fixed.get(key)
+
+    def keep(self, key: Hashable, value: Any) -> None:
+        self._fixed.put(key, value)
+
+    # --- fresh: short-lived, invalidated by writes ------------------------------
+
+    def generation(self, kind: str) -> int:
+        """Read before the query whose result is put with :meth:`put`: a write
+        committed meanwhile then makes that result stale at once."""
+        return self.generations[kind]
+
+    def get(self, kind: str, key: Hashable) -> Any | None:
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            item = self._fresh.get((kind, key))
+            if item is None:
+                return None
+            expires, generation, value = item
+            if generation != self.generations[kind] or time.monotonic() >= expires:
+                del self._fresh[(kind, key)]
+                return None
+            return value
+
+    def put(self, kind: str, key: Hashable, value: Any, generation: int) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if generation != self.generations[kind]:
+                return  # a write landed while it was read
+            self._fresh[(kind, key)] = (time.monotonic() + self.ttl, generation, value)
+            self._fresh.move_to_end((kind, key))
+            while len(self._fresh) > self._fresh_items:
+                self._fresh.popitem(last=False)
+
+    def bump(self, kinds: set[str]) -> None:
+        """Make every fresh entry of ``kinds`` stale (a write to them committed)."""
+        with self._lock:
+            for kind in kinds:
+                self.generations[kind] += 1
+            stale = [key for key in self._fresh if key[0] in kinds]
+            for key in stale:
+                del self._fresh[key]
+
+
+_caches: weakref.WeakKeyDictionary[Engine, HubCache] = weakref.WeakKeyDictionary()
+#: Engines not watched (a maintenance script's) get this: nothing fresh is kept.
+_OFF = HubCache(ttl=0, fixed_items=0)
+
+
+def of(bind: Any) -> HubCache:
+    """The cache of a session's or connection's engine (an off one if not watched)."""
+    engine = getattr(bind, "engine", bind)
+    return _caches.get(engine, _OFF)
+
+
+def kinds_written(statement: str) -> set[str]:
+    """Which caches a SQL statement makes stale (empty for reads)."""
+    match = _WRITE.match(statement)
+    if match is None:
+        return set()
+    table = match.group(1).lower()
+    return {"auth"} if table in AUTH_TABLES else {"repo"} if table in REPO_TABLES else set()
+
+
+def watch(engine: Engine, ttl: float) -> HubCache:
+    """Give ``engine`` a cache, kept right by events on every connection.
+
+    A write (an ORM flush, a Core ``update()``/``delete()``, text SQL) marks
+    its connection; the commit bumps the generations it touched, and so does
+    the connection's return to the pool, which comes after the commit has
+    landed: a reader that ran its query in between stored its result under
+    the generation before the second bump, so that result is dropped. A
+    rollback forgets the marks.
+    """
+    cache = _caches.get(engine)
+    if cache is not None:
+        cache.ttl = ttl
+        return cache
+    cache = _caches[engine] = HubCache(ttl)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _noted(conn, cursor, statement, parameters, context, executemany) -> None:
+        kinds = kinds_written(statement)
+        if kinds:
+            conn.info.setdefault(_DIRTY, set()).update(kinds)
+
+    @event.listens_for(engine, "commit")
+    def _committing(conn) -> None:
+        kinds = conn.info.pop(_DIRTY, None)
+        if kinds:
+            cache.bump(kinds)
+            conn.info.setdefault(_PENDING, set()).update(kinds)
+
+    @event.listens_for(engine, "rollback")
+    def _rolled_back(conn) -> None:
+        conn.info.pop(_DIRTY, None)
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_conn, record) -> None:
+        kinds = record.info.pop(_PENDING, None)
+        if kinds:
+            cache.bump(kinds)
+
+    return cache
+
+
+# --- HTTP validators: ETag, If-None-Match, Cache-Control ----------------------
+
+
+def cache_control(private: bool, *, immutable: bool = False) -> str:
+    """``Cache-Control`` for a repo's answer: ``private`` for a private repo
+    (no shared cache may keep it), ``immutable`` only for what a full revision
+    id pins; anything else is revalidated on each use (``no-cache``)."""
+    scope = "private" if private else "public"
+    return f"{scope}, max-age=31536000, immutable" if immutable else f"{scope}, no-cache"
+
+
+def not_modified(request: Any, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 asks).
+    Call it only after the permission check: a 304 says the repo exists."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(",")[:64])
+
+
+def json_answer(request: Any, content: Any, *, private: bool, immutable: bool = False) -> Any:
+    """``content`` as the JSON FastAPI would send, with a strong ETag (the
+    body's digest), ``Cache-Control``, and a 304 when the client holds it."""
+    from fastapi.responses import JSONResponse, Response
+
+    body = JSONResponse(content).body
+    etag = f'"{hashlib.sha1(body).hexdigest()}"'
+    headers = {"ETag": etag, "Cache-Control": cache_control(private, immutable=immutable)}
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)

@@ -1,0 +1,267 @@
+"""Search after #15's indexes and query changes returns what it returned
+before: the same rows in the same order, the same totals, the same facet
+counts. The query logic as it was (commit ef4bc04) is copied here as the
+reference and run against the new on one seeded database, on SQLite and
+PostgreSQL, for every principal kind, with ties in every sort key and text
+queries that match names, owners, base models and descriptions in any case,
+wildcards and backslashes included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import String, cast, func, insert, or_, true
+from sqlmodel import Session, col, select
+from starlette.datastructures import QueryParams
+
+from peft_hub.hub.auth import Principal
+from peft_hub.hub.crud import search as new
+from peft_hub.hub.db import make_engine
+from peft_hub.hub.migrations import upgrade
+from peft_hub.hub.models import Adapter, Namespace, Tag
+from peft_hub.hub.web import catalog
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+# --- the reference: the query logic as it was ---------------------------------------------
+
+
+def old_visible(principal):
+    if principal is None:
+        return col(Adapter.private) == False  # noqa: E712
+    owned = principal.owned_namespaces()
+    if owned is None:
+        return true()
+    return or_(col(Adapter.private) == False, func.lower(col(Adapter.owner)).in_(sorted(owned)))  # noqa: E712
+
+
+def old_filters(*, principal, q=None, base_model=None, method=None, min_rank=None, max_rank=None,
+                target_module=None, owner=None, tag=None, kind=None):
+    clauses = [old_visible(principal), col(Adapter.method).is_not(None)]
+    if q:
+        like = f"%{q.lower()}%"
+        clauses.append(or_(
+            func.lower(Adapter.name).like(like), func.lower(Adapter.owner).like(like),
+            func.lower(Adapter.base_model).like(like), func.lower(Adapter.description).like(like),
+        ))
+    if base_model:
+        clauses.append(Adapter.base_model == base_model)
+    if method:
+        clauses.append(func.upper(Adapter.method) == method.upper())
+    if min_rank is not None:
+        clauses.append(col(Adapter.max_rank) >= min_rank)
+    if max_rank is not None:
+        clauses.append(col(Adapter.rank) <= max_rank)
+    if owner:
+        clauses.append(func.lower(Adapter.owner) == owner.lower())
+    if kind:
+        clauses.append(col(Adapter.kind) == kind.lower())
+    if tag:
+        clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
+    if target_module:
+        clauses.append(cast(Adapter.target_modules, String).like(f'%"{target_module}"%'))
+    return clauses
+
+
+OLD_SORTS = {"updated": col(Adapter.updated_at), "downloads": col(Adapter.downloads), "name": col(Adapter.name),
+             "rank": col(Adapter.rank), "size": col(Adapter.total_size)}
+
+
+def old_search(session, *, clauses, sort="updated", order="desc", page=1, per_page=20):
+    column = OLD_SORTS[sort]
+    ordering = [column.asc() if order == "asc" else column.desc(), col(Adapter.id).asc()]
+    total = session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
+    items = session.exec(
+        select(Adapter).where(*clauses).order_by(*ordering).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    return [a.id for a in items], total
+
+
+def old_facets(session, *, clauses):
+    out = {}
+    for name, column in (("base_model", col(Adapter.base_model)), ("method", col(Adapter.method)),
+                         ("owner", col(Adapter.owner)), ("kind", col(Adapter.kind))):
+        rows = session.exec(
+            select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
+        ).all()
+        out[name] = [(value, count) for value, count in rows if value]
+    return out
+
+
+# --- the data ----------------------------------------------------------------------------------
+
+OWNERS = ["alice", "Bob", "ACME", "carol", "dave-99"]
+BASES = ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "mistralai/Mistral-7B", None]
+WORDS = ["legal", "Legal", "LEGAL", "med_ical", "summary", "qwen-chat", "Ärzte", "code"]
+DESCRIPTIONS = ["", "A LEGAL helper.", "50% off", "under_score here", "back\\slash", "Übersetzung für ÄRZTE",
+                "llama tuned", "nothing"]
+METHODS = ["LORA", "LORA", "IA3", "lora", "LOHA", "model", None]
+
+
+def seed(engine) -> None:
+    rng = random.Random(15)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows, tags = [], []
+    for i in range(1, 241):
+        owner, method = rng.choice(OWNERS), rng.choice(METHODS)
+        name = f"{rng.choice(WORDS)}-{i % 37}"  # the same name under several owners
+        if any(r["name_key"] == f"{owner}/{name}".lower() for r in rows):
+            name += f"-{i}"
+        rows.append({
+            "id": i, "owner": owner, "name": name, "name_key": f"{owner}/{name}".lower(),
+            "private": rng.random() < 0.25, "kind": "model" if method == "model" else "adapter",
+            "downloads": rng.choice([0, 0, 3, 10]), "created_at": t0,
+            "updated_at": t0 + timedelta(hours=rng.choice([0, 1, 2, 3])),  # ties in every sort key
+            "base_model": None if method == "model" else rng.choice(BASES), "method": method,
+            "rank": rng.choice([None, 4, 8, 16, 64]), "max_rank": rng.choice([None, 8, 16, 64]),
+            "total_size": rng.choice([10, 20]), "target_modules": rng.choice([["q_proj"], ["q_proj", "v_proj"]]),
+            "description": rng.choice(DESCRIPTIONS),
+        })
+        tags.append({"adapter_id": i, "name": "main", "revision_id": None})
+        if i % 4 == 0:
+            tags.append({"adapter_id": i, "name": "v1", "revision_id": None})
+    with engine.begin() as conn:
+        conn.execute(insert(Namespace), [{"name": o, "name_key": o.lower(), "kind": "user", "is_admin": False,
+                                          "created_at": t0} for o in OWNERS])
+        conn.execute(insert(Adapter), rows)
+        from peft_hub.hub.models import Revision
+
+        conn.execute(insert(Revision), [{"id": r["id"], "adapter_id": r["id"], "sha": f"{r['id']:040x}",
+                                         "message": "", "author": "", "created_at": t0, "meta": {}} for r in rows])
+        conn.execute(insert(Tag), [{**t, "revision_id": t["adapter_id"], "updated_at": t0} for t in tags])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def engine(request, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('search') / 'hub.db'}"
+    else:
+        from conftest import _fresh_pg_database
+
+        url = _fresh_pg_database(request.getfixturevalue("pg_url"))
+    engine = make_engine(url)
+    upgrade(engine)
+    seed(engine)
+    yield engine
+    engine.dispose()
+
+
+def principals():
+    alice = Principal(user=Namespace(name="alice"), scope="read", orgs={"ACME"})
+    admin = Principal(user=Namespace(name="root", is_admin=True), scope="admin")
+    return [None, alice, admin]
+
+
+QS = [None, "legal", "LEGAL", "egal", "lla", "QWEN", "ärzte", "ÄRZTE", "über", "%", "50%", "_", "der_s", "\\",
+      "back\\s", "a", "zz-none", "acme", "b", "7b", 'a"b"c', "leg*al", "NEAR(legal)"]
+FILTERS = [{}, {"base_model": "Qwen/Qwen2.5-7B"}, {"method": "lora"}, {"method": "MODEL"}, {"owner": "bob"},
+           {"owner": "ACME"}, {"tag": "v1"}, {"kind": "model"}, {"min_rank": 16}, {"max_rank": 8},
+           {"min_rank": 8, "max_rank": 16, "method": "LORA"}, {"target_module": "v_proj"}]
+
+
+def test_search_returns_the_same_rows_in_the_same_order_and_totals(engine):
+    sorts = list(itertools.product(OLD_SORTS, ("asc", "desc")))
+    checked = 0
+    with Session(engine) as session:
+        for who, (i, (q, filters)) in itertools.product(principals(), enumerate(itertools.product(QS, FILTERS))):
+            sort, order = sorts[i % len(sorts)]
+            for page in (1, 1 + i % 3, 40):
+                args = {"q": q, **filters}
+                want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
+                                  page=page, per_page=7)
+                items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                                   sort=sort, order=order, page=page, per_page=7)
+                assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+                checked += want[1] > 0
+    assert checked > 500  # most queries match something: the comparison is not of empty lists
+
+
+def test_facets_are_the_same_counts_in_the_same_order(engine):
+    with Session(engine) as session:
+        for who, q, filters in itertools.product(principals(), QS[:8], FILTERS):
+            args = {"q": q, **filters}
+            want = old_facets(session, clauses=old_filters(principal=who, **args))
+            clauses = new.search_filters(principal=who, **args)
+            assert new.facets(session, clauses=clauses) == want, args
+            assert new.facets(session, clauses=clauses, one_pass=True) == want, args
+            assert new.facets(session, clauses=clauses, names=("owner", "kind"), one_pass=True) == {
+                "owner": want["owner"], "kind": want["kind"]}
+
+
+def test_the_catalog_counts_each_facet_without_its_own_filter(engine):
+    with Session(engine) as session:
+        for who, query in itertools.product(principals(), ["", "q=legal", "q=a&owner=bob", "method=LORA&kind=adapter",
+                                                           "base_model=Qwen/Qwen2.5-7B&tag=v1&min_rank=8",
+                                                           "owner=ACME&q=%25"]):
+            parsed = catalog.CatalogQuery.parse(QueryParams(query))
+            want = {f: old_facets(session, clauses=old_filters(principal=who, **parsed.filters(without=f)))[f]
+                    for f in catalog.FACETS}
+            assert catalog.facet_counts(session, who, parsed) == want, query
+
+
+def test_the_catalog_total_from_the_kind_facet_is_the_count(engine):
+    with Session(engine) as session:
+        for who, query in itertools.product(principals(), ["", "q=legal", "q=a&owner=bob", "method=LORA&kind=adapter",
+                                                           "tag=v1&min_rank=0", "owner=ACME&q=%25", "q=zz-none",
+                                                           "kind=model", "q=egal&page=3"]):
+            parsed = catalog.CatalogQuery.parse(QueryParams(query))
+            want = old_search(session, clauses=old_filters(principal=who, **parsed.filters()), page=parsed.page,
+                              per_page=catalog.PER_PAGE)
+            facets, total = catalog.counts(session, who, parsed)
+            assert total == (None if parsed.kind else want[1]), query
+            items, total = catalog.search(session, who, parsed, total=total)
+            assert ([a.id for a in items], total) == want, query
+
+
+@pytest.mark.parametrize("facet,prefix", [("owner", ""), ("owner", "a"), ("owner", "B"), ("base_model", "qwen"),
+                                          ("base_model", "META-llama/"), ("base_model", "%"), ("owner", "_")])
+def test_type_ahead_values_are_the_facet_values_with_that_prefix(engine, facet, prefix):
+    with Session(engine) as session:
+        for who in principals():
+            clauses = new.search_filters(principal=who)
+            want = [(v, c) for v, c in old_facets(session, clauses=old_filters(principal=who))[facet]
+                    if v.lower().startswith(prefix.lower())][:3]
+            assert new.facet_values(session, clauses=clauses, facet=facet, prefix=prefix, limit=3) == want
+
+
+def test_sqlite_full_text_index_follows_every_write(tmp_path):
+    """Migration 0006's triggers: after ORM inserts, renames, deletes and Core
+    updates, ``q=`` through the index finds what the LIKE scan finds, and
+    FTS5's own check finds the index equal to the table."""
+    from sqlalchemy import delete, text, update
+
+    from peft_hub.hub.models import Revision
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    upgrade(engine)
+    seed(engine)  # before any change: the backfill and the insert trigger
+    with Session(engine) as session:
+        session.add(Adapter(id=500, owner="alice", name="Fresh-Legal", name_key="alice/fresh-legal", method="LORA",
+                            description="brand new"))
+        moved = session.get(Adapter, 7)
+        moved.name, moved.description, moved.base_model = "renamed-qwen", "now LEGAL", None
+        for table in (Tag, Revision):
+            session.exec(delete(table).where(col(table.adapter_id).in_([8, 9])))
+        session.delete(session.get(Adapter, 8))
+        session.commit()
+    with engine.begin() as conn:
+        conn.execute(update(Adapter).where(col(Adapter.id) % 5 == 0).values(description="code zz-none", downloads=1))
+        conn.execute(update(Adapter).where(col(Adapter.id) % 7 == 0).values(downloads=99))  # no indexed field
+        conn.execute(delete(Adapter).where(col(Adapter.id) == 9))
+        conn.exec_driver_sql("INSERT INTO adapter_fts(adapter_fts, rank) VALUES ('integrity-check', 1)")
+        assert "adapter_fts" in conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'adapter_fts'")).scalar()
+    with Session(engine) as session:
+        for who, q in itertools.product(principals(), [*QS[1:], "fresh", "renamed-q", "now legal", "zz-none",
+                                                           "leg\x00al", "\x00lla"]):
+            want = old_search(session, clauses=old_filters(principal=who, q=q), per_page=300)
+            items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, q=q), per_page=300)
+            assert ([a.id for a in items], total) == want, (who, q)
+        found = {a.id for a in new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"),
+                                                   per_page=300)[0]}
+        assert {500, 7} <= found and 8 not in found
+    engine.dispose()

@@ -1,0 +1,259 @@
+"""The faster transfer paths keep their guarantees: part digests computed in
+parallel equal the slices' sha256, a download hashed on its own thread
+verifies every byte (and leaves no thread or file behind), and a ``pull -o``
+copy made in the kernel without hashing is handed over only when its blob is
+provably unchanged since this process hashed it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import httpx
+import pytest
+
+from peft_hub.client.assemble import assemble
+from peft_hub.client.cache import BlobCache
+from peft_hub.client.download import download
+from peft_hub.client.multipart import part_digests
+from peft_hub.client.names import BlobChangedError
+from peft_hub.errors import ChecksumMismatchError, PeftHubError
+from peft_hub.outdir import plan_output
+from peft_hub.progress import tqdm
+
+PART = 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize("size", [0, 1, PART - 1, PART, 3 * PART + 12345])
+def test_part_digests_are_the_slices_sha256(tmp_path, size):
+    data = os.urandom(size)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert part_digests(path, PART) == [hashlib.sha256(data[i:i + PART]).hexdigest() for i in range(0, size, PART)]
+
+
+def _session(body: bytes) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=httpx.ByteStream(body), headers={"Content-Length": str(len(body))})
+
+    return httpx.Client(base_url="http://hub.test", transport=httpx.MockTransport(handler))
+
+
+def _hashers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sha256"]
+
+
+def test_a_download_hashed_on_its_thread_verifies_every_byte(tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    good = hashlib.sha256(data).hexdigest()
+    cache = BlobCache(tmp_path / "cache")
+    with _session(data) as session, tqdm(disable=True) as bar:
+        path = download(session, "/f", good, len(data), cache, bar)
+        assert path.read_bytes() == data and cache.fresh(good)
+
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 1
+        wrong = hashlib.sha256(bytes(flipped)).hexdigest()  # what the file should be; the hub sends ``data``
+        with pytest.raises(ChecksumMismatchError, match=f"hashing to {good}, not {wrong}"):
+            download(session, "/f", wrong, len(data), cache, bar)
+    assert not cache.blob_path(wrong).exists() and not cache.fresh(wrong)
+    assert sorted(p.name for p in (tmp_path / "cache" / "blobs").iterdir()) == [good]  # no partial file left
+    assert _hashers() == []
+
+
+def _fresh_blob(tmp_path, data: bytes) -> tuple[BlobCache, str]:
+    cache = BlobCache(tmp_path / "cache")
+    sha = hashlib.sha256(data).hexdigest()
+    with _session(data) as session, tqdm(disable=True) as bar:
+        download(session, "/f", sha, len(data), cache, bar)
+    return cache, sha
+
+
+def test_a_fresh_copy_is_checked_against_the_blob_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFT_HUB_CACHE", str(tmp_path / "cache"))
+    data = os.urandom(1024 * 1024)
+    cache, sha = _fresh_blob(tmp_path, data)
+    blob = cache.blob_path(sha)
+    files = {"w.bin": (sha, len(data))}
+
+    out = plan_output(tmp_path / "out", kind="pull", identity="admin/x")
+    out.check = lambda staged: cache.check_fresh_copies(staged, files)
+    assert assemble({"w.bin": blob}, out) == tmp_path / "out"
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+    assert not os.path.samefile(blob, tmp_path / "out" / "w.bin")  # a copy, never a link into the cache
+
+    # An edit in place that restores the mtime still moves the ctime: the blob is no longer fresh.
+    st = blob.stat()
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as fh:
+        fh.write(b"\xff" * 16)
+    os.chmod(blob, 0o444)
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not cache.fresh(sha)
+    out = plan_output(tmp_path / "out2", kind="pull", identity="admin/x")
+    out.check = lambda staged: cache.check_fresh_copies(staged, files)
+    with pytest.raises(BlobChangedError, match="w.bin changed") as caught:
+        assemble({"w.bin": blob}, out)
+    assert caught.value.sha256 == sha
+    assert not (tmp_path / "out2").exists()  # nothing handed over
+    assert not any(p.name.startswith(".out2") for p in tmp_path.iterdir())  # nor a staging directory left
+
+
+def test_a_fresh_copy_of_the_wrong_size_is_refused(tmp_path):
+    data = os.urandom(4096)
+    cache, sha = _fresh_blob(tmp_path, data)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "w.bin").write_bytes(data[:-1])
+    with pytest.raises(BlobChangedError):
+        cache.check_fresh_copies(staged, {"w.bin": (sha, len(data))})
+    (staged / "w.bin").write_bytes(data)
+    cache.check_fresh_copies(staged, {"w.bin": (sha, len(data))})
+    assert not BlobCache(tmp_path / "cache").fresh(sha)  # another process did not hash it: it must hash the copy
+
+
+# --- parallel ranged pulls ------------------------------------------------------
+
+
+def _ranged_small(monkeypatch) -> None:
+    """Ranges for any blob above 64 KiB, in 40,000-byte spans (an uneven last one)."""
+    from peft_hub.client import ranged
+
+    monkeypatch.setattr(ranged, "MIN_SIZE", 64 * 1024)
+    monkeypatch.setattr(ranged, "PART", 40_000)
+
+
+def _answer(status: int, body: bytes, content_range: str | None = None) -> httpx.Response:
+    headers = {"Content-Length": str(len(body)), **({"Content-Range": content_range} if content_range else {})}
+    return httpx.Response(status, stream=httpx.ByteStream(body), headers=headers)
+
+
+def _range_server(data: bytes, answer=None, log: list | None = None) -> httpx.Client:
+    """A hub that redirects to a store honouring ``Range``; ``answer(start, end)``
+    may replace the store's answer to a range."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "hub.test":
+            return httpx.Response(302, headers={"Location": "http://store.test/blob?sig=1"})
+        if log is not None:
+            log.append((request.headers.get("range"), request.headers.get("authorization")))
+        spec = request.headers.get("range", "").removeprefix("bytes=")
+        if not spec:
+            return _answer(200, data)
+        start, _, end = spec.partition("-")
+        start, end = int(start), int(end or len(data) - 1)
+        if answer is not None and (custom := answer(start, end)) is not None:
+            return custom
+        return _answer(206, data[start:end + 1], f"bytes {start}-{end}/{len(data)}")
+
+    return httpx.Client(base_url="http://hub.test", headers={"Authorization": "Bearer t"},
+                        transport=httpx.MockTransport(handler))
+
+
+def _pull(session, data: bytes, cache: BlobCache, sha: str | None = None):
+    with tqdm(disable=True) as bar:
+        return download(session, "/f", sha or hashlib.sha256(data).hexdigest(), len(data), cache, bar)
+
+
+def test_a_ranged_download_is_the_bytes_and_sends_no_token_to_the_store(tmp_path, monkeypatch):
+    _ranged_small(monkeypatch)
+    data = os.urandom(1_000_003)
+    log: list = []
+    cache = BlobCache(tmp_path / "cache")
+    with _range_server(data, log=log) as session:
+        assert _pull(session, data, cache).read_bytes() == data
+    assert len(log) == 26 and {auth for _, auth in log} == {None}  # one GET per span, none with the token
+    assert sorted(r for r, _ in log) == sorted(f"bytes={a}-{min(a + 40_000, len(data)) - 1}"
+                                               for a in range(0, len(data), 40_000))
+    assert cache.fresh(hashlib.sha256(data).hexdigest())
+    assert [t for t in threading.enumerate() if t.name.startswith("range")] == []
+
+
+def test_a_server_ignoring_range_gets_one_stream(tmp_path, monkeypatch):
+    _ranged_small(monkeypatch)
+    data = os.urandom(300_000)
+    log: list = []
+
+    def whole(start, end):
+        return _answer(200, data)
+
+    cache = BlobCache(tmp_path / "cache")
+    with _range_server(data, whole, log) as session:
+        assert _pull(session, data, cache).read_bytes() == data
+    assert len(log) == 2  # the range, answered whole and dropped; then one stream
+
+
+@pytest.mark.parametrize("bad", ["short", "wrong-range", "wrong-bytes", "long", "whole-later"])
+def test_a_bad_range_answer_is_refused_and_nothing_is_kept(tmp_path, monkeypatch, bad):
+    _ranged_small(monkeypatch)
+    data = os.urandom(300_000)
+
+    def hostile(start, end):
+        if start < 80_000:
+            return None  # the first spans are honest
+        body = data[start:end + 1]
+        if bad == "short":  # a Content-Length that agrees with a body that stops early
+            return _answer(206, body[:-10], f"bytes {start}-{end}/300000")
+        if bad == "wrong-range":
+            return _answer(206, body, f"bytes {start + 1}-{end}/300000")
+        if bad == "wrong-bytes":
+            return _answer(206, bytes(len(body)), f"bytes {start}-{end}/300000")
+        if bad == "long":
+            return _answer(206, body + b"x", f"bytes {start}-{end}/300000")
+        return _answer(200, data)
+
+    def corrupt_whole(start, end):  # wrong bytes, also when fetched whole
+        return hostile(start, end)
+
+    cache = BlobCache(tmp_path / "cache")
+    sha = hashlib.sha256(data).hexdigest()
+    with _range_server(data, corrupt_whole) as session:
+        if bad == "wrong-bytes":  # refused in ranges, then fetched whole once: the right bytes pass
+            assert _pull(session, data, cache).read_bytes() == data
+            cache.discard(sha)
+            flipped = bytes(len(data))
+            with pytest.raises(ChecksumMismatchError):
+                _pull(session, data, cache, sha=hashlib.sha256(flipped).hexdigest())
+        else:
+            with pytest.raises((ChecksumMismatchError, PeftHubError)):
+                _pull(session, data, cache)
+            assert not cache.blob_path(sha).exists()
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []  # no partial file left
+    assert [t for t in threading.enumerate() if t.name.startswith("range")] == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["embedded", "s3-postgres"])
+def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, request, backend):
+    """On SeaweedFS the ranges go to the presigned URL; on local files the hub answers them itself."""
+    import json
+
+    import numpy as np
+    from conftest import make_settings
+    from safetensors.numpy import save_file
+    from services import live_hub
+
+    from peft_hub.client import HubClient, ranged
+
+    monkeypatch.setattr(ranged, "MIN_SIZE", 1024 * 1024)
+    monkeypatch.setattr(ranged, "PART", 256 * 1024 + 3)
+    results: list = []
+    real = ranged.fetch
+    monkeypatch.setattr(ranged, "fetch", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    rng = np.random.default_rng(0)
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((8, 65536), dtype=np.float32),
+               "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((65536, 8), dtype=np.float32)},
+              adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "t"}))
+    with live_hub(make_settings(backend, tmp_path, request)) as hub:
+        HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0").push(adapter, name="admin/big")
+        client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1")
+        pulled = client.pull("admin/big", tmp_path / "out")
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+    assert (pulled.path / "adapter_model.safetensors").read_bytes() == weights
+    assert results == [hashlib.sha256(weights).hexdigest()]  # fetched in ranges, not one stream
