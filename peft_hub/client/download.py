@@ -169,7 +169,7 @@ def download(
     check_sha256(sha256)
     with cache.partial(sha256) as part:
         fetch = _Fetch(part, size, bar)
-        passes = (False, True)
+        passes: tuple[bool, ...] = (False, True)
         try:
             if size >= ranged.MIN_SIZE:
                 digest = ranged.fetch(session, url, size, part.fh.fileno(), bar, retry=retry, opener=_get)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
+from functools import partial
 
 import httpx
 
@@ -184,7 +185,7 @@ def _work(session: httpx.Client, url: httpx.URL, auth: bool, state: _Ranges, ret
         except IndexError:
             return
         try:
-            for attempt in retry.retrying(_retryable, progress=lambda i=i: state.done[i]):
+            for attempt in retry.retrying(_retryable, progress=partial(state.done.__getitem__, i)):
                 with attempt:
                     request = build_request(session, "GET", url, headers=state.headers(i))
                     if not auth:

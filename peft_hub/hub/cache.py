@@ -72,7 +72,7 @@ class HubCache:
         self.ttl = ttl
         self.generations = {"auth": 0, "repo": 0}
         self._fixed = RecentItems(fixed_items)
-        self._fresh: OrderedDict[Hashable, tuple[float, int, Any]] = OrderedDict()
+        self._fresh: OrderedDict[tuple[str, Hashable], tuple[float, int, Any]] = OrderedDict()
         self._fresh_items = fresh_items
         self._lock = threading.Lock()
 

@@ -256,7 +256,7 @@ def facet_groups(
         both = union_all(*parts).subquery()
         rows = session.exec(select(both.c.facet, both.c.value, both.c.n)
                             .order_by(both.c.facet, both.c.n.desc(), both.c.value)).all()
-        grouped: dict[str, list[tuple[str, int]]] = {n: [] for n in wanted}
+        grouped: dict[str, list[tuple[str | None, int]]] = {n: [] for n in wanted}
         for i, value, count in rows:
             grouped[wanted[i]].append((value, count))
     else:
