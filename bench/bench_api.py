@@ -7,7 +7,7 @@ per route, and the SQL statements each request runs, cold and warm.
 
 Loads with ``wrk`` when it is on PATH, else with a bounded asyncio httpx client.
 
-    python bench/bench_api.py [--seconds 2] [--repeats 3] [--backends sqlite,pg] [--quick]
+    python bench/bench_api.py [--seconds 2] [--repeats 3] [--backends sqlite,pg] [--ttl 2] [--quick]
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def bench_backend(backend: str, args: argparse.Namespace, stack: ExitStack) -> N
 
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="peft-hub-bench-api-")))
     token = "phub_" + secrets.token_hex(6) + secrets.token_urlsafe(32)
-    env = {"PEFT_HUB_ADMIN_TOKEN": token, "PEFT_HUB_HOME": str(work / "home"), "PEFT_HUB_CACHE_TTL": "2"}
+    env = {"PEFT_HUB_ADMIN_TOKEN": token, "PEFT_HUB_HOME": str(work / "home"), "PEFT_HUB_CACHE_TTL": str(args.ttl)}
     if backend == "sqlite":
         env |= {"PEFT_HUB_DB_URL": f"sqlite:///{work / 'hub.db'}", "PEFT_HUB_STORAGE": str(work / "blobs")}
     else:
@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,pg")
+    parser.add_argument("--ttl", type=float, default=2.0, help="the hub's PEFT_HUB_CACHE_TTL")
     parser.add_argument("--quick", action="store_true", help="1 s runs, 1 repeat, SQLite only")
     args = parser.parse_args()
     if args.quick:

@@ -3,6 +3,8 @@ raw boto3 ``upload_file``/``download_file`` of the same bytes to the same
 SeaweedFS, in the same run, interleaved (the order alternates each round,
 so neither side always finds the page cache warm); medians of the rounds.
 Also checks that re-pushing uploads 0 bytes and that pulled bytes are pushed bytes.
+Each pull side also prints this process's CPU seconds (median): on shared
+cores it is steadier than the wall clock.
 With ``--large-mb``, one large file (pushed in parts) is timed too, each
 side in a process of its own so that its peak RSS is its own.
 
@@ -50,22 +52,30 @@ def make_adapter(path: Path, mb: int, seed: int) -> Path:
     return path
 
 
-def _boto(raw, config, weights: Path, key: str, dest: Path, ups: list, downs: list) -> None:
+def _cpu() -> float:
+    """This process's CPU seconds (user + system): the client's, and the in-process hub's."""
+    times = os.times()
+    return times.user + times.system
+
+
+def _boto(raw, config, weights: Path, key: str, dest: Path, ups: list, downs: list, cpu: list) -> None:
     t = time.perf_counter()
     raw.upload_file(str(weights), "raw", key, Config=config)
     ups.append(time.perf_counter() - t)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     raw.download_file("raw", key, str(dest), Config=config)
     downs.append(time.perf_counter() - t)
+    cpu.append(_cpu() - c)
 
 
-def _ours(client, adapter: Path, name: str, dest: Path, size: int, ups: list, downs: list) -> None:
+def _ours(client, adapter: Path, name: str, dest: Path, size: int, ups: list, downs: list, cpu: list) -> None:
     t = time.perf_counter()
     pushed = client.push(adapter, name=name)
     ups.append(time.perf_counter() - t)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     pulled = client.pull(name, dest)
     downs.append(time.perf_counter() - t)
+    cpu.append(_cpu() - c)
     assert pulled.bytes_downloaded >= size and pushed.bytes_uploaded >= size
 
 
@@ -95,13 +105,14 @@ def main() -> None:
         raw.create_bucket(Bucket="raw")
         config = TransferConfig()  # boto3's defaults: 8 MB parts, 10 threads
         with live_hub(settings) as hub:
-            boto_up, boto_down, hub_up, hub_down = [], [], [], []
+            boto_up, boto_down, hub_up, hub_down, boto_cpu, hub_cpu = [], [], [], [], [], []
             for i, adapter in enumerate(adapters):
                 weights = adapter / "adapter_model.safetensors"
                 client = HubClient(hub.url, token, cache_dir=work / f"cache{i}")
 
-                sides = [(_boto, (raw, config, weights, f"obj{i}", work / f"raw{i}", boto_up, boto_down)),
-                         (_ours, (client, adapter, f"admin/bench{i}", work / f"pulled{i}", size, hub_up, hub_down))]
+                sides = [(_boto, (raw, config, weights, f"obj{i}", work / f"raw{i}", boto_up, boto_down, boto_cpu)),
+                         (_ours, (client, adapter, f"admin/bench{i}", work / f"pulled{i}", size, hub_up, hub_down,
+                                  hub_cpu))]
                 for side, side_args in sides if i % 2 == 0 else sides[::-1]:
                     side(*side_args)
                 assert filecmp.cmp(weights, work / f"pulled{i}" / "adapter_model.safetensors", shallow=False)
@@ -116,9 +127,10 @@ def main() -> None:
     print(f"  boto3 upload_file    {mb / med(boto_up):8.1f} MB/s")
     print(f"  peft-hub push        {mb / med(hub_up):8.1f} MB/s   "
           f"ratio {med(boto_up) / med(hub_up):.2f}x  (target >= 0.9x)")
-    print(f"  boto3 download_file  {mb / med(boto_down):8.1f} MB/s")
+    print(f"  boto3 download_file  {mb / med(boto_down):8.1f} MB/s   CPU {med(boto_cpu):.2f} s")
     print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   "
-          f"ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.9x)")
+          f"ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.9x)   CPU {med(hub_cpu):.2f} s "
+          f"(sha256, the cache file and the -o copy)")
     print(f"  re-push unchanged    {again.bytes_uploaded} bytes uploaded, same revision: {not again.created}")
     shutil.rmtree(work, ignore_errors=True)
 

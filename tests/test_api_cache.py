@@ -252,3 +252,173 @@ def test_a_warm_resolve_runs_on_the_event_loop_and_a_cold_one_in_a_thread(hub, t
             hot.CacheOnly(engine).exec  # noqa: B018 - any statement is refused
         missing = api.get(f"/admin/loop/resolve/{sha}/nope.bin")
         assert missing.status_code == 404 and missing.headers["x-repo-commit"] == sha
+
+
+# --- refresh-ahead, single-flight, and never past the TTL ------------------------
+
+
+def _threads(n: int, target) -> list:
+    """``target(i)`` in ``n`` threads started together; their results in order."""
+    import threading
+
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = target(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def _into_refresh_window(hub_cache: cache.HubCache, *keys: tuple) -> None:
+    """Sleep until every entry of ``keys`` is near its expiry (their windows overlap)."""
+    entries = [hub_cache._fresh[key] for key in keys]
+    time.sleep(max(0.0, max(e.refresh_at for e in entries) - time.monotonic()) + 0.01)
+    assert time.monotonic() < min(e.expires for e in entries)
+
+
+def test_an_entry_near_its_expiry_is_reloaded_by_one_lookup_while_the_others_keep_it():
+    hub_cache = cache.HubCache(ttl=0.6)
+    hub_cache.put("repo", "a/b", "old", hub_cache.generation("repo"))
+    assert _threads(16, lambda i: hub_cache.get("repo", "a/b")) == ["old"] * 16  # not yet near expiry
+    _into_refresh_window(hub_cache, ("repo", "a/b"))
+    seen = _threads(16, lambda i: hub_cache.get("repo", "a/b"))
+    assert sorted(seen, key=str) == [None] + ["old"] * 15, "exactly one lookup takes the miss path"
+    assert hub_cache.get("repo", "a/b") == "old"  # the claim holds: still one reloader
+    hub_cache.put("repo", "a/b", "new", hub_cache.generation("repo"))
+    assert hub_cache.get("repo", "a/b") == "new"
+
+    # The claimer looks up again (as a request's rerun in a worker thread does): it misses again.
+    _into_refresh_window(hub_cache, ("repo", "a/b"))
+    claims: cache.Claims = set()
+    with cache.claiming(claims):
+        assert hub_cache.get("repo", "a/b") is None
+    assert hub_cache.get("repo", "a/b") == "new"  # another request's lookup keeps the valid value
+    with cache.claiming(claims):
+        assert hub_cache.get("repo", "a/b") is None and hub_cache.load("repo", "a/b", lambda: "newer") == "newer"
+    assert hub_cache.get("repo", "a/b") == "newer"
+
+
+def test_nothing_is_served_past_its_ttl_and_entries_expire_apart():
+    ttl = 0.4
+    hub_cache = cache.HubCache(ttl=ttl)
+    put_at = {}
+    for key in range(50):
+        put_at[key] = time.monotonic()
+        hub_cache.put("auth", key, f"v{key}", hub_cache.generation("auth"))
+    expiries = {key: hub_cache._fresh[("auth", key)].expires for key in range(50)}
+    assert len(set(expiries.values())) > 40 and all(e <= put_at[k] + ttl + 1e-6 for k, e in expiries.items())
+
+    def spin(i: int) -> list[float]:
+        hits = []
+        while time.monotonic() < put_at[49] + ttl + 0.2:
+            if hub_cache.get("auth", i % 50) is not None:
+                hits.append(time.monotonic() - put_at[i % 50])
+        return hits
+
+    late = [hit for hits in _threads(8, spin) for hit in hits if hit >= ttl]
+    assert late == [], "an entry was served past its TTL"
+    assert all(hub_cache.get("auth", key) is None for key in range(50))
+
+
+def test_a_write_drops_an_entry_at_once_and_concurrent_misses_load_it_once():
+    import threading
+
+    hub_cache = cache.HubCache(ttl=30)
+    hub_cache.put("repo", "a/b", "old", hub_cache.generation("repo"))
+    hub_cache.bump({"repo"})
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(threading.get_ident())
+        time.sleep(0.2)
+        return "new"
+
+    def request(i: int) -> str:
+        return hub_cache.get("repo", "a/b") or hub_cache.load("repo", "a/b", read)
+
+    assert _threads(12, request) == ["new"] * 12 and len(reads) == 1, "single-flight: one load for the burst"
+
+    def failing() -> str:
+        reads.append(0)
+        raise LookupError("not there")
+
+    hub_cache.bump({"repo"})
+    reads.clear()
+    outcomes = _threads(6, lambda i: _outcome(lambda: hub_cache.load("repo", "a/b", failing)))
+    assert outcomes == ["LookupError"] * 6 and len(reads) == 6  # a failure is not shared: each reads
+    hub_cache.put("repo", "a/b", "v", hub_cache.generation("repo") - 1)  # read before a write: dropped
+    assert hub_cache.get("repo", "a/b") is None
+
+
+def _outcome(call) -> str:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the test compares the kinds
+        return type(exc).__name__
+
+
+def test_near_expiry_concurrent_hot_reads_reload_once_from_one_worker_thread(embedded_hub, tmp_path):
+    """Through ``hot.answer`` and ``deps.request_principal``: the look-up on the
+    loop claims the refresh, the rerun in the thread reloads it; the others
+    are answered on the loop from the entry still valid."""
+    import threading
+
+    import anyio
+    from starlette.requests import Request
+
+    from peft_hub.hub import deps, hot
+    from peft_hub.hub.auth import hash_token
+    from peft_hub.hub.hf.read import _locate
+    from peft_hub.hub.models import name_key
+
+    hub = embedded_hub
+    sha = _push(hub, tmp_path, "admin/ahead", "ahead")
+    engine, hub_cache = hub.app.state.engine, cache.of(hub.app.state.engine)
+    headers = [(b"authorization", f"Bearer {hub.admin_token}".encode())]
+    scope = {"type": "http", "method": "GET", "app": hub.app, "headers": headers, "path": "/", "query_string": b"",
+             "client": ("127.0.0.1", 1)}
+    in_thread: list[str] = []
+
+    def work(session, *args):
+        if threading.current_thread() is not loop_thread:
+            in_thread.append("work")
+        return _locate(session, *args)
+
+    async def burst(n: int) -> list:
+        nonlocal loop_thread
+        loop_thread = threading.current_thread()
+        results: list = [None] * n
+
+        async def one(i: int) -> None:
+            principal = await deps.request_principal(Request(scope))
+            results[i] = (principal.user.name, await hot.answer(Request(scope), work, principal, "admin", "ahead",
+                                                                 "main", "README.md"))
+        async with anyio.create_task_group() as group:
+            for i in range(n):
+                group.start_soon(one, i)
+        return results
+
+    loop_thread = None
+    first = anyio.run(burst, 1)[0]  # warms both entries
+    keys = (("auth", hash_token(hub.admin_token)), ("repo", name_key("admin", "ahead")))
+    for kind, key in keys:
+        value = hub_cache.get(kind, key)
+        assert value is not None, kind
+        hub_cache.put(kind, key, value, hub_cache.generation(kind))  # restart the clocks
+    _into_refresh_window(hub_cache, *keys)
+    in_thread.clear()
+    with counting(engine) as seen:
+        results = anyio.run(burst, 24)
+    assert results == [first] * 24 and first[1][2]["X-Repo-Commit"] == sha
+    assert in_thread == ["work"], "one request reloads the repo in a worker thread; the rest stay on the loop"
+    tokens = [s for s in seen if "from token" in " ".join(s.lower().split())]
+    repos = [s for s in seen if "from adapter" in " ".join(s.lower().split())]
+    assert len(tokens) == 1 and len(repos) == 1, seen
+    assert hub_cache.get("repo", name_key("admin", "ahead")) is not None  # reloaded, not left to expire

@@ -426,7 +426,8 @@ def _serve(tmp_path: Path, settings) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PEFT_HUB_HOME": str(tmp_path / "home"), "PEFT_HUB_ADMIN_TOKEN": settings.admin_token,
            "PEFT_HUB_DB_URL": settings.db_url, "PEFT_HUB_STORAGE": settings.storage}
-    proc = subprocess.Popen([sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--workers", "1",
+                             "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/api/health").status_code == 200, 60, "peft-hub serve")

@@ -172,7 +172,8 @@ def _hub_process(settings, tmp_path: Path):
            "PEFT_HUB_ADMIN_TOKEN": settings.admin_token, "PEFT_HUB_TOKEN_FILE": str(settings.token_file),
            "PEFT_HUB_WORKERS": "1"}
     log = open(tmp_path / "hub.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--workers", "1",
+                             "--log-level", "warning"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -9,9 +9,11 @@ byte, whole files included, however small its memory budget.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 from tiny_models import make_lora, tiny_llama
 
 from peft_hub.compose.io import ST_DTYPES, header_layout, tensor_bytes
-from peft_hub.errors import InvalidInputError
+from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
 from peft_hub.gpu_runtime import stream
 from peft_hub.gpu_runtime.lora import LoraDelta, load_updates, map_to_base
 from peft_hub.gpu_runtime.materializer import materialize
@@ -98,15 +100,31 @@ def test_merge_rows_with_buffers_matches_the_serial_merge(src_dtype, out_dtype, 
     left, right = (a.float().T, b.float().T) if transposed else (b.float(), a.float())
     want = _serial_merge(w.clone(), left, right, 0.37, out_dtype)  # it merged fp32 bases in place
     before = w.clone()
-    for scratch in (None, torch.empty(10), torch.empty(1 << 20)):
-        out = torch.full(w.shape, 7.0, dtype=out_dtype)
-        got = delta.merge_rows(w, transposed=transposed, base_key="k", dtype=out_dtype, out=out, scratch=scratch)
-        assert got is out and torch.equal(got, want)
-        assert torch.equal(w, before)  # read only
-    if src_dtype == out_dtype:
-        in_place = w.clone()
-        delta.merge_rows(in_place, transposed=transposed, base_key="k", dtype=out_dtype, out=in_place)
-        assert torch.equal(in_place, want)
+    with ThreadPoolExecutor(1) as helper:
+        for scratch, lanes in itertools.product((None, torch.empty(10), torch.empty(2 << 20)), (None, helper)):
+            out = torch.full(w.shape, 7.0, dtype=out_dtype)
+            got = delta.merge_rows(w, transposed=transposed, base_key="k", dtype=out_dtype, out=out,
+                                   scratch=scratch, helper=lanes)
+            assert got is out and torch.equal(got, want)
+            assert torch.equal(w, before)  # read only
+        if src_dtype == out_dtype:
+            in_place = w.clone()
+            delta.merge_rows(in_place, transposed=transposed, base_key="k", dtype=out_dtype, out=in_place,
+                             helper=helper)
+            assert torch.equal(in_place, want)
+
+
+def test_merge_rows_with_a_helper_refuses_bad_shapes_and_leaves_the_helper_free():
+    delta = LoraDelta("m", torch.ones(2, 4096), torch.ones(1024, 2), scale=1.0)  # 256 rows a block: 4 blocks
+    w = torch.ones(1024, 4096)
+    with ThreadPoolExecutor(1) as helper:
+        with pytest.raises(ValueError, match="out is"):
+            delta.merge_rows(w, transposed=False, base_key="k", dtype=torch.float32, out=torch.empty(2, 2),
+                             helper=helper)
+        broken = torch.ones(1024, 4096, dtype=torch.float32)[:, :4095]  # shape mismatch inside addmm
+        with pytest.raises(IncompatibleAdaptersError):
+            delta.merge_rows(broken, transposed=False, base_key="k", dtype=torch.float32, helper=helper)
+        assert helper.submit(lambda: 1).result() == 1  # the helper is free again
 
 
 def test_merge_rows_refuses_an_output_of_another_shape():

@@ -20,6 +20,7 @@ from starlette.datastructures import QueryParams
 
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.crud import search as new
+from peft_hub.hub.crud import search_sql
 from peft_hub.hub.db import make_engine
 from peft_hub.hub.migrations import upgrade
 from peft_hub.hub.models import Adapter, Namespace, Tag
@@ -164,7 +165,9 @@ FILTERS = [{}, {"base_model": "Qwen/Qwen2.5-7B"}, {"method": "lora"}, {"method":
            {"min_rank": 8, "max_rank": 16, "method": "LORA"}, {"target_module": "v_proj"}]
 
 
-def test_search_returns_the_same_rows_in_the_same_order_and_totals(engine):
+@pytest.mark.parametrize("drives_at", [search_sql.SORT_DRIVES_AT, 1], ids=["candidates-drive", "sort-index-drives"])
+def test_search_returns_the_same_rows_in_the_same_order_and_totals(engine, monkeypatch, drives_at):
+    monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)  # 1: every text query with a candidate walks the sort
     sorts = list(itertools.product(OLD_SORTS, ("asc", "desc")))
     checked = 0
     with Session(engine) as session:
@@ -204,7 +207,9 @@ def test_the_catalog_counts_each_facet_without_its_own_filter(engine):
             assert catalog.facet_counts(session, who, parsed) == want, query
 
 
-def test_the_catalog_total_from_the_kind_facet_is_the_count(engine):
+@pytest.mark.parametrize("drives_at", [search_sql.SORT_DRIVES_AT, 1], ids=["candidates-drive", "sort-index-drives"])
+def test_the_catalog_total_from_the_kind_facet_is_the_count(engine, monkeypatch, drives_at):
+    monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)
     with Session(engine) as session:
         for who, query in itertools.product(principals(), ["", "q=legal", "q=a&owner=bob", "method=LORA&kind=adapter",
                                                            "tag=v1&min_rank=0", "owner=ACME&q=%25", "q=zz-none",
@@ -216,6 +221,30 @@ def test_the_catalog_total_from_the_kind_facet_is_the_count(engine):
             assert total == (None if parsed.kind else want[1]), query
             items, total = catalog.search(session, who, parsed, total=total)
             assert ([a.id for a in items], total) == want, query
+
+
+def test_sqlite_pages_of_many_matches_walk_the_sort_index(engine, monkeypatch):
+    """Past ``SORT_DRIVES_AT`` matches, SQLite's page query reads the sort's
+    index in order (and stops at the page), not the rows of a filter's index."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    from sqlalchemy import event
+
+    pages: list[tuple[str, object]] = []
+    listener = lambda conn, cur, stmt, params, *a: stmt.startswith("SELECT adapter.id") and pages.append((stmt, params))  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with Session(engine) as session:
+            for drives_at, index in ((1, "ix_adapter_updated_at"), (10**6, "")):
+                monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)
+                for args in ({"q": "legal"}, {"method": "lora"}, {"tag": "v1"}):
+                    pages.clear()
+                    new.search_adapters(session, clauses=new.search_filters(principal=None, **args), per_page=3)
+                    plan = " ".join(str(row[3]) for row in session.connection().exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + pages[0][0], pages[0][1]))
+                    assert ("SCAN adapter USING INDEX ix_adapter_updated_at" in plan) == bool(index), (args, plan)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
 
 
 @pytest.mark.parametrize("facet,prefix", [("owner", ""), ("owner", "a"), ("owner", "B"), ("base_model", "qwen"),

@@ -140,3 +140,29 @@ def test_two_serve_processes_on_one_fresh_postgres(tmp_path, llama_adapter, pg_u
     finally:
         for server in servers:
             server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_the_supervisor_takes_its_workers_with_it(tmp_path):
+    """Orphaned workers would go on serving on the port, holding their
+    uploads' files, with no one left to stop them."""
+    server = Serve(tmp_path, "one", "--workers", "2", "--storage", str(tmp_path / "blobs"))
+    try:
+        server.wait_started(2)
+        children = [int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+                    .read_text().split()]
+        workers = [p for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2
+        server.proc.kill()
+        server.proc.wait(10)
+        wait_until(lambda: not any(_alive(p) for p in workers), 10, "the workers to die with their supervisor")
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 
 import httpx
@@ -182,6 +183,66 @@ def test_a_server_ignoring_range_gets_one_stream(tmp_path, monkeypatch):
     with _range_server(data, whole, log) as session:
         assert _pull(session, data, cache).read_bytes() == data
     assert len(log) == 2  # the range, answered whole and dropped; then one stream
+
+
+def _count_reads_and_writebacks(monkeypatch) -> tuple[list, list]:
+    from peft_hub.client import ranged
+
+    reads: list = []
+    flushed: list = []
+    real_pread = os.pread
+    monkeypatch.setattr(ranged.os, "pread", lambda fd, n, pos: reads.append((pos, n)) or real_pread(fd, n, pos))
+    real_writeback = ranged._writeback
+    monkeypatch.setattr(ranged, "_writeback", lambda fd, a, n: flushed.append((a, n)) or real_writeback(fd, a, n))
+    real_fetch = ranged.fetch  # what the ranges hashed to (a wrong one would be fetched whole, and hide it)
+    monkeypatch.setattr(ranged, "fetch", lambda *a, **k: reads.append(("digest", real_fetch(*a, **k))) or reads[-1][1])
+    return reads, flushed
+
+
+def test_ranges_in_order_are_hashed_from_memory_never_read_back(tmp_path, monkeypatch):
+    from peft_hub.client import ranged
+
+    _ranged_small(monkeypatch)
+    monkeypatch.setattr(ranged, "STREAMS", 1)  # one stream: every block arrives where the hash stands
+    reads, flushed = _count_reads_and_writebacks(monkeypatch)
+    data = os.urandom(500_001)
+    cache = BlobCache(tmp_path / "cache")
+    with _range_server(data) as session:
+        assert _pull(session, data, cache).read_bytes() == data
+    assert reads == [("digest", hashlib.sha256(data).hexdigest())]
+    assert sorted(flushed) == [(a, min(40_000, len(data) - a)) for a in range(0, len(data), 40_000)]
+    assert ranged._SYNC_FILE_RANGE is not None or not sys.platform.startswith("linux")  # the hint really is sent
+
+
+def test_ranges_out_of_order_are_read_back_in_order_and_hashed_once(tmp_path, monkeypatch):
+    import time
+
+    _ranged_small(monkeypatch)
+    reads, _ = _count_reads_and_writebacks(monkeypatch)
+    data = os.urandom(1_000_003)
+    sha = hashlib.sha256(data).hexdigest()
+
+    def late(start, end):  # the second span comes last: everything after it waits to be read back
+        if start == 40_000:
+            time.sleep(0.3)
+        return None
+
+    cache = BlobCache(tmp_path / "cache")
+    with _range_server(data, late) as session:
+        assert _pull(session, data, cache).read_bytes() == data
+    assert reads.pop() == ("digest", sha)
+    assert reads and all(pos >= 80_000 for pos, _ in reads)  # what came in order was never read back
+    assert sum(n for _, n in reads) <= len(data) - 80_000
+    assert [pos for pos, _ in reads] == sorted(pos for pos, _ in reads)
+    assert cache.fresh(sha)
+
+    cache.discard(sha)  # the same order of arrival, with a flipped byte late in the file: refused
+    flipped = bytearray(data)
+    flipped[-5] ^= 1
+    with _range_server(bytes(flipped), late) as session, pytest.raises(ChecksumMismatchError):
+        _pull(session, bytes(flipped), cache, sha=sha)
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []
+    assert [t for t in threading.enumerate() if t.name.startswith("range")] == []
 
 
 @pytest.mark.parametrize("bad", ["short", "wrong-range", "wrong-bytes", "long", "whole-later"])

@@ -205,7 +205,7 @@ def test_failed_after_max_attempts_and_events_filter(tmp_path, request):
 
 
 def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "peft_hub", "serve", "--port", str(port), "--workers", "1", "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -10,6 +10,11 @@ bounded whatever the file's size. Then the hub joins the parts.
 A small state file per blob (``<cache>/uploads/<sha256>.json``) keeps the
 part digests and the upload id and ticket of the plan; a push run again
 after a kill sends them, and the hub plans only the parts S3 does not hold.
+
+On a hub that stores blobs as local files, the plan's parts go to the hub
+itself, each as a blob of its own, and the plan says ``"resume": "client"``:
+the state file then also lists the parts sent, each noted as the hub
+acknowledges it, and a push run again sends only the others.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import hashlib
 import json
 import math
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +35,7 @@ import httpx
 from peft_hub.adapter import FileEntry
 from peft_hub.client.http import origin, raise_for_status, redact
 from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
-from peft_hub.errors import HubUnreachableError, InvalidInputError, StorageError
+from peft_hub.errors import HubUnreachableError, InvalidInputError, StorageError, UploadRequiredError
 from peft_hub.progress import tqdm
 
 CHUNK = 1024 * 1024
@@ -58,6 +65,8 @@ class MultipartTarget:
     parts: list[Part]
     #: Whether each part URL is signed with the part's sha256 that this client proposed.
     checksums: bool = False
+    #: The hub lists every part and the client skips those it sent (parts sent to the hub itself).
+    client_resume: bool = False
 
     def spec(self, digests: list[str] | None) -> dict[str, Any]:
         return {"part_size": self.part_size, "parts": digests, "upload_id": self.upload_id, "ticket": self.ticket}
@@ -70,6 +79,7 @@ class UploadState:
         self.file = root / "uploads" / f"{entry.sha256}.json"
         self.entry, self.path = entry, path
         self.data: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def spec(self, part_bytes: int) -> dict[str, Any]:
         """The ``multipart`` field of the preupload request: the saved one
@@ -94,6 +104,26 @@ class UploadState:
     def save(self, target: MultipartTarget) -> None:
         """Remember the plan, so that a push run again resumes it."""
         self.data.update(upload_id=target.upload_id, ticket=target.ticket, part_size=target.part_size)
+        self._write()
+
+    def sent(self) -> set[int]:
+        """The parts the hub acknowledged (for a ``client_resume`` plan)."""
+        sent = self.data.get("sent")
+        return {n for n in sent if type(n) is int} if isinstance(sent, list) else set()
+
+    def mark_sent(self, number: int) -> None:
+        """Note that the hub acknowledged part ``number``."""
+        with self._lock:
+            self.data["sent"] = sorted(self.sent() | {number})
+            self._write()
+
+    def unmark_sent(self, numbers: set[int]) -> None:
+        """Forget that these parts were sent (the hub no longer holds them)."""
+        with self._lock:
+            self.data["sent"] = sorted(self.sent() - numbers)
+            self._write()
+
+    def _write(self) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data))
@@ -152,7 +182,8 @@ def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> Multipa
             number, absolute(raw.get("url")), {k: v for k, v in headers.items() if str(k).lower() in _ALLOWED_HEADERS}
         )
     return MultipartTarget(
-        entry, upload_id, ticket, part_size, [parts[n] for n in sorted(parts)], checksums=plan.get("checksums") is True
+        entry, upload_id, ticket, part_size, [parts[n] for n in sorted(parts)], checksums=plan.get("checksums") is True,
+        client_resume=plan.get("resume") == "client",
     )
 
 
@@ -182,8 +213,12 @@ def upload_parts(
     *,
     retry: RetryPolicy = NO_RETRY,
     workers: int = WORKERS,
+    parts: list[Part] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> int:
-    """PUT every part the plan lists, ``workers`` at a time; returns the bytes sent."""
+    """PUT every part the plan lists (or ``parts`` of them), ``workers`` at a
+    time, calling ``on_sent`` with each part's number once it is acknowledged;
+    returns the bytes sent."""
     count = math.ceil(target.entry.size / target.part_size)
 
     def send(part: Part) -> int:
@@ -210,10 +245,12 @@ def upload_parts(
             raise HubUnreachableError(
                 f"part {part.number} of {path.name} to {redact(part.url)} failed: {exc}"
             ) from None
+        if on_sent is not None:
+            on_sent(part.number)
         return length
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return sum(pool.map(send, target.parts))
+        return sum(pool.map(send, target.parts if parts is None else parts))
 
 
 def send_in_parts(
@@ -238,11 +275,24 @@ def send_in_parts(
     digests = state.data.get("parts") if state is not None and target.checksums else None
     if state is not None:
         state.save(target)
-    bar.update(target.entry.size - sum(_lengths(target)))  # parts S3 already holds
-    upload_parts(session, target, path, bar, retry=retry)
+    resume = target.client_resume and state is not None
+    todo = [p for p in target.parts if p.number not in state.sent()] if resume and state is not None else target.parts
+    bar.update(target.entry.size - sum(_lengths(target, todo)))  # parts the store already holds
+    on_sent = state.mark_sent if resume and state is not None else None
+    upload_parts(session, target, path, bar, retry=retry, parts=todo, on_sent=on_sent)
     body = {"sha256": target.entry.sha256, "size": target.entry.size, "multipart": target.spec(digests)}
+    url = f"/api/adapters/{repo_id}/uploads/complete"
     try:
-        answer = call("POST", f"/api/adapters/{repo_id}/uploads/complete", json=body, idempotent=True)
+        answer = call("POST", url, json=body, idempotent=True)
+    except UploadRequiredError:
+        if not resume or state is None or todo == target.parts:
+            raise
+        # Parts sent by an earlier push are gone (gc collected them): send those again.
+        earlier = [p for p in target.parts if p not in todo]
+        state.unmark_sent({p.number for p in earlier})
+        bar.update(-sum(_lengths(target, earlier)))
+        upload_parts(session, target, path, bar, retry=retry, parts=earlier, on_sent=state.mark_sent)
+        answer = call("POST", url, json=body, idempotent=True)
     except NotFoundError:
         # A retried completion whose first try went through finds no upload;
         # the commit says whether the blob is there (else the push plans again).
@@ -252,9 +302,9 @@ def send_in_parts(
     return not isinstance(answer, dict) or answer.get("stored") is not False
 
 
-def _lengths(target: MultipartTarget) -> list[int]:
+def _lengths(target: MultipartTarget, parts: list[Part]) -> list[int]:
     count = math.ceil(target.entry.size / target.part_size)
     return [
         target.part_size if p.number < count else target.entry.size - target.part_size * (count - 1)
-        for p in target.parts
+        for p in parts
     ]

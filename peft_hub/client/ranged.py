@@ -8,14 +8,21 @@ carried it. A server that answers the first range with the whole body (or
 refuses ranges) gets the single stream of :mod:`peft_hub.client.download`
 instead. Any other answer that is not exactly the range asked for is
 refused. Each range resumes from the bytes it holds when its connection
-is cut, and is retried per the pull's policy. The sha256 is computed by
-reading the file back (the page cache is hot), a contiguous prefix at a
-time, on a thread of its own, so it overlaps the transfer; memory holds
-one network block per stream and one read block.
+is cut, and is retried per the pull's policy.
+
+The sha256 runs over the file in order. A block that arrives exactly where
+the hash stands is hashed from the network buffer by the stream that got it;
+bytes that arrived out of order are hashed later, by a thread of its own,
+read back from the file (the page cache is hot) once the prefix before them
+is complete. Each span's written bytes are handed to the kernel's writeback
+as the span completes, so the cache's fsync at the end has little left to do.
+Memory holds one network block per stream and one read block.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import threading
@@ -66,6 +73,9 @@ class _Ranges:
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self._open = 0  # the first span not yet complete
+        self._sha = hashlib.sha256()
+        self.hashed = 0  # bytes hashed, from the start, in order
+        self.hashing = False  # a thread holds ``_sha`` (the stream at the front, or the reader)
 
     def headers(self, i: int) -> dict[str, str]:
         a, b = self.spans[i]
@@ -92,13 +102,23 @@ class _Ranges:
             pos = a + self.done[i]
             if pos + len(block) > b:
                 raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
-            os.pwrite(self.fd, block, pos)
+            if os.pwrite(self.fd, block, pos) != len(block):
+                raise StorageError("a short write to the file being downloaded (is the disk full?)")
             with self.cond:
                 self.done[i] += len(block)
                 self.bar.update(len(block))
-                self.cond.notify_all()
+                mine = not self.hashing and pos == self.hashed
+                self.hashing |= mine
+            if mine:  # next in order: hashed from memory, never read back
+                self._sha.update(block)
+                with self.cond:
+                    self.hashed += len(block)
+                    self.hashing = False
+                    if self.mark() > self.hashed or self.hashed == self.size:
+                        self.cond.notify_all()  # bytes that came out of order wait, or the hash is done
         if self.done[i] != b - a:
             raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
+        _writeback(self.fd, a, b - a)
 
     def halt(self) -> None:
         """Stop every stream and the hash: one range failed."""
@@ -114,21 +134,50 @@ class _Ranges:
         return self.size if self._open == len(self.spans) else self.spans[self._open][0] + self.done[self._open]
 
     def digest(self) -> str:
-        """The sha256 of the file as written, read back as its prefix grows."""
-        digest, pos = hashlib.sha256(), 0
-        while pos < self.size:
+        """The sha256 of the file as written: the bytes no stream hashed from
+        memory are read back here, in order, as the written prefix grows."""
+        while True:
             with self.cond:
-                while (end := self.mark()) <= pos and not self.stop.is_set():
+                while True:
+                    if self.stop.is_set():
+                        raise _Stopped
+                    if self.hashed == self.size:
+                        return self._sha.hexdigest()
+                    if not self.hashing and (end := self.mark()) > self.hashed:
+                        break
                     self.cond.wait()
-            if self.stop.is_set():
-                raise _Stopped
-            while pos < end:
+                self.hashing, pos, data = True, self.hashed, b""
+            try:
                 data = os.pread(self.fd, min(_READ, end - pos), pos)
                 if not data:
                     raise StorageError("the file being downloaded shrank while it was hashed")
-                digest.update(data)
-                pos += len(data)
-        return digest.hexdigest()
+                self._sha.update(data)
+            finally:
+                with self.cond:
+                    self.hashed += len(data)
+                    self.hashing = False
+
+
+def _sync_file_range() -> Callable[..., int] | None:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # CDLL calls release the GIL
+        call = libc.sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a completed span to disk without waiting (a hint: the fsync before commit decides)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, retry: RetryPolicy,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,20 +81,24 @@ class LoraDelta:
 
     def merge_rows(
         self, w: torch.Tensor, *, transposed: bool, base_key: str, dtype: torch.dtype,
-        out: torch.Tensor | None = None, scratch: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, scratch: torch.Tensor | None = None, helper: Executor | None = None,
     ) -> torch.Tensor:
         """``w + s * left @ right`` in fp32, a few rows at a time, written into a ``dtype`` tensor.
 
         Blocks of ~4 MB stay in cache through the upcast, the fused
         multiply-add and the downcast, and no full-size fp32 copy exists. The
         bytes depend on the block height (MKL takes other paths for a few
-        rows), not on where the buffers lie, so keep ``step`` as it is.
+        rows), not on where the buffers lie nor on which thread runs a block,
+        so keep ``step`` as it is.
 
         Args:
             out: where to write (``dtype``, ``w``'s shape; may be ``w``); default: a new tensor.
                 ``w`` is read only, unless it is ``out``.
             scratch: a reusable fp32 buffer on ``w``'s device for the blocks
-                (a fresh block per step ran the merge 3x slower).
+                (a fresh block per step ran the merge 3x slower); two blocks' worth with ``helper``.
+            helper: a second thread that merges blocks alongside this one,
+                each taking the next block as it finishes one (each block is
+                computed exactly as alone, so the bytes do not change).
         """
         left, right = self._factors(w, transposed, base_key)
         if out is None:
@@ -101,14 +107,42 @@ class LoraDelta:
             raise ValueError(f"{base_key}: out is {out.dtype} {tuple(out.shape)}, not {dtype} {tuple(w.shape)}")
         cols = w.shape[1]
         step = max(1, (1 << 20) // max(1, cols))
-        if scratch is None or scratch.numel() < step * cols or scratch.device != w.device:
-            scratch = torch.empty(step * cols, dtype=torch.float32, device=w.device)
-        for i in range(0, w.shape[0], step):
-            rows = min(step, w.shape[0] - i)
-            block = scratch[: rows * cols].view(rows, cols)  # (rows, cols) fp32
-            block.copy_(w[i:i + step])
-            block.addmm_(left[i:i + step], right, alpha=self.scale)
-            out[i:i + step] = block
+        starts = range(0, w.shape[0], step)
+        lanes = 2 if helper is not None and len(starts) > 1 else 1
+        if scratch is None or scratch.numel() < lanes * step * cols or scratch.device != w.device:
+            scratch = torch.empty(lanes * step * cols, dtype=torch.float32, device=w.device)
+
+        blocks = iter(starts)  # shared: each thread takes the next block, so a preempted one delays little
+        lock = threading.Lock()
+
+        def merge(lane: int) -> None:
+            buf = scratch[lane * step * cols:(lane + 1) * step * cols]
+            while True:
+                with lock:
+                    i = next(blocks, None)
+                if i is None:
+                    return
+                rows = min(step, w.shape[0] - i)
+                block = buf[: rows * cols].view(rows, cols)  # (rows, cols) fp32
+                block.copy_(w[i:i + step])
+                block.addmm_(left[i:i + step], right, alpha=self.scale)
+                out[i:i + step] = block
+
+        if lanes == 1:
+            merge(0)
+            return out
+        assert helper is not None
+        second = helper.submit(merge, 1)
+        try:
+            merge(0)
+        finally:
+            with lock:
+                for _ in blocks:  # after an error here, leave the helper nothing more to start
+                    pass
+            if not second.cancel():  # it had started: it writes into out and scratch, so wait for it
+                wait([second])
+        if not second.cancelled():
+            second.result()
         return out
 
     def merge_into(self, w: torch.Tensor, *, transposed: bool, base_key: str) -> torch.Tensor:
@@ -136,7 +170,7 @@ class TensorUpdate:
 
     def apply(
         self, base: torch.Tensor | None, *, transposed: bool, base_key: str, dtype: torch.dtype = torch.float32,
-        out: torch.Tensor | None = None, scratch: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, scratch: torch.Tensor | None = None, helper: Executor | None = None,
     ) -> torch.Tensor:
         """The updated tensor in ``dtype``, computed in fp32 (on ``base``'s device).
 
@@ -147,14 +181,14 @@ class TensorUpdate:
             transposed: the base stores this weight as ``(in, out)`` (GPT-2's Conv1D).
             base_key: the base tensor's name, for error messages.
             dtype: the dtype of the result.
-            out, scratch: for a plain LoRA, where the result goes and a reusable
-                fp32 buffer (see :meth:`LoraDelta.merge_rows`); other updates return
-                a new tensor.
+            out, scratch, helper: for a plain LoRA, where the result goes, a reusable
+                fp32 buffer and a second merging thread (see :meth:`LoraDelta.merge_rows`);
+                other updates return a new tensor.
         """
         if (base is not None and self.replacement is None and self.bias_delta is None
                 and self.lora is not None and self.lora.magnitude is None):
             return self.lora.merge_rows(base, transposed=transposed, base_key=base_key, dtype=dtype,
-                                        out=out, scratch=scratch)
+                                        out=out, scratch=scratch, helper=helper)
         return self._apply_fp32(base, transposed=transposed, base_key=base_key).to(dtype)
 
     def _apply_fp32(self, base: torch.Tensor | None, *, transposed: bool, base_key: str) -> torch.Tensor:

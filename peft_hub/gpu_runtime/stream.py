@@ -7,9 +7,10 @@ bytes (or only cast when the output dtype differs). With quantization, each
 Linear weight is also quantized as it goes.
 
 Reads, merges and writes overlap: the shard is mapped copy-on-write, a reader
-thread faults the next tensors' pages in while the calling thread merges from
-the mapping into a pooled buffer, and a writer thread writes finished tensors
-and copies untouched ones in file order. Both hand-offs are bounded
+thread faults the next tensors' pages in while the calling thread (with one
+helper on the CPU, block by block) merges from the mapping into a pooled
+buffer, and a writer thread writes finished tensors and copies untouched ones
+in file order. Both hand-offs are bounded
 (:data:`DEPTH` tensors; at most :data:`BUDGET` bytes of buffers), so memory
 stays a few tensors whatever the checkpoint's size.
 """
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -136,9 +139,19 @@ def stream_merge(
     Returns:
         Counts, bytes written and the new weight map.
     """
-    with single_cpu_thread(device):
+    with single_cpu_thread(device), _merge_helper(device) as helper:
         return _stream_merge(ckpt, updates, out_dir, dtype=dtype, device=device, quantize=quantize,
-                             layout=layout, fan_in_fan_out=fan_in_fan_out)
+                             layout=layout, fan_in_fan_out=fan_in_fan_out, helper=helper)
+
+
+@contextmanager
+def _merge_helper(device: torch.device) -> Iterator[ThreadPoolExecutor | None]:
+    """A second thread for the CPU merge's row blocks (each on one torch thread), when there is a second core."""
+    if device.type != "cpu" or (os.cpu_count() or 1) < 2:
+        yield None
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="materialize-merge") as helper:
+        yield helper
 
 
 def _stream_merge(
@@ -151,13 +164,15 @@ def _stream_merge(
     quantize: Quantization,
     layout: ModelLayout | None,
     fan_in_fan_out: bool,
+    helper: ThreadPoolExecutor | None,
 ) -> MergeStats:
     base_keys = set(ckpt.weight_map)
     transposed = to_checkpoint_names(layout.transposed, base_keys) if layout else None
     qweights = to_checkpoint_names(layout.linear, base_keys) if (layout and quantize != "none") else set()
     out_st = ST_DTYPES[dtype]
     stats = MergeStats()
-    scratch = torch.empty(1 << 20, dtype=torch.float32, device=device)  # merge_rows' upcast blocks, reused
+    # merge_rows' upcast blocks (one per merging thread), reused
+    scratch = torch.empty((2 if helper else 1) << 20, dtype=torch.float32, device=device)
     pool = BufferPool(BUDGET)
     bar = tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, desc="materialize")
     for shard, header in ckpt.headers.items():
@@ -175,7 +190,7 @@ def _stream_merge(
                     if upd is None:
                         return t.to(dtype) if out is None else out.copy_(t)
                     return upd.apply(
-                        t, base_key=name, dtype=dtype, out=out, scratch=scratch,
+                        t, base_key=name, dtype=dtype, out=out, scratch=scratch, helper=helper,
                         transposed=is_transposed(name, info.shape, upd, transposed, fan_in_fan_out),
                     )
 

@@ -136,13 +136,17 @@ def authenticate(session: Session, token: str) -> Principal:
     digest = hash_token(token)
     hub_cache = cache.of(session.get_bind())
     cached: tuple[Principal, datetime | None] | None = hub_cache.get("auth", digest)
-    if cached is not None:
-        principal, last_used = cached
-        if principal.expires_at is not None and principal.expires_at <= utcnow():
-            raise AuthenticationError(INVALID)
-        touch_id(session, principal.token_id, last_used)
-        return principal
-    generation = hub_cache.generation("auth")
+    if cached is None:
+        cached = hub_cache.load("auth", digest, lambda: _read_principal(session, lookup, digest))
+    principal, last_used = cached
+    if principal.expires_at is not None and principal.expires_at <= utcnow():
+        raise AuthenticationError(INVALID)
+    touch_id(session, principal.token_id, last_used)
+    return principal
+
+
+def _read_principal(session: Session, lookup: str, digest: str) -> tuple[Principal, datetime | None]:
+    """The principal of a token and when it was last used, in one statement."""
     org = aliased(Namespace)
     rows = session.exec(
         select(Token, Namespace, org.name)
@@ -155,9 +159,7 @@ def authenticate(session: Session, token: str) -> Principal:
     if row is None or not hmac.compare_digest(row.token_hash, digest) or is_expired(row):
         raise AuthenticationError(INVALID)
     principal = _principal(row, rows[0][1], {name for _, _, name in rows if name is not None})
-    touch(session, row)
-    hub_cache.put("auth", digest, (principal, as_utc(row.last_used_at)), generation)
-    return principal
+    return principal, as_utc(row.last_used_at)
 
 
 def cached_principal(engine: Engine, token: str) -> Principal | None:

@@ -19,14 +19,18 @@ cached rows each request, and a token's expiry is checked at use.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import re
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -37,9 +41,16 @@ REPO_TABLES = frozenset({"adapter", "tag", "revision"})
 #: A write statement and the table it writes, ORM or Core or text alike.
 _WRITE = re.compile(r'\s*(?:insert\s+(?:or\s+\w+\s+)?into|update|delete\s+from)\s+"?(\w+)', re.IGNORECASE)
 _DIRTY, _PENDING = "peft_hub.cache.dirty", "peft_hub.cache.pending"
+T = TypeVar("T")
 
 FIXED_ITEMS = 4096
 FRESH_ITEMS = 8192
+#: The last part of an entry's life in which one lookup reloads it ahead of expiry.
+REFRESH_AHEAD = 0.25
+#: An entry lives ``ttl`` less up to this part of it, at random.
+JITTER = 0.1
+#: The longest a worker thread waits for another's load of the same key.
+LOAD_WAIT = 1.0
 
 
 class RecentItems:
@@ -65,6 +76,17 @@ class RecentItems:
                 self._items.popitem(last=False)
 
 
+class _Entry:
+    """A fresh value, until ``expires``; from ``refresh_at`` on, one lookup
+    (the one that claims it, until ``claimed``) reloads it while the others keep it."""
+
+    __slots__ = ("expires", "refresh_at", "generation", "value", "claimed")
+
+    def __init__(self, now: float, life: float, generation: int, value: Any) -> None:
+        self.expires, self.refresh_at = now + life, now + life * (1 - REFRESH_AHEAD)
+        self.generation, self.value, self.claimed = generation, value, float("-inf")
+
+
 class HubCache:
     """The caches of one engine; thread-safe."""
 
@@ -72,8 +94,10 @@ class HubCache:
         self.ttl = ttl
         self.generations = {"auth": 0, "repo": 0}
         self._fixed = RecentItems(fixed_items)
-        self._fresh: OrderedDict[tuple[str, Hashable], tuple[float, int, Any]] = OrderedDict()
+        self._fresh: OrderedDict[tuple[str, Hashable], _Entry] = OrderedDict()
         self._fresh_items = fresh_items
+        #: Loads under way: key -> (the loading thread, set when it is done).
+        self._flights: dict[tuple[str, Hashable], tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
 
     # --- fixed: immutable data ------------------------------------------------
@@ -92,17 +116,27 @@ class HubCache:
         return self.generations[kind]
 
     def get(self, kind: str, key: Hashable) -> Any | None:
+        """The value, or None: absent, stale, past its TTL, or this lookup is
+        the one to reload it ahead of its expiry (then call :meth:`load`)."""
         if self.ttl <= 0:
             return None
         with self._lock:
-            item = self._fresh.get((kind, key))
-            if item is None:
+            entry = self._fresh.get((kind, key))
+            if entry is None:
                 return None
-            expires, generation, value = item
-            if generation != self.generations[kind] or time.monotonic() >= expires:
+            now = time.monotonic()
+            if entry.generation != self.generations[kind] or now >= entry.expires:
                 del self._fresh[(kind, key)]
                 return None
-            return value
+            if now < entry.refresh_at:
+                return entry.value
+            claims = _claims.get()
+            if now < entry.claimed:  # another request reloads it, or this one again
+                return None if claims is not None and (kind, key) in claims else entry.value
+            entry.claimed = now + (entry.expires - now) / 2  # then lapses: that request failed
+            if claims is not None:
+                claims.add((kind, key))
+            return None
 
     def put(self, kind: str, key: Hashable, value: Any, generation: int) -> None:
         if self.ttl <= 0:
@@ -110,10 +144,49 @@ class HubCache:
         with self._lock:
             if generation != self.generations[kind]:
                 return  # a write landed while it was read
-            self._fresh[(kind, key)] = (time.monotonic() + self.ttl, generation, value)
+            life = self.ttl * (1 - JITTER * random.random())  # keys read together expire apart
+            self._fresh[(kind, key)] = _Entry(time.monotonic(), life, generation, value)
             self._fresh.move_to_end((kind, key))
             while len(self._fresh) > self._fresh_items:
                 self._fresh.popitem(last=False)
+
+    def load(self, kind: str, key: Hashable, read: Callable[[], T]) -> T:
+        """``read()``, put under the generation before it; after a miss of :meth:`get`.
+
+        Single-flight in worker threads: while another thread loads the same
+        key, wait for it (at most ``LOAD_WAIT`` seconds) and take what it put;
+        if it put nothing (it failed, or a write made it stale), read too. On
+        an event loop it never waits (``read`` then meets the ``CacheOnly``
+        session of :mod:`peft_hub.hub.hot` and gives up at once).
+        """
+        if self.ttl <= 0 or _on_event_loop():
+            return self._read_and_put(kind, key, read)
+        me, full_key = threading.get_ident(), (kind, key)
+        with self._lock:
+            flight = self._flights.get(full_key)
+            if flight is None:
+                self._flights[full_key] = (me, threading.Event())
+        if flight is None:
+            try:
+                return self._read_and_put(kind, key, read)
+            finally:
+                with self._lock:
+                    _, done = self._flights.pop(full_key)
+                done.set()
+        if flight[0] != me:  # not a load re-entered by its own thread
+            flight[1].wait(LOAD_WAIT)
+            with self._lock:
+                entry = self._fresh.get(full_key)
+                now = time.monotonic()
+                if entry is not None and entry.generation == self.generations[kind] and now < entry.refresh_at:
+                    return entry.value
+        return self._read_and_put(kind, key, read)
+
+    def _read_and_put(self, kind: str, key: Hashable, read: Callable[[], T]) -> T:
+        generation = self.generation(kind)
+        value = read()
+        self.put(kind, key, value, generation)
+        return value
 
     def bump(self, kinds: set[str]) -> None:
         """Make every fresh entry of ``kinds`` stale (a write to them committed)."""
@@ -123,6 +196,29 @@ class HubCache:
             stale = [key for key in self._fresh if key[0] in kinds]
             for key in stale:
                 del self._fresh[key]
+
+
+#: The keys whose refresh one request claimed (see :func:`claiming`).
+Claims = set[tuple[str, Hashable]]
+_claims: ContextVar[Claims | None] = ContextVar("peft_hub_cache_claims", default=None)
+
+
+@contextmanager
+def claiming(claims: Claims) -> Iterator[None]:
+    """Run lookups on behalf of one request whose work may look up twice
+    (on the event loop, then again in a worker thread): a refresh that the
+    first lookup claimed is noted in ``claims``, so that the second, in a
+    block given the same set, misses too and reloads it, where another
+    request's lookup keeps the still-valid value."""
+    token = _claims.set(claims)
+    try:
+        yield
+    finally:
+        _claims.reset(token)
+
+
+def _on_event_loop() -> bool:
+    return asyncio._get_running_loop() is not None
 
 
 _caches: weakref.WeakKeyDictionary[Engine, HubCache] = weakref.WeakKeyDictionary()

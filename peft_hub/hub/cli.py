@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -138,6 +139,7 @@ def _serve_workers(settings, overrides: dict[str, Any], sock: socket.socket, wor
         say_token(settings, token)
     os.environ.update({f"PEFT_HUB_{key.upper()}": str(value) for key, value in overrides.items()})
     os.environ["PEFT_HUB_LOG_LEVEL"] = log_level
+    os.environ[_SUPERVISOR] = str(os.getpid())
     if not settings.session_secret:
         os.environ["PEFT_HUB_SESSION_SECRET"] = secrets.token_urlsafe(32)
     proxies = settings.trusted_proxies
@@ -173,10 +175,30 @@ def _wait_answering(url: str, timeout: float = 600.0) -> bool:
     return False
 
 
+#: The supervisor's pid, for its workers (see :func:`_die_with_supervisor`).
+_SUPERVISOR = "PEFT_HUB_SUPERVISOR_PID"
+
+
+def _die_with_supervisor() -> None:
+    """Have the kernel kill this worker when its supervisor dies, even by
+    ``kill -9``; else orphaned workers would go on serving on the port, and
+    holding their uploads' files, with no one to stop them (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get(_SUPERVISOR, str(os.getppid())):
+        os._exit(1)  # the supervisor died before the line above
+
+
 def worker_app():
     """The app one ``serve --workers`` process runs, from ``PEFT_HUB_*`` settings."""
     from peft_hub.hub import Settings, create_app
 
+    _die_with_supervisor()
     _hub_logging(os.environ.get("PEFT_HUB_LOG_LEVEL", "info"))
     return create_app(Settings())
 

@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     s3_public_url: str | None = None
     #: Lifetime of presigned S3 URLs, in seconds.
     presign_expiry: int = 3600
-    #: Blobs larger than this go to S3 as a multipart upload, in parts sent
-    #: straight from the client (S3's smallest part is 5 MiB; a single PUT is at most 5 GiB).
+    #: Blobs larger than this are pushed in parts, so a killed push resumes:
+    #: on S3 a multipart upload with parts sent straight from the client (S3's
+    #: smallest part is 5 MiB; a single PUT is at most 5 GiB); on the local
+    #: store each part through the hub, joined and hashed at completion.
     #: Up to it, one presigned PUT whose signed sha256 S3 itself checks, so
     #: the hub never reads the bytes back; a multipart blob has no whole-object
     #: sha256 in S3, so publish hashes it once (about 0.35 s per 100 MiB here).

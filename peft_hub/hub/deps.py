@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from peft_hub.errors import AuthenticationError
-from peft_hub.hub import audit, crud
+from peft_hub.hub import audit, cache, crud
 from peft_hub.hub.auth import Principal, authenticate, cached_principal, lookup_of, principal_for
 from peft_hub.hub.config import Settings
 from peft_hub.hub.db import session_scope, write_deadline
@@ -147,14 +147,16 @@ async def request_principal(request: Request) -> Principal | None:
     (and before its body is read), in a worker thread unless the cache
     answers. The principal's rows are detached: their columns stay readable,
     and writes name them by id."""
-    principal = fast_principal(request, bearer_token(request))
+    claims: cache.Claims = set()  # a refresh the lookup on the loop claims is reloaded by the thread's
+    with cache.claiming(claims):
+        principal = fast_principal(request, bearer_token(request))
     if principal is not None:
         return principal
-    return await run_in_threadpool(_read_principal, request)
+    return await run_in_threadpool(_read_principal, request, claims)
 
 
-def _read_principal(request: Request) -> Principal | None:
-    with short_session(request) as session:
+def _read_principal(request: Request, claims: cache.Claims) -> Principal | None:
+    with cache.claiming(claims), short_session(request) as session:
         return get_principal(request, session)
 
 

@@ -71,17 +71,26 @@ class CacheOnly:
 async def answer(request: Request, work: Callable[..., T], *args: Any) -> T:
     """``work(session, *args)``: on the event loop from the caches alone, else
     in a worker thread with the request's session (committed when it returns,
-    rolled back when it raises)."""
+    rolled back when it raises).
+
+    Both runs share one set of refresh claims (``cache.claiming``): an entry
+    near its expiry that the run on the loop chose to reload ahead (so it
+    missed) is reloaded by the run in the thread too, not taken as valid.
+    """
+    claims: cache.Claims = set()
     try:
-        return work(CacheOnly(request.app.state.engine), *args)
+        with cache.claiming(claims):
+            return work(CacheOnly(request.app.state.engine), *args)
     except NeedsDatabase:
         pass
-    return await run_in_threadpool(in_session, request, work, *args)
+    return await run_in_threadpool(in_session, request, work, *args, claims=claims)
 
 
-def in_session(request: Request, work: Callable[..., T], *args: Any) -> T:
-    """``work(session, *args)`` in a session that commits when it returns."""
-    with contextmanager(session_scope)(request.app.state.engine, write_deadline(request)) as session:
+def in_session(request: Request, work: Callable[..., T], *args: Any, claims: cache.Claims | None = None) -> T:
+    """``work(session, *args)`` in a session that commits when it returns
+    (with the refresh ``claims`` of an earlier run of it, if any)."""
+    with cache.claiming(set() if claims is None else claims), \
+            contextmanager(session_scope)(request.app.state.engine, write_deadline(request)) as session:
         return work(session, *args)
 
 

@@ -88,7 +88,8 @@ class Adapter(SQLModel, table=True):
         Index("ix_adapter_facet_owner", "owner", "private", "method", "rank", "max_rank"),
         Index("ix_adapter_facet_kind", "kind", "private", "method", "owner", "rank", "max_rank"),
         Index("ix_adapter_downloads", "downloads"),
-        Index("ix_adapter_rank", "rank"),
+        Index("ix_adapter_rank_id", "rank", "id"),  # 0007
+        Index("ix_adapter_visible", "id", "private", "method"),  # 0007
         Index("ix_adapter_total_size", "total_size"),
     )
 

@@ -1,7 +1,9 @@
 """Receiving a request body into the blob store, verified on the way.
 
 Both upload routes use this: the native one on local storage, and the
-Hugging Face LFS one on either backend. Writes happen in a worker thread, in
+Hugging Face LFS one on either backend; :func:`join_parts` makes a blob of
+parts that were received that way (a resumable upload, see
+:mod:`peft_hub.hub.routes.uploads`). Writes happen in a worker thread, in
 1 MiB pieces, so the event loop never blocks on disk or S3.
 
 Every route that uses the store runs under a storage slot
@@ -13,7 +15,7 @@ connections: requests that need no store keep being answered.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import IO, Any
 
@@ -93,6 +95,24 @@ def put_staged(store: BlobStore, sha256: str, size: int, file: IO[bytes]) -> boo
     file.seek(0)
     store.put(sha256, size, iter(lambda: file.read(FEED_BYTES), b""))
     return True
+
+
+def join_parts(store: BlobStore, sha256: str, size: int, parts: list[str]) -> None:
+    """Store the concatenation of the stored blobs ``parts`` under ``sha256``,
+    read in FEED_BYTES pieces (bounded memory); nothing is kept unless the
+    whole hashes to ``sha256`` with exactly ``size`` bytes.
+
+    Raises:
+        ChecksumMismatchError: the parts do not make up those bytes.
+    """
+
+    def chunks() -> Iterator[bytes]:
+        for part in parts:
+            with store.open(part) as fh:
+                while block := fh.read(FEED_BYTES):
+                    yield block
+
+    store.put(sha256, size, chunks())
 
 
 def _vouched(store: BlobStore, sha256: str, size: int) -> bool:

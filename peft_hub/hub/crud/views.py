@@ -48,16 +48,20 @@ def read_repo(session: Session, *, owner: str, name: str, principal: Principal |
     hub_cache, key = cache.of(session.get_bind()), name_key(owner, name)
     view: RepoView | None = hub_cache.get("repo", key)
     if view is None:
-        generation = hub_cache.generation("repo")
-        view = _load_view(session, key)
-        if view is None:  # not here: the pull-through mirror may fetch it (get_adapter asks it)
-            get_adapter(session, owner=owner, name=name, principal=principal)
-            view = _load_view(session, key)
-            if view is None:
-                raise AdapterNotFoundError(f"adapter {owner}/{name} not found")
-        hub_cache.put("repo", key, view, generation)
+        view = hub_cache.load("repo", key, lambda: _read_view(session, owner=owner, name=name, principal=principal))
     if not can_read(principal, view.adapter):
         raise AdapterNotFoundError(f"adapter {owner}/{name} not found")
+    return view
+
+
+def _read_view(session: Session, *, owner: str, name: str, principal: Principal | None) -> RepoView:
+    key = name_key(owner, name)
+    view = _load_view(session, key)
+    if view is None:  # not here: the pull-through mirror may fetch it (get_adapter asks it)
+        get_adapter(session, owner=owner, name=name, principal=principal)
+        view = _load_view(session, key)
+        if view is None:
+            raise AdapterNotFoundError(f"adapter {owner}/{name} not found")
     return view
 
 

@@ -11,6 +11,17 @@ row per upload: the store's sweeper aborts what is never completed.
 The ticket's key is the session secret, else one per hub process: a hub run
 as several processes must set ``PEFT_HUB_SESSION_SECRET``, and a resume after
 a restart without one starts the upload again (the old one is swept).
+
+A store without multipart (local files) gets the same plan, with every part
+sent to the hub itself (:func:`_hub_plan`): each part is a blob of its own,
+PUT to the upload route, which verifies it against its sha256 (the client
+must propose the part digests) and gives the sender a receipt. The client
+remembers which parts went (``"resume": "client"``) and a push run again
+after a kill sends only the others; completion joins the sender's own parts
+(its receipts, never another user's: the answer does not depend on what
+anyone else staged), hashing the whole before it is stored, and drops them.
+Parts never completed are unreferenced blobs: gc collects them after its
+grace period, as it does any upload that was never committed.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import secrets
 from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt
@@ -27,19 +39,19 @@ from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import WEIGHTS_MAX_BYTES
-from peft_hub.errors import ChecksumMismatchError, InvalidInputError, NotFoundError
+from peft_hub.errors import ChecksumMismatchError, InvalidInputError, NotFoundError, UploadRequiredError
 from peft_hub.hub import keys, ledger, possession
 from peft_hub.hub.config import Settings
-from peft_hub.hub.models import Blob, RevisionFile
+from peft_hub.hub.models import Blob, BlobUpload, RevisionFile
 from peft_hub.hub.schemas import FileSpec, PreuploadRequest
 from peft_hub.hub.storage import BlobStore, MultipartStore
+from peft_hub.hub.uploads import join_parts
 from peft_hub.model_files import MAX_MODEL_FILES
 
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024**3
 MAX_PARTS = 10_000
 SHA256 = r"^[0-9a-f]{64}$"
-
 
 
 class MultipartSpec(BaseModel):
@@ -103,9 +115,12 @@ def plan(
 ) -> dict[str, Any] | None:
     """A multipart plan for one blob, or None for a single upload (a small
     blob, or a store without multipart). With the ticket of the caller's own
-    earlier plan it resumes that upload: URLs only for the parts S3 lacks."""
-    if not isinstance(store, MultipartStore) or entry.size <= settings.multipart_threshold:
+    earlier plan it resumes that upload: URLs only for the parts S3 lacks.
+    A store without multipart gets parts sent to the hub (:func:`_hub_plan`)."""
+    if entry.size <= settings.multipart_threshold:
         return None
+    if not isinstance(store, MultipartStore):
+        return _hub_plan(key, user, entry, spec)
     part_size, digests = _layout(entry, spec, settings)
     count = math.ceil(entry.size / part_size)
     done: set[int] = set()
@@ -146,6 +161,93 @@ def plan(
         "checksums": digests is not None,
         "parts": parts,
     }
+
+
+def _valid_ticket(key: bytes, entry: FileEntry, user: str, spec: MultipartSpec, digests: list[str] | None) -> bool:
+    return bool(spec.upload_id and spec.ticket) and hmac.compare_digest(
+        spec.ticket or "", _ticket(key, entry, user, spec.part_size, digests, spec.upload_id or ""))
+
+
+def _hub_plan(key: bytes, user: str, entry: FileEntry, spec: MultipartSpec | None) -> dict[str, Any] | None:
+    """Every part as an upload of its own blob to the hub, or None (a single
+    upload) unless the client proposed digests that tile the blob exactly.
+    The hub lists every part each time: the client skips what it sent."""
+    digests = spec.digests() if spec is not None else None
+    if spec is None or digests is None or len(digests) != math.ceil(entry.size / spec.part_size):
+        return None
+    count = len(digests)
+    resumed = _valid_ticket(key, entry, user, spec, digests)
+    upload_id = spec.upload_id if resumed and spec.upload_id else "hub-" + secrets.token_hex(16)
+    parts = [  # relative: the client resolves them against the hub's URL, whatever its path prefix
+        {"number": n, "url": f"api/blobs/{d}?size={_part_size(n, count, spec.part_size, entry.size)}", "headers": {}}
+        for n, d in enumerate(digests, 1)
+    ]
+    return {
+        "upload_id": upload_id,
+        "ticket": _ticket(key, entry, user, spec.part_size, digests, upload_id),
+        "part_size": spec.part_size,
+        "checksums": True,
+        "resume": "client",
+        "parts": parts,
+    }
+
+
+def _complete_hub(store: BlobStore, key: bytes, user: str, body: CompleteRequest, *, engine: Engine,
+                  missing: NotFoundError) -> dict[str, Any]:
+    """Join the caller's parts received by the hub (see :func:`_hub_plan`)
+    into the blob, hashed whole before it is stored; the parts are dropped
+    whether it verifies or not. Parts the caller has not sent (or that gc
+    collected meanwhile) are an UploadRequiredError: send them again."""
+    entry, spec = FileEntry("", body.size, body.sha256), body.multipart
+    digests = spec.digests()
+    if digests is None or not _valid_ticket(key, entry, user, spec, digests):
+        raise missing
+    count = len(digests)
+    if count != math.ceil(body.size / spec.part_size):  # no plan signs such a layout
+        raise missing
+    with Session(engine) as session:
+        held = set(session.exec(select(BlobUpload.sha256).where(
+            BlobUpload.user_id == int(user), col(BlobUpload.sha256).in_(sorted(set(digests))))).all())
+    absent, wrong = [], []
+    for number, digest in enumerate(digests, 1):
+        stat = store.stat(digest) if digest in held else None
+        if stat is None:
+            absent.append(number)
+        elif stat.size != _part_size(number, count, spec.part_size, body.size):
+            wrong.append(number)
+    if absent:
+        raise UploadRequiredError(
+            f"blob {body.sha256}: parts {absent[:10]} ({len(absent)} of {count}) have not been uploaded by you")
+    parts = sorted(set(digests) - {body.sha256})
+    if wrong:
+        _drop_parts(engine, store, user, parts)
+        raise ChecksumMismatchError(
+            f"blob {body.sha256}: parts {wrong[:10]} do not have the planned sizes for {body.size} bytes; "
+            "the upload was dropped, push again")
+    try:
+        join_parts(store, body.sha256, body.size, digests)
+    except ChecksumMismatchError:
+        _drop_parts(engine, store, user, parts)
+        raise ChecksumMismatchError(
+            f"blob {body.sha256}: its {count} uploaded parts do not make up these bytes; "
+            "the upload was dropped, push again") from None
+    except FileNotFoundError:  # a part collected while it was read
+        raise UploadRequiredError(f"blob {body.sha256}: a part went away while it was joined; push again") from None
+    with Session(engine) as session:
+        possession.record_upload(session, store, user_id=int(user), sha256=body.sha256, size=body.size)
+        session.commit()
+    _drop_parts(engine, store, user, parts)
+    return {"sha256": body.sha256, "size": body.size, "stored": True}
+
+
+def _drop_parts(engine: Engine, store: BlobStore, user: str, parts: list[str]) -> None:
+    """Drop the caller's receipts for its parts, then each part unless a
+    revision, a pending push's lease or another receipt still holds it."""
+    with Session(engine) as session:
+        session.exec(BlobUpload.__table__.delete().where(  # type: ignore[attr-defined]  # a table model's __table__ exists at run time
+            BlobUpload.user_id == int(user), col(BlobUpload.sha256).in_(parts)))
+        session.commit()
+    possession.discard_unclaimed(engine, store, parts)
 
 
 def clear_unverified(engine: Engine, store: BlobStore, sha256: str, size: int) -> bool:
@@ -192,9 +294,10 @@ def complete(
     entry, spec = FileEntry("", body.size, body.sha256), body.multipart
     digests = spec.digests()
     missing = NotFoundError(f"no upload {(spec.upload_id or '')[:80]!r} of blob {body.sha256} of yours is in progress")
+    if not isinstance(store, MultipartStore):
+        return _complete_hub(store, key, user, body, engine=engine, missing=missing)
     if (
-        not isinstance(store, MultipartStore)
-        or not spec.upload_id
+        not spec.upload_id
         or not spec.ticket
         or not hmac.compare_digest(spec.ticket, _ticket(key, entry, user, spec.part_size, digests, spec.upload_id))
     ):

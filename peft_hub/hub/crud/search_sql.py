@@ -1,0 +1,185 @@
+"""The SQL constructs of search's text query and its plans on each backend:
+``q=``'s LIKE tests (PostgreSQL's trigram indexes, SQLite's FTS5 table),
+and the choices that keep SQLite, which keeps no statistics, on good plans."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import Boolean, Integer
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+from sqlmodel import col
+
+from peft_hub.hub.models import Adapter
+
+#: What a text query needs for pg_trgm to find trigrams in it: three letters or digits in a row.
+TRIGRAM = re.compile(r"[^\W_]{3}")
+
+
+
+class LowerLike(FunctionElement):
+    """``lower(column) LIKE pattern`` for a lower-case ``pattern``: what the
+    GIN trigram indexes on ``lower(...)`` answer on PostgreSQL (migration 0005).
+
+    On SQLite it compiles to ``column LIKE pattern``, the same test at half
+    the cost: SQLite's ``lower()`` folds ASCII letters only, and its LIKE
+    ignores the case of ASCII letters only, so both compare the same
+    characters the same way (tests/test_search_speed.py checks the results).
+    """
+
+    type = Boolean()
+    name = "lower_like"
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a test already: no ``= 1`` after it where booleans are integers
+
+
+def _like_parts(element: LowerLike, compiler: Any, **kw: Any) -> tuple[str, str, str]:
+    column, pattern, *escape = (compiler.process(c, **kw) for c in element.clauses)
+    return column, pattern, f" ESCAPE {escape[0]}" if escape else ""
+
+
+@compiles(LowerLike)
+def _like_lower(element: LowerLike, compiler: Any, **kw: Any) -> str:
+    column, pattern, escape = _like_parts(element, compiler, **kw)
+    return f"(lower({column}) LIKE {pattern}{escape})"
+
+
+@compiles(LowerLike, "sqlite")
+def _like_lower_sqlite(element: LowerLike, compiler: Any, **kw: Any) -> str:
+    column, pattern, escape = _like_parts(element, compiler, **kw)
+    return f"({column} LIKE {pattern}{escape})"
+
+
+class LowerLikeScan(LowerLike):
+    """:class:`LowerLike` that PostgreSQL answers by reading the rows, not the
+    trigram index: for patterns without three letters or digits in a row
+    (``TRIGRAM``), a GIN scan reads the whole index and is slower than the table."""
+
+    name = "lower_like_scan"
+    inherit_cache = True
+
+
+@compiles(LowerLikeScan)
+def _like_lower_scan(element: LowerLikeScan, compiler: Any, **kw: Any) -> str:
+    column, pattern, escape = _like_parts(element, compiler, **kw)
+    return f"((lower({column}) || '') LIKE {pattern}{escape})"  # the same value; not the index's expression
+
+
+@compiles(LowerLikeScan, "sqlite")
+def _like_lower_scan_sqlite(element: LowerLikeScan, compiler: Any, **kw: Any) -> str:
+    return _like_lower_sqlite(element, compiler, **kw)
+
+
+#: The runs of a text query that SQLite's trigram index (migration 0006) can look up: three or more
+#: characters with no LIKE wildcard among them.
+INDEXED_RUN = re.compile(r"[^%_]{3,}")
+#: The FTS5 table of migration 0006 (over name, owner, base model and description).
+FTS_TABLE = "adapter_fts"
+
+
+def fts_phrases(pattern: str) -> str | None:
+    """An FTS5 query that every row matching ``LIKE pattern`` in one of the
+    indexed fields also matches: each wildcard-free run of three or more
+    characters as a quoted phrase (FTS5's own syntax never reaches it), all
+    required. None when the pattern has no such run."""
+    runs = INDEXED_RUN.findall(pattern)
+    return " AND ".join('"' + run.replace('"', '""') + '"' for run in runs) or None
+
+
+class TextLike(FunctionElement):
+    """``q=``'s test: ``TextLike(scan, phrases)``, where ``scan`` is the OR of
+    the four :class:`LowerLike` tests and ``phrases`` is :func:`fts_phrases`
+    of their pattern.
+
+    On SQLite it compiles to ``adapter.id IN (SELECT rowid FROM adapter_fts
+    WHERE adapter_fts MATCH phrases) AND scan``. The index finds the rows
+    holding every phrase, with the case of every letter folded: a superset
+    of what ``scan`` accepts, read from the index alone. ``scan`` then keeps
+    exactly the rows it always kept, testing only those candidates.
+    Elsewhere (PostgreSQL and its trigram indexes) it is ``scan`` alone.
+    """
+
+    type = Boolean()
+    name = "text_like"
+    inherit_cache = True
+    _is_implicitly_boolean = True
+
+
+@compiles(TextLike)
+def _text_like(element: TextLike, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses.clauses[0], **kw)})"
+
+
+@compiles(TextLike, "sqlite")
+def _text_like_sqlite(element: TextLike, compiler: Any, **kw: Any) -> str:
+    scan, phrases = (compiler.process(c, **kw) for c in element.clauses.clauses)
+    rowid = compiler.process(col(Adapter.id), **kw)
+    return f"({rowid} IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH {phrases}) AND ({scan}))"
+
+
+#: On SQLite, a page query whose filters match this many rows (past the offset) walks the sort's index
+#: and stops at the page (:func:`sort_drives`). Tests lower it.
+SORT_DRIVES_AT = 2000
+
+
+class OffIndex(FunctionElement):
+    """A WHERE clause that SQLite tests on each row it reads and never looks
+    up in an index: ``+(clause)``, the same truth value (``+`` leaves 1, 0
+    and NULL as they are). Elsewhere, the clause."""
+
+    type = Boolean()
+    name = "off_index"
+    inherit_cache = True
+    _is_implicitly_boolean = True
+
+
+@compiles(OffIndex)
+def _off_index(element: OffIndex, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.clauses.clauses[0], **kw)
+
+
+@compiles(OffIndex, "sqlite")
+def _off_index_sqlite(element: OffIndex, compiler: Any, **kw: Any) -> str:
+    return f"+({compiler.process(element.clauses.clauses[0], **kw)})"
+
+
+def sort_drives(clauses: list[Any], *, total: int, offset: int) -> list[Any]:
+    """``clauses`` for SQLite's page query, given how many rows they match.
+
+    SQLite keeps no statistics, so it reads the rows of any filter with an
+    index (a method, a tag, the text index's candidates) and sorts them all,
+    even when they are most of the table. When at least ``SORT_DRIVES_AT``
+    rows match past ``offset``, every clause becomes :class:`OffIndex` (a
+    :class:`TextLike` its LIKE scan alone, the same test): the only index
+    left is the sort's, which SQLite walks in order, stopping at the page.
+    """
+    if total < SORT_DRIVES_AT + offset:
+        return clauses
+    return [OffIndex(c.clauses.clauses[0] if isinstance(c, TextLike) else c) for c in clauses]
+
+
+class NoIndexSQLite(FunctionElement):
+    """A column that SQLite reads off its indexes (``+ 0``, the same value):
+    rank ranges match most rows, and SQLite, which keeps no statistics, would
+    otherwise read them through the rank index one random lookup at a time.
+    PostgreSQL's planner, which knows how many rows match, gets the column."""
+
+    type = Integer()
+    name = "no_index_sqlite"
+    inherit_cache = True
+
+
+@compiles(NoIndexSQLite)
+def _no_index(element: NoIndexSQLite, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.clauses.clauses[0], **kw)
+
+
+@compiles(NoIndexSQLite, "sqlite")
+def _no_index_sqlite(element: NoIndexSQLite, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses.clauses[0], **kw)} + 0)"
+
+
+def escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
