@@ -250,7 +250,9 @@ def test_hf_hub_2_with_xet_pushes_a_large_file_inline_in_bounded_memory(
         assert "XET True" in out and f"SHA {sha}" in out, out
         # Read whole, the 107 MiB line, its text and the 80 MiB decoding would be held at
         # once (~300 MiB). Streamed: the body's pieces, 1 MiB batches, and S3's 16 MiB part buffer.
-        limit = 40 * MiB if backend == "embedded" else 80 * MiB
+        # Either limit is below the line alone; the local one has room for the
+        # worker threads' malloc arenas (30-45 MiB measured).
+        limit = 64 * MiB if backend == "embedded" else 80 * MiB
         assert growth < limit, f"the hub's peak RSS grew by {growth / MiB:.0f} MiB during the push"
 
         # A malformed large line is refused and leaves nothing behind.
