@@ -135,11 +135,6 @@ class OffIndex(FunctionElement):
     _is_implicitly_boolean = True
 
 
-@compiles(OffIndex)
-def _off_index(element: OffIndex, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.clauses.clauses[0], **kw)
-
-
 @compiles(OffIndex, "sqlite")
 def _off_index_sqlite(element: OffIndex, compiler: Any, **kw: Any) -> str:
     return f"+({compiler.process(element.clauses.clauses[0], **kw)})"
@@ -171,8 +166,10 @@ class NoIndexSQLite(FunctionElement):
     inherit_cache = True
 
 
+@compiles(OffIndex)
 @compiles(NoIndexSQLite)
-def _no_index(element: NoIndexSQLite, compiler: Any, **kw: Any) -> str:
+def _as_wrapped(element: FunctionElement, compiler: Any, **kw: Any) -> str:
+    """Off SQLite, both hints are the expression they wrap."""
     return compiler.process(element.clauses.clauses[0], **kw)
 
 
