@@ -3,7 +3,9 @@ settings (one worker, same launcher), in the same run, interleaved, medians
 of 3: metadata JSON (native ``show``, HF ``model_info`` and a pinned tree),
 resolve answered by a 302 (PostgreSQL + SeaweedFS) and a file served from
 the local store (SQLite + local files). Prints req/s, p50, p99 and the ratio
-per route, and the SQL statements each request runs, cold and warm.
+per route, and the SQL statements each request runs, cold and warm, and the
+event loop and HTTP parser each server ran (uvicorn's "auto": uvloop and
+httptools when installed, as the ``hub`` extra installs them).
 
 Loads with ``wrk`` when it is on PATH, else with a bounded asyncio httpx client.
 
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
 CONCURRENCY = 32
+#: What each server ran: {"hub" | "bare": {"loop": "uvloop" | "asyncio", "http": "httptools_impl" | "h11_impl"}}.
+STACKS: dict[str, dict[str, str]] = {}
 
 #: Both servers start through this: the hub as ``peft-hub serve`` builds it, or the bare app.
 LAUNCH = r'''
@@ -55,7 +59,16 @@ else:
     def file():
         return FileResponse(spec["file"], media_type="application/octet-stream", filename="f.safetensors")
 sock = socket.socket(); sock.bind(("127.0.0.1", port))
-uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+from peft_hub.hub.protocol import server_options
+config = uvicorn.Config(app, log_level="warning", **server_options())  # as `peft-hub serve` has them, for both
+config.load()
+factory = config.get_loop_factory()
+probe = factory() if factory is not None else None
+loop_name = type(probe).__module__.split(".")[0] if probe is not None else "asyncio"
+if probe is not None:
+    probe.close()
+print(json.dumps({"loop": loop_name, "http": config.http_protocol_class.__name__}), flush=True)
+uvicorn.Server(config).run(sockets=[sock])
 '''
 
 
@@ -67,8 +80,10 @@ def server(kind: str, arg: str, env: dict[str, str]):
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, kind, str(port), arg], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    stack = proc.stdout.readline().strip()  # the one line LAUNCH prints: which loop and HTTP parser
+    STACKS[kind] = json.loads(stack) if stack.startswith("{") else {"loop": "?", "http": "?"}
 
     def up() -> bool:
         if proc.poll() is not None:
@@ -211,6 +226,8 @@ def bench_backend(backend: str, args: argparse.Namespace, stack: ExitStack) -> N
     counts = statements(settings, token, {label: path for label, (path, _) in routes.items()})
     print(f"\n{backend}: {CONCURRENCY} concurrent, {args.seconds:g} s per run, median of {args.repeats}, "
           f"load by {'wrk' if shutil.which('wrk') else 'httpx'}")
+    for kind in ("hub", "bare"):
+        print(f"  {kind} server: loop {STACKS[kind]['loop']}, http {STACKS[kind]['http']}")
     print(f"{'route':24} {'ours req/s':>10} {'p50':>7} {'p99':>7} | {'bare req/s':>10} {'p50':>7} {'p99':>7} | "
           f"{'ratio':>5} | statements cold/warm")
     for label, sides in results.items():

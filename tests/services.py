@@ -149,10 +149,12 @@ def live_hub(settings) -> Iterator[LiveHub]:
     import uvicorn
 
     from peft_hub.hub import create_app
+    from peft_hub.hub.protocol import server_options
 
     port = free_port()
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           **server_options()))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -82,6 +82,7 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, upstrea
     from sqlalchemy.engine import make_url
 
     from peft_hub.hub import Settings, create_app
+    from peft_hub.hub.protocol import server_options
 
     given = {"db_url": db_url, "storage": storage, "host": host, "port": port, "upstream": upstream}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
@@ -102,7 +103,7 @@ def serve(host: str, port: int, db_url: str | None, storage: str | None, upstrea
                        announce=lambda: _announce(settings, url, token_before))
         return
     config = uvicorn.Config(create_app(settings), log_level=log_level, proxy_headers=bool(proxies),
-                            forwarded_allow_ips=proxies or None)
+                            forwarded_allow_ips=proxies or None, **server_options())
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:  # uvicorn's signature
@@ -133,6 +134,7 @@ def _serve_workers(settings, overrides: dict[str, Any], sock: socket.socket, wor
 
     from peft_hub.errors import PeftHubError
     from peft_hub.hub.app import prepare_database, say_token
+    from peft_hub.hub.protocol import server_options
 
     token = anyio.run(prepare_database, settings)
     if token:
@@ -144,7 +146,7 @@ def _serve_workers(settings, overrides: dict[str, Any], sock: socket.socket, wor
         os.environ["PEFT_HUB_SESSION_SECRET"] = secrets.token_urlsafe(32)
     proxies = settings.trusted_proxies
     config = Config(f"{__name__}:worker_app", factory=True, workers=workers, log_level=log_level,
-                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None, **server_options())
     answered = threading.Event()
 
     def announce_when_answering() -> None:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from stat import S_ISREG
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.engine import Engine
@@ -68,10 +69,25 @@ class CacheOnly:
         raise NeedsDatabase(name)
 
 
-async def answer(request: Request, work: Callable[..., T], *args: Any) -> T:
+class StoreOnLoop:
+    """The blob store as seen from the event loop: any use of it (a read, a
+    ``stat``, a signature) raises :class:`NeedsDatabase`, so the work reruns
+    in a worker thread with the real store, as it does for a statement."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise NeedsDatabase(name)
+
+
+def store_for(session: Any, store: BlobStore) -> Any:
+    """``store`` for a real session; for :class:`CacheOnly`, a :class:`StoreOnLoop`."""
+    return StoreOnLoop() if isinstance(session, CacheOnly) else store
+
+
+async def answer(request: Request, work: Callable[..., T], *args: Any, store_slot: bool = False) -> T:
     """``work(session, *args)``: on the event loop from the caches alone, else
     in a worker thread with the request's session (committed when it returns,
-    rolled back when it raises).
+    rolled back when it raises), and, with ``store_slot``, while holding a
+    storage slot (``uploads.storage_slot``), for work that may read the store.
 
     Both runs share one set of refresh claims (``cache.claiming``): an entry
     near its expiry that the run on the loop chose to reload ahead (so it
@@ -83,7 +99,10 @@ async def answer(request: Request, work: Callable[..., T], *args: Any) -> T:
             return work(CacheOnly(request.app.state.engine), *args)
     except NeedsDatabase:
         pass
-    return await run_in_threadpool(in_session, request, work, *args, claims=claims)
+    if not store_slot:
+        return await run_in_threadpool(in_session, request, work, *args, claims=claims)
+    async with storage_slot(request.app.state):
+        return await run_in_threadpool(in_session, request, work, *args, claims=claims)
 
 
 def in_session(request: Request, work: Callable[..., T], *args: Any, claims: cache.Claims | None = None) -> T:
@@ -106,8 +125,20 @@ async def send_blob(
     the store reuses or a local file's ``stat``, else (signing, which may
     fetch credentials; a store that can only stream) in a worker thread."""
     state = request.app.state
+    store = state.store
+    if _quick(store, sha256, filename, settings.presign_expiry):
+        borrower = object()
+        try:  # a free slot taken without a trip through the loop: the answer needs no I/O
+            state.store_limiter.acquire_on_behalf_of_nowait(borrower)
+        except anyio.WouldBlock:
+            pass
+        else:
+            try:
+                return blob_response(store, settings, sha256, filename, headers, request=request,
+                                     private=private, pinned=pinned)
+            finally:
+                state.store_limiter.release_on_behalf_of(borrower)
     async with storage_slot(state):
-        store = state.store
         if _quick(store, sha256, filename, settings.presign_expiry):
             return blob_response(store, settings, sha256, filename, headers, request=request, private=private,
                                  pinned=pinned)

@@ -20,7 +20,7 @@ from peft_hub.hub import cache, crud, hot
 from peft_hub.hub.auth import Principal, require_scope
 from peft_hub.hub.crud import views
 from peft_hub.hub.crud.views import RepoView
-from peft_hub.hub.deps import SessionDep, SettingsDep, StoreDep
+from peft_hub.hub.deps import SessionDep, SettingsDep
 from peft_hub.hub.hf import shapes
 from peft_hub.hub.hf.access import HfPrincipalDep, read_view
 from peft_hub.hub.models import Adapter, Revision, RevisionFile
@@ -57,47 +57,48 @@ def _pinned(rev: str, revision: Revision | None) -> bool:
 
 
 @router.get("/api/models/{owner}/{name}", response_model=dict[str, Any])
-def model_info(
-    owner: str, name: str, request: Request, session: SessionDep, store: StoreDep, principal: HfPrincipalDep
-) -> Response:
+async def model_info(owner: str, name: str, request: Request, principal: HfPrincipalDep) -> Response:
     """Repo info at ``main``; a repo with no push yet is the empty revision, with no files."""
-    view = read_view(session, principal, owner, name)
-    return _info(request, session, store, view, _revision(session, view, "main"))
+    return await _info(request, principal, owner, name, "main")
 
 
 @router.get("/api/models/{owner}/{name}/revision/{rev}", response_model=dict[str, Any])
-def model_info_at(
-    owner: str, name: str, rev: str, request: Request, session: SessionDep, store: StoreDep,
-    principal: HfPrincipalDep,
-) -> Response:
+async def model_info_at(owner: str, name: str, rev: str, request: Request, principal: HfPrincipalDep) -> Response:
     """Repo info at a tag, a revision id or a unique prefix of one."""
+    return await _info(request, principal, owner, name, rev)
+
+
+async def _info(request: Request, principal: Principal | None, owner: str, name: str, rev: str) -> Response:
+    """Repo info with an ETag; never ``immutable``, since it carries the download count.
+    On the event loop when the caches hold the repo and its card (``hub.hot``)."""
+    private, info = await hot.answer(request, _info_of, request.app.state.store, principal, owner, name, rev,
+                                     store_slot=True)
+    return cache.json_answer(request, info, private=private)
+
+
+def _info_of(session: Session, store: BlobStore, principal: Principal | None, owner: str, name: str,
+             rev: str) -> tuple[bool, dict[str, Any]]:
     view = read_view(session, principal, owner, name)
-    return _info(request, session, store, view, _revision(session, view, rev))
-
-
-def _info(request: Request, session: Session, store: BlobStore, view: RepoView,
-          revision: Revision | None) -> Response:
-    """Repo info with an ETag; never ``immutable``, since it carries the download count."""
+    revision = _revision(session, view, rev)
     files = _files(session, revision)
-    info = shapes.model_info(view.adapter, revision, files, shapes.card_metadata(store, files))
-    return cache.json_answer(request, info, private=view.adapter.private)
+    card = shapes.card_metadata(hot.store_for(session, store), files)  # the store only for an unparsed card
+    return view.adapter.private, shapes.model_info(view.adapter, revision, files, card)
 
 
 @router.get("/api/models/{owner}/{name}/tree/{rev}")
 @router.get("/api/models/{owner}/{name}/tree/{rev}/{path:path}")
-def tree(
-    owner: str, name: str, rev: str, request: Request, session: SessionDep, principal: HfPrincipalDep,
+async def tree(
+    owner: str, name: str, rev: str, request: Request, principal: HfPrincipalDep,
     path: str = "", recursive: bool = False, expand: bool = False,
     cursor: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1, le=1000),
 ) -> Response:
     """The files of a revision, paged with a ``Link: <…>; rel="next"`` header.
 
     Adapters are flat, so ``recursive`` changes nothing and any ``path`` other
-    than the root (or one file's own name) is missing.
+    than the root (or one file's own name) is missing. On the event loop when
+    the caches hold the repo (``hub.hot``).
     """
-    view = read_view(session, principal, owner, name)
-    revision = _revision(session, view, rev)
-    files = _files(session, revision)
+    private, revision, files = await hot.answer(request, _tree_of, principal, owner, name, rev)
     if path.strip("/"):
         files = [f for f in files if f.path == path.strip("/")]
         if not files:
@@ -105,11 +106,18 @@ def tree(
     page = min(limit or TREE_PAGE, TREE_PAGE_EXPANDED if expand else TREE_PAGE)
     start = _decode_cursor(cursor)
     items = [shapes.tree_entry(f, revision if expand else None) for f in files[start: start + page]]
-    answer = cache.json_answer(request, items, private=view.adapter.private, immutable=_pinned(rev, revision))
+    answer = cache.json_answer(request, items, private=private, immutable=_pinned(rev, revision))
     if start + page < len(files):
         next_url = request.url.include_query_params(cursor=_encode_cursor(start + page))
         answer.headers["Link"] = f'<{next_url}>; rel="next"'
     return answer
+
+
+def _tree_of(session: Session, principal: Principal | None, owner: str, name: str,
+             rev: str) -> tuple[bool, Revision | None, list[RevisionFile]]:
+    view = read_view(session, principal, owner, name)
+    revision = _revision(session, view, rev)
+    return view.adapter.private, revision, _files(session, revision)
 
 
 def _encode_cursor(offset: int) -> str:
@@ -150,11 +158,15 @@ def _paths_info(session: Session, principal: Principal | None, owner: str, name:
 
 
 @router.get("/api/models/{owner}/{name}/refs", response_model=dict[str, Any])
-def refs(owner: str, name: str, request: Request, session: SessionDep, principal: HfPrincipalDep) -> Response:
-    """``main`` as the branch, the other tags as git tags."""
+async def refs(owner: str, name: str, request: Request, principal: HfPrincipalDep) -> Response:
+    """``main`` as the branch, the other tags as git tags (on the event loop when cached)."""
+    private, tags = await hot.answer(request, _tags_of, principal, owner, name)
+    return cache.json_answer(request, shapes.refs(tags, empty="main" not in tags), private=private)
+
+
+def _tags_of(session: Session, principal: Principal | None, owner: str, name: str) -> tuple[bool, dict[str, str]]:
     view = read_view(session, principal, owner, name)
-    tags = view.tag_shas()
-    return cache.json_answer(request, shapes.refs(tags, empty="main" not in tags), private=view.adapter.private)
+    return view.adapter.private, view.tag_shas()
 
 
 @router.get("/api/models/{owner}/{name}/commits/{rev}")

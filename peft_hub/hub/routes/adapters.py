@@ -65,14 +65,22 @@ def search(
 
 
 @router.get("/{owner}/{name}", response_model=dict[str, Any])
-def show(
-    owner: str, name: str, request: Request, session: SessionDep, principal: PrincipalDep,
+async def show(
+    owner: str, name: str, request: Request, principal: PrincipalDep,
     revision: str = Query("main", max_length=64), download: bool = False,
 ) -> Response:
     """An adapter at a revision (a tag or a 40-hex id): metadata, files, tags.
 
-    ``download=true`` counts a download: clients set it when they pull.
+    ``download=true`` counts a download: clients set it when they pull. On
+    the event loop when the caches hold the repo and nothing is counted (``hub.hot``).
     """
+    private, detail = await hot.answer(request, _detail, principal, owner, name, revision, download)
+    return cache.json_answer(request, detail, private=private)
+
+
+def _detail(session: Any, principal: Principal | None, owner: str, name: str, revision: str,
+            download: bool) -> tuple[bool, dict[str, Any]]:
+    """(private, the revision's detail) for ``show``, if the caller may read it."""
     owner, name = validate_repo_id(f"{owner}/{name}")
     view = views.read_repo(session, owner=owner, name=name, principal=principal)
     rev = views.view_revision(session, view=view, rev=revision)
@@ -80,7 +88,7 @@ def show(
         crud.count_download(session, adapter=view.adapter)
     detail = crud.revision_detail(session, adapter=view.adapter, revision=rev, principal=principal,
                                   tags=view.tag_shas(), files=views.files_of(session, revision=rev))
-    return cache.json_answer(request, detail.model_dump(), private=view.adapter.private)
+    return view.adapter.private, detail.model_dump()
 
 
 @router.get("/{owner}/{name}/revisions")

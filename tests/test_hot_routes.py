@@ -1,0 +1,200 @@
+"""The metadata reads answered on the event loop (native ``show``, HF
+``model_info``, tree, refs) send byte for byte what the plain ORM reads and
+FastAPI's JSON encoder send; a warm one takes no thread; a resolve answered
+from a reused URL or a local file still holds a storage slot; and the server
+runs on uvloop and httptools, as the ``hub`` extra installs them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+import threading
+
+import anyio
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from raw_adapters import tiny_lora_dir
+from services import live_hub
+from sqlmodel import Session
+from starlette.requests import Request
+
+from peft_hub.client import HubClient
+from peft_hub.errors import StorageUnavailableError
+from peft_hub.hub import cache, crud, hot
+from peft_hub.hub.hf import shapes
+
+
+def _push(hub, tmp_path, name: str, card: str) -> str:
+    lora = tiny_lora_dir(tmp_path / secrets.token_hex(4) / "lora", "x")
+    (lora / "README.md").write_text(card)
+    with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "client-cache") as client:
+        return client.push(lora, name=name).revision
+
+
+CARD = "---\nlicense: mit\ntags: [hot, 'ü']\nbase_model: org/base\n---\n# Hot — ünïcode\n"
+
+
+def _reference(hub, owner: str, name: str, rev: str, kind: str) -> bytes:
+    """The body as the ORM reads and FastAPI's JSONResponse build it, with no cache."""
+    with Session(hub.app.state.engine) as session:
+        adapter = crud.get_adapter(session, owner=owner, name=name, principal=None)
+        revision = crud.resolve_revision(session, adapter=adapter, rev=rev)
+        files = list(crud.revision_files(session, revision=revision))
+        if kind == "show":
+            content = crud.revision_detail(session, adapter=adapter, revision=revision, principal=None).model_dump()
+        elif kind == "model_info":
+            content = shapes.model_info(adapter, revision, files, shapes.card_metadata(hub.app.state.store, files))
+        elif kind == "tree":
+            content = [shapes.tree_entry(f, None) for f in files]
+        elif kind == "tree-expanded":
+            content = [shapes.tree_entry(f, revision) for f in files]
+        else:
+            tags = crud.tags_of(session, adapter=adapter)
+            content = shapes.refs(tags, empty="main" not in tags)
+    return JSONResponse(content).body
+
+
+def test_hot_metadata_answers_are_byte_for_byte_the_plain_reads(embedded_hub, tmp_path):
+    hub = embedded_hub
+    sha = _push(hub, tmp_path, "admin/hot", CARD)
+    cases = [
+        ("/api/adapters/admin/hot", "main", "show", False),
+        (f"/api/adapters/admin/hot?revision={sha}", sha, "show", False),
+        ("/api/models/admin/hot", "main", "model_info", False),
+        (f"/api/models/admin/hot/revision/{sha}", sha, "model_info", False),
+        ("/api/models/admin/hot/tree/main", "main", "tree", False),
+        (f"/api/models/admin/hot/tree/{sha}?expand=true", sha, "tree-expanded", True),
+        ("/api/models/admin/hot/refs", "main", "refs", False),
+    ]
+    with httpx.Client(base_url=hub.url) as api:
+        for path, rev, kind, pinned in cases:
+            want = _reference(hub, "admin", "hot", rev, kind)
+            cache.of(hub.app.state.engine).bump({"auth", "repo"})
+            cold, warm = api.get(path), api.get(path)
+            for got in (cold, warm):
+                assert got.status_code == 200 and got.content == want, path
+                assert got.headers["etag"] == f'"{hashlib.sha1(want).hexdigest()}"', path
+                assert got.headers["content-type"] == "application/json", path
+                assert got.headers["cache-control"] == cache.cache_control(False, immutable=pinned), path
+            again = api.get(path, headers={"If-None-Match": warm.headers["etag"]})
+            assert again.status_code == 304 and again.content == b"", path
+        single = api.get(f"/api/models/admin/hot/tree/{sha}/adapter_config.json").json()
+        assert [e["path"] for e in single] == ["adapter_config.json"]
+        assert api.get("/api/models/admin/hot/tree/main/nope").status_code == 404
+        assert api.get("/api/models/admin/hot/tree/main?cursor=bad").status_code == 422
+        assert api.get("/api/adapters/admin/hot?revision=" + "a" * 65).status_code == 422
+        assert api.get("/api/models/admin/nothere").status_code == 404
+        assert api.get("/api/adapters/admin/hot?revision=nosuchtag").status_code == 404
+
+
+def test_a_counted_show_is_counted_each_time_warm_or_not(embedded_hub, tmp_path):
+    hub = embedded_hub
+    _push(hub, tmp_path, "admin/count", CARD)
+    with httpx.Client(base_url=hub.url) as api:
+        before = api.get("/api/adapters/admin/count").json()["downloads"]
+        for _ in range(3):
+            assert api.get("/api/adapters/admin/count", params={"download": "true"}).status_code == 200
+        assert api.get("/api/adapters/admin/count").json()["downloads"] == before + 3
+
+
+def test_warm_metadata_reads_run_on_the_loop_and_cold_ones_in_a_thread(embedded_hub, tmp_path):
+    from peft_hub.hub.hf.read import _info_of, _tags_of, _tree_of
+    from peft_hub.hub.routes.adapters import _detail
+
+    hub = embedded_hub
+    sha = _push(hub, tmp_path, "admin/loop", CARD)
+    engine, store = hub.app.state.engine, hub.app.state.store
+    app = FastAPI()
+    app.state.engine = engine
+    request = Request({"type": "http", "method": "GET", "app": app, "headers": [], "path": "/", "query_string": b""})
+    works = {
+        "show": (_detail, (None, "admin", "loop", sha, False)),
+        "model_info": (_info_of, (store, None, "admin", "loop", "main")),
+        "tree": (_tree_of, (None, "admin", "loop", sha)),
+        "refs": (_tags_of, (None, "admin", "loop")),
+    }
+    main = threading.current_thread()
+    for label, (work, args) in works.items():
+        on_loop: list[bool] = []
+
+        def traced(session, *a, work=work, on_loop=on_loop):
+            on_loop.append(threading.current_thread() is main)
+            return work(session, *a)
+
+        async def run(traced=traced, args=args):
+            return await hot.answer(request, traced, *args)
+
+        cache.of(engine).bump({"auth", "repo"})
+        cold = anyio.run(run)
+        assert on_loop == [True, False], f"{label}: cold reads miss on the loop, then read in a thread"
+        on_loop.clear()
+        assert anyio.run(run) == cold
+        assert on_loop == [True], f"{label}: a warm read takes no thread"
+
+
+def test_a_quick_resolve_still_holds_a_storage_slot(embedded_hub, tmp_path):
+    hub = embedded_hub
+    sha = _push(hub, tmp_path, "admin/slot", CARD)
+    with httpx.Client(base_url=hub.url) as api:
+        etag = api.get(f"/admin/slot/resolve/{sha}/adapter_config.json").headers["etag"].strip('"')
+    app = FastAPI()
+    app.state.store = hub.app.state.store
+    app.state.settings = hub.settings.model_copy(update={"storage_queue_timeout": 0.2})
+    request = Request({"type": "http", "method": "GET", "app": app, "headers": [], "path": "/", "query_string": b""})
+
+    async def resolve_with(taken: bool):
+        app.state.store_limiter = limiter = anyio.CapacityLimiter(1)
+        holder = object()
+        if taken:
+            limiter.acquire_on_behalf_of_nowait(holder)
+        try:
+            return await hot.send_blob(request, app.state.settings, etag, "adapter_config.json",
+                                       {"ETag": f'"{etag}"'}, private=False, pinned=True)
+        finally:
+            assert limiter.borrowed_tokens == (1 if taken else 0), "the slot is given back"
+
+    with pytest.raises(StorageUnavailableError):
+        anyio.run(resolve_with, True)
+    answer = anyio.run(resolve_with, False)
+    assert answer.status_code == 200 and answer.headers["etag"] == f'"{etag}"'
+
+
+def test_the_server_runs_on_uvloop_and_httptools(tmp_path):
+    """``peft-hub serve`` leaves uvicorn's loop on "auto", which picks uvloop when
+    installed, and runs httptools with a bound on the request head
+    (``hub/protocol.py``); the ``hub`` extra installs both."""
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from peft_hub.hub.protocol import server_options
+
+    config = uvicorn.Config(FastAPI(), log_level="warning", **server_options())
+    config.load()
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)
+    if sys.platform != "win32":
+        loop = config.get_loop_factory()()
+        try:
+            assert type(loop).__module__.startswith("uvloop")
+        finally:
+            loop.close()
+
+
+def test_a_hub_served_on_the_fast_stack_answers_a_pipelined_read(tmp_path, request):
+    """httptools parses two requests sent in one write on a kept-alive connection."""
+    import socket
+
+    from conftest import make_settings
+
+    with live_hub(make_settings("embedded", tmp_path, request)) as hub:
+        host, port = hub.url.removeprefix("http://").split(":")
+        one = f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(one + one)
+            seen = b""
+            while seen.count(b"HTTP/1.1 200") < 2:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed early: {seen[:300]!r}"
+                seen += chunk
