@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-SEED_VERSION = 1
+SEED_VERSION = 2  # 2: seeded at schema 0008, through the summary tables' triggers (as production writes)
 METHODS = ["LORA", "LORA", "LORA", "LOHA", "LOKR", "IA3", "ADALORA", "VERA", "BOFT"]  # LoRA weighted x3: 8 kinds
 WORDS = ["legal", "medical", "chat", "code", "math", "summarize", "translate", "sql", "poetry", "finance",
          "support", "vision", "tiny", "instruct", "qa", "safety", "french", "german", "story", "review"]

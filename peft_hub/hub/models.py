@@ -114,6 +114,44 @@ class Adapter(SQLModel, table=True):
     description: str = ""
 
 
+#: How the summary tables (migration 0008) key a NULL rank: past every rank a query can ask for, so that
+#: ``rank <= x`` and ``max_rank >= x`` stay false for it, as for NULL, whenever ``abs(x) < NO_RANK``.
+NO_RANK = 2**62
+
+
+class AdapterCount(SQLModel, table=True):
+    """How many adapters share each search key: what counts and facets read
+    instead of every matching row (migration 0008, whose triggers keep it
+    exact in the transaction of every write to ``adapter``, whoever makes it).
+
+    Adapters without a method are not counted (search never shows them). A
+    NULL base model is keyed ``''``, a NULL ``rank`` ``NO_RANK`` and a NULL
+    ``max_rank`` ``-NO_RANK``; a key whose count reaches 0 is deleted.
+    """
+
+    __tablename__ = "adapter_count"
+
+    kind: str = Field(primary_key=True, max_length=8)
+    base_model: str = Field(primary_key=True)
+    method: str = Field(primary_key=True)
+    rank: int = Field(primary_key=True, sa_type=BigInteger)
+    max_rank: int = Field(primary_key=True, sa_type=BigInteger)
+    private: bool = Field(primary_key=True)
+    n: int = Field(sa_type=BigInteger)
+
+
+class AdapterOwnerCount(SQLModel, table=True):
+    """:class:`AdapterCount` by owner: the owner facet, and counts filtered by owner (migration 0008)."""
+
+    __tablename__ = "adapter_owner_count"
+
+    kind: str = Field(primary_key=True, max_length=8)
+    owner: str = Field(primary_key=True, max_length=64)
+    method: str = Field(primary_key=True)
+    private: bool = Field(primary_key=True)
+    n: int = Field(sa_type=BigInteger)
+
+
 class Revision(SQLModel, table=True):
     """An immutable pushed revision; ``sha`` hashes its manifest."""
 

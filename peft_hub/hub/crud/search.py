@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, or_, true, tuple_, union_all
+from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, or_, true, tuple_, union_all
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col, select
 
@@ -21,7 +21,7 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     fts_phrases,
     sort_drives,
 )
-from peft_hub.hub.models import Adapter, Eval, RevisionFile, Tag
+from peft_hub.hub.models import NO_RANK, Adapter, AdapterCount, AdapterOwnerCount, Eval, RevisionFile, Tag
 
 SORTS: dict[str, Mapped[Any]] = {
     "updated": col(Adapter.updated_at), "downloads": col(Adapter.downloads), "name": col(Adapter.name),
@@ -63,7 +63,10 @@ def search_filters(
     tag: str | None = None,
     kind: str | None = None,
 ) -> list[Any]:
-    """The WHERE clauses shared by search, facets and the web catalog."""
+    """The WHERE clauses shared by search, facets and the web catalog (a
+    :class:`Filters`: counts read the summary tables while it is unchanged)."""
+    given = {"q": q, "base_model": base_model, "method": method, "min_rank": min_rank, "max_rank": max_rank,
+             "target_module": target_module, "owner": owner, "tag": tag, "kind": kind}
     clauses: list[Any] = [visible_clause(principal), col(Adapter.method).is_not(None)]
     if q:
         # As it always was: ``%`` and ``_`` in q are wildcards, and a backslash escapes on
@@ -94,7 +97,101 @@ def search_filters(
         from sqlalchemy import String, cast
 
         clauses.append(cast(Adapter.target_modules, String).like(f'%"{target_module}"%'))
-    return clauses
+    return Filters(clauses, principal=principal, given=given)
+
+
+class Filters(list):
+    """:func:`search_filters`' clauses, and the filters they came from: while
+    the list holds exactly the clauses it was built with (nothing added or
+    removed), :func:`summary_source` may answer its counts from the summary tables."""
+
+    def __init__(self, clauses: list[Any], *, principal: Principal | None, given: dict[str, Any]) -> None:
+        super().__init__(clauses)
+        self.principal = principal
+        self.given = {k: v for k, v in given.items() if v not in (None, "")}
+        self._built = tuple(clauses)
+
+    def unchanged(self) -> bool:
+        return len(self) == len(self._built) and all(a is b for a, b in zip(self, self._built, strict=True))
+
+
+#: The summary tables (migration 0008): the filters each can apply, and the facets it counts.
+SUMMARIES: tuple[tuple[type, frozenset[str], frozenset[str]], ...] = (
+    (AdapterCount, frozenset({"kind", "base_model", "method", "min_rank", "max_rank"}),
+     frozenset({"kind", "base_model", "method"})),
+    (AdapterOwnerCount, frozenset({"kind", "method", "owner"}), frozenset({"kind", "method", "owner"})),
+)
+
+
+def summary_source(clauses: list[Any], facet: str | None = None) -> type | None:
+    """The summary table that counts what ``clauses`` match (by ``facet``,
+    when given), or None when only the rows can (a text query, a tag, a
+    target module, a list changed after :func:`search_filters`)."""
+    if not isinstance(clauses, Filters) or not clauses.unchanged():
+        return None
+    given = clauses.given
+    if any(abs(given[k]) >= NO_RANK for k in ("min_rank", "max_rank") if k in given):
+        return None  # a bound past the NULL ranks' keys
+    for table, filters, facets in SUMMARIES:
+        if given.keys() <= filters and (facet is None or facet in facets):
+            return table
+    return None
+
+
+def _summary_counts(session: Session, clauses: Filters, table: Any, facet: str | None) -> list[tuple[Any, int]]:
+    """(value of ``facet``, count) among what ``clauses`` match, most first,
+    then by value, from ``table`` (``facet`` None: one row, the count).
+
+    Visibility is :func:`visible_clause`'s: the summary counts public rows
+    for everyone and every row for a principal who owns every namespace; a
+    principal who owns some adds a live count of the private rows in them
+    (few, found by the ``lower(owner)`` index), the rows
+    ``visible_clause(principal)`` admits beyond the public ones."""
+    given, principal = clauses.given, clauses.principal
+    where: list[Any] = []
+    if "kind" in given:
+        where.append(col(table.kind) == given["kind"].lower())
+    if "base_model" in given:
+        where.append(col(table.base_model) == given["base_model"])
+    if "method" in given:
+        where.append(func.upper(col(table.method)) == given["method"].upper())
+    if "min_rank" in given:
+        where.append(col(table.max_rank) >= given["min_rank"])
+    if "max_rank" in given:
+        where.append(col(table.rank) <= given["max_rank"])
+    if "owner" in given:
+        where.append(func.lower(col(table.owner)) == given["owner"].lower())
+    owned = principal.owned_namespaces() if principal is not None else set()
+    if owned is not None:
+        where.append(col(table.private) == False)  # noqa: E712 - SQL
+    values: list[Any] = [getattr(table, facet).label("value")] if facet else []
+    parts: list[Any] = [select(*values, col(table.n).label("n")).where(*where)]  # type: ignore[call-overload]
+    if owned:  # the private rows this principal reads
+        live: Any = FACET_COLUMNS[facet] if facet else None
+        if facet == "base_model":
+            live = func.coalesce(live, "")  # keyed as the summary keys it
+        private = select(*([live.label("value")] if facet else []), func.count().label("n")).where(  # type: ignore[call-overload]
+            *clauses, col(Adapter.private) == True)  # noqa: E712 - SQL
+        parts.append(private.group_by(live) if facet else private)
+    both = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    total = cast(func.coalesce(func.sum(both.c.n), 0), BigInteger)
+    if facet is None:
+        return [(None, session.exec(select(total)).one())]
+    return list(session.exec(select(both.c.value, total).group_by(both.c.value)
+                             .order_by(total.desc(), both.c.value)).all())
+
+
+def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ...]
+                   ) -> dict[str, list[tuple[str | None, int]]]:
+    """:func:`facet_groups` of those facets in ``names`` that the summary
+    tables count for ``clauses`` (one statement each; the others are left
+    out). One difference: the empty base models ('' and NULL) are one
+    group, ``''``, as the summary keys them (the facets drop empty values;
+    the counts still add up to the matches)."""
+    tables = {name: summary_source(clauses, name) for name in names}
+    if not isinstance(clauses, Filters):
+        return {}
+    return {name: _summary_counts(session, clauses, table, name) for name, table in tables.items() if table}
 
 
 def search_adapters(
@@ -126,6 +223,11 @@ def search_adapters(
 
 
 def count_adapters(session: Session, *, clauses: list[Any]) -> int:
+    """How many adapters ``clauses`` match: from a summary table when one can tell (:func:`summary_source`)."""
+    table = summary_source(clauses)
+    if table is not None:
+        assert isinstance(clauses, Filters)
+        return _summary_counts(session, clauses, table, None)[0][1]
     return session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
 
 
@@ -135,7 +237,12 @@ def facets(
     """Counts per base model, method, owner and kind among matching repos,
     most first, then by value (only the facets in ``names``, when given),
     without the empty values (see :func:`facet_groups`)."""
-    grouped = facet_groups(session, clauses=clauses, names=names, one_pass=one_pass)
+    wanted = tuple(n for n in FACET_COLUMNS if names is None or n in names)
+    grouped = summary_facets(session, clauses=clauses, names=wanted)
+    rest = tuple(n for n in wanted if n not in grouped)
+    if rest:
+        grouped.update(facet_groups(session, clauses=clauses, names=rest, one_pass=one_pass))
+    grouped = {n: grouped[n] for n in wanted}
     return {name: [(v, c) for v, c in rows if v] for name, rows in grouped.items()}
 
 
