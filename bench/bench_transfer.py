@@ -130,7 +130,7 @@ def main() -> None:
     print(f"  boto3 download_file  {mb / med(boto_down):8.1f} MB/s   CPU {med(boto_cpu):.2f} s")
     print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   "
           f"ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.9x)   CPU {med(hub_cpu):.2f} s "
-          f"(sha256, the cache file and the -o copy)")
+          f"(sha256, the cache file and -o, both written as bytes arrive)")
     print(f"  re-push unchanged    {again.bytes_uploaded} bytes uploaded, same revision: {not again.created}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -318,3 +318,118 @@ def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, 
     weights = (adapter / "adapter_model.safetensors").read_bytes()
     assert (pulled.path / "adapter_model.safetensors").read_bytes() == weights
     assert results == [hashlib.sha256(weights).hexdigest()]  # fetched in ranges, not one stream
+
+
+# --- pull -o written as it arrives ----------------------------------------------
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_mirror_gets_the_verified_bytes_as_a_separate_file(tmp_path, monkeypatch, ranges):
+    if ranges:
+        _ranged_small(monkeypatch)
+    data = os.urandom(300_007)
+    cache = BlobCache(tmp_path / "cache")
+    mirror = tmp_path / "staged.bin"
+    with _range_server(data) as session, tqdm(disable=True) as bar:
+        blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), cache, bar, mirror=mirror)
+    assert blob.read_bytes() == data and mirror.read_bytes() == data
+    assert not os.path.samefile(blob, mirror)  # a file of its own: editing it never touches the cache
+
+
+@pytest.mark.parametrize("bad", ["wrong-bytes", "short", "long"])
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_failed_download_leaves_no_mirror(tmp_path, monkeypatch, bad, ranges):
+    if ranges:
+        _ranged_small(monkeypatch)
+    data = os.urandom(300_000)
+    def spoil(body: bytes) -> bytes:
+        return {"wrong-bytes": bytes(len(body)), "short": body[:-10], "long": body + b"x"}[bad]
+
+    def hostile(start, end):  # every answer, ranged or whole, is wrong
+        if start == 0 and end == len(data) - 1:
+            return _answer(200, spoil(data))
+        return _answer(206, spoil(data[start:end + 1]), f"bytes {start}-{end}/{len(data)}")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        spec = request.headers.get("range", "").removeprefix("bytes=")
+        start, _, end = spec.partition("-") if spec else ("0", "", "")
+        return hostile(int(start), int(end or len(data) - 1))
+
+    session = httpx.Client(base_url="http://hub.test", transport=httpx.MockTransport(handler))
+    cache = BlobCache(tmp_path / "cache")
+    mirror = tmp_path / "staged.bin"
+    with session, tqdm(disable=True) as bar, pytest.raises(PeftHubError):
+        download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), cache, bar, mirror=mirror)
+    assert not mirror.exists()
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []
+
+
+def test_a_mirror_never_overwrites_or_follows_what_is_there(tmp_path):
+    data = os.urandom(1000)
+    cache = BlobCache(tmp_path / "cache")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(victim)
+    with _session(data) as session, tqdm(disable=True) as bar:
+        for taken in ("victim", "link"):
+            with pytest.raises(FileExistsError):
+                download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), cache, bar,
+                         mirror=tmp_path / taken)
+    assert victim.read_bytes() == b"keep"
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == []
+
+
+def test_a_staged_file_changed_after_its_download_is_refused(tmp_path):
+    from peft_hub.client.cache import check_staged, fingerprint
+    from peft_hub.errors import StorageError
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "w.bin").write_bytes(b"verified")
+    marks = {"w.bin": fingerprint(staged / "w.bin")}
+    check_staged(staged, marks)
+    with open(staged / "w.bin", "r+b") as fh:
+        fh.write(b"V")
+    with pytest.raises(StorageError, match="w.bin changed"):
+        check_staged(staged, marks)
+
+
+@pytest.mark.integration
+def test_pull_o_writes_downloads_once_and_hashes_cached_copies(tmp_path, monkeypatch):
+    """A first pull -o writes each file as it arrives (no copy afterwards); a pull of the
+    cached adapter into another directory copies, hashing every byte; both are the pushed bytes."""
+    import json
+
+    import numpy as np
+    from conftest import make_settings
+    from safetensors.numpy import save_file
+    from services import live_hub
+
+    from peft_hub.client import HubClient
+    from peft_hub.client import assemble as assemble_module
+
+    copies: list = []
+    real_copy, real_checked = assemble_module.shutil.copyfile, assemble_module._copy_checked
+    monkeypatch.setattr(assemble_module.shutil, "copyfile", lambda s, d: copies.append(("plain", d)) or real_copy(s, d))
+    monkeypatch.setattr(assemble_module, "_copy_checked",
+                        lambda s, d, sha: copies.append(("hashed", d)) or real_checked(s, d, sha))
+    monkeypatch.setenv("PEFT_HUB_CACHE", str(tmp_path / "c1"))
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    rng = np.random.default_rng(1)
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((8, 4096), dtype=np.float32),
+               "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((4096, 8), dtype=np.float32)},
+              adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "t"}))
+    with live_hub(make_settings("embedded", tmp_path, None)) as hub:
+        HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0").push(adapter, name="admin/o")
+        client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1")
+        first = client.pull("admin/o", tmp_path / "out1")
+        assert copies == []
+        second = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1").pull("admin/o", tmp_path / "out2")
+        assert second.bytes_downloaded == 0 and sorted(kind for kind, _ in copies) == ["hashed", "hashed"]
+    for out in (first.path, second.path):
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            assert (out / name).read_bytes() == (adapter / name).read_bytes()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no staging directory left

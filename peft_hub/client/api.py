@@ -13,7 +13,7 @@ import httpx
 from peft_hub.adapter import FileEntry
 from peft_hub.client.admin_api import AdminMixin
 from peft_hub.client.assemble import assemble, links
-from peft_hub.client.cache import BlobCache
+from peft_hub.client.cache import BlobCache, check_staged, fingerprint
 from peft_hub.client.download import download
 from peft_hub.client.http import build_session, json_body, send
 from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts
@@ -284,8 +284,10 @@ class HubClient(AdminMixin):
         is fetched again, never handed over). Without ``output_dir`` the
         adapter is assembled as a snapshot inside the cache (read-only hard
         links), which is what compose and materialize use; ``output_dir``
-        gets copies, hashed as they are made, under the rules of
-        :mod:`peft_hub.outdir` (a new or empty directory, or an earlier pull
+        gets copies under the rules of :mod:`peft_hub.outdir`: each file
+        downloaded now is written there (staged) as it arrives, beside the
+        cache's, and each file the cache held is copied, hashed on the way
+        (a new or empty directory, or an earlier pull
         of the same adapter; ``into_existing`` writes into any other
         directory, deleting nothing). Downloads are retried per
         ``self.retry``, and what a killed pull left in the cache is removed.
@@ -305,33 +307,47 @@ class HubClient(AdminMixin):
         for last in (False, True):
             missing = [f for f in files if self.cache.checked(f.sha256, f.size) is None]
             downloaded += sum(f.size for f in missing)
-            with tqdm(total=sum(f.size for f in missing), unit="B", unit_scale=True, desc=f"pull {ref.repo_id}") as bar:
-                for f in missing:
-                    url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
-                    download(self.http, url, f.sha256, f.size, self.cache, bar, name=f"{label}: {f.path}",
-                             retry=self.retry)
-            blobs = {f.path: self.cache.blob_path(f.sha256) for f in files}
+            staging = None if out is None else out.stage()  # hidden and locked; removed unless committed
+            written: dict[str, tuple[int, int, int, int]] = {}  # -o files written as they arrived
             try:
+                with tqdm(total=sum(f.size for f in missing), unit="B", unit_scale=True,
+                          desc=f"pull {ref.repo_id}") as bar:
+                    for f in missing:
+                        url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
+                        mirror = None if staging is None else staging / f.path
+                        download(self.http, url, f.sha256, f.size, self.cache, bar, name=f"{label}: {f.path}",
+                                 retry=self.retry, mirror=mirror)
+                        if mirror is not None:
+                            written[f.path] = fingerprint(mirror)
+                blobs = {f.path: self.cache.blob_path(f.sha256) for f in files if f.path not in written}
                 if out is None:
                     target = self.cache.snapshot_path(ref.repo_id, revision)
                     if not links(target, blobs):
                         assemble(blobs, replace_output(target, kind="snapshot", identity=label), link=True)
                         for f in files:  # the new links changed the blobs' ctime, not their bytes
                             self.cache.restamp(f.sha256)
-                elif all(self.cache.fresh(f.sha256) for f in files):
-                    # Hashed as they arrived just now: copied in the kernel, unhashed,
-                    # and checked unchanged before the directory is handed over.
-                    fresh = {f.path: (f.sha256, f.size) for f in files}
-                    out.check = lambda staged, fresh=fresh: self.cache.check_fresh_copies(staged, fresh)
-                    target = assemble(blobs, out, record={"revision": revision})
                 else:
-                    target = assemble(blobs, out, digests={f.path: f.sha256 for f in files},
+                    # Blobs hashed as they arrived in this process are copied in the kernel,
+                    # unhashed, and checked unchanged before the directory is handed over;
+                    # any other is hashed as it is copied.
+                    fresh = {f.path: (f.sha256, f.size) for f in files
+                             if f.path in blobs and self.cache.fresh(f.sha256)}
+
+                    def check(staged: Path, fresh: dict = fresh, written: dict = written) -> None:
+                        check_staged(staged, written)
+                        self.cache.check_fresh_copies(staged, fresh)
+
+                    out.check = check
+                    target = assemble(blobs, out, digests={f.path: f.sha256 for f in files if f.path not in fresh},
                                       record={"revision": revision})
                 break
             except BlobChangedError as exc:  # changed between its check and its copy: fetch it again, once
                 self.cache.discard(exc.sha256)
                 if last:
                     raise BlobChangedError(f"{label}: {exc}", exc.sha256) from None
+            finally:
+                if out is not None:
+                    out.abort()
         return PulledAdapter(target, ref.repo_id, revision, {f.path: f.sha256 for f in files}, downloaded)
 
     # --- discovery ---------------------------------------------------------

@@ -44,18 +44,20 @@ def assemble(
 
     Snapshots inside the cache hard-link blobs (read-only); directories handed
     to the user get copies, so editing them can never corrupt the cache, and
-    with ``digests`` every copy is hashed on the way (raising
+    each copy named in ``digests`` is hashed on the way (raising
     :class:`BlobChangedError` for a blob that changed since it was checked).
-    On any failure the target is left as it was.
+    An ``out`` already staged (a pull that wrote some files there as they
+    arrived) gets ``files`` beside those. On any failure the target is left
+    as it was.
     """
     for name in files:  # callers check names already; this keeps every write inside the target
         check_name(name)
-    staging = out.stage()
+    staging = out.path if out.path is not None else out.stage()
     try:
         for name, src in files.items():
             if link:
                 link_or_copy(src, staging / name)
-            elif digests is not None:
+            elif digests is not None and name in digests:
                 _copy_checked(src, staging / name, digests[name])
             else:
                 shutil.copyfile(src, staging / name)

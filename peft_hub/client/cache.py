@@ -41,6 +41,7 @@ from peft_hub.client.names import (
     check_revision,
     check_sha256,
 )
+from peft_hub.errors import StorageError
 from peft_hub.names import validate_repo_id
 from peft_hub.paths import cache_dir
 from peft_hub.progress import tqdm
@@ -56,6 +57,24 @@ def _fingerprint(st: os.stat_result) -> tuple[int, int, int, int]:
     # The ctime is in it because no one can set it back: an edit that
     # restores the mtime still changes the ctime, and so forces a new hash.
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def fingerprint(path: Path) -> tuple[int, int, int, int]:
+    """The size, mtime, ctime and inode of ``path`` (not followed): any write or replacement changes it."""
+    return _fingerprint(os.lstat(path))
+
+
+def check_staged(staged: Path, written: dict[str, tuple[int, int, int, int]]) -> None:
+    """Check files a verified download wrote straight into a staging directory (``pull -o``'s
+    mirrors) before they are handed over: each must be the plain file it left, untouched since.
+
+    Raises:
+        StorageError: naming the first file that was changed or replaced.
+    """
+    for name, mark in written.items():
+        st = os.lstat(staged / check_name(name))
+        if not stat.S_ISREG(st.st_mode) or _fingerprint(st) != mark:
+            raise StorageError(f"{name} changed in the staging directory before it was handed over")
 
 
 @dataclass

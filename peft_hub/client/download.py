@@ -4,17 +4,23 @@ A download that was cut resumes with a Range request from the bytes it holds
 when the server answers 206 for exactly that range, and starts again when it
 does not. The sha256 covers every byte on disk, resumed or not. Redirects are
 followed by hand, so the token never follows one off the hub's origin.
+
+A download may write a second file as it goes (``mirror``: the ``pull -o``
+staging copy), from the same buffers, so nothing is copied afterwards; the
+mirror is removed with the temporary file when the download fails.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -33,6 +39,7 @@ from peft_hub.errors import (
     StorageError,
 )
 from peft_hub.progress import tqdm
+from peft_hub.staging import delete
 
 MAX_REDIRECTS = 5
 
@@ -100,6 +107,7 @@ class _Fetch:
     part: Partial
     size: int
     bar: tqdm
+    mirror: BinaryIO | None = None  # a second destination for the same bytes
     received: int = 0
     digest: _Hasher = field(default_factory=_Hasher)
     resumed: bool = False  # some bytes came from a ranged answer
@@ -107,10 +115,16 @@ class _Fetch:
 
     def restart(self) -> None:
         self.bar.update(-self.received)
-        self.part.fh.seek(0)
-        self.part.fh.truncate()
+        self.truncate()
         self.digest.close()
         self.received, self.digest, self.resumed = 0, _Hasher(), False
+
+    def truncate(self) -> None:
+        """Empty the file (and the mirror), to be written again from the start."""
+        for fh in (self.part.fh, self.mirror):
+            if fh is not None:
+                fh.seek(0)
+                fh.truncate()
 
     def once(self, session: httpx.Client, url: str) -> None:
         """One try: ask for the bytes not yet held, and append what comes."""
@@ -142,6 +156,8 @@ class _Fetch:
                 if self.received + len(block) > self.size:
                     raise ChecksumMismatchError(f"the hub sent more than the {self.size} bytes the file has")
                 self.part.fh.write(block)
+                if self.mirror is not None:
+                    self.mirror.write(block)
                 self.digest.update(block)
                 self.received += len(block)
                 self.bar.update(len(block))
@@ -156,7 +172,7 @@ def _continues(content_range: str | None, offset: int, size: int) -> bool:
 
 def download(
     session: httpx.Client, url: str, sha256: str, size: int, cache: BlobCache, bar: tqdm, *, name: str = "file",
-    retry: RetryPolicy = NO_RETRY,
+    retry: RetryPolicy = NO_RETRY, mirror: Path | None = None,
 ) -> Path:
     """Fetch a file into the cache, verify it, and return its cached path.
 
@@ -164,21 +180,24 @@ def download(
     connection that stays broken, an error status, a body longer or shorter
     than ``size``, or one that hashes to anything but ``sha256``. Errors name
     the file as ``name`` (e.g. ``owner/name@revision: file``); a file the
-    store does not have is an EntryNotFoundError.
+    store does not have is an EntryNotFoundError. ``mirror``, a new file's
+    path (in a staging directory), gets the same bytes as they arrive, and is
+    removed on failure; it holds the verified bytes when this returns.
     """
     check_sha256(sha256)
-    with cache.partial(sha256) as part:
-        fetch = _Fetch(part, size, bar)
+    with cache.partial(sha256) as part, _mirror(mirror) as second:
+        fetch = _Fetch(part, size, bar, second)
         passes: tuple[bool, ...] = (False, True)
         try:
             if size >= ranged.MIN_SIZE:
-                digest = ranged.fetch(session, url, size, part.fh.fileno(), bar, retry=retry, opener=_get)
+                digest = ranged.fetch(session, url, size, part.fh.fileno(), bar, retry=retry, opener=_get,
+                                      mirror=None if second is None else second.fileno())
                 if digest == sha256:
                     return cache.commit(part, sha256)
                 if digest is not None:  # stitched from ranges that do not fit: fetch it whole, once
                     bar.update(-size)
                     fetch.ranges, passes = False, (True,)
-                part.fh.truncate(0)
+                fetch.truncate()
             for last in passes:
                 for attempt in retry.retrying(_retryable, progress=lambda: fetch.received):
                     with attempt:
@@ -201,6 +220,23 @@ def download(
         finally:
             fetch.digest.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _mirror(path: Path | None) -> Iterator[BinaryIO | None]:
+    """A new file at ``path`` (never an existing one, nor through a link), removed unless the block succeeds."""
+    if path is None:
+        yield None
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        ok = True
+    finally:
+        if not ok:
+            delete(path)
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ import time
 import unicodedata
 from typing import Any
 
+import httpcore
 import httpx
 
 from peft_hub import __version__
@@ -32,6 +33,9 @@ MESSAGE_LIMIT = 2000
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # ESC, CR, bidi overrides, ...
 _S3_FIELD = re.compile(rb"<(Code|Message)>([^<]{0,1000})</\1>")
+#: Bytes asked of the socket per read (httpcore asks 64 KiB): a 100 MB body
+#: in 4x fewer trips through httpcore and h11, a third less CPU per pull.
+READ_BYTES = 256 * 1024
 
 
 def origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
@@ -171,6 +175,55 @@ def timeouts(timeout: float | httpx.Timeout | None = None) -> httpx.Timeout:
 
 
 
+class _Stream(httpcore.NetworkStream):
+    """A connection whose reads ask for at least :data:`READ_BYTES` (a read still returns what has arrived)."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max(max_bytes, READ_BYTES), timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _Stream(self._inner.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    """httpcore's own sockets, each wrapped in :class:`_Stream`."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _transport() -> httpx.HTTPTransport:
+    """httpx's default transport, reading in :data:`READ_BYTES` (its pool's backend is
+    not a public setting: where that changes, httpx's own backend stays, only slower)."""
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
+    return transport
+
+
 def build_session(
     base_url: str, token: str | None, transport: httpx.BaseTransport | None = None, *,
     timeout: float | httpx.Timeout | None = None,
@@ -180,7 +233,8 @@ def build_session(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return httpx.Client(
-        base_url=base_url, headers=headers, transport=transport, timeout=timeouts(timeout), follow_redirects=False,
+        base_url=base_url, headers=headers, transport=transport or _transport(), timeout=timeouts(timeout),
+        follow_redirects=False,
     )
 
 

@@ -17,6 +17,10 @@ read back from the file (the page cache is hot) once the prefix before them
 is complete. Each span's written bytes are handed to the kernel's writeback
 as the span completes, so the cache's fsync at the end has little left to do.
 Memory holds one network block per stream and one read block.
+
+A ``mirror`` (the ``pull -o`` directory's staging file) gets every block too,
+written from the same buffer at the same offset, so no copy follows the
+download; it is only a second destination, and the hash is of the first.
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ def _retryable(exc: BaseException) -> bool:
 class _Ranges:
     """The ranges of one file: what each holds, the hashed prefix, the pool's work."""
 
-    def __init__(self, fd: int, size: int, bar: tqdm) -> None:
-        self.fd, self.size, self.bar = fd, size, bar
+    def __init__(self, fds: tuple[int, ...], size: int, bar: tqdm) -> None:
+        self.fd, self.fds, self.size, self.bar = fds[0], fds, size, bar
         self.spans = [(a, min(a + PART, size)) for a in range(0, size, PART)]
         self.done = [0] * len(self.spans)  # bytes held from each span's start, contiguous
         self.todo: deque[int] = deque(range(1, len(self.spans)))
@@ -102,8 +106,9 @@ class _Ranges:
             pos = a + self.done[i]
             if pos + len(block) > b:
                 raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
-            if os.pwrite(self.fd, block, pos) != len(block):
-                raise StorageError("a short write to the file being downloaded (is the disk full?)")
+            for fd in self.fds:
+                if os.pwrite(fd, block, pos) != len(block):
+                    raise StorageError("a short write to the file being downloaded (is the disk full?)")
             with self.cond:
                 self.done[i] += len(block)
                 self.bar.update(len(block))
@@ -118,7 +123,8 @@ class _Ranges:
                         self.cond.notify_all()  # bytes that came out of order wait, or the hash is done
         if self.done[i] != b - a:
             raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
-        _writeback(self.fd, a, b - a)
+        for fd in self.fds:
+            _writeback(fd, a, b - a)
 
     def halt(self) -> None:
         """Stop every stream and the hash: one range failed."""
@@ -181,15 +187,18 @@ def _writeback(fd: int, offset: int, length: int) -> None:
 
 
 def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, retry: RetryPolicy,
-          opener: Opener) -> str | None:
+          opener: Opener, mirror: int | None = None) -> str | None:
     """Fill ``fd`` (``size`` bytes) from ``url`` in parallel ranges; return the file's sha256.
 
+    ``mirror``, a second open file, receives the same bytes at the same offsets.
     Returns None, with nothing counted on ``bar``, when the server does not
     serve ranges (the caller fetches the file whole). Raises on a failure that
     retries did not cure, or on an answer that is not the range asked for.
     """
-    state = _Ranges(fd, size, bar)
-    os.ftruncate(fd, size)
+    fds = (fd,) if mirror is None else (fd, mirror)
+    state = _Ranges(fds, size, bar)
+    for each in fds:
+        os.ftruncate(each, size)
     with ExitStack() as stack:
         response = None
         for attempt in retry.retrying(_retryable):
