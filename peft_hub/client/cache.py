@@ -4,7 +4,9 @@ A blob is downloaded into a ``<sha>.<random>.incomplete`` file, hashed as it
 arrives, and renamed into place only when its digest matches. Cached blobs
 are read-only (0444), so a snapshot (a hard link to the blob) cannot be
 edited in place by mistake; directories handed to the user (``pull -o``) get
-copies, hashed as they are copied, so editing them never touches the cache.
+their own files, so editing them never touches the cache: a blob downloaded
+now is written into the directory's staging as it arrives (a second write of
+the same bytes), one already cached is copied and hashed as it is copied.
 Root ignores file modes, and a file can be changed behind our back, so each
 blob's verification is recorded as a stamp of its size, mtime, ctime and
 inode (``verified/<sha>``): a blob whose stamp no longer matches is hashed
