@@ -4,17 +4,17 @@ so that every list is a shareable URL."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
-from urllib.parse import urlencode
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import quote_plus
 
 from sqlmodel import Session
 from starlette.datastructures import QueryParams
 
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.crud.search import facet_groups
-from peft_hub.hub.models import Adapter, pk
+from peft_hub.hub.crud.search import facet_groups, summary_facets
+from peft_hub.hub.models import Adapter, Eval, pk
 from peft_hub.hub.web.charts import headline
 
 PER_PAGE = 20
@@ -51,6 +51,15 @@ def parse_int(text: str | None, problems: list[str], what: str, *, maximum: int 
     return value
 
 
+#: The query's fields that a link carries, in the order a link lists them.
+URL_FIELDS = (*FILTERS, "sort", "order", "page")
+
+
+def encode_pair(key: str, value: Any) -> str:
+    """One ``key=value`` pair exactly as ``urllib.parse.urlencode`` writes it."""
+    return f"{quote_plus(key)}={quote_plus(value if isinstance(value, (str, bytes)) else str(value))}"
+
+
 @dataclass
 class CatalogQuery:
     q: str | None = None
@@ -65,6 +74,8 @@ class CatalogQuery:
     order: str = "desc"
     page: int = 1
     problems: list[str] = field(default_factory=list, compare=False)
+    #: (ids of the fields in :data:`URL_FIELDS`, their values, their encoded ``key=value`` pairs): see :meth:`url`.
+    _encoded: tuple[tuple, tuple, dict[str, str]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, params: QueryParams, **fixed: str) -> CatalogQuery:
@@ -95,17 +106,31 @@ class CatalogQuery:
         return any(v not in (None, "") for v in self.filters().values())
 
     def url(self, path: str = "/", **changes: Any) -> str:
-        """This query with ``changes``; a changed filter or sort goes back to page 1."""
+        """This query with ``changes``; a changed filter or sort goes back to page 1.
+
+        A page links to this query about a hundred times (each facet value,
+        each sort and page link), so the unchanged fields' ``key=value``
+        pairs are encoded once per state of the query and reused."""
+        if unknown := changes.keys() - URL_FIELDS:
+            raise TypeError(f"not a field of the catalog query: {', '.join(sorted(unknown))}")
         if changes and "page" not in changes:
             changes["page"] = 1
-        state = asdict(replace(self, **changes))
-        state.pop("problems")
-        if state["sort"] == "updated" and state["order"] == "desc":
-            state.pop("sort"), state.pop("order")
-        if state.get("page") == 1:
-            state.pop("page")
-        pairs = [(k, v) for k, v in state.items() if v not in (None, "")]
-        return path + ("?" + urlencode(pairs) if pairs else "")
+        state = tuple(map(self.__getattribute__, URL_FIELDS))
+        # Keyed by the values' identities, not by equality (1 == True, but they are written
+        # differently); the cache holds the values, so no other object can take their ids.
+        ids = tuple(map(id, state))
+        if self._encoded is None or self._encoded[0] != ids:
+            fields = zip(URL_FIELDS, state, strict=True)
+            self._encoded = (ids, state, {k: encode_pair(k, v) for k, v in fields if v not in (None, "")})
+        encoded = self._encoded[2]
+        values = dict(zip(URL_FIELDS, state, strict=True)) | changes
+        default_order = values["sort"] == "updated" and values["order"] == "desc"
+        pairs = [
+            encoded[k] if k not in changes else encode_pair(k, v)
+            for k, v in values.items()
+            if v not in (None, "") and not (default_order and k in ("sort", "order")) and not (k == "page" and v == 1)
+        ]
+        return path + ("?" + "&".join(pairs) if pairs else "")
 
     def sort_url(self, path: str, column: str) -> str:
         """Clicking the sorted column flips the order; another column starts at its natural order."""
@@ -135,7 +160,8 @@ def counts(
     countable) once one is picked. Each facet is computed once: one indexed
     query per facet, or, with a filter that no facet index answers (a text
     query, a tag), one statement for all the facets that share their
-    filters, which reads the matching rows once."""
+    filters, which reads the matching rows once. Facets whose filters the
+    summary tables (migration 0008) cover are read from them instead."""
     groups: dict[tuple, list[str]] = {}
     for facet in FACETS:
         active = {k: v for k, v in query.filters(without=facet).items() if v not in (None, "")}
@@ -143,8 +169,11 @@ def counts(
     out: dict[str, list[tuple[str | None, int]]] = {}
     for key, names in groups.items():
         clauses = crud.search_filters(principal=principal, **dict(key))
+        out.update(summary_facets(session, clauses=clauses, names=tuple(names)))
+        rest = tuple(name for name in names if name not in out)
         one_pass = any(name in UNINDEXED for name, _ in key)
-        out.update(facet_groups(session, clauses=clauses, names=tuple(names), one_pass=one_pass))
+        if rest:
+            out.update(facet_groups(session, clauses=clauses, names=rest, one_pass=one_pass))
     total = sum(n for _, n in out["kind"]) if query.kind in (None, "") else None
     return {facet: [(v, n) for v, n in out[facet] if v] for facet in FACETS}, total
 
@@ -156,10 +185,52 @@ def facet_counts(
     return counts(session, principal, query)[0]
 
 
-def rows(session: Session, adapters: list[Adapter]) -> list[dict[str, Any]]:
+#: The Browse lists, in page order, and their headings.
+BROWSE = (("kind", "Kind"), ("base_model", "Base models"), ("method", "Methods"), ("owner", "Owners"))
+
+
+# Rows and links are named tuples, not dicts: Jinja looks ``row.adapter`` up as
+# an attribute first, and a dict makes it raise and catch an AttributeError.
+class FacetLink(NamedTuple):
+    label: str
+    adapters: int  # how many the value has (``count`` would hide tuple.count)
+    selected: bool
+    href: str
+
+
+class BrowseList(NamedTuple):
+    facet: str
+    title: str
+    links: list[FacetLink]
+    more: int  # values past the first SHOWN
+
+
+class Row(NamedTuple):
+    adapter: Adapter
+    headline: Eval | None
+
+
+def browse(query: CatalogQuery, path: str, facets: dict[str, list[tuple[str, int]]]) -> list[BrowseList]:
+    """The Browse lists' first :data:`SHOWN` links per facet: a value's link
+    picks it, or, when it is the one picked (compared case-blind), drops it.
+    Built here rather than in the template, which would make each link in
+    Jinja's slower expression machinery."""
+    out = []
+    for facet, title in BROWSE:
+        picked = (getattr(query, facet) or "").upper()
+        links = []
+        for value, count in facets[facet][:SHOWN]:
+            selected = picked == value.upper()
+            links.append(FacetLink(KINDS.get(value, value) if facet == "kind" else value, count, selected,
+                                   query.url(path, **{facet: None if selected else value})))
+        out.append(BrowseList(facet, title, links, max(len(facets[facet]) - SHOWN, 0)))
+    return out
+
+
+def rows(session: Session, adapters: list[Adapter]) -> list[Row]:
     """Result rows with each adapter's headline eval (newest on its main revision)."""
     evals = crud.main_revision_evals(session, adapter_ids=[pk(a) for a in adapters])
-    return [{"adapter": a, "headline": headline(evals.get(pk(a), []))} for a in adapters]
+    return [Row(a, headline(evals.get(pk(a), []))) for a in adapters]
 
 
 def pages(page: int, total: int) -> tuple[int, list[int | None]]:

@@ -33,9 +33,10 @@ def make_router(renderer: Renderer) -> APIRouter:
         facets, known = catalog.counts(session, principal, query)
         adapters, total = catalog.search(session, principal, query, total=known)
         last, page_list = catalog.pages(query.page, total)
+        browse = catalog.browse(query, path, facets) if template == "catalog.html" else []
         return renderer.page(
             request, template, query=query, base_path=path, rows=catalog.rows(session, adapters), total=total,
-            facets=facets, last_page=last, page_list=page_list,
+            facets=facets, browse=browse, last_page=last, page_list=page_list,
             principal=principal, kinds=catalog.KINDS, select_max=catalog.SELECT_MAX, shown=catalog.SHOWN, **extra,
         )
 
