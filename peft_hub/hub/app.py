@@ -125,7 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors_http.install(app, settings)
 
-    from peft_hub.hub import web
+    from peft_hub.hub import dispatch, web
+    from peft_hub.hub.hf import read as hf_read
     from peft_hub.hub.routes import adapters, admin, events, facets, hf, system
 
     app.include_router(system.router)
@@ -135,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(facets.router)
     web.install(app, settings)
+    # The HF resolve routes without trying the ~70 before them, where that picks the same route (hub.dispatch).
+    dispatch.install(app, {"GET": hf_read.resolve_get, "HEAD": hf_read.resolve_head})
     app.add_middleware(BodyClock)
     # Added last, so it is the outermost: limits apply before anything else runs.
     app.add_middleware(RequestLimits)
