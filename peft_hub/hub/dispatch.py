@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from fastapi import routing as fastapi_routing
 from starlette import routing
 from starlette._utils import get_route_path
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 #: FastAPI's private routing pieces the shortcut mirrors; without any of them it stays off.
 _NEEDED = ("_IncludedRouter", "_EffectiveRouteContext", "_apply_router_form_limits", "_get_fastapi_scope",
            "_update_scope", "_FASTAPI_INCLUDED_ROUTER_KEY", "_FASTAPI_EFFECTIVE_ROUTE_CONTEXT_KEY")
@@ -146,9 +146,9 @@ def plan(router: Any, endpoints: dict[str, Callable[..., Any]]) -> Plan | None:
                 before.append(route)
         else:
             continue
-        literals = {_literal(route) for route in before}
+        literals = {first for route in before if (first := _literal(route)) is not None}
         checked = tuple(route.path_regex for route in before if _literal(route) is None)
-        targets[method] = (target, frozenset(literals - {None}), checked)
+        targets[method] = (target, frozenset(literals), checked)
     return Plan(targets) if targets else None
 
 
@@ -222,8 +222,9 @@ def install(app: FastAPI, endpoints: dict[str, Callable[..., Any]]) -> ResolveSh
     if (router.middleware_stack != router.app or not hasattr(router, "_routes_version")
             or not all(hasattr(fastapi_routing, n) for n in _NEEDED)):
         return None
-    router.middleware_stack = ResolveShortcut(router, router.middleware_stack, endpoints)
-    return router.middleware_stack
+    shortcut = ResolveShortcut(router, router.middleware_stack, endpoints)
+    router.middleware_stack = shortcut
+    return shortcut
 
 
 def shortcut_of(app: FastAPI) -> ResolveShortcut | None:
