@@ -19,13 +19,23 @@ and its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
   config, side files) into a fresh directory, timed around the ``cp`` process;
   target: ``stream`` >= 0.6x its speed (issue #15);
 - ``memcpy``: one in-memory copy of as many bytes as the shards hold (the
-  bandwidth limit).
+  bandwidth limit);
+- ``stages``: ``stream`` with a timer around each stage (fault-in, merge,
+  ``pwrite``, ``copy_file_range``, commit), printing each stage's wall time
+  (threads overlap, so they add up to more than the run; the merge includes
+  the ``pwrite`` of its blocks) and CPU time.
+
+Every run of every mode starts from the same page-cache state of the inputs
+(``--cache``): ``warm`` reads them all first, ``cold`` drops them
+(``POSIX_FADV_DONTNEED``; the base's pages are clean, so the kernel drops
+them). Each mode writes into a directory it empties first, outside the timing.
 
 Modes run interleaved (round-robin, ``--repeats`` rounds) so a busy machine
 disturbs every mode alike; ratios use the median of each mode's runs, RSS the
 worst. Prints every figure and the ratios. Not a test.
 
-    python bench/bench_materialize.py [--workdir DIR] [--repeats 3] [--modes stream,copy,memcpy,...] [--keep]
+    python bench/bench_materialize.py [--workdir DIR] [--repeats 3] [--modes stream,copy,memcpy,...]
+        [--cache warm|cold] [--keep]
 """
 
 from __future__ import annotations
@@ -51,6 +61,17 @@ HIDDEN, INTER, LAYERS, VOCAB, RANK = 2048, 5632, 8, 32000, 16
 SHARD = "250MB"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ["load", "peft", "stream", "copy", "memcpy", "load-nf4", "stream-nf4", "load-int8", "stream-int8"]
+#: (owner, attribute, stage) timed by the ``stages`` mode
+STAGES = [
+    ("peft_hub.gpu_runtime.shards.MappedShard", "read_ahead", "read ahead (reader)"),
+    ("peft_hub.gpu_runtime.shards.MappedShard", "prefetch", "fault in (reader)"),
+    ("peft_hub.gpu_runtime.lora.TensorUpdate", "apply", "merge+pwrite (CPU: the caller only)"),
+    ("peft_hub.gpu_runtime.shards.ShardWriter", "write_at", "pwrite (merging threads, writer)"),
+    ("peft_hub.gpu_runtime.shards.ShardWriter", "write", "write whole tensors (writer)"),
+    ("peft_hub.gpu_runtime.shards.ShardWriter", "copy_raw", "copy_file_range (writer)"),
+    ("peft_hub.gpu_runtime.shards.MappedShard", "release", "unmap merged pages"),
+    ("peft_hub.outdir.OutputDir", "commit", "rename into place"),
+]
 
 
 def build(work: Path) -> None:
@@ -88,7 +109,10 @@ def child(mode: str, work: Path) -> dict:
         return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": peak / 1024}
     # Each side imports only what it needs: the streaming path never imports transformers
     # unless it quantizes, and that is part of what it saves.
-    if mode.startswith("stream"):
+    stages: dict[str, list[float]] = {}
+    if mode == "stages":
+        _time_stages(stages)
+    if mode.startswith("stream") or mode == "stages":
         from peft_hub.gpu_runtime.materializer import materialize
 
         if mode != "stream":  # quantizing needs transformers and bnb: import them untimed, as for load-*
@@ -105,7 +129,7 @@ def child(mode: str, work: Path) -> dict:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = work / f"out-{mode}"
     shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if mode == "load":
         AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16)
     elif mode.startswith("load-"):
@@ -117,13 +141,51 @@ def child(mode: str, work: Path) -> dict:
         model = AutoModelForCausalLM.from_pretrained(work / "base", dtype=torch.bfloat16)
         model = PeftModel.from_pretrained(model, work / "lora").merge_and_unload()
         model.save_pretrained(out, max_shard_size=SHARD)
-    elif mode == "stream":
+    elif mode in ("stream", "stages"):
         materialize(work / "base", str(work / "lora"), out, device="cpu")
     elif mode.startswith("stream-"):
         materialize(work / "base", str(work / "lora"), out, device="cpu", quantize=mode.split("-")[1])
     seconds = time.perf_counter() - started
+    if mode == "stages":  # every thread's CPU, user and system
+        stages["whole process"] = [seconds, time.process_time() - cpu_started]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024}
+    return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024,
+            "stages": stages}
+
+
+def _time_stages(stages: dict[str, list[float]]) -> None:
+    """Wrap each of :data:`STAGES` to add its wall and thread CPU seconds into ``stages``."""
+    import importlib
+    import threading
+
+    lock = threading.Lock()
+    for owner, attr, label in STAGES:
+        module, cls = owner.rsplit(".", 1)
+        target = getattr(importlib.import_module(module), cls)
+        inner = getattr(target, attr)
+        stages[label] = [0.0, 0.0]
+
+        def timed(*args, _inner=inner, _label=label, **kwargs):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                with lock:
+                    stages[_label][0] += time.perf_counter() - wall
+                    stages[_label][1] += time.thread_time() - cpu
+
+        setattr(target, attr, timed)
+
+
+def set_cache(work: Path, state: str) -> None:
+    """Put every input file (base and adapter) in the page cache, or out of it."""
+    for path in sorted(p for d in ("base", "lora") for p in (work / d).iterdir() if p.is_file()):
+        with open(path, "rb") as fh:
+            if state == "cold":
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while fh.read(64 << 20):
+                    pass
 
 
 def copy_files(work: Path) -> dict:
@@ -173,6 +235,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="Rounds: ratios use each mode's median run and its highest RSS.")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                        help="The inputs' page-cache state at the start of every run of every mode.")
     parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,16 +261,13 @@ def main() -> None:
     size = sum(p.stat().st_size for p in (work / "base").glob("*.safetensors"))
     shards = len(list((work / "base").glob("*.safetensors")))
     print(f"base: {size / 1e9:.2f} GB bf16 in {shards} shards; "
-          f"LoRA rank {RANK} on {len(TARGETS)} projections x {LAYERS} layers")
-    for path in (work / "base").glob("*.safetensors"):  # same page-cache state for every mode
-        with open(path, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
+          f"LoRA rank {RANK} on {len(TARGETS)} projections x {LAYERS} layers; page cache {args.cache} at each run")
 
     modes = args.modes.split(",")
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):  # round-robin: each round runs every mode once
         for mode in modes:
+            set_cache(work, args.cache)
             runs[mode].append(measure(mode, work))
     results: dict[str, dict] = {}
     for mode in modes:
@@ -221,6 +282,9 @@ def main() -> None:
         print(f"{mode:<12} median {r['seconds']:7.3f} s ({' '.join(f'{x:.3f}' for x in r['all'])})  "
               f"{rate:5.2f} GB/s   peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['baseline_rss_mb']:.0f} MB)",
               flush=True)
+        median_run = sorted(runs[mode], key=lambda r: r["seconds"])[len(runs[mode]) // 2]
+        for label, (wall, cpu) in median_run.get("stages", {}).items():
+            print(f"    {label:<34} {wall:6.3f} s wall  {cpu:6.3f} s CPU")
 
     def ratio(a: str, b: str, key: str) -> str:
         if a in results and b in results:
@@ -229,6 +293,8 @@ def main() -> None:
 
     print()
     print(f"stream speed / cp speed:       {ratio('copy', 'stream', 'seconds')}x   (target >= 0.6)")
+    if "stages" in results:
+        print(f"stages speed / cp speed:       {ratio('copy', 'stages', 'seconds')}x   (with timers)")
     print(f"stream speed / memcpy speed:   {ratio('memcpy', 'stream', 'seconds')}x")
     print(f"peft / stream time:            {ratio('peft', 'stream', 'seconds')}x   (target >= 2)")
     print(f"stream / peft peak RSS:        {ratio('stream', 'peft', 'peak_rss_mb')}x   (target <= 0.5)")

@@ -107,6 +107,18 @@ def test_merge_rows_with_buffers_matches_the_serial_merge(src_dtype, out_dtype, 
                                    scratch=scratch, helper=lanes)
             assert got is out and torch.equal(got, want)
             assert torch.equal(w, before)  # read only
+            emitted = torch.full(w.shape, 7.0, dtype=out_dtype)
+            seen: list[int] = []
+
+            def emit(first: int, block: torch.Tensor, emitted: torch.Tensor = emitted,
+                     seen: list[int] = seen) -> None:
+                assert block.dtype == out_dtype and block.is_contiguous()
+                seen.append(first)
+                emitted[first:first + block.shape[0]] = block
+
+            assert delta.merge_rows(w, transposed=transposed, base_key="k", dtype=out_dtype, scratch=scratch,
+                                    helper=lanes, emit=emit) is None
+            assert torch.equal(emitted, want) and sorted(seen) == [0, 256, 512]  # the same block height
         if src_dtype == out_dtype:
             in_place = w.clone()
             delta.merge_rows(in_place, transposed=transposed, base_key="k", dtype=out_dtype, out=in_place,
@@ -197,4 +209,77 @@ def test_a_shard_truncated_after_opening_fails_with_one_line_and_no_hang(wide, t
     (tmp_path / "out").mkdir()
     with pytest.raises(InvalidInputError, match="truncated|ended early"):
         stream.stream_merge(ckpt, mapped, tmp_path / "out", dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert threading.active_count() < 10
+
+
+def test_read_ahead_asks_for_every_byte_once_in_chunks_and_stops_at_the_end(tmp_path, monkeypatch):
+    from peft_hub.gpu_runtime import shards
+
+    monkeypatch.setattr(shards, "_AHEAD_CHUNK", 4096)  # the kernel honours only read_ahead_kb per call
+    w = torch.randn(3000, 7).to(torch.bfloat16)
+    prefix, _ = header_layout([("w", "BF16", (3000, 7))], {})
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(prefix + bytes(tensor_bytes(w)))
+    size = path.stat().st_size
+    calls: list[tuple[int, int]] = []
+    real = shards.os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == shards.os.POSIX_FADV_WILLNEED
+        calls.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(shards.os, "posix_fadvise", recording)
+    header = read_header_path(path)
+    with open(path, "rb") as fh:
+        shard = MappedShard(fh, header)
+        shard.read_ahead(10_000)
+        shard.read_ahead(5_000)  # already asked for: nothing more
+        shard.read_ahead(size * 10)
+        assert torch.equal(shard.tensor(header.tensors["w"]), w)
+    assert calls[0] == (0, 4096) and all(n <= 4096 for _, n in calls)
+    assert [o for o, _ in calls] == [sum(n for _, n in calls[:i]) for i in range(len(calls))]  # contiguous, no repeats
+    assert sum(n for _, n in calls) == size  # up to the end of the file, not beyond
+
+
+def test_shard_writer_writes_in_any_order_once_each_and_checks_it_is_complete(tmp_path):
+    from peft_hub.gpu_runtime.shards import ShardWriter
+
+    a, b = torch.arange(6, dtype=torch.int32).view(2, 3), torch.randn(4, 5).to(torch.bfloat16)
+    specs = [("a", "I32", (2, 3)), ("b", "BF16", (4, 5))]
+    with ShardWriter(tmp_path / "x.safetensors", specs, {}) as writer:
+        offset, nbytes = writer.claim("b")  # the second tensor first, in two pieces
+        data = tensor_bytes(b)
+        writer.write_at(offset + nbytes // 2, data[nbytes // 2:])
+        writer.write_at(offset, data[:nbytes // 2])
+        with pytest.raises(RuntimeError, match="written twice"):
+            writer.claim("b")
+        writer.write("a", a)
+    got = load_file(tmp_path / "x.safetensors")
+    assert torch.equal(got["a"], a) and torch.equal(got["b"], b)
+    with pytest.raises(RuntimeError, match="never written"):
+        with ShardWriter(tmp_path / "y.safetensors", specs, {}) as writer:
+            writer.write("b", b)
+    with pytest.raises(RuntimeError, match="bytes written where"):
+        with ShardWriter(tmp_path / "z.safetensors", specs, {}) as writer:
+            writer.claim("b")  # claimed, never filled: the file is short
+            writer.write("a", a)
+
+
+def test_a_failing_block_write_leaves_no_output(wide, tmp_path, monkeypatch):
+    from peft_hub.gpu_runtime.shards import ShardWriter
+
+    calls = []
+    real = ShardWriter.write_at
+
+    def failing(self, offset, data):
+        calls.append(offset)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        real(self, offset, data)
+
+    monkeypatch.setattr(ShardWriter, "write_at", failing)
+    with pytest.raises(OSError):
+        materialize(wide / "base", str(wide / "lora"), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
     assert threading.active_count() < 10

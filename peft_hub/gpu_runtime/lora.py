@@ -15,6 +15,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ class LoraDelta:
     def merge_rows(
         self, w: torch.Tensor, *, transposed: bool, base_key: str, dtype: torch.dtype,
         out: torch.Tensor | None = None, scratch: torch.Tensor | None = None, helper: Executor | None = None,
-    ) -> torch.Tensor:
+        emit: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor | None:
         """``w + s * left @ right`` in fp32, a few rows at a time, written into a ``dtype`` tensor.
 
         Blocks of ~4 MB stay in cache through the upcast, the fused
@@ -95,13 +97,21 @@ class LoraDelta:
             out: where to write (``dtype``, ``w``'s shape; may be ``w``); default: a new tensor.
                 ``w`` is read only, unless it is ``out``.
             scratch: a reusable fp32 buffer on ``w``'s device for the blocks
-                (a fresh block per step ran the merge 3x slower); two blocks' worth with ``helper``.
+                (a fresh block per step ran the merge 3x slower); two blocks' worth with ``helper``,
+                and room for the downcast blocks too with ``emit`` (:meth:`scratch_size`).
             helper: a second thread that merges blocks alongside this one,
                 each taking the next block as it finishes one (each block is
                 computed exactly as alone, so the bytes do not change).
+            emit: instead of filling ``out``, hand each finished block (``dtype``,
+                ``(rows, cols)``, in scratch) to ``emit(first_row, block)`` on the
+                thread that merged it, while it is still in cache; the block is
+                reused once ``emit`` returns. Nothing is returned then.
         """
         left, right = self._factors(w, transposed, base_key)
-        if out is None:
+        if emit is not None:
+            if out is not None:
+                raise ValueError(f"{base_key}: give out or emit, not both")
+        elif out is None:
             out = torch.empty(w.shape, dtype=dtype, device=w.device)
         elif out.dtype != dtype or out.shape != w.shape:
             raise ValueError(f"{base_key}: out is {out.dtype} {tuple(out.shape)}, not {dtype} {tuple(w.shape)}")
@@ -109,14 +119,16 @@ class LoraDelta:
         step = max(1, (1 << 20) // max(1, cols))
         starts = range(0, w.shape[0], step)
         lanes = 2 if helper is not None and len(starts) > 1 else 1
-        if scratch is None or scratch.numel() < lanes * step * cols or scratch.device != w.device:
-            scratch = torch.empty(lanes * step * cols, dtype=torch.float32, device=w.device)
+        low = emit is not None and dtype != torch.float32  # emitted blocks are downcast into the lane's tail
+        span = self.scratch_size(cols, lanes=1, emit_dtype=dtype if emit is not None else None)
+        if scratch is None or scratch.numel() < lanes * span or scratch.device != w.device:
+            scratch = torch.empty(lanes * span, dtype=torch.float32, device=w.device)
 
         blocks = iter(starts)  # shared: each thread takes the next block, so a preempted one delays little
         lock = threading.Lock()
 
         def merge(lane: int) -> None:
-            buf = scratch[lane * step * cols:(lane + 1) * step * cols]
+            buf = scratch[lane * span:(lane + 1) * span]
             while True:
                 with lock:
                     i = next(blocks, None)
@@ -126,7 +138,14 @@ class LoraDelta:
                 block = buf[: rows * cols].view(rows, cols)  # (rows, cols) fp32
                 block.copy_(w[i:i + step])
                 block.addmm_(left[i:i + step], right, alpha=self.scale)
-                out[i:i + step] = block
+                if emit is None:
+                    assert out is not None
+                    out[i:i + step] = block
+                elif low:
+                    done = buf[step * cols:].view(dtype)[: rows * cols].view(rows, cols)  # (rows, cols) dtype
+                    emit(i, done.copy_(block))
+                else:
+                    emit(i, block)
 
         if lanes == 1:
             merge(0)
@@ -144,6 +163,13 @@ class LoraDelta:
         if not second.cancelled():
             second.result()
         return out
+
+    @staticmethod
+    def scratch_size(cols: int, *, lanes: int, emit_dtype: torch.dtype | None = None) -> int:
+        """fp32 elements of the ``scratch`` :meth:`merge_rows` wants for ``cols``-wide weights."""
+        step = max(1, (1 << 20) // max(1, cols))
+        low = 0 if emit_dtype is None or emit_dtype == torch.float32 else -(-step * cols * emit_dtype.itemsize // 4)
+        return lanes * (step * cols + low)
 
     def merge_into(self, w: torch.Tensor, *, transposed: bool, base_key: str) -> torch.Tensor:
         """``w += s * B @ A`` in place (fp32 ``w``), laid out like the stored weight; then DoRA.
@@ -171,7 +197,8 @@ class TensorUpdate:
     def apply(
         self, base: torch.Tensor | None, *, transposed: bool, base_key: str, dtype: torch.dtype = torch.float32,
         out: torch.Tensor | None = None, scratch: torch.Tensor | None = None, helper: Executor | None = None,
-    ) -> torch.Tensor:
+        emit: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor | None:
         """The updated tensor in ``dtype``, computed in fp32 (on ``base``'s device).
 
         Args:
@@ -184,12 +211,20 @@ class TensorUpdate:
             out, scratch, helper: for a plain LoRA, where the result goes, a reusable
                 fp32 buffer and a second merging thread (see :meth:`LoraDelta.merge_rows`);
                 other updates return a new tensor.
+            emit: for a plain LoRA, hand the result to ``emit`` block by block and
+                return None (see :meth:`LoraDelta.merge_rows`); other updates ignore it.
         """
-        if (base is not None and self.replacement is None and self.bias_delta is None
-                and self.lora is not None and self.lora.magnitude is None):
+        if base is not None and self.plain_lora:
+            assert self.lora is not None
             return self.lora.merge_rows(base, transposed=transposed, base_key=base_key, dtype=dtype,
-                                        out=out, scratch=scratch, helper=helper)
+                                        out=None if emit else out, scratch=scratch, helper=helper, emit=emit)
         return self._apply_fp32(base, transposed=transposed, base_key=base_key).to(dtype)
+
+    @property
+    def plain_lora(self) -> bool:
+        """Whether the update is ``W + s * B @ A`` alone (merged row block by row block)."""
+        return (self.replacement is None and self.bias_delta is None
+                and self.lora is not None and self.lora.magnitude is None)
 
     def _apply_fp32(self, base: torch.Tensor | None, *, transposed: bool, base_key: str) -> torch.Tensor:
         w = self.replacement if self.replacement is not None else base

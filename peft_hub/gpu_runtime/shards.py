@@ -2,10 +2,11 @@
 shards tensor by tensor, and copy untouched tensors as raw bytes.
 
 Merges read tensors from a copy-on-write mapping of the shard
-(:class:`MappedShard`) and write into reusable buffers from a
-:class:`BufferPool`, so the memory of a merge is bounded by the pool's
-budget (or one tensor, when a single tensor is larger) plus the few
-tensors mapped at a time.
+(:class:`MappedShard`) and write their row blocks straight to their place in
+the output (:class:`ShardWriter` writes positionally); tensors computed whole
+(casts, quantization) go through reusable buffers from a :class:`BufferPool`,
+so the memory of a merge is bounded by the pool's budget (or one tensor, when
+a single tensor is larger) plus the few tensors mapped at a time.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 _COPY_CHUNK = 16 * 1024 * 1024
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_AHEAD_CHUNK = 2 << 20  # one readahead request (at most the device's read_ahead_kb is honoured per call)
 _ROUND = 1 << 20  # buffer sizes are rounded up to this, so similar tensors share buffers
 
 
@@ -155,11 +157,8 @@ class MappedShard:
         self._fh, self._header = fh, header
         size = os.fstat(fh.fileno()).st_size
         self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else None
-        if self._map is not None and hasattr(mmap, "MADV_WILLNEED"):
-            try:
-                self._map.madvise(mmap.MADV_WILLNEED)  # one asynchronous readahead of the whole shard if cold
-            except OSError:
-                pass  # only a hint
+        self._size = size
+        self._ahead = 0  # readahead has been asked for every byte before this offset
 
     def _span(self, info: TensorInfo) -> tuple[int, int]:
         start = self._header.data_offset + info.start
@@ -175,6 +174,24 @@ class MappedShard:
             raise InvalidInputError(f"tensor {info.name} is truncated")
         return torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=start).view(dtype).reshape(
             info.shape)
+
+    def read_ahead(self, until: int) -> None:
+        """Ask the kernel to read the file up to byte ``until`` into the page cache, asynchronously.
+
+        One ``POSIX_FADV_WILLNEED`` over a large range reads only its first
+        ``read_ahead_kb`` (the kernel truncates it), so the range goes in
+        :data:`_AHEAD_CHUNK` pieces. On a warm cache each call only looks pages up.
+        """
+        until = min(until, self._size)
+        if not hasattr(os, "posix_fadvise"):
+            return
+        while self._ahead < until:
+            length = min(_AHEAD_CHUNK, until - self._ahead)
+            try:
+                os.posix_fadvise(self._fh.fileno(), self._ahead, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                return  # only a hint
+            self._ahead += length
 
     def prefetch(self, info: TensorInfo) -> None:
         """Fault the tensor's pages in now (reading them from disk if need be), off the merging thread."""
@@ -251,48 +268,60 @@ class BufferPool:
 class ShardWriter:
     """Write a safetensors file whose header is known before its data.
 
-    The header is written first from ``specs`` (name, dtype, shape), then each
-    tensor in the same order, either from memory or copied as raw bytes.
+    The header is written first from ``specs`` (name, dtype, shape). Every
+    tensor has a fixed place, so its bytes are written positionally, in any
+    order and from any thread: whole from memory (:meth:`write`), as raw bytes
+    copied from another file (:meth:`copy_raw`), or piece by piece by whoever
+    claimed its place (:meth:`claim`, then :meth:`write_at`). :meth:`close`
+    checks that every tensor was claimed and the file has its full length.
     """
 
     def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
         prefix, slots = header_layout(specs, metadata)
-        self._expected: list[tuple[str, int]] = [(name, slots[name][1]) for name, _, _ in specs]
+        self._slots = {name: (len(prefix) + offset, nbytes) for name, (offset, nbytes) in slots.items()}
+        self._unclaimed = set(self._slots)
+        self._lock = threading.Lock()
         self.path = path
-        self.data_bytes = sum(nbytes for _, nbytes in self._expected)
-        # Closed by close(); unbuffered, because copy_file_range writes to the fd directly.
+        self.data_bytes = sum(nbytes for _, nbytes in slots.values())
+        self._size = len(prefix) + self.data_bytes
+        # Closed by close(); unbuffered: every write is a positional pwrite or copy_file_range.
         self._fh = open(path, "wb", buffering=0)
-        self._fh.write(prefix)
-        self._next = 0
+        self.write_at(0, memoryview(prefix))
 
-    def _take(self, name: str) -> int:
-        want, nbytes = self._expected[self._next]
-        if name != want:
-            raise RuntimeError(f"{self.path.name}: expected {want} next, got {name}")
-        self._next += 1
-        return nbytes
+    def claim(self, name: str) -> tuple[int, int]:
+        """The file offset and length of ``name``'s bytes, which the caller then writes (once)."""
+        with self._lock:
+            if name not in self._unclaimed:
+                raise RuntimeError(f"{self.path.name}: {name} is not a tensor of this file, or was written twice")
+            self._unclaimed.remove(name)
+        return self._slots[name]
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` (thread-safe: positional)."""
+        fd = self._fh.fileno()
+        while data:
+            n = os.pwrite(fd, data, offset)
+            data, offset = data[n:], offset + n
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write a tensor (any device) whose dtype and shape match its spec."""
-        nbytes = self._take(name)
+        offset, nbytes = self.claim(name)
         view = tensor_bytes(tensor)
         if view.nbytes != nbytes:
             raise RuntimeError(f"{name}: {view.nbytes} bytes written where the header says {nbytes}")
-        while view:
-            view = view[self._fh.write(view):]
+        self.write_at(offset, view)
 
     def copy_raw(self, name: str, src: BinaryIO, offset: int) -> None:
         """Copy a tensor's bytes straight from another file, starting at ``offset``."""
-        remaining = self._take(name)
+        dst, remaining = self.claim(name)
         src_fd, dst_fd = src.fileno(), self._fh.fileno()
         if hasattr(os, "copy_file_range"):
             try:
                 while remaining:
-                    n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+                    n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset, dst)
                     if n == 0:
                         raise InvalidInputError(f"{name}: source file ended early")
-                    offset += n
-                    remaining -= n
+                    offset, dst, remaining = offset + n, dst + n, remaining - n
                 return
             except OSError:
                 pass  # e.g. across file systems that refuse it; fall back to read/write
@@ -300,16 +329,18 @@ class ShardWriter:
             chunk = os.pread(src_fd, min(remaining, _COPY_CHUNK), offset)
             if not chunk:
                 raise InvalidInputError(f"{name}: source file ended early")
-            view = memoryview(chunk)
-            while view:
-                view = view[self._fh.write(view):]
+            self.write_at(dst, memoryview(chunk))
             remaining -= len(chunk)
             offset += len(chunk)
+            dst += len(chunk)
 
     def close(self) -> None:
+        size = os.fstat(self._fh.fileno()).st_size
         self._fh.close()
-        if self._next != len(self._expected):
-            raise RuntimeError(f"{self.path.name}: {len(self._expected) - self._next} tensors were never written")
+        if self._unclaimed:
+            raise RuntimeError(f"{self.path.name}: {len(self._unclaimed)} tensors were never written")
+        if size != self._size:
+            raise RuntimeError(f"{self.path.name}: {size} bytes written where the header makes {self._size}")
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -7,12 +7,16 @@ bytes (or only cast when the output dtype differs). With quantization, each
 Linear weight is also quantized as it goes.
 
 Reads, merges and writes overlap: the shard is mapped copy-on-write, a reader
-thread faults the next tensors' pages in while the calling thread (with one
-helper on the CPU, block by block) merges from the mapping into a pooled
-buffer, and a writer thread writes finished tensors and copies untouched ones
-in file order. Both hand-offs are bounded
-(:data:`DEPTH` tensors; at most :data:`BUDGET` bytes of buffers), so memory
-stays a few tensors whatever the checkpoint's size.
+thread asks the kernel to read :data:`READ_AHEAD` bytes ahead (so a cold
+disk reads while the CPU merges) and faults the next tensors' pages in,
+while the calling thread (with one helper on the CPU, block by block) merges
+from the mapping and writes each ~2 MB block at its place in the output file
+as soon as it is computed, still in cache (one pass over memory fewer than
+writing whole tensors later). A writer thread copies untouched tensors and
+writes the other computed ones (casts, quantization outputs) from pooled
+buffers. Both hand-offs are bounded (:data:`DEPTH` tensors; at most
+:data:`BUDGET` bytes of buffers), so memory stays a few tensors whatever the
+checkpoint's size.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from peft_hub.compose.io import tensor_bytes
 from peft_hub.errors import IncompatibleAdaptersError
 from peft_hub.gpu_runtime.device import single_cpu_thread
 from peft_hub.gpu_runtime.lora import TensorUpdate, candidate_keys
@@ -52,6 +57,10 @@ from peft_hub.safetensors_header import SafetensorsHeader, TensorInfo
 DEPTH = 2
 #: Bytes of read buffers in flight at once (a larger tensor goes alone).
 BUDGET = 96 << 20
+#: Bytes of the shard asked into the page cache ahead of the tensor being read.
+READ_AHEAD = 64 << 20
+#: ``emit(first_row, block)``: where merge_rows hands each finished row block.
+Emit = Callable[[int, torch.Tensor], None]
 
 
 @dataclass
@@ -76,8 +85,10 @@ class _Job:
     copy_from: int | None = None  # raw copy: the absolute offset in the base shard
     tensor: torch.Tensor | None = None  # already computed (quantization outputs)
     source: TensorInfo | None = None  # read this base tensor ...
-    #: ... and turn it into the output, given an empty output-shaped tensor on the CPU (or None)
-    make: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    #: ... and turn it into the output, given an empty output-shaped tensor on the CPU (or None),
+    #: or (``blocks``) hand it to an emit callback block by block and return None
+    make: Callable[[torch.Tensor, torch.Tensor | None, Emit | None], torch.Tensor | None] | None = None
+    blocks: bool = False  # a plain LoRA merged on the CPU: written block by block by the merging threads
     progress: int = 0  # base bytes it accounts for
 
 
@@ -171,8 +182,8 @@ def _stream_merge(
     qweights = to_checkpoint_names(layout.linear, base_keys) if (layout and quantize != "none") else set()
     out_st = ST_DTYPES[dtype]
     stats = MergeStats()
-    # merge_rows' upcast blocks (one per merging thread), reused
-    scratch = torch.empty((2 if helper else 1) << 20, dtype=torch.float32, device=device)
+    # merge_rows' fp32 blocks and their downcasts (one of each per merging thread), reused
+    scratch = torch.empty((2 if helper else 1) << 21, dtype=torch.float32, device=device)
     pool = BufferPool(BUDGET)
     bar = tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, desc="materialize")
     for shard, header in ckpt.headers.items():
@@ -184,18 +195,20 @@ def _stream_merge(
                 st = out_st if floating else info.dtype
                 nbytes = info.end - info.start
 
-                def merged(raw: torch.Tensor, out: torch.Tensor | None = None, name: str = name,
-                           info: TensorInfo = info, upd: TensorUpdate | None = upd) -> torch.Tensor:
+                def merged(raw: torch.Tensor, out: torch.Tensor | None = None, emit: Emit | None = None,
+                           name: str = name, info: TensorInfo = info,
+                           upd: TensorUpdate | None = upd) -> torch.Tensor | None:
                     t = raw.to(device)  # read only: on the CPU, a view of the mapped shard
                     if upd is None:
                         return t.to(dtype) if out is None else out.copy_(t)
                     return upd.apply(
-                        t, base_key=name, dtype=dtype, out=out, scratch=scratch, helper=helper,
+                        t, base_key=name, dtype=dtype, out=out, scratch=scratch, helper=helper, emit=emit,
                         transposed=is_transposed(name, info.shape, upd, transposed, fan_in_fan_out),
                     )
 
                 if name in qweights:
                     w = merged(read_tensor(fh, header, info))
+                    assert w is not None
                     if transposed is not None and name in transposed:
                         w = w.T.contiguous()  # transformers quantizes Conv1D weights as (out, in)
                     prefix = name[: -len("weight")]
@@ -207,7 +220,8 @@ def _stream_merge(
                 elif upd is not None:
                     if not floating:
                         raise IncompatibleAdaptersError(f"the adapter changes {name}, which is not floating-point")
-                    jobs.append(_Job(name, st, info.shape, source=info, make=merged, progress=nbytes))
+                    blocks = device.type == "cpu" and len(info.shape) == 2 and upd.plain_lora
+                    jobs.append(_Job(name, st, info.shape, source=info, make=merged, progress=nbytes, blocks=blocks))
                     stats.merged += 1
                 elif floating and info.dtype != out_st:
                     jobs.append(_Job(name, st, info.shape, source=info, make=merged, progress=nbytes))
@@ -234,14 +248,20 @@ def _run(jobs: list[_Job], fh: BinaryIO, header: SafetensorsHeader, writer: Shar
          bar: Any, device: torch.device) -> None:
     """Write ``jobs`` in file order, reading ahead on one thread and writing on another.
 
+    Merged plain LoRAs (``blocks``) are written by the merging threads as they go; the
+    writer thread copies and writes the rest, all at fixed offsets, so the two never wait on each other.
+
     The first error of any stage is raised here, after both threads have stopped.
     """
 
     shard = MappedShard(fh, header)
+    shard.read_ahead(header.data_offset + READ_AHEAD)
     to_cpu = device.type == "cpu"
 
     def read(job: _Job) -> torch.Tensor:
         assert job.source is not None
+        # Cold files: the disk reads the next tensors (merged or copied) while this one is merged.
+        shard.read_ahead(header.data_offset + job.source.end + READ_AHEAD)
         shard.prefetch(job.source)
         return shard.tensor(job.source)
 
@@ -275,18 +295,24 @@ def _run(jobs: list[_Job], fh: BinaryIO, header: SafetensorsHeader, writer: Shar
                     assert job.source is not None
                     raw = reads.popleft().result()
                     read_ahead()
-                    out_view = None
-                    if to_cpu:
-                        out_dtype = TORCH_DTYPES[job.st]
-                        nbytes = math.prod(job.shape) * out_dtype.itemsize
-                        buf = pool.take(nbytes)
-                        out_view = buf[:nbytes].view(out_dtype).view(job.shape)
-                    value = job.make(raw, out_view)
-                    del raw, out_view
+                    if job.blocks:
+                        _merge_blocks(job, raw, writer)  # written here, block by block
+                        bar.update(job.progress)
+                    else:
+                        out_view = None
+                        if to_cpu:
+                            out_dtype = TORCH_DTYPES[job.st]
+                            nbytes = math.prod(job.shape) * out_dtype.itemsize
+                            buf = pool.take(nbytes)
+                            out_view = buf[:nbytes].view(out_dtype).view(job.shape)
+                        value = job.make(raw, out_view, None)
+                        del out_view
+                    del raw
                     shard.release(job.source)
-                writes.append(out.submit(write, job, value, buf))
-                if value is not None:
-                    held.append(writes[-1])
+                if not job.blocks:
+                    writes.append(out.submit(write, job, value, buf))
+                    if value is not None:
+                        held.append(writes[-1])
                 while len(held) > DEPTH:
                     held.popleft().result()
                 while writes and writes[0].done():
@@ -300,3 +326,19 @@ def _run(jobs: list[_Job], fh: BinaryIO, header: SafetensorsHeader, writer: Shar
             for queued in writes:
                 queued.cancel()
             raise
+
+
+def _merge_blocks(job: _Job, raw: torch.Tensor, writer: ShardWriter) -> None:
+    """Merge a plain LoRA into ``raw`` and write each row block at its place in the file as it is computed."""
+    assert job.make is not None
+    offset, nbytes = writer.claim(job.name)
+    row_bytes = nbytes // max(1, job.shape[0])
+
+    def emit(first_row: int, block: torch.Tensor) -> None:  # on the merging thread, block still in cache
+        data = tensor_bytes(block)
+        if first_row * row_bytes + data.nbytes > nbytes:
+            raise RuntimeError(f"{job.name}: a merged block runs past the tensor's end")
+        writer.write_at(offset + first_row * row_bytes, data)
+
+    if job.make(raw, None, emit) is not None:
+        raise RuntimeError(f"{job.name}: the merge returned a tensor instead of writing its blocks")
