@@ -58,6 +58,14 @@ def _fresh_pg_database(url: str) -> str:
     return url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def database_url(backend: str, directory, request) -> str:
+    """A fresh empty database on ``backend`` ("sqlite" or "postgres"): a file in ``directory``, or a new one
+    in the session's cluster."""
+    if backend == "sqlite":
+        return f"sqlite:///{directory / 'hub.db'}"
+    return _fresh_pg_database(request.getfixturevalue("pg_url"))
+
+
 def make_settings(backend: str, tmp_path, request):
     """Settings for a fresh hub on ``backend`` (each test gets empty state)."""
     from peft_hub.hub import Settings

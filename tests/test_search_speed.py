@@ -139,13 +139,9 @@ def seed(engine) -> None:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def engine(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('search') / 'hub.db'}"
-    else:
-        from conftest import _fresh_pg_database
+    from conftest import database_url
 
-        url = _fresh_pg_database(request.getfixturevalue("pg_url"))
-    engine = make_engine(url)
+    engine = make_engine(database_url(request.param, tmp_path_factory.mktemp("search"), request))
     upgrade(engine)
     seed(engine)
     yield engine

@@ -43,13 +43,9 @@ FILTERS = [{}, {"kind": "adapter"}, {"kind": "model"}, {"base_model": "Qwen/Qwen
 
 @pytest.fixture(params=BACKENDS)
 def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hub.db'}"
-    else:
-        from conftest import _fresh_pg_database
+    from conftest import database_url
 
-        url = _fresh_pg_database(request.getfixturevalue("pg_url"))
-    engine = make_engine(url)
+    engine = make_engine(database_url(request.param, tmp_path, request))
     upgrade(engine)
     yield engine
     engine.dispose()

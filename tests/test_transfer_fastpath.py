@@ -284,15 +284,29 @@ def test_a_bad_range_answer_is_refused_and_nothing_is_kept(tmp_path, monkeypatch
     assert [t for t in threading.enumerate() if t.name.startswith("range")] == []
 
 
+def _rank8_adapter(adapter, *, width: int, seed: int):
+    """A rank-8 LoRA on one ``width``-wide q_proj, float32 noise from ``seed``: 64 bytes per column."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    adapter.mkdir()
+    rng = np.random.default_rng(seed)
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((8, width), dtype=np.float32),
+               "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((width, 8), dtype=np.float32)},
+              adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "t"}))
+    return adapter
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", ["embedded", "s3-postgres"])
 def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, request, backend):
     """On SeaweedFS the ranges go to the presigned URL; on local files the hub answers them itself."""
-    import json
 
-    import numpy as np
     from conftest import make_settings
-    from safetensors.numpy import save_file
     from services import live_hub
 
     from peft_hub.client import HubClient, ranged
@@ -303,14 +317,7 @@ def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, 
     real = ranged.fetch
     monkeypatch.setattr(ranged, "fetch", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
 
-    adapter = tmp_path / "a"
-    adapter.mkdir()
-    rng = np.random.default_rng(0)
-    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((8, 65536), dtype=np.float32),
-               "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((65536, 8), dtype=np.float32)},
-              adapter / "adapter_model.safetensors")
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "t"}))
+    adapter = _rank8_adapter(tmp_path / "a", width=65536, seed=0)
     with live_hub(make_settings(backend, tmp_path, request)) as hub:
         HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0").push(adapter, name="admin/big")
         client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1")
@@ -398,11 +405,8 @@ def test_a_staged_file_changed_after_its_download_is_refused(tmp_path):
 def test_pull_o_writes_downloads_once_and_hashes_cached_copies(tmp_path, monkeypatch):
     """A first pull -o writes each file as it arrives (no copy afterwards); a pull of the
     cached adapter into another directory copies, hashing every byte; both are the pushed bytes."""
-    import json
 
-    import numpy as np
     from conftest import make_settings
-    from safetensors.numpy import save_file
     from services import live_hub
 
     from peft_hub.client import HubClient
@@ -414,14 +418,7 @@ def test_pull_o_writes_downloads_once_and_hashes_cached_copies(tmp_path, monkeyp
     monkeypatch.setattr(assemble_module, "_copy_checked",
                         lambda s, d, sha: copies.append(("hashed", d)) or real_checked(s, d, sha))
     monkeypatch.setenv("PEFT_HUB_CACHE", str(tmp_path / "c1"))
-    adapter = tmp_path / "a"
-    adapter.mkdir()
-    rng = np.random.default_rng(1)
-    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": rng.standard_normal((8, 4096), dtype=np.float32),
-               "base_model.model.layers.0.q_proj.lora_B.weight": rng.standard_normal((4096, 8), dtype=np.float32)},
-              adapter / "adapter_model.safetensors")
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "t"}))
+    adapter = _rank8_adapter(tmp_path / "a", width=4096, seed=1)
     with live_hub(make_settings("embedded", tmp_path, None)) as hub:
         HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0").push(adapter, name="admin/o")
         client = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1")
