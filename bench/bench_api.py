@@ -76,7 +76,7 @@ uvicorn.Server(config).run(sockets=[sock])
 def server(kind: str, arg: str, env: dict[str, str]):
     """A server process on a free port; yields its URL."""
     import httpx
-    from services import free_port, wait_until
+    from services import free_port, stop, wait_until
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, kind, str(port), arg], env={**os.environ, **env},
@@ -97,11 +97,7 @@ def server(kind: str, arg: str, env: dict[str, str]):
         wait_until(up, 60, f"{kind} server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def load(url: str, seconds: float, headers: dict[str, str]) -> tuple[float, float, float]:

@@ -39,6 +39,16 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM ``proc``, and SIGKILL it if it has not exited within ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_until(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,11 +106,7 @@ def seaweedfs() -> Iterator[S3Server]:
         wait_until(lambda: client.list_buckets() is not None, 60, "SeaweedFS S3")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 

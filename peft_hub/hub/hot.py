@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from stat import S_ISREG
 from typing import Any, TypeVar
 
-import anyio
 from fastapi import Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.engine import Engine
@@ -126,18 +125,6 @@ async def send_blob(
     fetch credentials; a store that can only stream) in a worker thread."""
     state = request.app.state
     store = state.store
-    if _quick(store, sha256, filename, settings.presign_expiry):
-        borrower = object()
-        try:  # a free slot taken without a trip through the loop: the answer needs no I/O
-            state.store_limiter.acquire_on_behalf_of_nowait(borrower)
-        except anyio.WouldBlock:
-            pass
-        else:
-            try:
-                return blob_response(store, settings, sha256, filename, headers, request=request,
-                                     private=private, pinned=pinned)
-            finally:
-                state.store_limiter.release_on_behalf_of(borrower)
     async with storage_slot(state):
         if _quick(store, sha256, filename, settings.presign_expiry):
             return blob_response(store, settings, sha256, filename, headers, request=request, private=private,
