@@ -237,12 +237,7 @@ def facets(
     """Counts per base model, method, owner and kind among matching repos,
     most first, then by value (only the facets in ``names``, when given),
     without the empty values (see :func:`facet_groups`)."""
-    wanted = tuple(n for n in FACET_COLUMNS if names is None or n in names)
-    grouped = summary_facets(session, clauses=clauses, names=wanted)
-    rest = tuple(n for n in wanted if n not in grouped)
-    if rest:
-        grouped.update(facet_groups(session, clauses=clauses, names=rest, one_pass=one_pass))
-    grouped = {n: grouped[n] for n in wanted}
+    grouped = facet_groups(session, clauses=clauses, names=names, one_pass=one_pass)
     return {name: [(v, c) for v, c in rows if v] for name, rows in grouped.items()}
 
 
@@ -252,15 +247,29 @@ def facet_groups(
     """:func:`facets` with every group, empty values included: the counts of
     any one facet add up to the number of matching repos.
 
+    Each facet the summary tables count for ``clauses`` comes from them
+    (:func:`summary_facets`: there the empty base models are one group,
+    ``''``); the others from the matching rows (:func:`_row_facet_groups`).
+    """
+    wanted = tuple(n for n in FACET_COLUMNS if names is None or n in names)
+    grouped = summary_facets(session, clauses=clauses, names=wanted)
+    rest = tuple(n for n in wanted if n not in grouped)
+    if rest:
+        grouped.update(_row_facet_groups(session, clauses=clauses, wanted=list(rest), one_pass=one_pass))
+    return {n: grouped[n] for n in wanted}
+
+
+def _row_facet_groups(
+    session: Session, *, clauses: list[Any], wanted: list[str], one_pass: bool,
+) -> dict[str, list[tuple[str | None, int]]]:
+    """:func:`facet_groups` of ``wanted`` from the matching rows.
+
     On PostgreSQL all of them come from one ``GROUPING SETS`` statement
     that reads the matching rows once. On SQLite each facet is one indexed
     GROUP BY (migration 0005), or, with ``one_pass``, one statement groups
     the matching rows read once: cheaper when ``clauses`` cannot use an
     index (a text query).
     """
-    wanted = [n for n in FACET_COLUMNS if names is None or n in names]
-    if not wanted:
-        return {}
     grouped: dict[str, list[tuple[str | None, int]]] = {n: [] for n in wanted}
     if len(wanted) > 1 and session.get_bind().dialect.name == "postgresql":
         columns = [FACET_COLUMNS[n] for n in wanted]

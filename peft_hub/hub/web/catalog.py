@@ -13,7 +13,7 @@ from starlette.datastructures import QueryParams
 
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.crud.search import facet_groups, summary_facets
+from peft_hub.hub.crud.search import facet_groups
 from peft_hub.hub.models import Adapter, Eval, pk
 from peft_hub.hub.web.charts import headline
 
@@ -169,11 +169,8 @@ def counts(
     out: dict[str, list[tuple[str | None, int]]] = {}
     for key, names in groups.items():
         clauses = crud.search_filters(principal=principal, **dict(key))
-        out.update(summary_facets(session, clauses=clauses, names=tuple(names)))
-        rest = tuple(name for name in names if name not in out)
         one_pass = any(name in UNINDEXED for name, _ in key)
-        if rest:
-            out.update(facet_groups(session, clauses=clauses, names=rest, one_pass=one_pass))
+        out.update(facet_groups(session, clauses=clauses, names=tuple(names), one_pass=one_pass))
     total = sum(n for _, n in out["kind"]) if query.kind in (None, "") else None
     return {facet: [(v, n) for v, n in out[facet] if v] for facet in FACETS}, total
 
