@@ -8,7 +8,10 @@ carried it. A server that answers the first range with the whole body (or
 refuses ranges) gets the single stream of :mod:`peft_hub.client.download`
 instead. Any other answer that is not exactly the range asked for is
 refused. Each range resumes from the bytes it holds when its connection
-is cut, and is retried per the pull's policy.
+is cut, and is retried per the pull's policy. Ranges sent without the token
+(to a presigned URL) are read into one preallocated buffer per stream by
+:mod:`peft_hub.client.rawget` where it can keep the session's promises, and
+written and hashed from a view of it; elsewhere httpx carries them.
 
 The sha256 runs over the file in order. A block that arrives exactly where
 the hash stands is hashed from the network buffer by the stream that got it;
@@ -38,6 +41,7 @@ from functools import partial
 
 import httpx
 
+from peft_hub.client import rawget
 from peft_hub.client.http import raise_for_status
 from peft_hub.client.retry import RetryPolicy, transient
 from peft_hub.client.transfers import build_request
@@ -85,7 +89,7 @@ class _Ranges:
         a, b = self.spans[i]
         return {"Accept-Encoding": "identity", "Range": f"bytes={a + self.done[i]}-{b - 1}"}
 
-    def check(self, response: httpx.Response, i: int) -> None:
+    def check(self, response: httpx.Response | rawget.Response, i: int) -> None:
         """Refuse any answer but exactly the bytes asked for."""
         a, b = self.spans[i]
         start = a + self.done[i]
@@ -99,28 +103,49 @@ class _Ranges:
             raise ChecksumMismatchError(f"the server announced {declared:.20} bytes for a range of {b - start}")
 
     def write(self, response: httpx.Response, i: int) -> None:
-        a, b = self.spans[i]
         for block in response.iter_raw():
-            if self.stop.is_set():
-                raise _Stopped
-            pos = a + self.done[i]
-            if pos + len(block) > b:
-                raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
-            for fd in self.fds:
-                if os.pwrite(fd, block, pos) != len(block):
-                    raise StorageError("a short write to the file being downloaded (is the disk full?)")
+            self.take(block, i)
+        self.finish(i)
+
+    def read_into(self, response: rawget.Response, i: int, view: memoryview) -> None:
+        """Like :meth:`write`, the body read into ``view`` and taken from it: no bytes objects."""
+        a, b = self.spans[i]
+        while (left := b - a - self.done[i]) > 0:
+            n = response.readinto(view[:min(len(view), left)])
+            if not n:
+                break
+            self.take(view[:n], i)
+        if self.done[i] == b - a and response.readinto(view[:1]):  # framed by its close, not its length
+            raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
+        self.finish(i)
+
+    def take(self, block: bytes | memoryview, i: int) -> None:
+        """One block of span ``i``, written where it belongs (and hashed if it is next in order)."""
+        if self.stop.is_set():
+            raise _Stopped
+        a, b = self.spans[i]
+        pos, size = a + self.done[i], len(block)
+        if pos + size > b:
+            raise ChecksumMismatchError(f"the server sent more than the range {a}-{b - 1}")
+        for fd in self.fds:
+            if os.pwrite(fd, block, pos) != size:
+                raise StorageError("a short write to the file being downloaded (is the disk full?)")
+        with self.cond:
+            self.done[i] += size
+            self.bar.update(size)
+            mine = not self.hashing and pos == self.hashed
+            self.hashing |= mine
+        if mine:  # next in order: hashed from memory, never read back
+            self._sha.update(block)
             with self.cond:
-                self.done[i] += len(block)
-                self.bar.update(len(block))
-                mine = not self.hashing and pos == self.hashed
-                self.hashing |= mine
-            if mine:  # next in order: hashed from memory, never read back
-                self._sha.update(block)
-                with self.cond:
-                    self.hashed += len(block)
-                    self.hashing = False
-                    if self.mark() > self.hashed or self.hashed == self.size:
-                        self.cond.notify_all()  # bytes that came out of order wait, or the hash is done
+                self.hashed += size
+                self.hashing = False
+                if self.mark() > self.hashed or self.hashed == self.size:
+                    self.cond.notify_all()  # bytes that came out of order wait, or the hash is done
+
+    def finish(self, i: int) -> None:
+        """Span ``i`` ended: complete, or a :class:`_Short` to resume."""
+        a, b = self.spans[i]
         if self.done[i] != b - a:
             raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
         for fd in self.fds:
@@ -236,26 +261,53 @@ def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, ret
 
 
 def _work(session: httpx.Client, url: httpx.URL, auth: bool, state: _Ranges, retry: RetryPolicy) -> None:
-    """Fetch ranges until none is left, each retried and resumed."""
-    while not state.stop.is_set():
-        try:
-            i = state.todo.popleft()
-        except IndexError:
-            return
-        try:
-            for attempt in retry.retrying(_retryable, progress=partial(state.done.__getitem__, i)):
-                with attempt:
-                    request = build_request(session, "GET", url, headers=state.headers(i))
-                    if not auth:
-                        request.headers.pop("Authorization", None)
-                        request.headers.pop("Cookie", None)
-                    response = session.send(request, stream=True)
-                    try:
-                        raise_for_status(response)
-                        state.check(response, i)
-                        state.write(response, i)
-                    finally:
-                        response.close()
-        except BaseException:
-            state.halt()
-            raise
+    """Fetch ranges until none is left, each retried and resumed; without the token,
+    read into a buffer of this stream's own (:mod:`peft_hub.client.rawget`) where it can be."""
+    getter = None if auth else rawget.for_url(session, url)
+    view = memoryview(bytearray(_READ)) if getter is not None else None
+    try:
+        while not state.stop.is_set():
+            try:
+                i = state.todo.popleft()
+            except IndexError:
+                return
+            try:
+                for attempt in retry.retrying(_retryable, progress=partial(state.done.__getitem__, i)):
+                    with attempt:
+                        request = build_request(session, "GET", url, headers=state.headers(i))
+                        if not auth:
+                            request.headers.pop("Authorization", None)
+                            request.headers.pop("Cookie", None)
+                        if getter is not None and view is not None:
+                            _direct(getter, request, state, i, view)
+                        else:
+                            _through_httpx(session, request, state, i)
+            except BaseException:
+                state.halt()
+                raise
+    finally:
+        if getter is not None:
+            getter.close()
+
+
+def _through_httpx(session: httpx.Client, request: httpx.Request, state: _Ranges, i: int) -> None:
+    response = session.send(request, stream=True)
+    try:
+        raise_for_status(response)
+        state.check(response, i)
+        state.write(response, i)
+    finally:
+        response.close()
+
+
+def _direct(getter: rawget.Getter, request: httpx.Request, state: _Ranges, i: int, view: memoryview) -> None:
+    """One try of span ``i`` over the stdlib's connection; kept alive only after a complete answer."""
+    response = getter.open(request.headers)
+    done = False
+    try:
+        response.raise_for_status()
+        state.check(response, i)
+        state.read_into(response, i, view)
+        done = True
+    finally:
+        response.close(reusable=done)
