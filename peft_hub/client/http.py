@@ -17,6 +17,7 @@ import json
 import re
 import time
 import unicodedata
+import urllib.request
 from typing import Any
 
 import httpcore
@@ -213,9 +214,14 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def _transport() -> httpx.HTTPTransport:
+def _transport() -> httpx.HTTPTransport | None:
     """httpx's default transport, reading in :data:`READ_BYTES` (its pool's backend is
-    not a public setting: where that changes, httpx's own backend stays, only slower)."""
+    not a public setting: where that changes, httpx's own backend stays, only slower).
+
+    None where the environment names a proxy: httpx routes by ``HTTP(S)_PROXY`` and
+    ``NO_PROXY`` only when it builds its transports itself."""
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):
+        return None
     transport = httpx.HTTPTransport()
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
