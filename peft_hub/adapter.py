@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -95,12 +96,17 @@ def vllm_max_lora_rank(rank: int) -> int | None:
     return next((v for v in VLLM_LORA_RANKS if v >= rank), None)
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 4 * 1024 * 1024) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+def sha256_file(path: str | os.PathLike[str], chunk: int = 4 * 1024 * 1024, *,
+                stop: threading.Event | None = None) -> str:
+    """Hex sha256 of a file, read in chunks into one buffer; given up
+    (InterruptedError) once ``stop`` is set."""
+    h, buf = hashlib.sha256(), bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            if stop is not None and stop.is_set():
+                raise InterruptedError(f"hashing {os.path.basename(path)} stopped")
+            h.update(view[:n])
     return h.hexdigest()
 
 

@@ -15,8 +15,10 @@ the adapter checks themselves, so what an adapter may hold is unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, BinaryIO, Literal
 
 from peft_hub import adapter, model_dir
@@ -76,16 +78,33 @@ def dir_kind(path: str | os.PathLike[str]) -> Kind:
 
 
 def validate_dir(kind: Kind, path: str | os.PathLike[str]) -> tuple[Meta, list[FileEntry]]:
-    """Validate a local directory as ``kind``: names and caps first, then
-    hashes, then the contents (see :func:`peft_hub.adapter.validate_files`)."""
+    """Validate a local directory as ``kind`` (see :func:`checked_dir`)."""
+    with checked_dir(kind, path) as checked:
+        return checked()
+
+
+@contextmanager
+def checked_dir(kind: Kind, path: str | os.PathLike[str]) -> Iterator[Callable[[], tuple[Meta, list[FileEntry]]]]:
+    """A local directory validated as ``kind``, its sha256s computed on a
+    thread of their own while the contents are validated (hashlib lets go of
+    the GIL) and while the body of the ``with`` runs (a push asks the hub who
+    it is meanwhile). The body gets a function that waits for the hashes and
+    returns the metadata and the entries, sorted by name.
+
+    Names and caps are checked before any byte is read; a validation error,
+    or any error in the body, stops the hashing, and a hashing error comes
+    out of that function: nothing has both passed and been hashed before it returns."""
     files = adapter.scan_dir(path)
-    if check_kind(kind) == "adapter":
-        _adapter_names((name, os.path.getsize(p)) for name, p in files.items())
-        return adapter.validate_files(files)
     pending = [FileEntry(name, os.path.getsize(p), "0" * 64) for name, p in sorted(files.items())]
-    model_dir.check_entries(pending)  # cheap refusals before any hashing
-    entries = [FileEntry(e.path, e.size, adapter.sha256_file(files[e.path])) for e in pending]
-    return model_dir.validate_manifest(entries, lambda e: open(files[e.path], "rb")), entries
+    check_entries(kind, pending)  # cheap refusals before any hashing
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+        digests = pool.submit(lambda: [adapter.sha256_file(files[e.path], stop=stop) for e in pending])
+        try:
+            meta = validate_manifest(kind, pending, lambda e: open(files[e.path], "rb"))  # reads no sha256
+            yield lambda: (meta, [FileEntry(e.path, e.size, d) for e, d in zip(pending, digests.result(), strict=True)])
+        finally:
+            stop.set()
 
 
 def meta_from_dict(meta: dict[str, Any]) -> Meta:

@@ -34,7 +34,7 @@ from peft_hub.outdir import plan_output, replace_output
 from peft_hub.paths import save_token, save_url, saved_url, token_file
 from peft_hub.progress import tqdm
 from peft_hub.refs import Ref, parse_ref
-from peft_hub.repo_kinds import Kind, check_kind, dir_kind, infer_kind, kind_mismatch, validate_dir
+from peft_hub.repo_kinds import Kind, check_kind, checked_dir, dir_kind, infer_kind, kind_mismatch
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -199,15 +199,16 @@ class HubClient(AdminMixin):
         else:
             check_repo_dir(path, check_kind(kind))
         kind = kind or "adapter"
-        meta, entries = validate_dir(kind, path)
-        if name is None:
-            try:
-                name = validate_namespace(path.resolve().name)
-            except InvalidNameError as exc:
-                raise InvalidNameError(f"{exc}; pass --name owner/name") from None
-        ref = self.resolve(name)
-        if kind == "model":  # before any upload: a model is large, and an adapter repo would refuse it at the commit
-            self._check_repo_kind(ref, kind)
+        with checked_dir(kind, path) as checked:  # the sha256s run on while the hub is asked who we are
+            if name is None:
+                try:
+                    name = validate_namespace(path.resolve().name)
+                except InvalidNameError as exc:
+                    raise InvalidNameError(f"{exc}; pass --name owner/name") from None
+            ref = self.resolve(name)
+            if kind == "model":  # before any upload: a model is large, and an adapter repo would refuse it
+                self._check_repo_kind(ref, kind)
+            _, entries = checked()
         files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
         body = {"files": files, "tags": list(tags), "private": private, "message": message}
         total = count = 0

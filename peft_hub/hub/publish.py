@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO, cast
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from peft_hub.adapter import AdapterMeta, FileEntry, manifest_digest
+from peft_hub.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterMeta, FileEntry, manifest_digest
 from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError, StorageError, UploadRequiredError
 from peft_hub.hub import audit, base_compat, crud, events, ledger, possession
 from peft_hub.hub.auth import Principal, require_write
@@ -28,7 +30,10 @@ from peft_hub.names import validate_repo_id
 from peft_hub.repo_kinds import Kind, check_entries, infer_kind, kind_mismatch, validate_manifest
 
 
-def verify_blob(session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None) -> None:
+def verify_blob(
+    session: Session, store: BlobStore, principal: Principal, entry: FileEntry, row: Blob | None,
+    asked: Future[BlobStat] | None = None,
+) -> None:
     """Make sure the stored blob is exactly the declared bytes, in the write
     transaction, with the blob's ledger row locked (so no gc can remove it
     before the commit).
@@ -38,8 +43,9 @@ def verify_blob(session: Session, store: BlobStore, principal: Principal, entry:
     :func:`verify_outside` just did); otherwise they are read and hashed here.
     Nothing is deleted for a wrong declared size, and a blob whose bytes do
     not verify is discarded only when it is the caller's own unreferenced upload.
+    ``asked``: the store's answer for ``entry``, asked for already (see :func:`_stats`).
     """
-    stat = _checked_stat(store, entry)
+    stat = _checked_stat(store, entry) if asked is None else asked.result()
     if ledger.trusted(row, stat):
         return
     digest = ledger.hash_stored(store, entry.sha256)
@@ -58,15 +64,25 @@ def _checked_stat(store: BlobStore, entry: FileEntry) -> BlobStat:
     return stat
 
 
-def verify_outside(engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry]) -> None:
+def _stats(pool: Executor, store: BlobStore, entries: list[FileEntry]) -> list[Future[BlobStat]]:
+    """Every entry's checked stat, asked for at once (one store round trip,
+    not one per file); the caller takes them in order, so the first bad entry
+    is the one refused, as when they were asked for one by one."""
+    return [pool.submit(_checked_stat, store, e) for e in entries]
+
+
+def verify_outside(
+    engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry], pool: Executor,
+) -> None:
     """Hash every blob not yet trusted, holding no transaction while it reads
     (each ledger read or write is a short transaction of its own), so the
     write transaction that follows finds them trusted and reads no bytes."""
+    stats = _stats(pool, store, entries)
     with Session(engine) as session:
         wanted = sorted({e.sha256 for e in entries})
         rows = {r.sha256: r for r in session.exec(select(Blob).where(col(Blob.sha256).in_(wanted)))}
-    for entry in entries:
-        stat = _checked_stat(store, entry)
+    for entry, asked in zip(entries, stats, strict=True):
+        stat = asked.result()
         if ledger.trusted(rows.get(entry.sha256), stat):
             continue
         digest = ledger.hash_stored(store, entry.sha256)
@@ -84,17 +100,40 @@ def verify_outside(engine: Engine, store: BlobStore, principal: Principal, entri
 #: of larger ones (weights) only the header, at the start, is read.
 READ_WHOLE_BYTES = 64 * 1024 * 1024
 HEADER_BYTES = 16 * 1024 * 1024 + 8
+#: A large file's first read: its header's length and, for most adapters, the
+#: whole header; a longer header costs one more read of exactly the rest.
+HEADER_PROBE_BYTES = 1024 * 1024
+#: At most this much of what one publish read back is kept for a second reader.
+KEEP_BYTES = 2 * HEADER_BYTES
+#: How many store requests one publish has in flight (stats, header reads).
+STORE_STREAMS = 4
 
 
-def read_back(store: BlobStore, entry: FileEntry) -> BinaryIO:
+def read_back(store: BlobStore, entry: FileEntry) -> io.BytesIO:
     """The stored bytes validation reads, complete and verified: a small file
     whole, with its length and sha256 checked (a read cut short by the store
     fails the commit instead of storing a truncated card), or a large file's
-    first bytes, with their length checked."""
-    whole = entry.size <= READ_WHOLE_BYTES
-    want = entry.size if whole else min(entry.size, HEADER_BYTES)
-    chunks, got = [], 0
-    with store.open(entry.sha256, 0, None if whole else want) as fh:
+    safetensors header (its 8-byte length, then as many bytes as it names, up
+    to the header cap), with their length checked."""
+    if entry.size <= READ_WHOLE_BYTES:
+        data = _read_range(store, entry, 0, entry.size)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise StorageError(
+                f"{entry.path}: the store returned bytes that do not hash to {entry.sha256}; nothing was published")
+        return io.BytesIO(data)
+    data = _read_range(store, entry, 0, min(entry.size, HEADER_PROBE_BYTES))
+    (length,) = struct.unpack("<Q", data[:8])  # a large file's probe holds at least 8 bytes
+    want = min(entry.size, HEADER_BYTES, 8 + length)  # past the cap or the end, the header check refuses it
+    if want > len(data):
+        data += _read_range(store, entry, len(data), want)
+    return io.BytesIO(data)
+
+
+def _read_range(store: BlobStore, entry: FileEntry, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` of a stored blob, exactly, or StorageError."""
+    want, chunks, got = end - start, [], 0
+    whole = start == 0 and end == entry.size
+    with store.open(entry.sha256, start, None if whole else end) as fh:
         while got <= want and (chunk := fh.read(want + 1 - got)):  # a read may return less than asked
             chunks.append(chunk)
             got += len(chunk)
@@ -102,10 +141,7 @@ def read_back(store: BlobStore, entry: FileEntry) -> BinaryIO:
     if len(data) != want:
         raise StorageError(
             f"{entry.path}: the store returned {len(data)} of {want} bytes; nothing was published, retry")
-    if whole and hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise StorageError(
-            f"{entry.path}: the store returned bytes that do not hash to {entry.sha256}; nothing was published")
-    return io.BytesIO(data)
+    return data
 
 
 def publish(
@@ -150,11 +186,37 @@ def publish(
     engine = cast(Engine, session.get_bind())  # a request's session is bound to the engine
     _check_kind(engine, owner, name, kind)
     proved = possession.require_held(engine, store, principal, [e for e in entries if e.sha256 not in received])
-    verify_outside(engine, store, principal, entries)
+    with ThreadPoolExecutor(max_workers=STORE_STREAMS, thread_name_prefix="publish") as pool:
+        return _publish_held(session, store, engine, pool, principal=principal, owner=owner, name=name, kind=kind,
+                             entries=entries, message=message, tags=tags, private=private, parent=parent,
+                             client=client, received=received, proved=proved)
+
+
+def _publish_held(
+    session: Session, store: BlobStore, engine: Engine, pool: Executor, *, principal: Principal, owner: str,
+    name: str, kind: Kind, entries: list[FileEntry], message: str, tags: Sequence[str], private: bool | None,
+    parent: str | None | bool, client: str, received: frozenset[str], proved: dict[str, int],
+) -> tuple[Adapter, Revision, bool]:
+    """:func:`publish` once the caller is known to hold every blob: the
+    store's round trips go out together on ``pool`` (the reads validation
+    needs first start while the blobs are checked), each answer taken in the
+    order the checks always took them, so the same first fault is reported."""
+    # Only after require_held: the bytes of a blob the caller does not hold are never read.
+    early = {e.sha256: pool.submit(read_back, store, e) for e in entries if e.path in (CONFIG_NAME, WEIGHTS_NAME)}
+    verify_outside(engine, store, principal, entries, pool)
+
+    kept: dict[str, bytes] = {}  # what base_compat reads again (config, weights header) is not fetched twice
 
     @contextmanager
     def open_stored(entry: FileEntry) -> Iterator[BinaryIO]:
-        yield read_back(store, entry)
+        if entry.sha256 in kept:
+            yield io.BytesIO(kept[entry.sha256])
+            return
+        asked = early.pop(entry.sha256, None)
+        data = (read_back(store, entry) if asked is None else asked.result()).getvalue()  # no copy
+        if sum(map(len, kept.values())) + len(data) <= KEEP_BYTES:
+            kept[entry.sha256] = data
+        yield io.BytesIO(data)
 
     meta = validate_manifest(kind, entries, open_stored)
     if isinstance(meta, AdapterMeta):
@@ -167,8 +229,8 @@ def publish(
     # The write transaction: the blobs' rows locked, each blob seen still
     # stored (a gc may have run meanwhile) and trusted, then the revision.
     rows = ledger.lock(session, {e.sha256: e.size for e in entries})
-    for entry in entries:
-        verify_blob(session, store, principal, entry, rows.get(entry.sha256))
+    for entry, stat in zip(entries, _stats(pool, store, entries), strict=True):
+        verify_blob(session, store, principal, entry, rows.get(entry.sha256), stat)
     ledger.release(session, rows)  # referenced from now on: the push's lease has done its work
     assert principal.user.id is not None  # a stored row
     receipts = {**proved, **{e.sha256: e.size for e in entries if e.sha256 in received}}
