@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from starlette.datastructures import QueryParams
 
 from peft_hub.hub.auth import Principal
+from peft_hub.hub.crud import facet_counts as facets_mod
 from peft_hub.hub.crud import search as new
 from peft_hub.hub.crud import search_sql
 from peft_hub.hub.db import make_engine
@@ -126,6 +127,14 @@ def seed(engine) -> None:
         tags.append({"adapter_id": i, "name": "main", "revision_id": None})
         if i % 4 == 0:
             tags.append({"adapter_id": i, "name": "v1", "revision_id": None})
+    # The rank walk's bounds (search_sql.rank_bounds): the only rows below rank 4 reaching max rank 16 are
+    # private, one in a namespace alice owns; the int4 extremes; a NULL rank beside a max rank.
+    edges = ((241, "alice", True, 3, 64), (242, "Bob", True, 2, 16), (243, "carol", False, 2**31 - 1, 2**31 - 1),
+             (244, "ACME", False, None, 64), (245, "dave-99", False, -(2**31), -(2**31)))
+    for i, owner, private, rank, max_rank in edges:
+        rows.append({**rows[0], "id": i, "owner": owner, "name": f"edge-{i}", "name_key": f"{owner}/edge-{i}".lower(),
+                     "private": private, "rank": rank, "max_rank": max_rank, "method": "LORA", "kind": "adapter"})
+        tags.append({"adapter_id": i, "name": "main", "revision_id": None})
     with engine.begin() as conn:
         conn.execute(insert(Namespace), [{"name": o, "name_key": o.lower(), "kind": "user", "is_admin": False,
                                           "created_at": t0} for o in OWNERS])
@@ -186,9 +195,9 @@ def test_facets_are_the_same_counts_in_the_same_order(engine):
             args = {"q": q, **filters}
             want = old_facets(session, clauses=old_filters(principal=who, **args))
             clauses = new.search_filters(principal=who, **args)
-            assert new.facets(session, clauses=clauses) == want, args
-            assert new.facets(session, clauses=clauses, one_pass=True) == want, args
-            assert new.facets(session, clauses=clauses, names=("owner", "kind"), one_pass=True) == {
+            assert facets_mod.facets(session, clauses=clauses) == want, args
+            assert facets_mod.facets(session, clauses=clauses, one_pass=True) == want, args
+            assert facets_mod.facets(session, clauses=clauses, names=("owner", "kind"), one_pass=True) == {
                 "owner": want["owner"], "kind": want["kind"]}
 
 
@@ -251,7 +260,7 @@ def test_type_ahead_values_are_the_facet_values_with_that_prefix(engine, facet, 
             clauses = new.search_filters(principal=who)
             want = [(v, c) for v, c in old_facets(session, clauses=old_filters(principal=who))[facet]
                     if v.lower().startswith(prefix.lower())][:3]
-            assert new.facet_values(session, clauses=clauses, facet=facet, prefix=prefix, limit=3) == want
+            assert facets_mod.facet_values(session, clauses=clauses, facet=facet, prefix=prefix, limit=3) == want
 
 
 def test_sqlite_full_text_index_follows_every_write(tmp_path):
@@ -290,3 +299,98 @@ def test_sqlite_full_text_index_follows_every_write(tmp_path):
                                                    per_page=300)[0]}
         assert {500, 7} <= found and 8 not in found
     engine.dispose()
+
+
+NO_RANK = 2**62
+RANKS = [{"min_rank": 16, "max_rank": 64}, {"min_rank": 5, "max_rank": 8}, {"min_rank": 64, "max_rank": 4},
+         {"min_rank": 17, "max_rank": 17}, {"max_rank": 4}, {"min_rank": 16}, {"min_rank": 0, "max_rank": 0},
+         {"min_rank": -(NO_RANK - 1), "max_rank": NO_RANK - 1}, {"min_rank": NO_RANK - 1, "max_rank": NO_RANK - 1},
+         {"min_rank": -NO_RANK, "max_rank": NO_RANK}, {"min_rank": NO_RANK, "max_rank": NO_RANK},
+         {"min_rank": 2**31 - 1, "max_rank": 2**31 - 1}, {"min_rank": -(2**31), "max_rank": -(2**31)},
+         {"min_rank": 17, "max_rank": 3}, {"min_rank": 16, "max_rank": 3, "kind": "adapter"},
+         {"min_rank": 8, "max_rank": 64, "method": "lora"},
+         {"min_rank": 16, "max_rank": 64, "q": "legal"}, {"min_rank": 4, "max_rank": 4, "owner": "alice"}]
+
+
+@pytest.mark.parametrize("drives_at", [search_sql.SORT_DRIVES_AT, 1], ids=["filters-drive", "sort-index-drives"])
+def test_rank_sorted_pages_bounded_by_the_summary_are_the_same(engine, monkeypatch, drives_at):
+    """A rank-sorted page walks the rank index only between the bounds the
+    summary implies (search_sql.rank_bounds): the same rows, at and around
+    the NULL ranks' sentinels, with private rows only their owners see."""
+    monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)
+    with Session(engine) as session:
+        for who, args, order, page in itertools.product(principals(), RANKS, ("asc", "desc"), (1, 2, 30)):
+            if engine.dialect.name == "postgresql" and any(abs(v) > 2**31 for v in args.values() if type(v) is int):
+                continue  # past int4: the old query fails there too (the routes cap ranks at 2**31 - 1)
+            want = old_search(session, clauses=old_filters(principal=who, **args), sort="rank", order=order,
+                              page=page, per_page=5)
+            items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                               sort="rank", order=order, page=page, per_page=5)
+            assert ([a.id for a in items], total) == want, (who, args, order, page)
+        for who, want_ids in zip(principals(), ([], [241], [242, 241]), strict=True):  # private rows below rank 4
+            items = new.search_adapters(session, clauses=new.search_filters(principal=who, min_rank=16, max_rank=3),
+                                        sort="rank", order="asc")[0]
+            assert [a.id for a in items] == want_ids, who
+
+
+SHORT_QS = ["a", "A", "ä", "Ä", "%", "_", "e%", "%a", "a_", "_a", "ll", "LL", "7b", "-9", "qw", "ü", "\\", "x\\",
+            "de", "ze", "50", "0%", "a\"", "legal", "egal", "zz-none"]
+DRIVEN = [{}, {"base_model": "Qwen/Qwen2.5-7B"}, {"base_model": "Qwen/Qwen2.5-7B", "method": "lora"},
+          {"method": "IA3"}, {"method": "LORA", "kind": "adapter"}, {"kind": "model"}, {"tag": "v1"},
+          {"tag": "v1", "method": "lora"}, {"base_model": "meta-llama/Llama-3.1-8B", "min_rank": 8, "max_rank": 64},
+          {"base_model": "none/such"}, {"owner": "bob", "method": "lora"}]
+
+
+@pytest.mark.parametrize("drive_at", [0, 30, 10**6], ids=["text-index-drives", "by-count", "filters-drive"])
+def test_text_queries_driven_by_their_filters_are_the_same(engine, monkeypatch, drive_at):
+    """1- and 2-character queries (wildcards, case, non-ASCII, a field's
+    first and last characters) and longer ones beside filters whose summary
+    count is below or above FILTERS_DRIVE_AT: the same rows, totals, pages."""
+    monkeypatch.setattr(search_sql, "FILTERS_DRIVE_AT", drive_at)
+    sorts = list(itertools.product(OLD_SORTS, ("asc", "desc")))
+    checked = 0
+    with Session(engine) as session:
+        for who, (i, (q, filters)) in itertools.product(principals(), enumerate(itertools.product(SHORT_QS, DRIVEN))):
+            sort, order = sorts[i % len(sorts)]
+            for page in (1, 2):
+                args = {"q": q, **filters}
+                want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
+                                  page=page, per_page=6)
+                items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                                   sort=sort, order=order, page=page, per_page=6)
+                assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+                assert new.count_adapters(session, clauses=new.search_filters(principal=who, **args)) == want[1]
+                checked += want[1] > 0
+    assert checked > 300
+
+
+def test_sqlite_plans_read_only_what_can_match(engine, monkeypatch):
+    """SQLite: a rank-sorted walk has a rank range from the summary; a text
+    query beside a base model with few rows reads that model's rows by its
+    index, not the text index's candidates."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    from sqlalchemy import event
+
+    pages: list[tuple[str, object]] = []
+    listener = lambda conn, cur, stmt, params, *a: "FROM adapter " in stmt and pages.append((stmt, params))  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", 1)
+
+    def plans(**args):
+        pages.clear()
+        new.search_adapters(session, clauses=new.search_filters(principal=None, **args), sort="rank", per_page=3)
+        return [" ".join(str(row[3]) for row in session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + s, p))
+                for s, p in list(pages)]
+
+    try:
+        with Session(engine) as session:
+            assert "ix_adapter_rank_id (rank>? AND rank<?)" in plans(min_rank=16, max_rank=64)[-1]
+            assert "USING INDEX ix_adapter_rank_id (rank<?)" in plans(max_rank=8)[-1]
+            monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", 10**6)
+            for plan in plans(q="legal", base_model="Qwen/Qwen2.5-7B", method="lora"):
+                assert "adapter_fts" not in plan and "ix_adapter_facet_base_model" in plan, plan
+            monkeypatch.setattr(search_sql, "FILTERS_DRIVE_AT", 0)
+            assert all("adapter_fts" in plan for plan in plans(q="legal", base_model="Qwen/Qwen2.5-7B"))
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)

@@ -152,6 +152,20 @@ class AdapterOwnerCount(SQLModel, table=True):
     n: int = Field(sa_type=BigInteger)
 
 
+class AdapterTagCount(SQLModel, table=True):
+    """:class:`AdapterCount` by tag name: how many adapters with a method carry
+    each tag, by their kind, method and visibility (migration 0009, whose
+    triggers on ``tag`` and ``adapter`` keep it a live ``tag JOIN adapter``)."""
+
+    __tablename__ = "adapter_tag_count"
+
+    tag: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=8)
+    method: str = Field(primary_key=True)
+    private: bool = Field(primary_key=True)
+    n: int = Field(sa_type=BigInteger)
+
+
 class Revision(SQLModel, table=True):
     """An immutable pushed revision; ``sha`` hashes its manifest."""
 

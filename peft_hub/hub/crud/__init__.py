@@ -39,6 +39,7 @@ from peft_hub.hub.crud.adapters import (  # noqa: F401 - the crud surface
     tags_of,
     validate_tag,
 )
+from peft_hub.hub.crud.facet_counts import facets  # noqa: F401 - the crud surface
 from peft_hub.hub.crud.revisions import (  # noqa: F401 - the crud surface
     add_evals,
     delete_eval,
@@ -48,7 +49,6 @@ from peft_hub.hub.crud.revisions import (  # noqa: F401 - the crud surface
 )
 from peft_hub.hub.crud.search import (  # noqa: F401 - the crud surface
     SORTS,
-    facets,
     main_revision_evals,
     referenced_blobs,
     search_adapters,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, or_, true, tuple_, union_all
+from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, or_, true, union_all
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col, select
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrases: part of this module's surface
+    DRIVERS,
     FTS_TABLE,
     TRIGRAM,
     LowerLike,
@@ -18,10 +19,21 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     NoIndexSQLite,
     TextLike,
     escape_like,
+    filters_drive,
     fts_phrases,
+    rank_bounds,
     sort_drives,
 )
-from peft_hub.hub.models import NO_RANK, Adapter, AdapterCount, AdapterOwnerCount, Eval, RevisionFile, Tag
+from peft_hub.hub.models import (
+    NO_RANK,
+    Adapter,
+    AdapterCount,
+    AdapterOwnerCount,
+    AdapterTagCount,
+    Eval,
+    RevisionFile,
+    Tag,
+)
 
 SORTS: dict[str, Mapped[Any]] = {
     "updated": col(Adapter.updated_at), "downloads": col(Adapter.downloads), "name": col(Adapter.name),
@@ -68,6 +80,7 @@ def search_filters(
     given = {"q": q, "base_model": base_model, "method": method, "min_rank": min_rank, "max_rank": max_rank,
              "target_module": target_module, "owner": owner, "tag": tag, "kind": kind}
     clauses: list[Any] = [visible_clause(principal), col(Adapter.method).is_not(None)]
+    named: dict[str, Any] = {"always": tuple(clauses)}  # and the clause of each filter that can drive a plan (DRIVERS)
     if q:
         # As it always was: ``%`` and ``_`` in q are wildcards, and a backslash escapes on
         # PostgreSQL (its LIKE's default) but not on SQLite.
@@ -79,9 +92,9 @@ def search_filters(
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
         clauses.append(TextLike(scan, literal(phrases)) if phrases else scan)
     if base_model:
-        clauses.append(Adapter.base_model == base_model)
+        clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
     if method:
-        clauses.append(func.upper(Adapter.method) == method.upper())
+        clauses.append(named.setdefault("method", func.upper(Adapter.method) == method.upper()))
     if min_rank is not None:
         clauses.append(NoIndexSQLite(col(Adapter.max_rank)) >= min_rank)
     if max_rank is not None:
@@ -89,15 +102,15 @@ def search_filters(
     if owner:
         clauses.append(func.lower(Adapter.owner) == owner.lower())
     if kind:
-        clauses.append(col(Adapter.kind) == kind.lower())
+        clauses.append(named.setdefault("kind", col(Adapter.kind) == kind.lower()))
     if tag:
-        clauses.append(col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag)))
+        clauses.append(named.setdefault("tag", col(Adapter.id).in_(select(Tag.adapter_id).where(Tag.name == tag))))
     if target_module:
         # JSON arrays are stored as text on both backends; match the quoted element.
         from sqlalchemy import String, cast
 
         clauses.append(cast(Adapter.target_modules, String).like(f'%"{target_module}"%'))
-    return Filters(clauses, principal=principal, given=given)
+    return Filters(clauses, principal=principal, given=given, named=named)
 
 
 class Filters(list):
@@ -105,8 +118,10 @@ class Filters(list):
     the list holds exactly the clauses it was built with (nothing added or
     removed), :func:`summary_source` may answer its counts from the summary tables."""
 
-    def __init__(self, clauses: list[Any], *, principal: Principal | None, given: dict[str, Any]) -> None:
+    def __init__(self, clauses: list[Any], *, principal: Principal | None, given: dict[str, Any],
+                 named: dict[str, Any] | None = None) -> None:
         super().__init__(clauses)
+        self.named = named or {}
         self.principal = principal
         self.given = {k: v for k, v in given.items() if v not in (None, "")}
         self._built = tuple(clauses)
@@ -115,32 +130,35 @@ class Filters(list):
         return len(self) == len(self._built) and all(a is b for a, b in zip(self, self._built, strict=True))
 
 
-#: The summary tables (migration 0008): the filters each can apply, and the facets it counts.
+#: The summary tables (migrations 0008, 0009): the filters each can apply, and the facets it counts.
 SUMMARIES: tuple[tuple[type, frozenset[str], frozenset[str]], ...] = (
     (AdapterCount, frozenset({"kind", "base_model", "method", "min_rank", "max_rank"}),
      frozenset({"kind", "base_model", "method"})),
     # Not with an owner filter: the adapter table's lower(owner) index finds an owner's few rows faster
     # than this table (thousands of owners, no such index) can be read.
     (AdapterOwnerCount, frozenset({"kind", "method"}), frozenset({"kind", "method", "owner"})),
+    # Only with a tag filter (summary_source): it counts tags, one per adapter for each tag name.
+    (AdapterTagCount, frozenset({"tag", "kind", "method"}), frozenset({"kind", "method"})),
 )
 
 
 def summary_source(clauses: list[Any], facet: str | None = None) -> type | None:
     """The summary table that counts what ``clauses`` match (by ``facet``,
-    when given), or None when only the rows can (a text query, a tag, a
-    target module, a list changed after :func:`search_filters`)."""
+    when given), or None when only the rows can (a text query, a target
+    module, a tag beside other filters, a list changed after :func:`search_filters`)."""
     if not isinstance(clauses, Filters) or not clauses.unchanged():
         return None
     given = clauses.given
     if any(abs(given[k]) >= NO_RANK for k in ("min_rank", "max_rank") if k in given):
         return None  # a bound past the NULL ranks' keys
     for table, filters, facets in SUMMARIES:
-        if given.keys() <= filters and (facet is None or facet in facets):
+        if given.keys() <= filters and (facet is None or facet in facets) and (
+                ("tag" in given) == (table is AdapterTagCount)):
             return table
     return None
 
 
-def _summary_counts(session: Session, clauses: Filters, table: Any, facet: str | None) -> list[tuple[Any, int]]:
+def summary_counts(session: Session, clauses: Filters, table: Any, facet: str | None) -> list[tuple[Any, int]]:
     """(value of ``facet``, count) among what ``clauses`` match, most first,
     then by value, from ``table`` (``facet`` None: one row, the count).
 
@@ -151,6 +169,8 @@ def _summary_counts(session: Session, clauses: Filters, table: Any, facet: str |
     ``visible_clause(principal)`` admits beyond the public ones."""
     given, principal = clauses.given, clauses.principal
     where: list[Any] = []
+    if "tag" in given:
+        where.append(col(table.tag) == given["tag"])
     if "kind" in given:
         where.append(col(table.kind) == given["kind"].lower())
     if "base_model" in given:
@@ -181,19 +201,6 @@ def _summary_counts(session: Session, clauses: Filters, table: Any, facet: str |
                              .order_by(total.desc(), both.c.value)).all())
 
 
-def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ...]
-                   ) -> dict[str, list[tuple[str | None, int]]]:
-    """:func:`facet_groups` of those facets in ``names`` that the summary
-    tables count for ``clauses`` (one statement each; the others are left
-    out). One difference: the empty base models ('' and NULL) are one
-    group, ``''``, as the summary keys them (the facets drop empty values;
-    the counts still add up to the matches)."""
-    tables = {name: summary_source(clauses, name) for name in names}
-    if not isinstance(clauses, Filters):
-        return {}
-    return {name: _summary_counts(session, clauses, table, name) for name, table in tables.items() if table}
-
-
 def search_adapters(
     session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1,
     per_page: int = 20, total: int | None = None,
@@ -212,104 +219,48 @@ def search_adapters(
     column = SORTS[sort]
     ordering = [column.asc() if order == "asc" else column.desc(), col(Adapter.id).asc()]
     offset = (page - 1) * per_page
-    page_clauses = clauses
+    walks_rank = sort == "rank" and isinstance(clauses, Filters) and clauses.unchanged()
+    bounds = rank_bounds(clauses.given) if isinstance(clauses, Filters) and walks_rank else []
+    page_clauses = [*clauses, *bounds]
     if session.get_bind().dialect.name == "sqlite":  # how many match picks SQLite's plan (see sort_drives)
-        total = total if total is not None else count_adapters(session, clauses=clauses)
-        page_clauses = sort_drives(clauses, total=total, offset=offset)
+        page_clauses = _text_plan(session, clauses)
+        total = total if total is not None else count_adapters(session, clauses=clauses, rows=page_clauses)
+        driven = sort_drives(page_clauses, total=total, offset=offset)
+        page_clauses = [*driven, *bounds] if driven is not page_clauses else driven  # bounds: for the walk
     items = list(session.exec(select(Adapter).where(*page_clauses).order_by(*ordering).offset(offset).limit(per_page)))
     if len(items) < per_page and (items or offset == 0):
         return items, offset + len(items)
     return items, total if total is not None else count_adapters(session, clauses=clauses)
 
 
-def count_adapters(session: Session, *, clauses: list[Any]) -> int:
-    """How many adapters ``clauses`` match: from a summary table when one can tell (:func:`summary_source`)."""
+def count_adapters(session: Session, *, clauses: list[Any], rows: list[Any] | None = None) -> int:
+    """How many adapters ``clauses`` match: from a summary table when one can
+    tell (:func:`summary_source`), else from the rows, through ``rows`` when
+    given (the same test, as :func:`_text_plan` planned it), else :func:`_text_plan`'s."""
     table = summary_source(clauses)
     if table is not None:
         assert isinstance(clauses, Filters)
-        return _summary_counts(session, clauses, table, None)[0][1]
-    return session.exec(select(func.count()).select_from(Adapter).where(*clauses)).one()
+        return summary_counts(session, clauses, table, None)[0][1]
+    where = rows if rows is not None else _text_plan(session, clauses)
+    return session.exec(select(func.count()).select_from(Adapter).where(*where)).one()
 
 
-def facets(
-    session: Session, *, clauses: list[Any], names: tuple[str, ...] | None = None, one_pass: bool = False,
-) -> dict[str, list[tuple[str, int]]]:
-    """Counts per base model, method, owner and kind among matching repos,
-    most first, then by value (only the facets in ``names``, when given),
-    without the empty values (see :func:`facet_groups`)."""
-    grouped = facet_groups(session, clauses=clauses, names=names, one_pass=one_pass)
-    return {name: [(v, c) for v, c in rows if v] for name, rows in grouped.items()}
-
-
-def facet_groups(
-    session: Session, *, clauses: list[Any], names: tuple[str, ...] | None = None, one_pass: bool = False,
-) -> dict[str, list[tuple[str | None, int]]]:
-    """:func:`facets` with every group, empty values included: the counts of
-    any one facet add up to the number of matching repos.
-
-    Each facet the summary tables count for ``clauses`` comes from them
-    (:func:`summary_facets`: there the empty base models are one group,
-    ``''``); the others from the matching rows (:func:`_row_facet_groups`).
-    """
-    wanted = tuple(n for n in FACET_COLUMNS if names is None or n in names)
-    grouped = summary_facets(session, clauses=clauses, names=wanted)
-    rest = tuple(n for n in wanted if n not in grouped)
-    if rest:
-        grouped.update(_row_facet_groups(session, clauses=clauses, wanted=list(rest), one_pass=one_pass))
-    return {n: grouped[n] for n in wanted}
-
-
-def _row_facet_groups(
-    session: Session, *, clauses: list[Any], wanted: list[str], one_pass: bool,
-) -> dict[str, list[tuple[str | None, int]]]:
-    """:func:`facet_groups` of ``wanted`` from the matching rows.
-
-    On PostgreSQL all of them come from one ``GROUPING SETS`` statement
-    that reads the matching rows once. On SQLite each facet is one indexed
-    GROUP BY (migration 0005), or, with ``one_pass``, one statement groups
-    the matching rows read once: cheaper when ``clauses`` cannot use an
-    index (a text query).
-    """
-    grouped: dict[str, list[tuple[str | None, int]]] = {n: [] for n in wanted}
-    if len(wanted) > 1 and session.get_bind().dialect.name == "postgresql":
-        columns = [FACET_COLUMNS[n] for n in wanted]
-        which, count = func.grouping(*columns).label("which"), func.count().label("n")  # which: a bit per column
-        statement = select(which, *columns, count).where(*clauses)  # type: ignore[call-overload]
-        bits = {(1 << len(wanted)) - 1 - (1 << (len(wanted) - 1 - i)): i for i in range(len(wanted))}
-        for row in session.exec(statement.group_by(func.grouping_sets(*(tuple_(c) for c in columns)))
-                                .order_by(which.desc(), count.desc(), *columns)).all():
-            i = bits[row[0]]
-            grouped[wanted[i]].append((row[1 + i], row[-1]))
-    elif one_pass and len(wanted) > 1:
-        matching = select(*(FACET_COLUMNS[n] for n in wanted)).where(*clauses).cte("matching")
-        parts = [select(literal(i).label("facet"), matching.c[n].label("value"), func.count().label("n"))
-                 .group_by(matching.c[n]) for i, n in enumerate(wanted)]
-        both = union_all(*parts).subquery()
-        rows = session.exec(select(both.c.facet, both.c.value, both.c.n)
-                            .order_by(both.c.facet, both.c.n.desc(), both.c.value)).all()
-        for i, value, number in rows:
-            grouped[wanted[i]].append((value, number))
-    else:
-        for name in wanted:
-            column = FACET_COLUMNS[name]
-            grouped[name] = list(session.exec(
-                select(column, func.count()).where(*clauses).group_by(column).order_by(func.count().desc(), column)
-            ).all())
-    return grouped
-
-
-def facet_values(
-    session: Session, *, clauses: list[Any], facet: str, prefix: str = "", limit: int = 10
-) -> list[tuple[str, int]]:
-    """The values of one facet that start with ``prefix`` (any case) among
-    matching repos, most used first: what the catalog's type-ahead offers."""
-    column = FACET_COLUMNS[facet]
-    where = [*clauses, column.is_not(None), column != ""]
-    if prefix:
-        where.append(LowerLike(column, escape_like(prefix.lower()) + "%", "\\"))
-    return list(session.exec(
-        select(column, func.count()).where(*where).group_by(column).order_by(func.count().desc(), column).limit(limit)
-    ).all())
+def _text_plan(session: Session, clauses: list[Any]) -> list[Any]:
+    """SQLite's clauses for a text query beside filters the summary tables
+    count: when those filters match few rows, one of them finds them by its
+    index and the LIKE decides (:func:`search_sql.filters_drive`; one more
+    statement, on the summary). Otherwise, and elsewhere, ``clauses``."""
+    if (not isinstance(clauses, Filters) or not clauses.unchanged() or "q" not in clauses.given
+            or session.get_bind().dialect.name != "sqlite"):
+        return clauses
+    driver = next((clauses.named[k] for k in DRIVERS if k in clauses.named), None)
+    if driver is None:
+        return clauses
+    others = search_filters(principal=clauses.principal, **{k: v for k, v in clauses.given.items() if k != "q"})
+    if summary_source(others) is None:
+        return clauses
+    keep = (driver, *clauses.named["always"])
+    return filters_drive(clauses, keep=keep, matching=count_adapters(session, clauses=others))
 
 
 def referenced_blobs(session: Session) -> set[str]:

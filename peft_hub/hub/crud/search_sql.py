@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Boolean, Integer
+from sqlalchemy import Boolean, Integer, func
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
-from sqlmodel import col
+from sqlmodel import col, select
 
-from peft_hub.hub.models import Adapter
+from peft_hub.hub.models import NO_RANK, Adapter, AdapterCount
 
 #: What a text query needs for pg_trgm to find trigrams in it: three letters or digits in a row.
 TRIGRAM = re.compile(r"[^\W_]{3}")
@@ -155,6 +155,28 @@ def sort_drives(clauses: list[Any], *, total: int, offset: int) -> list[Any]:
     return [OffIndex(c.clauses.clauses[0] if isinstance(c, TextLike) else c) for c in clauses]
 
 
+#: On SQLite, a text query beside filters that match at most this many rows (as the summary tables count
+#: them) is decided by its LIKE over the rows those filters' index finds (:func:`filters_drive`). Tests change it.
+FILTERS_DRIVE_AT = 2000
+#: The filters whose own index finds their rows, the fewest rows (usually) first: the one that drives.
+DRIVERS = ("base_model", "tag", "method", "kind")
+
+
+def filters_drive(clauses: list[Any], *, keep: tuple[Any, ...], matching: int) -> list[Any]:
+    """``clauses`` (a text query's among them) for SQLite when the other
+    filters match ``matching`` rows: at most ``FILTERS_DRIVE_AT``, only the
+    clauses in ``keep`` (the driver, and the visibility and method tests that
+    the driver's covering index holds too) may be looked up in an index;
+    every other is :class:`OffIndex` (a :class:`TextLike` its LIKE scan
+    alone, the same test). SQLite then reads the driver's few rows and the
+    LIKE decides, instead of gathering every candidate of the text index
+    first. More, and ``clauses`` as they are."""
+    if matching > FILTERS_DRIVE_AT:
+        return clauses
+    return [c if any(c is k for k in keep) else OffIndex(c.clauses.clauses[0] if isinstance(c, TextLike) else c)
+            for c in clauses]
+
+
 class NoIndexSQLite(FunctionElement):
     """A column that SQLite reads off its indexes (``+ 0``, the same value):
     rank ranges match most rows, and SQLite, which keeps no statistics, would
@@ -176,6 +198,30 @@ def _as_wrapped(element: FunctionElement, compiler: Any, **kw: Any) -> str:
 @compiles(NoIndexSQLite, "sqlite")
 def _no_index_sqlite(element: NoIndexSQLite, compiler: Any, **kw: Any) -> str:
     return f"({compiler.process(element.clauses.clauses[0], **kw)} + 0)"
+
+
+def rank_bounds(given: dict[str, Any]) -> list[Any]:
+    """Clauses on ``adapter.rank`` that every row matching the rank filters
+    in ``given`` (``Filters.given``) satisfies, for a page that walks the rank
+    index: it starts at the least rank any such row has and stops at
+    ``max_rank``, instead of reading every lower rank whose ``max_rank`` can
+    never reach ``min_rank``.
+
+    The least rank comes from ``adapter_count`` (every adapter with a method,
+    private or not, keyed by its rank and max rank; exact in the reader's own
+    transaction): a superset of the matching rows, so the bound never drops
+    one. Only with ``max_rank`` given: then no row with a NULL rank matches
+    (the summary keys those ``NO_RANK``, past every bound). None past the
+    NULL ranks' keys, as for the counts."""
+    low, high = given.get("min_rank"), given.get("max_rank")
+    if high is None or any(abs(b) >= NO_RANK for b in (low, high) if b is not None):
+        return []
+    bounds = [col(Adapter.rank) <= high]
+    if low is not None:
+        least = select(func.min(AdapterCount.rank)).where(col(AdapterCount.max_rank) >= low,
+                                                          col(AdapterCount.rank) <= high)
+        bounds.append(col(Adapter.rank) >= least.scalar_subquery())
+    return bounds
 
 
 def escape_like(value: str) -> str:

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 
-from peft_hub.hub.crud.search import facet_values, search_filters
+from peft_hub.hub.crud.facet_counts import facet_values
+from peft_hub.hub.crud.search import search_filters
 from peft_hub.hub.deps import PrincipalDep, SessionDep
 
 router = APIRouter(prefix="/api/facets", tags=["search"])

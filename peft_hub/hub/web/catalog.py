@@ -13,7 +13,7 @@ from starlette.datastructures import QueryParams
 
 from peft_hub.hub import crud
 from peft_hub.hub.auth import Principal
-from peft_hub.hub.crud.search import facet_groups
+from peft_hub.hub.crud.facet_counts import facet_groups
 from peft_hub.hub.models import Adapter, Eval, pk
 from peft_hub.hub.web.charts import headline
 
