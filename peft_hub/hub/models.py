@@ -90,6 +90,7 @@ class Adapter(SQLModel, table=True):
         Index("ix_adapter_downloads", "downloads"),
         Index("ix_adapter_rank_id", "rank", "id"),  # 0007
         Index("ix_adapter_visible", "id", "private", "method"),  # 0007
+        Index("ix_adapter_base_model_updated", "base_model", "updated_at"),  # 0010: a base model's newest first
         Index("ix_adapter_total_size", "total_size"),
     )
 
