@@ -170,6 +170,16 @@ FILTERS = [{}, {"base_model": "Qwen/Qwen2.5-7B"}, {"method": "lora"}, {"method":
            {"min_rank": 8, "max_rank": 16, "method": "LORA"}, {"target_module": "v_proj"}]
 
 
+def _same_page(session, who, args, sort, order, page, *, per_page):
+    """One page and its total, the new way and the old: they must agree. Returns the old."""
+    want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
+                      page=page, per_page=per_page)
+    items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                       sort=sort, order=order, page=page, per_page=per_page)
+    assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+    return want
+
+
 @pytest.mark.parametrize("drives_at", [search_sql.SORT_DRIVES_AT, 1], ids=["candidates-drive", "sort-index-drives"])
 def test_search_returns_the_same_rows_in_the_same_order_and_totals(engine, monkeypatch, drives_at):
     monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)  # 1: every text query with a candidate walks the sort
@@ -179,12 +189,7 @@ def test_search_returns_the_same_rows_in_the_same_order_and_totals(engine, monke
         for who, (i, (q, filters)) in itertools.product(principals(), enumerate(itertools.product(QS, FILTERS))):
             sort, order = sorts[i % len(sorts)]
             for page in (1, 1 + i % 3, 40):
-                args = {"q": q, **filters}
-                want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
-                                  page=page, per_page=7)
-                items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
-                                                   sort=sort, order=order, page=page, per_page=7)
-                assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+                want = _same_page(session, who, {"q": q, **filters}, sort, order, page, per_page=7)
                 checked += want[1] > 0
     assert checked > 500  # most queries match something: the comparison is not of empty lists
 
@@ -354,11 +359,7 @@ def test_text_queries_driven_by_their_filters_are_the_same(engine, monkeypatch, 
             sort, order = sorts[i % len(sorts)]
             for page in (1, 2):
                 args = {"q": q, **filters}
-                want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
-                                  page=page, per_page=6)
-                items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
-                                                   sort=sort, order=order, page=page, per_page=6)
-                assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+                want = _same_page(session, who, args, sort, order, page, per_page=6)
                 assert new.count_adapters(session, clauses=new.search_filters(principal=who, **args)) == want[1]
                 checked += want[1] > 0
     assert checked > 300
