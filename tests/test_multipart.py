@@ -280,3 +280,61 @@ def test_a_retried_completion_after_a_lost_answer_is_harmless(s3hub, tmp_path):
     r = alice.http.post("/api/adapters/alice/big/commit", json={"files": files})  # as the client goes on after a 404
     assert r.status_code == 201, r.text
     assert alice.info("alice/big")["files"]
+
+
+@pytest.mark.parametrize("backend", ["s3-postgres", "embedded"])
+def test_part_digests_are_hashed_only_for_a_blob_the_hub_takes_in_parts(backend, request, tmp_path, monkeypatch):
+    """The client leaves its part digests for later: a blob under the hub's
+    threshold goes in one upload with none hashed, one over it is answered
+    "wanted" (nothing created) and planned again with its parts' checksums."""
+    import peft_hub.client.multipart as multipart
+
+    settings = make_settings(backend, tmp_path, request).model_copy(
+        update={"multipart_threshold": 12 * MiB, "multipart_part_bytes": MIN_PART})
+    hashed: list[Path] = []
+    monkeypatch.setattr(multipart, "part_digests",
+                        lambda path, size, real=multipart.part_digests: hashed.append(path) or real(path, size))
+    with live_hub(settings) as hub:
+        admin = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0")
+        admin.part_bytes = MIN_PART
+        asked: list[dict] = []
+
+        def hook(req: httpx.Request) -> None:
+            if req.url.path.endswith("/preupload"):
+                asked.append(json.loads(req.content))
+
+        admin.http.event_hooks["request"] = [hook]
+        middle = big_lora(tmp_path / "middle", 512 * 1024, seed=11)  # 8 MiB: over a part, under the threshold
+        admin.push(middle, name="admin/middle")
+        assert hashed == [] and len(asked) == 1
+        weights = next(f for f in asked[0]["files"] if f["path"] == "adapter_model.safetensors")
+        assert weights["multipart"] == {"part_size": MIN_PART, "parts": None, "digests_later": True}
+
+        asked.clear()
+        large = big_lora(tmp_path / "large", 1024 * 1024, seed=12)  # 16 MiB: in parts
+        parts = count_parts(admin)
+        admin.http.event_hooks["request"].append(hook)
+        admin.push(large, name="admin/large")
+        assert hashed == [large / "adapter_model.safetensors"] and len(asked) == 2
+        assert [f["path"] for f in asked[1]["files"]] == ["adapter_model.safetensors"]  # only the wanted one again
+        sent = asked[1]["files"][0]["multipart"]["parts"]
+        data = (large / "adapter_model.safetensors").read_bytes()
+        assert sent == [hashlib.sha256(data[i:i + MIN_PART]).hexdigest() for i in range(0, len(data), MIN_PART)]
+        assert sorted(parts) == ([1, 2, 3, 4] if backend == "s3-postgres" else [])  # a local hub takes blobs
+        for name, src in (("admin/middle", middle), ("admin/large", large)):
+            out = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c9").pull(name, tmp_path / name)
+            assert (Path(out.path) / "adapter_model.safetensors").read_bytes() == (
+                src / "adapter_model.safetensors").read_bytes()
+
+        # The "wanted" answer itself creates no upload: nothing is left for the sweeper.
+        entry = {"path": "adapter_model.safetensors", "sha256": hashlib.sha256(b"x" * 13 * MiB).hexdigest(),
+                 "size": 13 * MiB, "multipart": {"part_size": MIN_PART, "parts": None, "digests_later": True}}
+        r = admin.http.post("/api/adapters/admin/other/preupload", json={"files": [entry]})
+        assert r.status_code == 200 and r.json()["uploads"][0]["multipart"] == {"digests": "wanted"}, r.text
+        if backend == "s3-postgres":
+            import boto3
+
+            bucket = settings.storage.removeprefix("s3://").split("/")[0]
+            prefix = settings.storage.removeprefix("s3://").split("/", 1)[1]
+            listed = boto3.client("s3").list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+            assert not listed.get("Uploads"), listed.get("Uploads")

@@ -16,7 +16,7 @@ from peft_hub.client.assemble import assemble, links
 from peft_hub.client.cache import BlobCache, check_staged, fingerprint
 from peft_hub.client.download import download
 from peft_hub.client.http import build_session, json_body, send
-from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts
+from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts, wanted, without
 from peft_hub.client.names import BlobChangedError, check_revision
 from peft_hub.client.retry import RetryPolicy
 from peft_hub.client.transfers import UploadTarget, remote_manifest, upload, upload_plan
@@ -249,10 +249,18 @@ class HubClient(AdminMixin):
         A file larger than a part proposes its parts' digests (and resumes an
         earlier upload in parts, see :mod:`peft_hub.client.multipart`)."""
         states = {e.sha256: UploadState(self.cache.root, e, path / e.path) for e in entries if e.size > self.part_bytes}
-        asked = [{**f, "multipart": states[f["sha256"]].spec(self.part_bytes)} if f["sha256"] in states else f
-                 for f in files]
-        plan = self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": asked}, idempotent=True)
-        targets = upload_plan(self.http, plan, entries)
+
+        def preupload(now: bool, only: set[str] | None = None) -> Any:
+            asked = [{**f, "multipart": states[f["sha256"]].spec(self.part_bytes, now=now)}
+                     if f["sha256"] in states else f for f in files if only is None or f["sha256"] in only]
+            return self._json("POST", f"/api/adapters/{ref.repo_id}/preupload", json={"files": asked},
+                              idempotent=True)
+
+        plan = preupload(now=False)  # a large file's parts are hashed only if the hub wants it in parts
+        again = wanted(plan) & states.keys()
+        targets = upload_plan(self.http, without(plan, again), entries)
+        if again:
+            targets += upload_plan(self.http, preupload(now=True, only=again), entries)
         total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent

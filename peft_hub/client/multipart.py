@@ -81,9 +81,11 @@ class UploadState:
         self.data: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def spec(self, part_bytes: int) -> dict[str, Any]:
+    def spec(self, part_bytes: int, *, now: bool = True) -> dict[str, Any]:
         """The ``multipart`` field of the preupload request: the saved one
-        when it still describes the file, else part digests computed now."""
+        when it still describes the file, else part digests computed now, or
+        (``now`` False) none yet: the hub answers :func:`wanted` for a blob it
+        takes in parts, and a blob it takes whole costs no hashing of parts."""
         stat = self.path.stat()
         stamp = {"size": self.entry.size, "mtime_ns": stat.st_mtime_ns}
         part_size = max(part_bytes, MIN_PART, math.ceil(self.entry.size / MAX_PARTS))
@@ -98,6 +100,8 @@ class UploadState:
         except (OSError, ValueError):
             pass
         if not self.data:
+            if not now:
+                return {"part_size": part_size, "parts": None, "digests_later": True}
             self.data = {**stamp, "part_size": part_size, "parts": part_digests(self.path, part_size)}
         return {k: self.data.get(k) for k in ("part_size", "parts", "upload_id", "ticket")}
 
@@ -152,6 +156,23 @@ def part_digests(path: Path, part_size: int) -> list[str]:
 
     with ThreadPoolExecutor(max_workers=max(1, min(count, os.cpu_count() or 1))) as pool:
         return list(pool.map(one, range(count)))
+
+
+def wanted(plan: Any) -> set[str]:
+    """The blobs a preupload answer wants in parts, for a request that left
+    their part digests for later (see :meth:`UploadState.spec`)."""
+    items = plan.get("uploads") if isinstance(plan, dict) else None
+    return {
+        item["sha256"] for item in items if isinstance(item, dict) and isinstance(item.get("sha256"), str)
+        and item.get("multipart") == {"digests": "wanted"}
+    } if isinstance(items, list) else set()
+
+
+def without(plan: Any, blobs: set[str]) -> Any:
+    """A preupload answer less its items for ``blobs``."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("uploads"), list):
+        return plan  # refused as it is by ``upload_plan``
+    return {**plan, "uploads": [i for i in plan["uploads"] if not (isinstance(i, dict) and i.get("sha256") in blobs)]}
 
 
 def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> MultipartTarget:

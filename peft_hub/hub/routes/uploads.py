@@ -22,6 +22,12 @@ after a kill sends only the others; completion joins the sender's own parts
 anyone else staged), hashing the whole before it is stored, and drops them.
 Parts never completed are unreferenced blobs: gc collects them after its
 grace period, as it does any upload that was never committed.
+
+A client may leave the part digests out and say it will send them when a
+plan needs them (``"digests_later": true``): a blob the hub takes in one
+upload then costs the client no hashing of its parts, and one the hub wants
+in parts is answered ``{"digests": "wanted"}``, with no upload created, for
+the client to ask again with them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import math
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 from sqlalchemy import exists
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -52,6 +58,8 @@ MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024**3
 MAX_PARTS = 10_000
 SHA256 = r"^[0-9a-f]{64}$"
+#: The plan for a blob wanted in parts whose client has not sent the part digests yet.
+WANTED: dict[str, Any] = {"digests": "wanted"}
 
 
 class MultipartSpec(BaseModel):
@@ -63,6 +71,8 @@ class MultipartSpec(BaseModel):
     parts: list[str] | None = Field(None, max_length=MAX_PARTS)
     upload_id: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^[\x21-\x7e]+$")
     ticket: str | None = Field(None, pattern=SHA256)
+    #: No ``parts`` yet: the client sends them if a plan in parts is wanted.
+    digests_later: StrictBool = False
 
     def digests(self) -> list[str] | None:
         if self.parts is not None and not all(len(p) == 64 and set(p) <= set("0123456789abcdef") for p in self.parts):
@@ -119,6 +129,8 @@ def plan(
     A store without multipart gets parts sent to the hub (:func:`_hub_plan`)."""
     if entry.size <= settings.multipart_threshold:
         return None
+    if spec is not None and spec.digests_later and spec.parts is None:
+        return dict(WANTED)  # nothing is created until the client sends them
     if not isinstance(store, MultipartStore):
         return _hub_plan(key, user, entry, spec)
     part_size, digests = _layout(entry, spec, settings)
