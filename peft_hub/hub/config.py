@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     #: Allow webhook URLs that resolve to loopback, private or link-local
     #: addresses (off: a hook cannot make the hub call into its own network).
     webhook_allow_private: bool = False
+    #: Days a finished delivery (delivered, failed, skipped) is kept after it
+    #: finished; 0: kept whatever its age. Pending ones are never pruned.
+    webhook_history_days: float = Field(default=30.0, ge=0, le=3650)
+    #: Finished deliveries kept per hook, the newest; 0: no cap.
+    webhook_history_per_hook: int = Field(default=1000, ge=0, le=1_000_000)
+    #: Seconds between prunes of the delivery history, in each hub process.
+    webhook_prune_seconds: float = Field(default=600.0, gt=0, le=86400)
 
     # --- pull-through mirror -------------------------------------------------
 

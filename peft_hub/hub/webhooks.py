@@ -7,7 +7,9 @@ past the longest a send can last, in a conditional UPDATE (and, on
 PostgreSQL, after ``SELECT ... FOR UPDATE SKIP LOCKED``), so two replicas
 never send one row at once, and a row whose worker died comes due again. A
 failed send is retried with exponential backoff until
-``webhook_max_attempts``; pending rows outlive a restart.
+``webhook_max_attempts``; pending rows outlive a restart. A second task
+prunes the finished history at start and every ``webhook_prune_seconds``
+(:mod:`peft_hub.hub.webhook_history`), beside the sends, never delaying them.
 
 A hook's URL may not reach the hub's own network: every address its host
 resolves to must be public (unless ``webhook_allow_private``), checked when
@@ -36,7 +38,7 @@ from sqlmodel import Session, col, select
 
 from peft_hub import __version__
 from peft_hub.errors import InvalidInputError
-from peft_hub.hub import events
+from peft_hub.hub import events, webhook_history
 from peft_hub.hub.auth import Principal, can_read
 from peft_hub.hub.config import Settings
 from peft_hub.hub.models import (
@@ -221,6 +223,8 @@ class DeliveryWorker:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
+        self._stopped = asyncio.Event()
+        self._pruner: asyncio.Task | None = None
 
     def start(self) -> None:
         """Start sending (call from the event loop)."""
@@ -229,6 +233,7 @@ class DeliveryWorker:
                                          follow_redirects=False, trust_env=False)
         events.register_waker(self.engine, self.wake)
         self._task = asyncio.create_task(self._run(), name="peft-hub webhook deliveries")
+        self._pruner = asyncio.create_task(self._prune_loop(), name="peft-hub webhook history")
 
     def wake(self) -> None:
         """Look at the outbox now (callable from any thread)."""
@@ -242,6 +247,11 @@ class DeliveryWorker:
         events.register_waker(self.engine, None)
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
+        if self._pruner is not None:  # a pass in its thread finishes alone (its batches are whole); no wait
+            self._pruner.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._pruner
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace)
@@ -266,6 +276,23 @@ class DeliveryWorker:
                 continue
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_seconds)
+
+    async def _prune_loop(self) -> None:
+        """Prune the history now and every ``webhook_prune_seconds``; again soon if a pass left rows."""
+        while not self._stopping:
+            more = False
+            try:
+                done = await anyio.to_thread.run_sync(webhook_history.prune, self.engine, self.settings,
+                                                      abandon_on_cancel=True)
+                more = done.more
+                if done.deliveries or done.events:
+                    log.info("webhook history: pruned %d deliveries by age, %d over their hook's cap, %d events",
+                             done.by_age, done.over_cap, done.events)
+            except Exception as exc:  # a later pass tries again; sends go on meanwhile
+                log.warning("cannot prune the webhook history: %s", one_line(str(exc), 300))
+            pause = self.settings.webhook_poll_seconds if more else self.settings.webhook_prune_seconds
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), pause)
 
     async def _deliver(self, job: Job) -> None:
         code, error = None, ""
