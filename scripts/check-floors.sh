@@ -18,7 +18,7 @@ python -m uv venv -q --python "$(python -c 'import sys; print(sys.executable)')"
 python -m uv pip install -q --python "$venv/bin/python" --resolution lowest-direct -e ".[hub]" "pytest>=8"
 echo "check-floors: installed the lowest direct versions:"
 python -m uv pip freeze --python "$venv/bin/python" \
-  | grep -i -E '^(click|httpx|tqdm|tenacity|pyyaml|google-re2|pydantic|pydantic-settings|fastapi|uvicorn|sqlmodel|alembic|boto3|psycopg|python-multipart|jinja2|markdown-it-py|nh3|limits)==' \
+  | grep -i -E '^(click|httpx|tqdm|tenacity|pyyaml|google-re2|pydantic|pydantic-settings|fastapi|anyio|uvicorn|sqlmodel|alembic|boto3|psycopg|python-multipart|jinja2|markdown-it-py|nh3|limits)==' \
   | sed 's/^/  /'
 
 "$venv/bin/python" - <<'PY'

@@ -5,6 +5,7 @@ and keeps serving them once A is gone."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,16 +26,22 @@ pytestmark = pytest.mark.integration
 
 class UpstreamProxy:
     """An HTTP proxy in front of hub A that counts GETs by path and, when
-    ``corrupt`` is set, flips the first byte of every file it serves."""
+    ``corrupt`` is set, flips the first byte of every file it serves; each
+    file waits until ``release`` is set (``resolving`` says one is waiting)."""
 
     def __init__(self, target: str) -> None:
         self.target, self.corrupt = target, False
+        self.resolving, self.release = threading.Event(), threading.Event()
+        self.release.set()
         self.hits: collections.Counter[str] = collections.Counter()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 proxy.hits[self.path.split("?")[0]] += 1
+                if "/resolve/" in self.path:
+                    proxy.resolving.set()
+                    proxy.release.wait(30)
                 auth = {"Authorization": self.headers.get("Authorization", "")}
                 upstream = httpx.get(proxy.target + self.path, headers=auth)
                 body = upstream.content
@@ -136,6 +143,36 @@ def test_concurrent_reads_of_a_missing_repo_fetch_once(mirror, upstream):
     assert codes == [200] * 6
     assert upstream.info_hits("acme/support") == 1
     assert upstream.hits["/acme/support/resolve/" + _upstream_sha(upstream) + "/adapter_model.safetensors"] == 1
+
+
+def test_a_fetch_holds_a_storage_slot(upstream, embedded_hub, llama_adapter, request, tmp_path):
+    """With one storage slot, a store request waits (then 503) while a fetch writes; a read through a
+    route that holds the slot already still mirrors (it takes no second one), and the slot is given back."""
+    (tmp_path / "b").mkdir()
+    settings = make_settings("embedded", tmp_path / "b", request).model_copy(update={
+        "upstream": upstream.url, "storage_concurrency": 1, "storage_queue_timeout": 0.5})
+    blob = b"stored while no fetch runs"
+    sha = hashlib.sha256(blob).hexdigest()
+    with live_hub(settings) as hub, ThreadPoolExecutor(1) as pool:
+        auth = {"Authorization": f"Bearer {hub.admin_token}"}
+
+        def put_blob() -> httpx.Response:
+            return httpx.put(f"{hub.url}/api/blobs/{sha}", params={"size": len(blob)}, content=blob, headers=auth)
+
+        upstream.release.clear()
+        fetch = pool.submit(httpx.get, f"{hub.url}/api/adapters/acme/support", timeout=60)
+        assert upstream.resolving.wait(30), "the fetch never asked for a file"
+        busy = put_blob()
+        assert busy.status_code == 503 and busy.json()["error"] == "storage_unavailable", busy.text
+        upstream.release.set()
+        assert fetch.result(60).status_code == 200
+        assert put_blob().status_code == 201  # the fetch gave its slot back
+        # repo info holds the one slot while it looks the repo up: its fetch must not wait for a second
+        with HubClient(embedded_hub.url, embedded_hub.admin_token, cache_dir=tmp_path / "a-cache") as client:
+            client.push(llama_adapter, name="beta/second", message="on A")
+        info = httpx.get(f"{hub.url}/api/models/beta/second", timeout=30)
+        assert info.status_code == 200 and upstream.info_hits("beta/second") == 1, info.text
+        assert put_blob().status_code in (200, 201)
 
 
 def _upstream_sha(upstream) -> str:

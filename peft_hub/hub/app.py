@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         from peft_hub.hub import upstream  # the pull-through mirror, when PEFT_HUB_UPSTREAM is set
 
-        upstream.attach(engine, app.state.store, settings)
+        upstream.attach(engine, app.state.store, settings, state=app.state)  # fetches take its storage slots
         app.state.store_limiter = anyio.CapacityLimiter(settings.storage_concurrency)
         app.state.ready_limiter = anyio.CapacityLimiter(4)  # readiness checks never wait for busy threads
         app.state.auth_limiter = AuthLimiter.from_settings(settings)  # fresh counters per app

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from typing import IO, Any
 
 import anyio
@@ -27,6 +28,13 @@ from peft_hub.hub.storage import BlobStore
 
 FEED_BYTES = 1024 * 1024
 log = logging.getLogger("peft_hub.hub")
+#: Whether this request (its task, and the worker threads it starts) holds a storage slot.
+_HOLDING: ContextVar[bool] = ContextVar("peft_hub_storage_slot", default=False)
+
+
+def holds_slot() -> bool:
+    """Whether the running request holds a storage slot already (work nested in it takes no second one)."""
+    return _HOLDING.get()
 
 
 @asynccontextmanager
@@ -44,10 +52,13 @@ async def storage_slot(state: Any) -> AsyncIterator[None]:
         limiter.acquire_on_behalf_of_nowait(borrower)
     except anyio.WouldBlock:
         await _wait_for_slot(state, borrower)
+    held = _HOLDING.set(True)
     try:
         yield
     finally:
         limiter.release_on_behalf_of(borrower)
+        with suppress(ValueError):  # ended in another context than it began: that one ends with its task
+            _HOLDING.reset(held)
 
 
 async def _wait_for_slot(state: Any, borrower: object) -> None:

@@ -21,19 +21,27 @@ Rules, since the upstream's answers are hostile input:
 - One fetch per repo at a time: a lock per repo in the process, and on
   PostgreSQL an advisory lock across replicas. A repo the upstream lacks is
   remembered for ``upstream_negative_ttl`` seconds.
+- A fetch writes to the store under a storage slot, as every route that uses
+  the store does (``uploads.storage_slot``), taken from the request's worker
+  thread before the repo's locks; a request that holds a slot already (a
+  route with ``StoreDep``) fetches under that one, never waiting for a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.from_thread
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
@@ -45,7 +53,7 @@ from peft_hub.hub.auth import Principal
 from peft_hub.hub.hf.shapes import git_blob_oid
 from peft_hub.hub.models import Adapter, name_key
 from peft_hub.hub.storage import BlobStore
-from peft_hub.hub.uploads import put_small
+from peft_hub.hub.uploads import holds_slot, put_small, storage_slot
 from peft_hub.hub.upstream_http import UpstreamHttp
 
 log = logging.getLogger("peft_hub.hub")
@@ -62,10 +70,26 @@ _SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _mirrors: weakref.WeakKeyDictionary[Engine, Mirror] = weakref.WeakKeyDictionary()
 
 
-def attach(engine: Engine, store: BlobStore, settings: Any) -> None:
-    """Turn the mirror on for requests served from ``engine``, if ``settings.upstream`` is set."""
+def _on_a_loop() -> bool:
+    """Whether this thread runs an event loop (waiting there for a slot, which
+    that loop hands out, would never end)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def attach(engine: Engine, store: BlobStore, settings: Any, *, state: Any = None) -> None:
+    """Turn the mirror on for requests served from ``engine``, if ``settings.upstream`` is set.
+
+    Args:
+        state: the app's state, whose storage slots (``store_limiter``) a fetch
+            takes; call from its event loop. None: fetches take no slot.
+    """
     if settings.upstream:
-        _mirrors[engine] = Mirror(engine, store, settings, UpstreamHttp.from_settings(settings))
+        token = anyio.from_thread.current_token() if state is not None else None
+        _mirrors[engine] = Mirror(engine, store, settings, UpstreamHttp.from_settings(settings), state, token)
         if on_miss not in crud.MISS_HOOKS:
             crud.MISS_HOOKS.append(on_miss)
 
@@ -92,6 +116,8 @@ class Mirror:
     store: BlobStore
     settings: Any
     http: UpstreamHttp
+    state: Any = None  # the app's state, for its storage slots
+    loop: Any = None  # an anyio EventLoopToken of the app's loop, where slots are taken
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _missing: dict[str, float] = field(default_factory=dict)  # name key -> monotonic expiry
@@ -103,7 +129,7 @@ class Mirror:
             return False
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock, self._replica_lock(key):
+        with self._store_slot(), lock, self._replica_lock(key):
             try:
                 with Session(self.engine) as session:
                     if crud.find_adapter(session, owner=owner, name=name) is not None:
@@ -133,6 +159,20 @@ class Mirror:
             while len(self._missing) >= NEGATIVE_MAX:
                 self._missing.pop(next(iter(self._missing)))
             self._missing[key] = time.monotonic() + self.settings.upstream_negative_ttl
+
+    @contextmanager
+    def _store_slot(self) -> Iterator[None]:
+        """A storage slot for the fetch, taken on the app's loop (a 503 after
+        ``storage_queue_timeout``); none if this request holds one already."""
+        if self.state is None or holds_slot() or _on_a_loop():
+            yield
+            return
+        slot = storage_slot(self.state)
+        anyio.from_thread.run(slot.__aenter__, token=self.loop)
+        try:
+            yield
+        finally:
+            anyio.from_thread.run(slot.__aexit__, None, None, None, token=self.loop)
 
     def _replica_lock(self, key: str):  # noqa: ANN202 - a context manager
         return _AdvisoryLock(self.engine, key)
