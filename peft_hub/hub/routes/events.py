@@ -105,7 +105,11 @@ def remove_webhook(hook_id: HookId, session: SessionDep, principal: PrincipalDep
 
 @router.get("/webhooks/{hook_id}/deliveries")
 def list_deliveries(hook_id: HookId, session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
-    """A webhook's latest deliveries, newest first: status, attempts, last error, response code."""
+    """A webhook's latest deliveries, newest first: status, attempts, last error, response code.
+
+    Finished ones are kept ``webhook_history_days`` and at most
+    ``webhook_history_per_hook`` per hook (:mod:`peft_hub.hub.webhook_history`);
+    pending ones are never pruned."""
     principal = require_scope(principal, "read")
     hook = events.get_webhook(session, principal=principal, hook_id=hook_id)
     return [events.delivery_public(row, event) for row, event in events.list_deliveries(session, hook=hook)]
