@@ -34,15 +34,15 @@ def context_options(dialect: str) -> dict[str, Any]:
     """What ``env.py`` and :func:`peft_hub.hub.migrations.check` compare and
     render with: the models as target, column types compared, and batch
     (copy-and-move) operations for SQLite, whose ALTER TABLE can do little.
-    The tables of SQLite's full-text index (revision 0006) are not models:
-    comparisons skip them."""
+    The tables of SQLite's full-text index (revision 0006) and PostgreSQL's
+    text body (0011) are not models: comparisons skip them."""
     from peft_hub.hub import models  # noqa: F401 - registers the tables
 
     return {"target_metadata": SQLModel.metadata, "compare_type": True, "render_as_batch": dialect == "sqlite",
             "include_name": _not_full_text}
 
 
-#: What revision 0006's FTS5 table and its shadow tables are called.
+#: What revision 0006's FTS5 table and its shadow tables, and 0011's body table, are called.
 FULL_TEXT_PREFIX = "adapter_fts"
 
 

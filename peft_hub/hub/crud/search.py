@@ -17,7 +17,9 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     LowerLike,
     LowerLikeScan,
     NoIndexSQLite,
+    TextBody,
     TextLike,
+    body_safe,
     escape_like,
     filters_drive,
     fts_phrases,
@@ -90,7 +92,10 @@ def search_filters(
         # decides either way, but a non-ASCII query need not depend on how another SQLite build folds.
         # No NUL: SQLite's LIKE stops reading the pattern there, and FTS5's query parser fails on it.
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
-        clauses.append(TextLike(scan, literal(phrases)) if phrases else scan)
+        text = TextLike(scan, literal(phrases)) if phrases else scan
+        if test is LowerLikeScan and body_safe(q):  # beyond pg_trgm: PostgreSQL reads 0011's body table instead
+            text = TextBody(text, literal(like))
+        clauses.append(text)
     if base_model:
         clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
     if method:
