@@ -32,7 +32,9 @@ them). Each mode writes into a directory it empties first, outside the timing.
 
 Modes run interleaved (round-robin, ``--repeats`` rounds) so a busy machine
 disturbs every mode alike; ratios use the median of each mode's runs, RSS the
-worst. Prints every figure and the ratios. Not a test.
+worst. Prints every figure and the ratios, and each run's CPU seconds (every
+thread of the child; for ``copy``, the ``cp`` process's user + system time),
+which a shared machine disturbs less than wall time. Not a test.
 
     python bench/bench_materialize.py [--workdir DIR] [--repeats 3] [--modes stream,copy,memcpy,...]
         [--cache warm|cold] [--keep]
@@ -66,9 +68,9 @@ STAGES = [
     ("peft_hub.gpu_runtime.shards.MappedShard", "read_ahead", "read ahead (reader)"),
     ("peft_hub.gpu_runtime.shards.MappedShard", "prefetch", "fault in (reader)"),
     ("peft_hub.gpu_runtime.lora.TensorUpdate", "apply", "merge+pwrite (CPU: the caller only)"),
-    ("peft_hub.gpu_runtime.shards.ShardWriter", "write_at", "pwrite (merging threads, writer)"),
-    ("peft_hub.gpu_runtime.shards.ShardWriter", "write", "write whole tensors (writer)"),
-    ("peft_hub.gpu_runtime.shards.ShardWriter", "copy_raw", "copy_file_range (writer)"),
+    ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "write_at", "pwrite (merging threads, writer)"),
+    ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "write", "write whole tensors (writer)"),
+    ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "copy_raw", "copy_file_range (writer)"),
     ("peft_hub.gpu_runtime.shards.MappedShard", "release", "unmap merged pages"),
     ("peft_hub.outdir.OutputDir", "commit", "rename into place"),
 ]
@@ -145,12 +147,12 @@ def child(mode: str, work: Path) -> dict:
         materialize(work / "base", str(work / "lora"), out, device="cpu")
     elif mode.startswith("stream-"):
         materialize(work / "base", str(work / "lora"), out, device="cpu", quantize=mode.split("-")[1])
-    seconds = time.perf_counter() - started
-    if mode == "stages":  # every thread's CPU, user and system
-        stages["whole process"] = [seconds, time.process_time() - cpu_started]
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started  # CPU: every thread's
+    if mode == "stages":
+        stages["whole process"] = [seconds, cpu]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "seconds": seconds, "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024,
-            "stages": stages}
+    return {"mode": mode, "seconds": seconds, "cpu": cpu, "peak_rss_mb": peak / 1024,
+            "baseline_rss_mb": baseline / 1024, "stages": stages}
 
 
 def _time_stages(stages: dict[str, list[float]]) -> None:
@@ -194,10 +196,14 @@ def copy_files(work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     files = sorted(str(p) for p in (work / "base").iterdir() if p.is_file())
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(["cp", *files, str(out)], check=True)
     seconds = time.perf_counter() - started
-    return {"mode": "copy", "seconds": seconds, "peak_rss_mb": float("nan"), "baseline_rss_mb": float("nan")}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"mode": "copy", "seconds": seconds, "cpu": cpu, "peak_rss_mb": float("nan"),
+            "baseline_rss_mb": float("nan")}
 
 
 def measure(mode: str, work: Path) -> dict:
@@ -282,6 +288,9 @@ def main() -> None:
         print(f"{mode:<12} median {r['seconds']:7.3f} s ({' '.join(f'{x:.3f}' for x in r['all'])})  "
               f"{rate:5.2f} GB/s   peak RSS {r['peak_rss_mb']:6.0f} MB (after imports {r['baseline_rss_mb']:.0f} MB)",
               flush=True)
+        if all("cpu" in run for run in runs[mode]):
+            cpus = " ".join(f"{run['cpu']:.3f}" for run in runs[mode])
+            print(f"{'':<12} CPU (all threads) {cpus} s", flush=True)
         median_run = sorted(runs[mode], key=lambda r: r["seconds"])[len(runs[mode]) // 2]
         for label, (wall, cpu) in median_run.get("stages", {}).items():
             print(f"    {label:<34} {wall:6.3f} s wall  {cpu:6.3f} s CPU")

@@ -27,7 +27,8 @@ from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
 from peft_hub.gpu_runtime import stream
 from peft_hub.gpu_runtime.lora import LoraDelta, load_updates, map_to_base
 from peft_hub.gpu_runtime.materializer import materialize
-from peft_hub.gpu_runtime.shards import BufferPool, MappedShard, open_checkpoint
+from peft_hub.gpu_runtime.shard_writer import BufferPool
+from peft_hub.gpu_runtime.shards import MappedShard, open_checkpoint
 from peft_hub.safetensors_header import read_header_path
 
 
@@ -243,7 +244,7 @@ def test_read_ahead_asks_for_every_byte_once_in_chunks_and_stops_at_the_end(tmp_
 
 
 def test_shard_writer_writes_in_any_order_once_each_and_checks_it_is_complete(tmp_path):
-    from peft_hub.gpu_runtime.shards import ShardWriter
+    from peft_hub.gpu_runtime.shard_writer import ShardWriter
 
     a, b = torch.arange(6, dtype=torch.int32).view(2, 3), torch.randn(4, 5).to(torch.bfloat16)
     specs = [("a", "I32", (2, 3)), ("b", "BF16", (4, 5))]
@@ -264,10 +265,15 @@ def test_shard_writer_writes_in_any_order_once_each_and_checks_it_is_complete(tm
         with ShardWriter(tmp_path / "z.safetensors", specs, {}) as writer:
             writer.claim("b")  # claimed, never filled: the file is short
             writer.write("a", a)
+    with pytest.raises(RuntimeError, match="bytes written where"):
+        with ShardWriter(tmp_path / "w.safetensors", specs, {}) as writer:
+            writer.write("a", a)
+            offset, nbytes = writer.claim("b")  # its first half never written: the file has its full
+            writer.write_at(offset + nbytes // 2, tensor_bytes(b)[nbytes // 2:])  # length, with a hole
 
 
 def test_a_failing_block_write_leaves_no_output(wide, tmp_path, monkeypatch):
-    from peft_hub.gpu_runtime.shards import ShardWriter
+    from peft_hub.gpu_runtime.shard_writer import ShardWriter
 
     calls = []
     real = ShardWriter.write_at
@@ -283,3 +289,23 @@ def test_a_failing_block_write_leaves_no_output(wide, tmp_path, monkeypatch):
         materialize(wide / "base", str(wide / "lora"), tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
     assert threading.active_count() < 10
+
+
+def test_shard_writer_reserves_the_files_blocks_before_writing(tmp_path):
+    """The blocks are reserved up front (on ext4, writes then skip delayed allocation's per-page work)."""
+    from peft_hub.gpu_runtime import shard_writer
+
+    if shard_writer._FALLOCATE is None:
+        pytest.skip("no fallocate(2) on this platform")
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as fh:
+        if shard_writer._FALLOCATE(fh.fileno(), shard_writer._FALLOC_FL_KEEP_SIZE, 0, 1 << 20) != 0:
+            pytest.skip("this file system does not reserve blocks")
+    b = torch.randn(512, 1024).to(torch.bfloat16)  # 1 MiB
+    with shard_writer.ShardWriter(tmp_path / "x.safetensors", [("b", "BF16", (512, 1024))], {}) as writer:
+        path = writer.path
+        writer._reserving.join()  # it runs beside the first writes
+        assert path.stat().st_blocks * 512 >= 1 << 20  # reserved, nothing of b written yet
+        assert path.stat().st_size < 1 << 20  # the size is still only what was written (the header)
+        writer.write("b", b)
+    assert torch.equal(load_file(path)["b"], b)

@@ -1,10 +1,10 @@
-"""A base checkpoint's safetensors shards: read one tensor at a time, write
-shards tensor by tensor, and copy untouched tensors as raw bytes.
+"""A base checkpoint's safetensors shards, read one tensor at a time.
 
 Merges read tensors from a copy-on-write mapping of the shard
 (:class:`MappedShard`) and write their row blocks straight to their place in
-the output (:class:`ShardWriter` writes positionally); tensors computed whole
-(casts, quantization) go through reusable buffers from a :class:`BufferPool`,
+the output (:class:`~peft_hub.gpu_runtime.shard_writer.ShardWriter` writes
+positionally); tensors computed whole (casts, quantization) go through
+reusable buffers from a :class:`~peft_hub.gpu_runtime.shard_writer.BufferPool`,
 so the memory of a merge is bounded by the pool's budget (or one tensor, when
 a single tensor is larger) plus the few tensors mapped at a time.
 """
@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from peft_hub.compose.io import ST_DTYPES, TORCH_DTYPES, header_layout, tensor_bytes
+from peft_hub.compose.io import ST_DTYPES, TORCH_DTYPES
 from peft_hub.errors import InvalidAdapterError, InvalidInputError, UnsafeFormatError
 from peft_hub.safetensors_header import (
     CONVERT_HINT,
@@ -35,18 +34,16 @@ INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 __all__ = [
-    "FLOAT_DTYPES", "ST_DTYPES", "TORCH_DTYPES", "BufferPool", "Checkpoint", "MappedShard", "ShardWriter",
+    "FLOAT_DTYPES", "ST_DTYPES", "TORCH_DTYPES", "Checkpoint", "MappedShard",
     "open_checkpoint",
     "read_tensor",
 ]
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
-_COPY_CHUNK = 16 * 1024 * 1024
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 _AHEAD_CHUNK = 2 << 20  # one readahead request (at most the device's read_ahead_kb is honoured per call)
-_ROUND = 1 << 20  # buffer sizes are rounded up to this, so similar tensors share buffers
 
 
 @dataclass
@@ -213,140 +210,3 @@ class MappedShard:
                 self._map.madvise(advice, first, last - first)
             except (OSError, AttributeError):
                 pass  # an older kernel without MADV_POPULATE_READ: pages fault in as the merge reads them
-
-
-class BufferPool:
-    """Reusable CPU byte buffers for tensors in flight, at most ``budget`` bytes in use.
-
-    A tensor larger than the budget still gets a buffer, alone. Reuse matters:
-    fresh buffers cost a page fault per 4 KB on first touch.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._free: list[torch.Tensor] = []
-        self._busy = 0
-        self._closed = False
-        self._cond = threading.Condition()
-
-    def take(self, nbytes: int) -> torch.Tensor:
-        """A uint8 buffer of at least ``nbytes``; waits while the budget is used up."""
-        size = -(-max(nbytes, 1) // _ROUND) * _ROUND
-        with self._cond:
-            while not self._closed and self._busy and self._busy + size > self._budget:
-                self._cond.wait()
-            if self._closed:
-                raise RuntimeError("the buffer pool was closed")
-            fits = [i for i, b in enumerate(self._free) if b.numel() >= size]
-            if fits:
-                buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
-            else:
-                # Drop idle buffers until a new one fits next to them under the budget.
-                self._free.sort(key=torch.Tensor.numel)
-                while self._free and self._busy + size + sum(b.numel() for b in self._free) > self._budget:
-                    self._free.pop(0)
-                buf = torch.empty(size, dtype=torch.uint8)
-            self._busy += buf.numel()
-            return buf
-
-    def give(self, buf: torch.Tensor) -> None:
-        """Return a buffer from :meth:`take`."""
-        with self._cond:
-            self._busy -= buf.numel()
-            if buf.numel() <= self._budget and not self._closed:
-                self._free.append(buf)
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake and fail every waiting :meth:`take` (on errors, so no thread waits forever)."""
-        with self._cond:
-            self._closed = True
-            self._free.clear()
-            self._cond.notify_all()
-
-
-class ShardWriter:
-    """Write a safetensors file whose header is known before its data.
-
-    The header is written first from ``specs`` (name, dtype, shape). Every
-    tensor has a fixed place, so its bytes are written positionally, in any
-    order and from any thread: whole from memory (:meth:`write`), as raw bytes
-    copied from another file (:meth:`copy_raw`), or piece by piece by whoever
-    claimed its place (:meth:`claim`, then :meth:`write_at`). :meth:`close`
-    checks that every tensor was claimed and the file has its full length.
-    """
-
-    def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
-        prefix, slots = header_layout(specs, metadata)
-        self._slots = {name: (len(prefix) + offset, nbytes) for name, (offset, nbytes) in slots.items()}
-        self._unclaimed = set(self._slots)
-        self._lock = threading.Lock()
-        self.path = path
-        self.data_bytes = sum(nbytes for _, nbytes in slots.values())
-        self._size = len(prefix) + self.data_bytes
-        # Closed by close(); unbuffered: every write is a positional pwrite or copy_file_range.
-        self._fh = open(path, "wb", buffering=0)
-        self.write_at(0, memoryview(prefix))
-
-    def claim(self, name: str) -> tuple[int, int]:
-        """The file offset and length of ``name``'s bytes, which the caller then writes (once)."""
-        with self._lock:
-            if name not in self._unclaimed:
-                raise RuntimeError(f"{self.path.name}: {name} is not a tensor of this file, or was written twice")
-            self._unclaimed.remove(name)
-        return self._slots[name]
-
-    def write_at(self, offset: int, data: memoryview) -> None:
-        """Write ``data`` at ``offset`` (thread-safe: positional)."""
-        fd = self._fh.fileno()
-        while data:
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write a tensor (any device) whose dtype and shape match its spec."""
-        offset, nbytes = self.claim(name)
-        view = tensor_bytes(tensor)
-        if view.nbytes != nbytes:
-            raise RuntimeError(f"{name}: {view.nbytes} bytes written where the header says {nbytes}")
-        self.write_at(offset, view)
-
-    def copy_raw(self, name: str, src: BinaryIO, offset: int) -> None:
-        """Copy a tensor's bytes straight from another file, starting at ``offset``."""
-        dst, remaining = self.claim(name)
-        src_fd, dst_fd = src.fileno(), self._fh.fileno()
-        if hasattr(os, "copy_file_range"):
-            try:
-                while remaining:
-                    n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), offset, dst)
-                    if n == 0:
-                        raise InvalidInputError(f"{name}: source file ended early")
-                    offset, dst, remaining = offset + n, dst + n, remaining - n
-                return
-            except OSError:
-                pass  # e.g. across file systems that refuse it; fall back to read/write
-        while remaining:  # positional reads: the same handle may be read by another thread
-            chunk = os.pread(src_fd, min(remaining, _COPY_CHUNK), offset)
-            if not chunk:
-                raise InvalidInputError(f"{name}: source file ended early")
-            self.write_at(dst, memoryview(chunk))
-            remaining -= len(chunk)
-            offset += len(chunk)
-            dst += len(chunk)
-
-    def close(self) -> None:
-        size = os.fstat(self._fh.fileno()).st_size
-        self._fh.close()
-        if self._unclaimed:
-            raise RuntimeError(f"{self.path.name}: {len(self._unclaimed)} tensors were never written")
-        if size != self._size:
-            raise RuntimeError(f"{self.path.name}: {size} bytes written where the header makes {self._size}")
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self._fh.close()

@@ -39,15 +39,14 @@ from peft_hub.errors import IncompatibleAdaptersError
 from peft_hub.gpu_runtime.device import single_cpu_thread
 from peft_hub.gpu_runtime.lora import TensorUpdate, candidate_keys
 from peft_hub.gpu_runtime.quantize import ModelLayout, Quantization, quantize_weight
+from peft_hub.gpu_runtime.shard_writer import BufferPool, ShardWriter
 from peft_hub.gpu_runtime.shards import (
     FLOAT_DTYPES,
     INDEX_NAME,
     ST_DTYPES,
     TORCH_DTYPES,
-    BufferPool,
     Checkpoint,
     MappedShard,
-    ShardWriter,
     read_tensor,
 )
 from peft_hub.progress import tqdm
