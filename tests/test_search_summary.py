@@ -406,3 +406,31 @@ def test_tags_stay_counted_by_the_join_when_sqlite_does_not_enforce_foreign_keys
         conn.execute(update(Adapter).where(col(Adapter.id) == gone["id"]).values(id=10_000))  # tags left behind
     with engine.connect() as conn:
         assert_exact(conn)
+
+
+def test_a_truncate_empties_the_summaries(engine):
+    """``TRUNCATE`` fires no row trigger: the statement triggers of 0012 empty
+    what the truncated table fed, so counts start again from nothing (PostgreSQL;
+    SQLite has no TRUNCATE, and its DELETE fires the row triggers)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("TRUNCATE is PostgreSQL's")
+    rng = random.Random(12)
+    for step in range(10):
+        with Session(engine) as session:
+            hub_write(session, rng, step)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM adapter_tag_count")).scalar()
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE tag"))
+    with engine.connect() as conn:
+        assert_exact(conn)
+        assert conn.execute(text("SELECT count(*) FROM adapter_count")).scalar()  # adapters are still counted
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE adapter RESTART IDENTITY CASCADE"))
+    with engine.connect() as conn:
+        assert_exact(conn)
+    for step in range(10, 16):  # the same ids again, counted from nothing
+        with Session(engine) as session:
+            hub_write(session, rng, step)
+        with engine.connect() as conn:
+            assert_exact(conn)

@@ -11,9 +11,10 @@ adapters, the count of ``q=qa`` 96 -> 42 ms). A pattern without wildcards
 and without ``chr(31)`` is in the joined string exactly when it is in one
 field's ``lower()``, which is the old test.
 
-One plpgsql trigger on ``adapter`` keeps it exact in the writer's own
+One plpgsql row trigger on ``adapter`` keeps it exact in the writer's own
 transaction (insert, delete, and a change of id or of a searched field),
-whoever writes. The backfill runs after the trigger exists, under a lock
+whoever writes, and a statement trigger empties it when ``adapter`` is
+truncated (which fires no row trigger: an operator's reset, a restore). The backfill runs after the trigger exists, under a lock
 that holds writers off until the migration commits. A change of what
 ``lower()`` does (a new collation library) makes it stale as it makes the
 ``lower()`` indexes of 0005 stale: rebuild it with the query in
@@ -56,8 +57,17 @@ BEGIN
         DELETE FROM {TABLE} WHERE id = OLD.id;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO {TABLE} (id, body) VALUES (NEW.id, {body('NEW')});
+        INSERT INTO {TABLE} (id, body) VALUES (NEW.id, {body('NEW')})
+            ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body;
     END IF;
+    RETURN NULL;
+END $$"""
+
+
+TRUNCATED = "adapter_fts_body_truncate"
+_TRUNCATED = f"""CREATE FUNCTION {TRUNCATED}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE {TABLE};
     RETURN NULL;
 END $$"""
 
@@ -75,12 +85,17 @@ def upgrade() -> None:
     op.execute(_FUNCTION)
     op.execute(f"CREATE TRIGGER {FUNCTION} AFTER INSERT OR DELETE OR UPDATE OF id, {', '.join(COLUMNS)} "
                f"ON adapter FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()")
+    op.execute(_TRUNCATED)
+    op.execute(f"CREATE TRIGGER {TRUNCATED} AFTER TRUNCATE ON adapter FOR EACH STATEMENT "
+               f"EXECUTE FUNCTION {TRUNCATED}()")
     backfill()
 
 
 def downgrade() -> None:
     if op.get_context().dialect.name != "postgresql":
         return
+    op.execute(f"DROP TRIGGER {TRUNCATED} ON adapter")
+    op.execute(f"DROP FUNCTION {TRUNCATED}()")
     op.execute(f"DROP TRIGGER {FUNCTION} ON adapter")
     op.execute(f"DROP FUNCTION {FUNCTION}()")
     op.execute(f"DROP TABLE {TABLE}")
