@@ -259,8 +259,9 @@ class HubClient(AdminMixin):
         plan = preupload(now=False)  # a large file's parts are hashed only if the hub wants it in parts
         again = wanted(plan) & states.keys()
         targets = upload_plan(self.http, without(plan, again), entries)
-        if again:
-            targets += upload_plan(self.http, preupload(now=True, only=again), entries)
+        if again:  # the second answer may name only the blobs asked about again
+            asked = [e for e in entries if e.sha256 in again]
+            targets += upload_plan(self.http, preupload(now=True, only=again), asked)
         total = sum(t.entry.size for t in targets)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {ref.repo_id}") as bar:
             for target in targets:  # the local file is ours, chosen by sha256, never a path the hub sent

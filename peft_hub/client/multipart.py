@@ -180,6 +180,8 @@ def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> Multipa
     plan = item.get("multipart")
     if not isinstance(plan, dict):
         raise InvalidInputError("the hub's multipart plan is not an object")
+    if plan == {"digests": "wanted"}:
+        raise InvalidInputError(f"the hub wants the part digests of {entry.path} again, after they were sent")
     upload_id, ticket, part_size = plan.get("upload_id"), plan.get("ticket"), plan.get("part_size")
     if (
         not isinstance(upload_id, str)
