@@ -14,9 +14,9 @@ import click
 
 #: What ``pip install 'peft-hub[hub]'`` adds; the base install (client and CLI) has none of it.
 HUB_MODULES = frozenset({
-    "alembic", "annotated_types", "boto3", "botocore", "fastapi", "httptools", "jinja2", "limits", "markdown_it",
-    "multipart", "nh3", "psycopg", "pydantic", "pydantic_settings", "python_multipart", "sqlalchemy", "sqlmodel",
-    "starlette", "uvicorn", "uvloop",
+    "alembic", "annotated_types", "anyio", "boto3", "botocore", "fastapi", "httptools", "jinja2", "limits",
+    "markdown_it", "multipart", "nh3", "psycopg", "pydantic", "pydantic_settings", "python_multipart", "sqlalchemy",
+    "sqlmodel", "starlette", "uvicorn", "uvloop",
 })
 
 

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     #: Seconds between prunes of the delivery history, in each hub process.
     webhook_prune_seconds: float = Field(default=600.0, gt=0, le=86400)
 
+    @property
+    def webhook_claim_seconds(self) -> float:
+        """How far a claim moves a delivery's next attempt: longer than one send can last."""
+        return 2 * self.webhook_timeout + 20
+
     # --- pull-through mirror -------------------------------------------------
 
     #: An HF-compatible hub (huggingface.co, or another peft-hub) whose public

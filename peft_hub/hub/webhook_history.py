@@ -157,14 +157,12 @@ def prune(engine: Engine, settings: Settings, *, now: datetime | None = None) ->
     Returns:
         What was deleted; ``more`` when a bound on one pass stopped it early.
     """
-    from peft_hub.hub.webhooks import claim_seconds  # late: webhooks imports this module
-
     now = utcnow() if now is None else now
     done = Pruned()
     if settings.webhook_history_days > 0:
         cutoff = now - timedelta(days=settings.webhook_history_days)
-        done.by_age, _ = _batches(engine, _old(cutoff, timedelta(seconds=claim_seconds(settings))), done,
-                                  MAX_BATCHES)
+        slack = timedelta(seconds=settings.webhook_claim_seconds)
+        done.by_age, _ = _batches(engine, _old(cutoff, slack), done, MAX_BATCHES)
         _delete_events(engine, _orphan_events(cutoff), done)
     cap = settings.webhook_history_per_hook
     if cap > 0:

@@ -134,11 +134,6 @@ class Job:
     body: bytes
 
 
-def claim_seconds(settings: Settings) -> float:
-    """How far a claim moves a row: longer than one send can last."""
-    return 2 * settings.webhook_timeout + 20
-
-
 def backoff(settings: Settings, attempt: int) -> float:
     """Seconds before the retry that follows failed attempt ``attempt`` (1-based)."""
     return min(settings.webhook_retry_base_seconds * 2 ** min(attempt - 1, 30), MAX_BACKOFF_SECONDS)
@@ -181,7 +176,8 @@ def claim(engine: Engine, settings: Settings, limit: int = BATCH) -> tuple[list[
                 values = {"status": "skipped", "finished_at": now,
                           "last_error": "not sent: the hook's creator cannot read this adapter"}
             else:
-                values = {"attempts": attempt, "next_attempt_at": now + timedelta(seconds=claim_seconds(settings))}
+                claimed = now + timedelta(seconds=settings.webhook_claim_seconds)
+                values = {"attempts": attempt, "next_attempt_at": claimed}
             result = session.execute(update(WebhookDelivery).where(mine).values(**values))
             won = result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
             if not postgres:  # SQLite: each claim is its own short write, atomic by its condition

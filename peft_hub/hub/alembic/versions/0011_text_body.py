@@ -14,8 +14,9 @@ field's ``lower()``, which is the old test.
 One plpgsql row trigger on ``adapter`` keeps it exact in the writer's own
 transaction (insert, delete, and a change of id or of a searched field),
 whoever writes, and a statement trigger empties it when ``adapter`` is
-truncated (which fires no row trigger: an operator's reset, a restore). The backfill runs after the trigger exists, under a lock
-that holds writers off until the migration commits. A change of what
+truncated (which fires no row trigger: an operator's reset, a restore).
+The backfill runs after the trigger exists, under a lock that holds
+writers off until the migration commits. A change of what
 ``lower()`` does (a new collation library) makes it stale as it makes the
 ``lower()`` indexes of 0005 stale: rebuild it with the query in
 ``backfill()`` when those are reindexed. Its name starts with
