@@ -219,3 +219,27 @@ def test_the_delivery_worker_prunes(engine):
 
     asyncio.run(run())
     assert delivery_ids(engine) == {pending}
+
+
+def test_orphan_events_go_whatever_the_retention_and_a_deleted_hook_takes_its_own(engine):
+    """An event no delivery references is shown nowhere: it goes after an hour
+    even when the history is kept forever; deleting a hook deletes its
+    deliveries and the events only it needed, keeping those another hook's
+    delivery still references."""
+    from peft_hub.hub import events
+
+    rows = Rows(engine)
+    a, b = rows.hook(), rows.hook()
+    old_orphan, new_orphan = rows.event(created_days_ago=0.1), rows.event(created_days_ago=0.01)
+    shared = rows.event(1)
+    mine = {rows.delivery(a, "delivered", age_days=400), rows.delivery(a, "pending", age_days=1, event_id=shared)}
+    theirs = rows.delivery(b, "delivered", age_days=1, event_id=shared)
+    only_a = events_of(engine, mine) - {shared}
+    done = webhook_history.prune(engine, settings(webhook_history_days=0, webhook_history_per_hook=0), now=NOW)
+    assert done.deliveries == 0 and done.events == 1
+    assert old_orphan not in event_ids(engine) and new_orphan in event_ids(engine)
+    with Session(engine) as session:
+        events.delete_webhook(session, hook=session.get(Webhook, a))
+        session.commit()
+    assert delivery_ids(engine) == {theirs}
+    assert shared in event_ids(engine) and not only_a & event_ids(engine)

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
+from sqlalchemy import delete, exists
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -179,10 +180,15 @@ def get_webhook(session: Session, *, principal: Principal, hook_id: int) -> Webh
 
 
 def delete_webhook(session: Session, *, hook: Webhook) -> None:
-    """Delete a hook and its deliveries, sent or pending."""
-    for row in session.exec(select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)):
-        session.delete(row)
-    session.flush()
+    """Delete a hook and its deliveries, sent or pending, and the events no
+    other hook's delivery still needs (statements, not loaded rows: a prune
+    deleting some of the same rows meanwhile changes nothing)."""
+    events = select(WebhookDelivery.event_id).where(WebhookDelivery.webhook_id == hook.id).distinct()
+    event_ids = list(session.exec(events))
+    session.execute(delete(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == hook.id))
+    if event_ids:
+        needed = exists().where(col(WebhookDelivery.event_id) == WebhookEvent.id)
+        session.execute(delete(WebhookEvent).where(col(WebhookEvent.id).in_(event_ids), ~needed))
     session.delete(hook)
 
 

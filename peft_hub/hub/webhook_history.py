@@ -5,7 +5,8 @@ touch it again) is deleted once it finished more than
 ``webhook_history_days`` ago, or once its hook has more than
 ``webhook_history_per_hook`` newer finished ones. A ``pending`` row (due, in
 flight under a claim, or waiting for a retry) is never deleted. An event
-goes with its last delivery.
+goes with its last delivery, and one left without any (two pruners at once,
+a hook deleted) goes an hour later whatever the settings.
 
 Every hub process prunes (the delivery worker calls :func:`prune` every
 ``webhook_prune_seconds``), so replicas run it at once. That is safe because
@@ -44,6 +45,8 @@ BATCH = 500
 MAX_BATCHES = 20
 #: Hooks over their cap looked at per pass (all of them share ``MAX_BATCHES``).
 MAX_HOOKS = 100
+#: An event left without deliveries this long is deleted, whatever the retention settings.
+ORPHAN_GRACE = timedelta(hours=1)
 #: The Core tables the statements use.
 _D: Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 _E: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
@@ -163,7 +166,6 @@ def prune(engine: Engine, settings: Settings, *, now: datetime | None = None) ->
         cutoff = now - timedelta(days=settings.webhook_history_days)
         slack = timedelta(seconds=settings.webhook_claim_seconds)
         done.by_age, _ = _batches(engine, _old(cutoff, slack), done, MAX_BATCHES)
-        _delete_events(engine, _orphan_events(cutoff), done)
     cap = settings.webhook_history_per_hook
     if cap > 0:
         hooks, budget = _hooks_over(engine, cap), MAX_BATCHES  # one budget for all hooks
@@ -174,4 +176,7 @@ def prune(engine: Engine, settings: Settings, *, now: datetime | None = None) ->
                 break
             count, ran = _batches(engine, _over_cap(hook_id, cap), done, budget)
             done.over_cap, budget = done.over_cap + count, budget - ran
+    # Whatever the retention: an event no delivery references is shown nowhere (events are only
+    # made with deliveries, in one transaction; two pruners at once may each leave one behind).
+    _delete_events(engine, _orphan_events(now - ORPHAN_GRACE), done)
     return done
