@@ -493,18 +493,22 @@ def test_non_http_upload_urls_are_refused(url):
 # --- push against a hostile preupload answer ------------------------------------------
 
 
-@pytest.fixture
-def adapter(tmp_path) -> Path:
-    path = tmp_path / "support"
+def lora_dir(path: Path, width: int = 4) -> Path:
+    """A rank-2 LoRA of zeros on one ``width``-wide q_proj, in a new directory ``path``."""
     path.mkdir()
     (path / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
     ))
     (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 4],
-        "base_model.model.layers.0.q_proj.lora_B.weight": [4, 2],
+        "base_model.model.layers.0.q_proj.lora_A.weight": [2, width],
+        "base_model.model.layers.0.q_proj.lora_B.weight": [width, 2],
     }))
     return path
+
+
+@pytest.fixture
+def adapter(tmp_path) -> Path:
+    return lora_dir(tmp_path / "support")
 
 
 def _plan(adapter: Path, url: Callable[[str], str], **extra: Any) -> Callable[[dict], dict]:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import test_client_hostile_hub as hostile
-from raw_adapters import zero_safetensors
 
 from peft_hub.client import HubClient
 from peft_hub.errors import PeftHubError
@@ -28,16 +27,7 @@ WANTED = {"digests": "wanted"}
 
 @pytest.fixture
 def adapter(tmp_path) -> Path:
-    path = tmp_path / "support"
-    path.mkdir()
-    (path / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}
-    ))
-    (path / "adapter_model.safetensors").write_bytes(zero_safetensors({
-        "base_model.model.layers.0.q_proj.lora_A.weight": [2, 64],
-        "base_model.model.layers.0.q_proj.lora_B.weight": [64, 2],
-    }))
-    return path
+    return hostile.lora_dir(tmp_path / "support", width=64)
 
 
 def client_for(hub, adapter: Path, tmp_path: Path) -> HubClient:

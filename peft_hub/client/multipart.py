@@ -172,7 +172,11 @@ def without(plan: Any, blobs: set[str]) -> Any:
     """A preupload answer less its items for ``blobs``."""
     if not isinstance(plan, dict) or not isinstance(plan.get("uploads"), list):
         return plan  # refused as it is by ``upload_plan``
-    return {**plan, "uploads": [i for i in plan["uploads"] if not (isinstance(i, dict) and i.get("sha256") in blobs)]}
+    if not blobs:
+        return plan
+    named = [i.get("sha256") if isinstance(i, dict) else None for i in plan["uploads"]]
+    return {**plan, "uploads": [i for i, sha256 in zip(plan["uploads"], named, strict=True)
+                                if not (isinstance(sha256, str) and sha256 in blobs)]}
 
 
 def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> MultipartTarget:
