@@ -66,6 +66,22 @@ def database_url(backend: str, directory, request) -> str:
     return _fresh_pg_database(request.getfixturevalue("pg_url"))
 
 
+#: The databases a test of the schema itself runs on.
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=DATABASES)
+def migrated_engine(request, tmp_path):
+    """An engine on a fresh database brought to the schema's head, on each of :data:`DATABASES`."""
+    from peft_hub.hub.db import make_engine
+    from peft_hub.hub.migrations import upgrade
+
+    engine = make_engine(database_url(request.param, tmp_path, request))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
 def make_settings(backend: str, tmp_path, request):
     """Settings for a fresh hub on ``backend`` (each test gets empty state)."""
     from peft_hub.hub import Settings

@@ -28,11 +28,9 @@ from peft_hub.hub.auth import Principal
 from peft_hub.hub.crud import facet_counts as facets_mod
 from peft_hub.hub.crud import search as new
 from peft_hub.hub.crud import search_sql
-from peft_hub.hub.db import make_engine
 from peft_hub.hub.migrations import upgrade
 from peft_hub.hub.models import Adapter, Namespace, name_key
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 OWNERS = ["alice", "Bob", "ACME", "xy"]
 # (name, base model, description; only the base model may be NULL): field starts and ends, text across two
 # fields, non-ASCII.
@@ -74,14 +72,9 @@ def seed(engine, rows: int = 60) -> None:
             conn.execute(text("SELECT setval('adapter_id_seq', :n)"), {"n": rows})
 
 
-@pytest.fixture(params=BACKENDS)
-def engine(request, tmp_path):
-    from conftest import database_url
-
-    engine = make_engine(database_url(request.param, tmp_path, request))
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine):
+    return migrated_engine
 
 
 def principals():

@@ -30,12 +30,10 @@ from peft_hub.hub.alembic import config
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.crud import facet_counts as facets_mod
 from peft_hub.hub.crud import search
-from peft_hub.hub.db import make_engine
 from peft_hub.hub.migrations import upgrade
 from peft_hub.hub.models import NO_RANK, Adapter, Namespace, Revision, Tag, name_key
 from peft_hub.model_dir import ModelMeta
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
 OWNERS = ["alice", "Bob", "lab", "Lab2"]
 BASES = ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "", None]
 METHODS = ["LORA", "lora", "IA3", "LOHA"]
@@ -49,14 +47,9 @@ FILTERS = [{}, {"kind": "adapter"}, {"kind": "model"}, {"base_model": "Qwen/Qwen
 TAGS = ["v1", "V1", "prod", "v1-rc"]  # "main" comes with every publish; tag names are case-exact
 
 
-@pytest.fixture(params=BACKENDS)
-def engine(request, tmp_path):
-    from conftest import database_url
-
-    engine = make_engine(database_url(request.param, tmp_path, request))
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine):
+    return migrated_engine
 
 
 def principals() -> list[Principal | None]:

@@ -14,13 +14,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from conftest import database_url
 from sqlmodel import Session, select
 
 from peft_hub.hub import webhook_history
 from peft_hub.hub.config import Settings
-from peft_hub.hub.db import make_engine
-from peft_hub.hub.migrations import upgrade
 from peft_hub.hub.models import Namespace, Webhook, WebhookDelivery, WebhookEvent, utcnow
 from peft_hub.hub.webhooks import DeliveryWorker
 
@@ -29,12 +26,9 @@ pytestmark = pytest.mark.integration
 NOW = utcnow()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    engine = make_engine(database_url(request.param, tmp_path, request))
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine):
+    return migrated_engine
 
 
 def settings(**overrides) -> Settings:
