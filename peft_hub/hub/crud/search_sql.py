@@ -108,7 +108,9 @@ class TextLike(FunctionElement):
 
 
 @compiles(TextLike)
-def _text_like(element: TextLike, compiler: Any, **kw: Any) -> str:
+def _wrapped_test(element: FunctionElement, compiler: Any, **kw: Any) -> str:
+    """Where a dialect has no plan of its own, the test the element wraps (in
+    parentheses: it is an OR of the fields' LIKEs, inside the WHERE's AND)."""
     return f"({compiler.process(element.clauses.clauses[0], **kw)})"
 
 
@@ -149,9 +151,7 @@ class TextBody(FunctionElement):
     _is_implicitly_boolean = True
 
 
-@compiles(TextBody)
-def _text_body(element: TextBody, compiler: Any, **kw: Any) -> str:
-    return f"({compiler.process(element.clauses.clauses[0], **kw)})"
+compiles(TextBody)(_wrapped_test)
 
 
 @compiles(TextBody, "postgresql")
