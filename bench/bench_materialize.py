@@ -67,7 +67,7 @@ MODES = ["load", "peft", "stream", "copy", "memcpy", "load-nf4", "stream-nf4", "
 STAGES = [
     ("peft_hub.gpu_runtime.shards.MappedShard", "read_ahead", "read ahead (reader)"),
     ("peft_hub.gpu_runtime.shards.MappedShard", "prefetch", "fault in (reader)"),
-    ("peft_hub.gpu_runtime.lora.TensorUpdate", "apply", "merge+pwrite (CPU: the caller only)"),
+    ("peft_hub.gpu_runtime.lora_merge.TensorUpdate", "apply", "merge+pwrite (CPU: the caller only)"),
     ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "write_at", "pwrite (merging threads, writer)"),
     ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "write", "write whole tensors (writer)"),
     ("peft_hub.gpu_runtime.shard_writer.ShardWriter", "copy_raw", "copy_file_range (writer)"),

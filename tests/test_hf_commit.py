@@ -18,12 +18,9 @@ from peft_hub.errors import (
     InvalidInputError,
     UnsafeFormatError,
 )
-from peft_hub.hub.hf.commit import (
-    Operation,
-    apply_operations,
-    ndjson_lines,
-    read_commit,
-)
+from peft_hub.hub.hf.commit import read_commit
+from peft_hub.hub.hf.ndjson import ndjson_lines
+from peft_hub.hub.hf.operations import Operation, apply_operations
 from peft_hub.hub.storage import open_store
 
 

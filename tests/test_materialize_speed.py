@@ -25,7 +25,8 @@ from tiny_models import make_lora, tiny_llama
 from peft_hub.compose.io import ST_DTYPES, header_layout, tensor_bytes
 from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
 from peft_hub.gpu_runtime import stream
-from peft_hub.gpu_runtime.lora import LoraDelta, load_updates, map_to_base
+from peft_hub.gpu_runtime.lora import load_updates, map_to_base
+from peft_hub.gpu_runtime.lora_merge import LoraDelta
 from peft_hub.gpu_runtime.materializer import materialize
 from peft_hub.gpu_runtime.shard_writer import BufferPool
 from peft_hub.gpu_runtime.shards import MappedShard, open_checkpoint

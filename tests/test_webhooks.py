@@ -35,7 +35,7 @@ from peft_hub.client import HubClient
 from peft_hub.client import events as client_events
 from peft_hub.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from peft_hub.hub.models import Membership, Namespace
-from peft_hub.hub.webhooks import is_public
+from peft_hub.hub.webhook_urls import is_public
 from peft_hub.signing import verify
 
 pytestmark = pytest.mark.integration

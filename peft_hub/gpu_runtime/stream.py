@@ -37,7 +37,8 @@ import torch
 from peft_hub.compose.io import tensor_bytes
 from peft_hub.errors import IncompatibleAdaptersError
 from peft_hub.gpu_runtime.device import single_cpu_thread
-from peft_hub.gpu_runtime.lora import TensorUpdate, candidate_keys
+from peft_hub.gpu_runtime.lora import candidate_keys
+from peft_hub.gpu_runtime.lora_merge import TensorUpdate
 from peft_hub.gpu_runtime.quantize import ModelLayout, Quantization, quantize_weight
 from peft_hub.gpu_runtime.shard_writer import BufferPool, ShardWriter
 from peft_hub.gpu_runtime.shards import (

@@ -3,6 +3,7 @@
 A Hugging Face commit adds and deletes files on top of its parent. Here the
 parent is the revision ``main`` points at; the result is a complete file list
 that :func:`peft_hub.hub.publish.publish` then verifies and publishes whole.
+The parsed commit and its operations are in :mod:`peft_hub.hub.hf.operations`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import hashlib
 import re
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
-from peft_hub.errors import EntryNotFoundError, InvalidAdapterError, InvalidInputError, PeftHubError
+from peft_hub.errors import InvalidAdapterError, InvalidInputError
+from peft_hub.hub.hf.ndjson import StreamedBody
+from peft_hub.hub.hf.operations import Operation, ParsedCommit
 from peft_hub.hub.storage import BlobStore
 from peft_hub.hub.uploads import put_small, put_staged
 from peft_hub.model_files import MAX_MODEL_FILES
@@ -48,7 +50,6 @@ FILE_TAIL_MAX = 64 * 1024
 DECODE_BYTES = 256 * 1024
 #: Git bookkeeping files an HF client may send; they mean nothing here and are skipped.
 IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
-MAX_MESSAGE = 4000
 #: The most files one commit may add: a model's limit (an adapter's, lower, is checked at publish).
 MAX_COMMIT_FILES = max(MAX_FILES, MAX_MODEL_FILES)
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
@@ -56,35 +57,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 _FILE_HEAD = re.compile(rb'\s*\{\s*"key"\s*:\s*"file"\s*,\s*"value"\s*:\s*\{\s*"content"\s*:\s*"')
 _FILE_KEYS = frozenset({"content", "path", "encoding"})
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")  # used with fullmatch, on pieces of 4k characters
-
-
-@dataclass
-class Operation:
-    kind: Literal["add", "delete", "delete_folder"]
-    path: str
-    entry: FileEntry | None = None
-    #: The bytes came inline in the commit (the hub received them itself).
-    inline: bool = False
-
-    @property
-    def added(self) -> FileEntry:
-        """The file an ``add`` puts in place (every ``add`` has one)."""
-        if self.entry is None:
-            raise PeftHubError(f"the {self.kind} of {self.path} carries no file")
-        return self.entry
-
-
-@dataclass
-class ParsedCommit:
-    summary: str = ""
-    description: str = ""
-    parent_commit: str | None = None
-    operations: list[Operation] = field(default_factory=list)
-
-    @property
-    def message(self) -> str:
-        text = self.summary if not self.description else f"{self.summary}\n\n{self.description}"
-        return text[:MAX_MESSAGE]
 
 
 def upload_mode(size: int, *, takes_xet: bool = False) -> str:
@@ -104,69 +76,6 @@ def check_path(path: Any) -> str:
     return validate_filename(path)
 
 
-class _Body:
-    """A streamed request body, consumed a line (or, for a long line, a piece) at a time."""
-
-    LONG = b"<a line too long to read whole>"
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks.__aiter__()
-        self.buffer = bytearray()
-        self._scanned = 0  # bytes of buffer known to hold no newline
-
-    async def more(self) -> bool:
-        """Read the next piece into the buffer; False at the end of the body."""
-        try:
-            self.buffer += await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return False
-        return True
-
-    async def line(self, limit: int) -> bytes | None:
-        """The next non-blank line; :attr:`LONG` (the line left unread in the
-        buffer) when it is longer than ``limit``; None at the end."""
-        while True:
-            end = self.buffer.find(b"\n", self._scanned)
-            if end > limit or (end < 0 and len(self.buffer) > limit):
-                self._scanned = 0
-                return self.LONG
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 1]
-                self._scanned = 0
-                if line.strip():
-                    return line
-                continue
-            self._scanned = len(self.buffer)
-            if not await self.more():
-                line, self._scanned = bytes(self.buffer), 0
-                self.buffer.clear()
-                return line if line.strip() else None
-
-    async def rest_of_line(self, limit: int, what: str) -> bytes:
-        """The bytes up to the next newline (consumed with it), at most ``limit``."""
-        while (end := self.buffer.find(b"\n")) < 0:
-            if len(self.buffer) > limit:
-                raise InvalidInputError(f"{what} is longer than {limit} bytes")
-            if not await self.more():
-                end = len(self.buffer)
-                break
-        if end > limit:
-            raise InvalidInputError(f"{what} is longer than {limit} bytes")
-        rest = bytes(self.buffer[:end])
-        del self.buffer[: end + 1]
-        return rest
-
-
-async def ndjson_lines(chunks: AsyncIterator[bytes], max_line: int) -> AsyncIterator[bytes]:
-    """Split a streamed body into lines without holding more than one line."""
-    body = _Body(chunks)
-    while (line := await body.line(max_line)) is not None:
-        if line is _Body.LONG:
-            raise InvalidInputError(f"a commit line is longer than {max_line} bytes; send large files through LFS")
-        yield line
-
-
 async def read_commit(
     chunks: AsyncIterator[bytes], store: BlobStore, stored: list[str], *, max_files: int = MAX_FILES,
 ) -> ParsedCommit:
@@ -184,14 +93,14 @@ async def read_commit(
     ``stored``, so a commit refused later can take them back.
     """
     parsed = ParsedCommit()
-    body = _Body(chunks)
+    body = StreamedBody(chunks)
 
     def check_count() -> None:
         if sum(op.kind == "add" for op in parsed.operations) >= max_files:
             raise InvalidInputError(f"a commit adds at most {max_files} files (an adapter has at most {MAX_FILES})")
 
     while (line := await body.line(WHOLE_LINE_MAX)) is not None:
-        if line is _Body.LONG:
+        if line is StreamedBody.LONG:
             check_count()
             streamed = await _streamed_file(body, store, stored)
             if streamed is not None:
@@ -249,7 +158,7 @@ class _Staged:
         self.ended = text.endswith(b"=")
 
 
-async def _streamed_file(body: _Body, store: BlobStore, stored: list[str]) -> FileEntry | None:
+async def _streamed_file(body: StreamedBody, store: BlobStore, stored: list[str]) -> FileEntry | None:
     """Read a long ``file`` line left in ``body``: the content streamed into a
     staged file, then the rest of the line parsed and checked, and only then
     the blob stored. None for a git file that is skipped."""
@@ -343,22 +252,3 @@ def _lfs_file(value: dict[str, Any]) -> FileEntry:
         raise InvalidInputError(f"{path}: 'size' must be an integer between 0 and {size_cap(path)}")
     # size may be None (huggingface_hub omits it): the commit route fills it in from the upload receipt.
     return FileEntry(path, size, oid)  # type: ignore[arg-type]
-
-
-def apply_operations(parent: list[FileEntry], operations: list[Operation]) -> list[FileEntry]:
-    """The parent's files with the commit's additions and deletions applied, in order."""
-    files = {e.path: e for e in parent}
-    for op in operations:
-        if op.kind == "add":
-            files[op.path] = op.added
-        elif op.kind == "delete":
-            if files.pop(op.path, None) is None:
-                raise EntryNotFoundError(f"A file with this name doesn't exist: {op.path}")
-        else:
-            prefix = op.path.strip("/")
-            gone = [p for p in files if not prefix or p == prefix or p.startswith(prefix + "/")]
-            if not gone:
-                raise EntryNotFoundError(f"A folder with this name doesn't exist: {op.path}")
-            for p in gone:
-                del files[p]
-    return sorted(files.values(), key=lambda e: e.path)

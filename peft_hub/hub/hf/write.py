@@ -23,7 +23,8 @@ from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.deps import ClientDep, SessionDep, StoreDep
 from peft_hub.hub.hf.access import HfPrincipalDep, load_adapter
-from peft_hub.hub.hf.commit import MAX_COMMIT_FILES, ParsedCommit, apply_operations, read_commit
+from peft_hub.hub.hf.commit import MAX_COMMIT_FILES, read_commit
+from peft_hub.hub.hf.operations import ParsedCommit, apply_operations
 from peft_hub.hub.hf.shapes import EMPTY_SHA, split_front_matter
 from peft_hub.hub.models import Adapter
 from peft_hub.hub.publish import publish

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from peft_hub.errors import InvalidInputError
-from peft_hub.hub import audit, events, webhooks
+from peft_hub.hub import audit, events, webhook_urls
 from peft_hub.hub.auth import require_scope, require_write
 from peft_hub.hub.deps import ClientDep, PrincipalDep, SessionDep, SettingsDep
 from peft_hub.hub.schemas import OneLine
@@ -31,7 +31,7 @@ SERVER_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, OneLine(webhooks.MAX_URL_CHARS, min_length=1)]
+    url: Annotated[str, OneLine(webhook_urls.MAX_URL_CHARS, min_length=1)]
     #: 16-256 characters; deliveries are signed with it, and it is never shown again.
     secret: Annotated[str, OneLine(256, min_length=16)]
     namespace: Annotated[str, OneLine(64, min_length=1)] | None = None
@@ -52,7 +52,7 @@ class DeployedAdapter(BaseModel):
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, OneLine(webhooks.MAX_URL_CHARS, min_length=1)]
+    url: Annotated[str, OneLine(webhook_urls.MAX_URL_CHARS, min_length=1)]
     base_model: Annotated[str, OneLine(300, min_length=1)]
     adapters: list[DeployedAdapter] = Field(default_factory=list, max_length=1000)
 
@@ -73,12 +73,12 @@ def add_webhook(body: WebhookRequest, session: SessionDep, settings: SettingsDep
         assert body.namespace is not None  # exactly one of the two (checked above)
         owner, name = validate_namespace(body.namespace, what="namespace"), None
     principal = require_write(principal, owner)
-    url = webhooks.check_url(body.url, allow_private=settings.webhook_allow_private)
+    url = webhook_urls.check_url(body.url, allow_private=settings.webhook_allow_private)
     hook = events.create_webhook(session, user=principal.user, url=url, secret=body.secret, owner=owner, name=name,
                                  events=body.events)
     shown = events.webhook_public(hook, principal.user.name)
     audit.record(session, actor=principal.user.name, action="webhook.add", target=f"webhook:{hook.id}", client=client,
-                 detail={"url": webhooks.shown(url), "namespace": shown["namespace"], "adapter": shown["adapter"],
+                 detail={"url": webhook_urls.shown(url), "namespace": shown["namespace"], "adapter": shown["adapter"],
                          "events": hook.events})
     return shown
 
@@ -96,7 +96,7 @@ def remove_webhook(hook_id: HookId, session: SessionDep, principal: PrincipalDep
     """Remove a webhook and its delivery records (its creator, or an admin)."""
     principal = require_scope(principal, "write")
     hook = events.get_webhook(session, principal=principal, hook_id=hook_id)
-    detail = {"url": webhooks.shown(hook.url), "owner": hook.owner, "name": hook.name}
+    detail = {"url": webhook_urls.shown(hook.url), "owner": hook.owner, "name": hook.name}
     events.delete_webhook(session, hook=hook)
     audit.record(session, actor=principal.user.name, action="webhook.rm", target=f"webhook:{hook_id}", client=client,
                  detail=detail)
