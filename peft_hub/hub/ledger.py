@@ -16,7 +16,6 @@ backup) is hashed again before it is trusted, and an upload rewrites it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -62,11 +61,7 @@ def trusted(row: Blob | None, stat: BlobStat) -> bool:
 
 def hash_stored(store: BlobStore, sha256: str) -> str:
     """The sha256 of the stored bytes, streamed."""
-    digest = hashlib.sha256()
-    with store.open(sha256) as fh:
-        while block := fh.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
+    return store.stored_sha256(sha256)
 
 
 def note_verified(session: Session, store: BlobStore, sha256: str, size: int) -> None:

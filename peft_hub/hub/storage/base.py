@@ -94,6 +94,14 @@ class BlobStore(abc.ABC):
         finally:
             writer.abort()
 
+    def stored_sha256(self, sha256: str) -> str:
+        """The sha256 of the bytes stored under ``sha256``, read streaming."""
+        digest = hashlib.sha256()
+        with self.open(sha256) as fh:
+            while block := fh.read(8 * 1024 * 1024):
+                digest.update(block)
+        return digest.hexdigest()
+
     @abc.abstractmethod
     def open(self, sha256: str, start: int = 0, end: int | None = None) -> BinaryIO:
         """Open a blob (or the byte range ``[start, end)``) for reading."""

@@ -150,13 +150,15 @@ class S3BlobWriter(BlobWriter):
     """Streams a blob into S3 as a multipart upload completed only when size
     and sha256 match, so wrong bytes never appear under the blob's key. A blob
     of at most one part is a single PUT that S3 checks against its sha256.
-    ``If-None-Match: *`` keeps an existing blob from ever being replaced, so
-    bytes for a blob S3 already holds (with its verified checksum) are only
-    hashed: the upload then proves possession without storing a copy."""
+    ``If-None-Match: *`` keeps an existing blob from being replaced, so bytes
+    for a blob S3 already holds (with its verified checksum) are only hashed:
+    the upload then proves possession without storing a copy. An object under
+    the name that nothing vouches for is hashed, and replaced when its bytes
+    are not the blob's."""
 
     def __init__(self, store: S3BlobStore, sha256: str, size: int) -> None:
         super().__init__(sha256, size)
-        self.client, self.bucket, self.key = store.client, store.bucket, store._key(sha256)
+        self.store, self.client, self.bucket, self.key = store, store.client, store.bucket, store._key(sha256)
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
@@ -180,25 +182,54 @@ class S3BlobWriter(BlobWriter):
         self.parts.append({"PartNumber": number, "ETag": part["ETag"]})
 
     def commit(self) -> None:
-        from botocore.exceptions import ClientError
-
         self.verify()
         if self.hash_only:
             return
+        for _ in range(2):
+            if self._send() or self._existing_holds_these_bytes():
+                return
+        raise StorageUnavailableError(
+            f"storage ({self.client.where}): an object of other bytes took the name of blob {self.sha256} "
+            "again while it was stored; retry")
+
+    def _send(self) -> bool:
+        """Store the verified bytes under the blob's name unless an object is
+        already there (S3's 412): False then."""
+        from botocore.exceptions import ClientError
+
         try:
             if self.upload_id is None:
                 self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
                                        ChecksumSHA256=_b64(self.sha256), IfNoneMatch="*")
-                return
+                return True
             if self.buffer:
                 self._send_part(bytes(self.buffer))
+                self.buffer.clear()
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                                                   MultipartUpload={"Parts": self.parts}, IfNoneMatch="*")
             self.upload_id = None
+            return True
         except ClientError as exc:
-            # 412: the blob is already stored, and by its name it holds these bytes.
             if exc.response["Error"]["Code"] not in _CONFLICT:
                 raise StorageError(f"storage ({self.client.where}) refused the upload: {exc}") from exc
+            return False
+
+    def _existing_holds_these_bytes(self) -> bool:
+        """Whether the object that kept the name holds this blob's bytes:
+        S3's own sha256 vouches for it, or it is hashed (an object completed
+        in parts has only a composite checksum, and anyone may complete other
+        bytes under a name). One that does not is deleted, so the next
+        :meth:`_send` stores the bytes this writer verified: the name alone
+        never vouches for what is stored under it."""
+        stat = self.store.stat(self.sha256)
+        if stat is None:  # deleted meanwhile: send again
+            return False
+        if stat.size == self.size and (
+            stat.verified_sha256 == self.sha256 or self.store.stored_sha256(self.sha256) == self.sha256
+        ):
+            return True
+        self.store.delete(self.sha256)
+        return False
 
     def abort(self) -> None:
         if self.upload_id is not None:
