@@ -32,7 +32,7 @@ from peft_hub.adapter_files import (
 from peft_hub.config_checks import PatternMatcher, check_config, check_lineage, check_pattern_work
 from peft_hub.errors import InvalidAdapterError
 from peft_hub.modelcard import CARD_NAME, card_summary
-from peft_hub.names import shown
+from peft_hub.names import check_no_twins, shown
 from peft_hub.safeparse import loads_json
 from peft_hub.safetensors_header import SafetensorsHeader, read_header
 
@@ -273,6 +273,7 @@ def validate_files(files: Mapping[str, str | os.PathLike[str]]) -> tuple[Adapter
     """
     for name in files:
         validate_filename(name)
+    check_no_twins(files)  # before any byte is hashed
     entries = []
     for name, path in sorted(files.items()):
         size = os.path.getsize(path)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 from peft_hub.errors import InvalidAdapterError, UnsafeFormatError
 from peft_hub.model_files import MODEL_CONVERT_HINT, model_size_cap
 from peft_hub.modelcard import CARD_NAME, check_card
-from peft_hub.names import shown
-from peft_hub.safeparse import loads_json, name_problem
+from peft_hub.names import MAX_FILENAME_BYTES as MAX_FILENAME_BYTES  # re-exported: schemas.py reads it here
+from peft_hub.names import check_file_name, check_no_twins
+from peft_hub.safeparse import loads_json
 from peft_hub.safetensors_header import CONVERT_HINT
 
 if TYPE_CHECKING:
@@ -31,27 +32,19 @@ MODEL_FILES_TEXT = (
     "a model holds config.json, model.safetensors or model-00001-of-0000N.safetensors shards with "
     "model.safetensors.index.json, generation_config.json, tokenizer files and README.md"
 )
-#: File names are stored in a VARCHAR(255) and written to disks whose limit is 255 bytes.
-MAX_FILENAME_BYTES = 255
-#: Path separators, and what Windows refuses or a quoted Content-Disposition cannot hold.
-_UNSAFE_IN_NAMES = '/\\"<>:|?*'
 
 
 def validate_filename(path: str, kind: str | None = None) -> str:
-    """Check a file name inside a repo: flat, allowlisted, no traversal,
-    no control characters, at most 255 bytes.
+    """Check a file name inside a repo: a portable plain name
+    (:func:`peft_hub.names.check_file_name`: flat, no traversal, no control or
+    format characters, no Windows device names, at most 255 bytes), and
+    allowlisted.
 
     Args:
         kind: "adapter" or "model" for that kind's allowlist; None (a single
             file whose repo's kind is not known yet) for a name either allows.
     """
-    if not isinstance(path, str) or not path or path.startswith(".") or any(c in path for c in _UNSAFE_IN_NAMES):
-        raise InvalidAdapterError(f"file {shown(path)} is not allowed: adapters are flat directories of plain names")
-    problem = name_problem(path, MAX_FILENAME_BYTES)
-    if problem or len(path.encode("utf-8")) > MAX_FILENAME_BYTES:
-        raise InvalidAdapterError(
-            f"file name {shown(path)} {problem or f'is longer than {MAX_FILENAME_BYTES} bytes'}"
-        )
+    check_file_name(path)
     if path.lower().endswith(PICKLE_SUFFIXES):
         hint = MODEL_CONVERT_HINT if kind == "model" and pickle_hint(path) == CONVERT_HINT else pickle_hint(path)
         raise UnsafeFormatError(f"{path} is a pickle-based format and is refused. {hint}")
@@ -101,8 +94,10 @@ def size_cap(path: str, kind: str | None = None) -> int:
 
 
 def check_listing(entries: list[FileEntry], *, kind: str, max_files: int) -> set[str]:
-    """The checks every repo's file list gets: a count cap, no name twice,
-    allowlisted names of ``kind`` within their size caps, well-formed sha256s.
+    """The checks every repo's file list gets: a count cap, no file twice
+    (not even as a case or Unicode-normalization twin: see
+    :func:`peft_hub.names.check_no_twins`), allowlisted names of ``kind``
+    within their size caps, well-formed sha256s.
 
     Returns:
         The file names.
@@ -110,17 +105,16 @@ def check_listing(entries: list[FileEntry], *, kind: str, max_files: int) -> set
     if len(entries) > max_files:
         raise InvalidAdapterError(f"a{'n' if kind == 'adapter' else ''} {kind} has at most {max_files} files, "
                                   f"got {len(entries)}")
-    names = {e.path for e in entries}
-    if len(names) != len(entries):
-        raise InvalidAdapterError("a file is listed twice")
     for entry in entries:
         validate_filename(entry.path, kind=kind)
+    check_no_twins(e.path for e in entries)
+    for entry in entries:
         cap = size_cap(entry.path, kind=kind)
         if entry.size > cap:
             raise InvalidAdapterError(f"{entry.path} is {entry.size} bytes, above the {cap} byte cap")
         if not isinstance(entry.sha256, str) or not SHA256_RE.fullmatch(entry.sha256):
             raise InvalidAdapterError(f"{entry.path}: sha256 must be 64 lowercase hex digits")
-    return names
+    return {e.path for e in entries}
 
 
 def check_text_file(path: str, raw: bytes) -> str:

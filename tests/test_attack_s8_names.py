@@ -1,13 +1,15 @@
 """File names the hub accepts must be names its own client can pull.
 
 ``peft_hub.client.transfers.remote_manifest`` refuses a whole revision when
-one of its names is not portable (``client/names.check_name``: Windows device
-names, format and separator characters) or when two names are one file on a
-case-insensitive or normalizing disk (NFC + casefold). The hub's
-``adapter_files.validate_filename`` checks less, so a raw API (or an HF)
-commit can publish a revision that ``peft-hub pull`` then refuses, every file
-of it, for every reader: the adapter is unpullable. Each case pushes through
-the native API (preupload, PUT, commit) on SQLite + local files.
+one of its names is not portable (Windows device names, format and separator
+characters) or when two names are one file on a case-insensitive or
+normalizing disk. The hub used to check less (``adapter_files.validate_filename``
+had no such rule and no twin check), so a raw API (or an HF) commit could
+publish a revision that ``peft-hub pull`` then refused, every file of it, for
+every reader. Both sides now use ``peft_hub.names.check_file_name`` and
+``check_no_twins``, and the hub refuses such a push with a 422 naming the
+file. Each case pushes through the native API (preupload, PUT, commit) on
+SQLite + local files.
 """
 
 from __future__ import annotations
@@ -66,18 +68,13 @@ UNPULLABLE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the hub publishes file names its own client refuses to pull "
-                   "(adapter_files.validate_filename checks less than client/names.check_name and has no "
-                   "case/NFC twin check), leaving the adapter unpullable")
 @pytest.mark.parametrize("case", list(UNPULLABLE))
 def test_a_name_the_hub_accepts_is_one_its_client_can_pull(alice, case):
     r = _push(alice, case, UNPULLABLE[case])
-    if r.status_code == 422:  # refused at the door: nothing published
-        assert r.json()["error"] in ("invalid_adapter", "invalid_input"), r.text
-        assert alice["http"].get(f"/api/adapters/alice/{case}").status_code == 404
-        return
-    assert r.status_code == 201, r.text
-    _pullable(alice, case)  # today: InvalidAdapterError "refusing the hub's file list"
+    assert r.status_code == 422, r.text  # refused at the door: nothing published
+    assert r.json()["error"] == "invalid_adapter", r.text
+    assert any(repr(name) in r.json()["detail"] for name in UNPULLABLE[case]), r.text  # names the file
+    assert alice["http"].get(f"/api/adapters/alice/{case}").status_code == 404
 
 
 #: Odd names the hub accepts and the client pulls as they are: look-alikes of separators and dots, a
@@ -100,15 +97,22 @@ def test_odd_but_portable_names_push_and_pull_byte_for_byte(alice, case):
     assert sorted(p.name for p in pulled.iterdir() if p.name == name) == [name]  # inside, under its own name
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the HF commit route publishes the same unpullable names "
-                   "(hf/commit.py checks file names with adapter_files.validate_filename too)")
-def test_an_hf_commit_cannot_publish_names_the_client_refuses(alice):
+#: What an HF commit adds beside a tiny LoRA, and the file its refusal names.
+HF_UNPULLABLE = {
+    "device-and-twins": ({"CON.txt": b"1", "NOTES.txt": b"2", "notes.txt": b"3"}, "CON.txt"),
+    "case-twins": ({"NOTES.txt": b"2", "notes.txt": b"3"}, "notes.txt"),
+    "nfc-twins": ({"\u00e9.txt": b"1", "e\u0301.txt": b"2"}, "e\u0301.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_UNPULLABLE))
+def test_an_hf_commit_cannot_publish_names_the_client_refuses(alice, case):
     import base64
     import json
 
+    extra, named = HF_UNPULLABLE[case]
     src = tiny_lora_dir(alice["tmp"] / "hf-src", "hf")
-    files = {p.name: p.read_bytes() for p in sorted(src.iterdir())} | {"CON.txt": b"1", "NOTES.txt": b"2",
-                                                                         "notes.txt": b"3"}
+    files = {p.name: p.read_bytes() for p in sorted(src.iterdir())} | extra
     lines = [{"key": "header", "value": {"summary": "odd names"}}] + [
         {"key": "file", "value": {"path": k, "content": base64.b64encode(v).decode(), "encoding": "base64"}}
         for k, v in files.items()]
@@ -117,8 +121,6 @@ def test_an_hf_commit_cannot_publish_names_the_client_refuses(alice):
     body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
     ndjson = {"Content-Type": "application/x-ndjson"}
     r = http.post("/api/models/alice/hf-odd/commit/main", content=body, headers=ndjson)
-    if r.status_code != 200:  # refused: nothing published
-        assert r.status_code == 422, r.text
-        assert http.get("/api/adapters/alice/hf-odd").json().get("revision") is None
-        return
-    _pullable(alice, "hf-odd")
+    assert r.status_code == 422, r.text  # refused: nothing published
+    assert repr(named) in r.json()["detail"], r.text
+    assert http.get("/api/adapters/alice/hf-odd").json().get("revision") is None

@@ -4,16 +4,12 @@ sha256, a revision id, a file name): a path must never be steered by the hub."""
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from peft_hub.errors import ChecksumMismatchError, InvalidAdapterError
+from peft_hub.names import check_file_name
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
-#: Characters no portable file name holds (Windows refuses them; ':' also names drives and streams).
-_FORBIDDEN = set('/\\:*?"<>|')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
-MAX_NAME_BYTES = 255
 
 
 def check_sha256(value: object, what: str = "sha256") -> str:
@@ -33,20 +29,12 @@ def check_revision(value: object) -> str:
 def check_name(name: object) -> str:
     """``name`` if it is one plain, portable file name that stays inside its directory.
 
-    Refuses separators, drive letters, ``.``/``..`` and hidden names, control
-    and format characters, Windows device names, and names too long for a
-    file system.
+    The hub's own rule (:func:`peft_hub.names.check_file_name`), so a name the
+    hub publishes is one this client writes: no separators, drive letters,
+    ``.``/``..`` or hidden names, control and format characters, Windows
+    device names, or names too long for a file system.
     """
-    if not isinstance(name, str) or not name or name.startswith(".") or name.endswith((" ", ".")):
-        raise InvalidAdapterError(f"file name {name!r:.80} is not a plain file name")
-    bad = next((c for c in name if c in _FORBIDDEN or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
-    if bad is not None:
-        raise InvalidAdapterError(f"file name {name!r:.80} holds the character {bad!r}")
-    if name.split(".")[0].upper() in _WINDOWS_DEVICES:
-        raise InvalidAdapterError(f"file name {name!r:.80} is a device name on Windows")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise InvalidAdapterError(f"file name {name[:40]!r}… is longer than {MAX_NAME_BYTES} bytes")
-    return name
+    return check_file_name(name)
 
 
 class BlobChangedError(ChecksumMismatchError):

@@ -14,7 +14,6 @@ port), whatever a preupload answer or a redirect says.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,11 @@ from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
 from peft_hub.client.http import origin, raise_for_status, redact
 from peft_hub.client.multipart import MultipartTarget, parse_plan
-from peft_hub.client.names import check_name, check_revision, check_sha256
+from peft_hub.client.names import check_revision, check_sha256
 from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
 from peft_hub.errors import HubUnreachableError, InvalidAdapterError, InvalidInputError, StorageError
 from peft_hub.model_files import MAX_MODEL_FILES
+from peft_hub.names import check_no_twins
 from peft_hub.progress import tqdm
 
 CHUNK = 1024 * 1024
@@ -77,19 +77,15 @@ def remote_manifest(detail: Any) -> tuple[str, list[RemoteFile]]:
         if len(files) > MAX_REPO_FILES:
             raise InvalidAdapterError(f"it lists {len(files)} files, and a repo has at most {MAX_REPO_FILES}")
         out: list[RemoteFile] = []
-        seen: set[str] = set()
         for item in files:
             if not isinstance(item, dict):
                 raise InvalidAdapterError(f"a file entry is not an object: {item!r:.80}")
             name = _remote_name(item.get("path"))
-            key = unicodedata.normalize("NFC", name).casefold()  # one file on a case-insensitive disk
-            if key in seen:
-                raise InvalidAdapterError(f"file {name!r} is listed twice")
-            seen.add(key)
             size = item.get("size")
             if type(size) is not int or not 0 <= size <= size_cap(name):
                 raise InvalidAdapterError(f"{name}: size {size!r:.40} is not an integer from 0 to {size_cap(name)}")
             out.append(RemoteFile(name, check_sha256(item.get("sha256"), f"{name}: sha256"), size))
+        check_no_twins(f.path for f in out)  # one file on a case-insensitive or normalizing disk
     except InvalidAdapterError as exc:
         raise type(exc)(f"refusing the hub's file list, nothing was written: {exc}") from None
     return revision, out
@@ -98,7 +94,7 @@ def remote_manifest(detail: Any) -> tuple[str, list[RemoteFile]]:
 def _remote_name(name: Any) -> str:
     if not isinstance(name, str):
         raise InvalidAdapterError(f"file name {name!r:.80} is not a string")
-    return check_name(validate_filename(name))
+    return validate_filename(name)  # the hub's own rule: a portable plain name, allowlisted
 
 
 def upload_plan(session: httpx.Client, plan: Any, entries: list[FileEntry]) -> list[UploadTarget | MultipartTarget]:
