@@ -124,3 +124,12 @@ def test_an_hf_commit_cannot_publish_names_the_client_refuses(alice, case):
     assert r.status_code == 422, r.text  # refused: nothing published
     assert repr(named) in r.json()["detail"], r.text
     assert http.get("/api/adapters/alice/hf-odd").json().get("revision") is None
+
+
+def test_a_preupload_of_names_no_client_could_pull_is_refused_before_any_byte_is_sent(alice):
+    """The raw API's preupload refuses what the commit would, so no blob is uploaded for it."""
+    spec = {"sha256": "ab" * 32, "size": 3}
+    for files in ([{**spec, "path": "nul.md"}],
+                  [{**spec, "path": "notes.txt"}, {**spec, "path": "NOTES.txt", "sha256": "cd" * 32}]):
+        r = alice["http"].post("/api/adapters/alice/names-pre/preupload", json={"files": files})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_adapter", r.text

@@ -22,7 +22,7 @@ from peft_hub.hub.schemas import (
     TagRequest,
 )
 from peft_hub.modelcard import CARD_NAME
-from peft_hub.names import validate_repo_id
+from peft_hub.names import check_file_name, check_no_twins, validate_repo_id
 
 router = APIRouter(prefix="/api/adapters", tags=["adapters"])
 
@@ -111,6 +111,9 @@ def preupload(
     owner, name = validate_repo_id(f"{owner}/{name}")
     principal = require_write(principal, owner)
     entries = [f.entry() for f in body.files]
+    for entry in entries:  # the commit's own rule, before any byte is sent (the commit checks the list again)
+        check_file_name(entry.path)
+    check_no_twins(e.path for e in entries)
     have = possession.stored_and_held(
         session, store, principal, entries, lease_seconds=settings.upload_lease_seconds)
     key = uploads.signing_key(request.app.state, settings)
