@@ -50,9 +50,6 @@ SPECIAL_CASED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: q is lower-cased by Python's str.lower() (special casing: final "
-                   "sigma, dotted I) but compared with the database's lower()/LIKE: crud/search.py "
-                   "search_filters, like = f'%{q.lower()}%'")
 def test_text_typed_exactly_as_stored_is_found_whatever_its_letters(hub, tmp_path):
     _push_described(hub, tmp_path, {name: text for name, (text, _) in SPECIAL_CASED.items()})
     with httpx.Client(base_url=hub.url, timeout=30) as http:
@@ -60,9 +57,6 @@ def test_text_typed_exactly_as_stored_is_found_whatever_its_letters(hub, tmp_pat
     assert found == {name: [name] for name in SPECIAL_CASED}, found
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on SQLite a non-ASCII capital in a field never matches: the "
-                   "pattern is lower-cased in Python and LowerLike compiles to 'column LIKE pattern', whose "
-                   "case folding is ASCII only (crud/search_sql.py _like_lower_sqlite); PostgreSQL finds it")
 def test_on_sqlite_a_capital_umlaut_typed_as_stored_is_found(embedded_hub, tmp_path):
     _push_described(embedded_hub, tmp_path, {"uber": "Über alles"})
     with httpx.Client(base_url=embedded_hub.url, timeout=30) as http:

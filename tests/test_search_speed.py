@@ -46,11 +46,11 @@ def old_filters(*, principal, q=None, base_model=None, method=None, min_rank=Non
                 target_module=None, owner=None, tag=None, kind=None):
     clauses = [old_visible(principal), col(Adapter.method).is_not(None)]
     if q:
+        fields = [func.lower(c) for c in (Adapter.name, Adapter.owner, Adapter.base_model, Adapter.description)]
         like = f"%{q.lower()}%"
-        clauses.append(or_(
-            func.lower(Adapter.name).like(like), func.lower(Adapter.owner).like(like),
-            func.lower(Adapter.base_model).like(like), func.lower(Adapter.description).like(like),
-        ))
+        # since 2026-12-02 a non-ASCII q also matches as the database lower-cases it (text typed as stored)
+        patterns = [like] if q.isascii() else [like, func.lower(f"%{q}%")]
+        clauses.append(or_(*(f.like(p) for f in fields for p in patterns)))
     if base_model:
         clauses.append(Adapter.base_model == base_model)
     if method:

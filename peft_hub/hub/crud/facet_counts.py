@@ -6,11 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, literal, tuple_, union_all
-from sqlmodel import Session, select
+from sqlalchemy import BigInteger, cast, func, literal, tuple_, union_all
+from sqlmodel import Session, col, select
 
-from peft_hub.hub.crud.search import FACET_COLUMNS, Filters, summary_counts, summary_source
+from peft_hub.hub.crud.search import (
+    FACET_COLUMNS,
+    Filters,
+    _text_plan,
+    live_column,
+    summary_counts,
+    summary_source,
+    summary_where,
+)
 from peft_hub.hub.crud.search_sql import LowerLike, escape_like
+from peft_hub.hub.models import Adapter
 
 
 def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ...]
@@ -23,7 +32,43 @@ def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ..
     tables = {name: summary_source(clauses, name) for name in names}
     if not isinstance(clauses, Filters):
         return {}
-    return {name: summary_counts(session, clauses, table, name) for name, table in tables.items() if table}
+    by_table: dict[Any, list[str]] = {}
+    for name, table in tables.items():
+        if table is not None:
+            by_table.setdefault(table, []).append(name)
+    out: dict[str, list[tuple[str | None, int]]] = {}
+    for table, shared in by_table.items():
+        if len(shared) == 1:
+            out[shared[0]] = summary_counts(session, clauses, table, shared[0])
+        else:
+            out.update(_summary_groups(session, clauses, table, tuple(shared)))
+    return {name: out[name] for name in names if name in out}
+
+
+def _summary_groups(session: Session, clauses: Filters, table: Any, names: tuple[str, ...]
+                    ) -> dict[str, list[tuple[str | None, int]]]:
+    """:func:`summary_counts` of several facets of one summary table in one
+    statement: the keys ``clauses`` match (and the private rows counted
+    live) are read once, then grouped by each facet."""
+    where, owned = summary_where(clauses, table)
+    stored = [getattr(table, n).label(n) for n in names]
+    parts: list[Any] = [select(*stored, col(table.n).label("n")).where(*where)]  # type: ignore[call-overload]
+    if owned:  # the private rows this principal reads, as summary_counts counts them
+        live = [live_column(n) for n in names]
+        labels = [c.label(n) for c, n in zip(live, names, strict=True)]
+        private = select(*labels, func.count().label("n"))  # type: ignore[call-overload]
+        parts.append(private.where(*clauses, col(Adapter.private) == True).group_by(*live))  # noqa: E712 - SQL
+    matched: Any = union_all(*parts) if len(parts) > 1 else parts[0]
+    keys = matched.cte("summary_keys")
+    groups = [select(literal(i).label("facet"), keys.c[n].label("value"),
+                     cast(func.coalesce(func.sum(keys.c.n), 0), BigInteger).label("n")).group_by(keys.c[n])
+              for i, n in enumerate(names)]
+    both = union_all(*groups).subquery()
+    out: dict[str, list[tuple[str | None, int]]] = {n: [] for n in names}
+    for i, value, number in session.exec(select(both.c.facet, both.c.value, both.c.n)
+                                         .order_by(both.c.facet, both.c.n.desc(), both.c.value)).all():
+        out[names[i]].append((value, number))
+    return out
 
 
 def facets(
@@ -66,6 +111,7 @@ def _row_facet_groups(
     index (a text query).
     """
     grouped: dict[str, list[tuple[str | None, int]]] = {n: [] for n in wanted}
+    clauses = _text_plan(session, clauses)  # SQLite: a text query beside few rows is decided over those rows
     if len(wanted) > 1 and session.get_bind().dialect.name == "postgresql":
         columns = [FACET_COLUMNS[n] for n in wanted]
         which, count = func.grouping(*columns).label("which"), func.count().label("n")  # which: a bit per column

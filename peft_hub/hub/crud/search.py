@@ -88,13 +88,16 @@ def search_filters(
         # PostgreSQL (its LIKE's default) but not on SQLite.
         like, test = f"%{q.lower()}%", LowerLike if TRIGRAM.search(q) else LowerLikeScan
         scan = or_(*(test(c, like) for c in TEXT_COLUMNS))
+        typed = func.lower(f"%{q}%")  # q folded as the database folds the fields
+        if not q.isascii():  # Python's lower() special-cases some letters (a final sigma, the dotted I), and
+            scan = or_(scan, *(test(c, typed) for c in TEXT_COLUMNS))  # SQLite's lower() folds ASCII only
         # ASCII only: the index folds the case of every letter, SQLite's LIKE only of ASCII ones; the scan
         # decides either way, but a non-ASCII query need not depend on how another SQLite build folds.
         # No NUL: SQLite's LIKE stops reading the pattern there, and FTS5's query parser fails on it.
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
         text = TextLike(scan, literal(phrases)) if phrases else scan
         if test is LowerLikeScan and body_safe(q):  # beyond pg_trgm: PostgreSQL reads 0011's body table instead
-            text = TextBody(text, literal(like))
+            text = TextBody(text, literal(like), *([] if q.isascii() else [typed]))
         clauses.append(text)
     if base_model:
         clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
@@ -172,6 +175,32 @@ def summary_counts(session: Session, clauses: Filters, table: Any, facet: str | 
     principal who owns some adds a live count of the private rows in them
     (few, found by the ``lower(owner)`` index), the rows
     ``visible_clause(principal)`` admits beyond the public ones."""
+    where, owned = summary_where(clauses, table)
+    values: list[Any] = [getattr(table, facet).label("value")] if facet else []
+    parts: list[Any] = [select(*values, col(table.n).label("n")).where(*where)]  # type: ignore[call-overload]
+    if owned:  # the private rows this principal reads
+        live: Any = live_column(facet) if facet else None
+        private = select(*([live.label("value")] if facet else []), func.count().label("n")).where(  # type: ignore[call-overload]
+            *clauses, col(Adapter.private) == True)  # noqa: E712 - SQL
+        parts.append(private.group_by(live) if facet else private)
+    both = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    total = cast(func.coalesce(func.sum(both.c.n), 0), BigInteger)
+    if facet is None:
+        return [(None, session.exec(select(total)).one())]
+    return list(session.exec(select(both.c.value, total).group_by(both.c.value)
+                             .order_by(total.desc(), both.c.value)).all())
+
+
+def live_column(facet: str) -> Any:
+    """The adapter column of ``facet`` as the summary tables key it (a NULL base model as ``''``)."""
+    column: Any = FACET_COLUMNS[facet]
+    return func.coalesce(column, "") if facet == "base_model" else column
+
+
+def summary_where(clauses: Filters, table: Any) -> tuple[list[Any], set[str] | None]:
+    """The WHERE clauses on summary ``table`` for what ``clauses`` match,
+    and the namespaces their principal owns (None: every one; see
+    :func:`summary_counts`: with some, its private rows are counted live)."""
     given, principal = clauses.given, clauses.principal
     where: list[Any] = []
     if "tag" in given:
@@ -189,21 +218,7 @@ def summary_counts(session: Session, clauses: Filters, table: Any, facet: str | 
     owned = principal.owned_namespaces() if principal is not None else set()
     if owned is not None:
         where.append(col(table.private) == False)  # noqa: E712 - SQL
-    values: list[Any] = [getattr(table, facet).label("value")] if facet else []
-    parts: list[Any] = [select(*values, col(table.n).label("n")).where(*where)]  # type: ignore[call-overload]
-    if owned:  # the private rows this principal reads
-        live: Any = FACET_COLUMNS[facet] if facet else None
-        if facet == "base_model":
-            live = func.coalesce(live, "")  # keyed as the summary keys it
-        private = select(*([live.label("value")] if facet else []), func.count().label("n")).where(  # type: ignore[call-overload]
-            *clauses, col(Adapter.private) == True)  # noqa: E712 - SQL
-        parts.append(private.group_by(live) if facet else private)
-    both = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-    total = cast(func.coalesce(func.sum(both.c.n), 0), BigInteger)
-    if facet is None:
-        return [(None, session.exec(select(total)).one())]
-    return list(session.exec(select(both.c.value, total).group_by(both.c.value)
-                             .order_by(total.desc(), both.c.value)).all())
+    return where, owned
 
 
 def search_adapters(
@@ -265,7 +280,25 @@ def _text_plan(session: Session, clauses: list[Any]) -> list[Any]:
     if summary_source(others) is None:
         return clauses
     keep = (driver, *clauses.named["always"])
-    return filters_drive(clauses, keep=keep, matching=count_adapters(session, clauses=others))
+    return filters_drive(clauses, keep=keep, matching=_plan_count(session, others))
+
+
+def _plan_count(session: Session, others: list[Any]) -> int:
+    """:func:`count_adapters` of ``others`` (a :class:`Filters`) for
+    :func:`_text_plan`, once per transaction (a page's facets and its rows
+    often ask for the same one). The count only picks the plan, never a row:
+    whatever it says, the rows are the same."""
+    assert isinstance(others, Filters)
+    owned = others.principal.owned_namespaces() if others.principal is not None else set()
+    key = (None if owned is None else tuple(sorted(owned)), tuple(sorted(others.given.items())))
+    session.connection()  # the transaction begins here if it has not: the memo is its own
+    transaction = session.get_transaction()
+    memo: tuple[Any, dict[Any, int]] | None = session.info.get("search_plan_counts")
+    if memo is None or memo[0] is not transaction:
+        memo = session.info["search_plan_counts"] = (transaction, {})
+    if key not in memo[1]:
+        memo[1][key] = count_adapters(session, clauses=others)
+    return memo[1][key]
 
 
 def referenced_blobs(session: Session) -> set[str]:

@@ -134,12 +134,13 @@ def body_safe(q: str) -> bool:
 
 class TextBody(FunctionElement):
     """``q=``'s test for a query beyond the trigram indexes (no three letters
-    or digits in a row), ``TextBody(clause, pattern)``: ``clause`` is the test
-    as :func:`crud.search_filters` builds it otherwise, ``pattern`` its LIKE
-    pattern (``%`` + lower-cased q + ``%``, q :func:`body_safe`).
+    or digits in a row), ``TextBody(clause, *patterns)``: ``clause`` is the test
+    as :func:`crud.search_filters` builds it otherwise, ``patterns`` its LIKE
+    patterns (``%`` + lower-cased q + ``%``, q :func:`body_safe`; for a
+    non-ASCII q also q as the database lower-cases it).
 
     On PostgreSQL it compiles to ``adapter.id IN (SELECT id FROM
-    adapter_fts_body WHERE body LIKE pattern)``: the body is each field's
+    adapter_fts_body WHERE body LIKE pattern [OR ...])``: the body is each field's
     ``lower()`` joined by ``chr(31)``, which the pattern cannot match, so it
     holds the pattern's text exactly when one field's ``lower()`` does (the
     old test, on one precomputed column instead of four ``lower()`` calls
@@ -156,9 +157,9 @@ compiles(TextBody)(_wrapped_test)
 
 @compiles(TextBody, "postgresql")
 def _text_body_postgresql(element: TextBody, compiler: Any, **kw: Any) -> str:
-    pattern = compiler.process(element.clauses.clauses[1], **kw)
+    tests = " OR ".join(f"body LIKE {compiler.process(p, **kw)}" for p in element.clauses.clauses[1:])
     rowid = compiler.process(col(Adapter.id), **kw)
-    return f"({rowid} IN (SELECT id FROM {BODY_TABLE} WHERE body LIKE {pattern}))"
+    return f"({rowid} IN (SELECT id FROM {BODY_TABLE} WHERE {tests}))"
 
 
 def _scan(clause: Any) -> Any:
