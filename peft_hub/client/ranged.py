@@ -1,13 +1,13 @@
 """A large blob fetched as parallel ranged GETs, written in place with
 ``pwrite`` and hashed from the file as its written prefix grows.
 
-The first range goes through the hub (which redirects to the store's
-presigned URL, or answers itself); the others go straight to the URL that
-first answer came from, with the token only if the first request still
-carried it. A server that answers the first range with the whole body (or
-refuses ranges) gets the single stream of :mod:`peft_hub.client.download`
-instead. Any other answer that is not exactly the range asked for is
-refused. Each range resumes from the bytes it holds when its connection
+The first range, small (:data:`FIRST`), goes through the hub (which
+redirects to the store's presigned URL, or answers itself); the others go
+straight to the URL that first answer came from, with the token only if the
+first request still carried it. A server that answers the first range with
+the whole body (or refuses ranges) gets the single stream of
+:mod:`peft_hub.client.download` instead. Any other answer that is not
+exactly the range asked for is refused. Each range resumes from the bytes it holds when its connection
 is cut, and is retried per the pull's policy. Ranges sent without the token
 (to a presigned URL) are read into one preallocated buffer per stream by
 :mod:`peft_hub.client.rawget` where it can keep the session's promises, and
@@ -17,13 +17,15 @@ The sha256 runs over the file in order. A block that arrives exactly where
 the hash stands is hashed from the network buffer by the stream that got it;
 bytes that arrived out of order are hashed later, by a thread of its own,
 read back from the file (the page cache is hot) once the prefix before them
-is complete. Each span's written bytes are handed to the kernel's writeback
-as the span completes, so the cache's fsync at the end has little left to do.
-Memory holds one network block per stream and one read block.
+is complete. The written bytes are handed to the kernel's writeback as each
+span grows (every :data:`_FLUSH` bytes), so the cache's fsync at the end has
+little left to do. Memory holds one network block per stream and one read block.
 
 A ``mirror`` (the ``pull -o`` directory's staging file) gets every block too,
 written from the same buffer at the same offset, so no copy follows the
 download; it is only a second destination, and the hash is of the first.
+Nothing fsyncs it, so it gets no writeback hint: its disk writes do not
+compete with the cache's during the pull.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ MIN_SIZE = 32 * 1024 * 1024
 #: Bytes per range, and parallel streams (boto3's part size; fewer streams than its 10: 2 cores).
 PART = 8 * 1024 * 1024
 STREAMS = 6
+#: Bytes of the first range (through the hub and httpx): the hash waits for it.
+FIRST = 1024 * 1024
 _READ = 1024 * 1024
+#: A span's written bytes are handed to writeback in pieces of at least this much (page-aligned).
+_FLUSH = 2 * 1024 * 1024
+_PAGE = 4096
 
 Opener = Callable[[httpx.Client, str, dict[str, str]], AbstractContextManager[httpx.Response]]
 
@@ -75,8 +82,10 @@ class _Ranges:
 
     def __init__(self, fds: tuple[int, ...], size: int, bar: tqdm) -> None:
         self.fd, self.fds, self.size, self.bar = fds[0], fds, size, bar
-        self.spans = [(a, min(a + PART, size)) for a in range(0, size, PART)]
+        first = min(FIRST, PART, size)
+        self.spans = [(0, first)] + [(a, min(a + PART, size)) for a in range(first, size, PART)]
         self.done = [0] * len(self.spans)  # bytes held from each span's start, contiguous
+        self.flushed = [0] * len(self.spans)  # bytes from each span's start handed to writeback
         self.todo: deque[int] = deque(range(1, len(self.spans)))
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -130,6 +139,10 @@ class _Ranges:
         for fd in self.fds:
             if os.pwrite(fd, block, pos) != size:
                 raise StorageError("a short write to the file being downloaded (is the disk full?)")
+        start, end = a + self.flushed[i], (pos + size) // _PAGE * _PAGE  # only span i's stream touches these
+        if end - start >= _FLUSH:
+            _writeback(self.fd, start, end - start)
+            self.flushed[i] = end - a
         with self.cond:
             self.done[i] += size
             self.bar.update(size)
@@ -148,8 +161,7 @@ class _Ranges:
         a, b = self.spans[i]
         if self.done[i] != b - a:
             raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
-        for fd in self.fds:
-            _writeback(fd, a, b - a)
+        _writeback(self.fd, a + self.flushed[i], b - a - self.flushed[i])  # the cache's file alone
 
     def halt(self) -> None:
         """Stop every stream and the hash: one range failed."""
