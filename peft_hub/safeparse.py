@@ -31,6 +31,10 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 # Openers weigh 2 and closers 0: the running sum minus the position is the depth.
 _WEIGHT = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+# Every digit becomes "0" and every other byte "."; then a run of too many
+# digits is a plain substring search (a regex for it costs more than the parse).
+_DIGITS = bytes(ord("0") if chr(b).isascii() and chr(b).isdigit() else ord(".") for b in range(256))
+_LONG_RUN = b"0" * (MAX_INT_DIGITS + 1)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -45,10 +49,27 @@ def json_depth(raw: bytes) -> int:
     opened = raw.count(b"[") + raw.count(b"{")
     if opened <= 1:
         return opened
-    weights = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET).translate(_WEIGHT)
+    weights = _outside_strings(raw).translate(None, _NOT_BRACKET).translate(_WEIGHT)
     if not weights:
         return 0
     return max(0, max(map(operator.sub, accumulate(weights), range(1, len(weights) + 1))))
+
+
+def _outside_strings(raw: bytes) -> bytes:
+    """``raw`` without its JSON strings, as ``_STRING.sub(b"", raw)`` leaves it.
+
+    With no backslash in the text every string runs from one quote to the
+    next, so a split on quotes (in C) finds them: every other piece is a
+    string's body, and a last, unpaired quote opens none (the regex leaves
+    it and what follows it). Text with escapes takes the regex.
+    """
+    if b"\\" in raw:
+        return _STRING.sub(b"", raw)
+    pieces = raw.split(b'"')
+    outside = pieces[::2]
+    if len(pieces) % 2 == 0:  # an odd number of quotes
+        outside.append(b'"' + pieces[-1])
+    return b"".join(outside)
 
 
 def check_depth(raw: bytes, *, max_depth: int = MAX_DEPTH, what: str = "the JSON",
@@ -111,10 +132,14 @@ def loads_json(
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{what} is not valid UTF-8") from None
+    # Only a run of more digits than MAX_INT_DIGITS can make an integer out of
+    # range; without one, integers are parsed in C (no Python call each: a
+    # safetensors header holds thousands).
+    parse_int = _bounded_int if _LONG_RUN in raw.translate(_DIGITS) else None
     try:
         value = json.loads(text, parse_constant=None if allow_nan else _refuse_constant,
                            parse_float=None if allow_nan else _finite_float,
-                           parse_int=_bounded_int, object_pairs_hook=object_pairs_hook)
+                           parse_int=parse_int, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:

@@ -65,12 +65,15 @@ class SafetensorsHeader:
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
+    out = dict(pairs)  # in C; only a shorter dict means a key came twice
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise InvalidAdapterError(f"safetensors header has a duplicate key {_short(key)}")
-        out[key] = value
-    return out
+        seen.add(key)
+    raise AssertionError("unreachable: a shorter dict has a repeated key")
 
 
 def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> SafetensorsHeader:

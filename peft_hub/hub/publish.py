@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO, cast
@@ -56,7 +56,11 @@ def verify_blob(
 
 
 def _checked_stat(store: BlobStore, entry: FileEntry) -> BlobStat:
-    stat = store.stat(entry.sha256)
+    return _checked(entry, store.stat(entry.sha256))
+
+
+def _checked(entry: FileEntry, stat: BlobStat | None) -> BlobStat:
+    """The store's answer for ``entry``, refused when the blob is missing or of another size."""
     if stat is None:
         raise UploadRequiredError(f"{entry.path}: blob {entry.sha256} is not stored (any more); upload it again")
     if stat.size != entry.size:
@@ -71,18 +75,29 @@ def _stats(pool: Executor, store: BlobStore, entries: list[FileEntry]) -> list[F
     return [pool.submit(_checked_stat, store, e) for e in entries]
 
 
+def ask_stats(pool: Executor, store: BlobStore, entries: list[FileEntry]) -> dict[str, Future[BlobStat | None]]:
+    """The store's answer (``store.stat``) for each distinct blob, asked for
+    at once on ``pool``: one round trip, which the possession check and
+    :func:`verify_outside` share."""
+    return {sha256: pool.submit(store.stat, sha256) for sha256 in dict.fromkeys(e.sha256 for e in entries)}
+
+
 def verify_outside(
     engine: Engine, store: BlobStore, principal: Principal, entries: list[FileEntry], pool: Executor,
+    asked: Mapping[str, Future[BlobStat | None]] | None = None,
 ) -> None:
     """Hash every blob not yet trusted, holding no transaction while it reads
     (each ledger read or write is a short transaction of its own), so the
-    write transaction that follows finds them trusted and reads no bytes."""
-    stats = _stats(pool, store, entries)
+    write transaction that follows finds them trusted and reads no bytes.
+    ``asked``: the store's answers from :func:`ask_stats`, if asked already
+    (the write transaction asks again, under the blobs' locks)."""
+    if asked is None:
+        asked = ask_stats(pool, store, entries)
     with Session(engine) as session:
         wanted = sorted({e.sha256 for e in entries})
         rows = {r.sha256: r for r in session.exec(select(Blob).where(col(Blob.sha256).in_(wanted)))}
-    for entry, asked in zip(entries, stats, strict=True):
-        stat = asked.result()
+    for entry in entries:
+        stat = _checked(entry, asked[entry.sha256].result())
         if ledger.trusted(rows.get(entry.sha256), stat):
             continue
         digest = ledger.hash_stored(store, entry.sha256)
@@ -185,17 +200,23 @@ def publish(
     # Outside the write transaction: possession, hashing, validation (store reads).
     engine = cast(Engine, session.get_bind())  # a request's session is bound to the engine
     _check_kind(engine, owner, name, kind)
-    proved = possession.require_held(engine, store, principal, [e for e in entries if e.sha256 not in received])
     with ThreadPoolExecutor(max_workers=STORE_STREAMS, thread_name_prefix="publish") as pool:
+        # The store's answers (no bytes) are asked for while the database is
+        # read; each is taken where the checks always took it, so a refusal
+        # (and its message) is the one it was.
+        asked = ask_stats(pool, store, entries)
+        proved = possession.require_held(
+            engine, store, principal, [e for e in entries if e.sha256 not in received], asked)
         return _publish_held(session, store, engine, pool, principal=principal, owner=owner, name=name, kind=kind,
                              entries=entries, message=message, tags=tags, private=private, parent=parent,
-                             client=client, received=received, proved=proved)
+                             client=client, received=received, proved=proved, asked=asked)
 
 
 def _publish_held(
     session: Session, store: BlobStore, engine: Engine, pool: Executor, *, principal: Principal, owner: str,
     name: str, kind: Kind, entries: list[FileEntry], message: str, tags: Sequence[str], private: bool | None,
     parent: str | None | bool, client: str, received: frozenset[str], proved: dict[str, int],
+    asked: Mapping[str, Future[BlobStat | None]] | None = None,
 ) -> tuple[Adapter, Revision, bool]:
     """:func:`publish` once the caller is known to hold every blob: the
     store's round trips go out together on ``pool`` (the reads validation
@@ -203,7 +224,7 @@ def _publish_held(
     order the checks always took them, so the same first fault is reported."""
     # Only after require_held: the bytes of a blob the caller does not hold are never read.
     early = {e.sha256: pool.submit(read_back, store, e) for e in entries if e.path in (CONFIG_NAME, WEIGHTS_NAME)}
-    verify_outside(engine, store, principal, entries, pool)
+    verify_outside(engine, store, principal, entries, pool, asked)
 
     kept: dict[str, bytes] = {}  # what base_compat reads again (config, weights header) is not fetched twice
 
