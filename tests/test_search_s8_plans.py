@@ -14,28 +14,15 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session
 from starlette.datastructures import QueryParams
-from test_search_speed import BACKENDS, FILTERS, QS, old_facets, old_filters, principals, seed
+from test_search_speed import FILTERS, QS, old_facets, old_filters, principals
+from test_search_speed import engine as engine  # noqa: F401 - its seeded database, the fixture
 
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.crud import facet_counts as facets_mod
 from peft_hub.hub.crud import search as new
 from peft_hub.hub.crud import search_sql
-from peft_hub.hub.db import make_engine
-from peft_hub.hub.migrations import upgrade
 from peft_hub.hub.models import Namespace
 from peft_hub.hub.web import catalog
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def engine(request, tmp_path_factory):
-    """tests/test_search_speed.py's seeded database."""
-    from conftest import database_url
-
-    engine = make_engine(database_url(request.param, tmp_path_factory.mktemp("search"), request))
-    upgrade(engine)
-    seed(engine)
-    yield engine
-    engine.dispose()
 
 
 def callers() -> list[Principal | None]:

@@ -282,7 +282,7 @@ def test_changed_filter_lists_and_unanswerable_filters_are_counted_live(engine):
         tagged = crud.search_filters(principal=None, tag="v1", kind="adapter", method="lora")
         assert search.summary_source(tagged) is search.AdapterTagCount
         assert [search.summary_source(tagged, f) for f in ("kind", "method", "owner", "base_model")] == [
-            search.AdapterTagCount, search.AdapterTagCount, None, None]
+            search.AdapterTagCount, search.AdapterTagCount, search.AdapterTagFacetCount, search.AdapterTagFacetCount]
         # Without a tag filter the tag table is never the source (it counts tags, not adapters).
         assert search.summary_source(crud.search_filters(principal=None, kind="model"), "kind") is search.AdapterCount
 
@@ -343,8 +343,8 @@ def test_migration_down_and_up_on_a_database_with_rows(engine):
         assert_exact(conn)
 
 
-def test_tag_migration_down_and_up_on_a_database_with_tags(engine):
-    rng = random.Random(5)
+def write_adapters_and_tags(engine, rng: random.Random) -> None:
+    """Raw writes, published revisions (some private) and raw tag writes: a database to migrate down and up."""
     for step in range(10):
         raw_write(engine, rng, step)
     with Session(engine) as session:
@@ -355,6 +355,10 @@ def test_tag_migration_down_and_up_on_a_database_with_tags(engine):
     for _ in range(6):
         with engine.begin() as conn:
             raw_tag_write(conn, rng, conn.execute(select(Adapter.id)).scalars().all())
+
+
+def test_tag_migration_down_and_up_on_a_database_with_tags(engine):
+    write_adapters_and_tags(engine, random.Random(5))
     with engine.begin() as conn:
         command.downgrade(config(conn), "0008")
     from sqlalchemy import inspect

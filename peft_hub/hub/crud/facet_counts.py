@@ -19,7 +19,7 @@ from peft_hub.hub.crud.search import (
     summary_where,
 )
 from peft_hub.hub.crud.search_sql import LowerLike, escape_like
-from peft_hub.hub.models import Adapter
+from peft_hub.hub.models import Adapter, AdapterTagFacetCount
 
 
 def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ...]
@@ -40,9 +40,34 @@ def summary_facets(session: Session, *, clauses: list[Any], names: tuple[str, ..
     for table, shared in by_table.items():
         if len(shared) == 1:
             out[shared[0]] = summary_counts(session, clauses, table, shared[0])
+        elif table is AdapterTagFacetCount:
+            out.update(_tag_facet_groups(session, clauses, tuple(shared)))
         else:
             out.update(_summary_groups(session, clauses, table, tuple(shared)))
     return {name: out[name] for name in names if name in out}
+
+
+def _tag_facet_groups(session: Session, clauses: Filters, names: tuple[str, ...]
+                      ) -> dict[str, list[tuple[str | None, int]]]:
+    """:func:`_summary_groups` on ``adapter_tag_facet_count``, whose rows
+    are keyed by facet and value: one seek per facet, in one statement."""
+    table = AdapterTagFacetCount
+    where, owned = summary_where(clauses, table)
+    parts: list[Any] = [select(col(table.facet).label("facet"), col(table.value).label("value"),
+                               col(table.n).label("n")).where(*where, col(table.facet).in_(names))]
+    for name in names if owned else ():  # the private rows this principal reads, as summary_counts counts them
+        live = live_column(name)
+        parts.append(select(literal(name).label("facet"), live.label("value"), func.count().label("n"))
+                     .where(*clauses, col(Adapter.private) == True).group_by(live))  # noqa: E712 - SQL
+    matched: Any = union_all(*parts) if len(parts) > 1 else parts[0]
+    keys = matched.subquery()
+    total = cast(func.coalesce(func.sum(keys.c.n), 0), BigInteger)
+    out: dict[str, list[tuple[str | None, int]]] = {n: [] for n in names}
+    for facet, value, number in session.exec(select(keys.c.facet, keys.c.value, total)
+                                             .group_by(keys.c.facet, keys.c.value)
+                                             .order_by(keys.c.facet, total.desc(), keys.c.value)).all():
+        out[facet].append((value, number))
+    return out
 
 
 def _summary_groups(session: Session, clauses: Filters, table: Any, names: tuple[str, ...]

@@ -31,7 +31,9 @@ from peft_hub.hub.models import (
     Adapter,
     AdapterCount,
     AdapterOwnerCount,
+    AdapterOwnerRankCount,
     AdapterTagCount,
+    AdapterTagFacetCount,
     Eval,
     RevisionFile,
     Tag,
@@ -138,7 +140,7 @@ class Filters(list):
         return len(self) == len(self._built) and all(a is b for a, b in zip(self, self._built, strict=True))
 
 
-#: The summary tables (migrations 0008, 0009): the filters each can apply, and the facets it counts.
+#: The summary tables (migrations 0008, 0009, 0013): the filters each can apply, and the facets it counts.
 SUMMARIES: tuple[tuple[type, frozenset[str], frozenset[str]], ...] = (
     (AdapterCount, frozenset({"kind", "base_model", "method", "min_rank", "max_rank"}),
      frozenset({"kind", "base_model", "method"})),
@@ -147,13 +149,20 @@ SUMMARIES: tuple[tuple[type, frozenset[str], frozenset[str]], ...] = (
     (AdapterOwnerCount, frozenset({"kind", "method"}), frozenset({"kind", "method", "owner"})),
     # Only with a tag filter (summary_source): it counts tags, one per adapter for each tag name.
     (AdapterTagCount, frozenset({"tag", "kind", "method"}), frozenset({"kind", "method"})),
+    # Keyed by (facet, value) as well: the base model and owner facets beside a tag (migration 0013).
+    (AdapterTagFacetCount, frozenset({"tag", "kind", "method"}), frozenset({"base_model", "owner"})),
+    # The owner facet beside a rank range (0013): with no kind or method filter.
+    (AdapterOwnerRankCount, frozenset({"min_rank", "max_rank"}), frozenset({"owner"})),
 )
+#: The summary tables that count only with a tag filter.
+TAGGED = (AdapterTagCount, AdapterTagFacetCount)
 
 
 def summary_source(clauses: list[Any], facet: str | None = None) -> type | None:
     """The summary table that counts what ``clauses`` match (by ``facet``,
     when given), or None when only the rows can (a text query, a target
-    module, a tag beside other filters, a list changed after :func:`search_filters`)."""
+    module, a tag beside filters other than kind and method, a list changed
+    after :func:`search_filters`)."""
     if not isinstance(clauses, Filters) or not clauses.unchanged():
         return None
     given = clauses.given
@@ -161,7 +170,7 @@ def summary_source(clauses: list[Any], facet: str | None = None) -> type | None:
         return None  # a bound past the NULL ranks' keys
     for table, filters, facets in SUMMARIES:
         if given.keys() <= filters and (facet is None or facet in facets) and (
-                ("tag" in given) == (table is AdapterTagCount)):
+                ("tag" in given) == (table in TAGGED)):
             return table
     return None
 
@@ -176,7 +185,11 @@ def summary_counts(session: Session, clauses: Filters, table: Any, facet: str | 
     (few, found by the ``lower(owner)`` index), the rows
     ``visible_clause(principal)`` admits beyond the public ones."""
     where, owned = summary_where(clauses, table)
-    values: list[Any] = [getattr(table, facet).label("value")] if facet else []
+    if table is AdapterTagFacetCount:  # one facet's values (never without a facet: summary_source)
+        where.append(col(table.facet) == facet)
+    values: list[Any] = []
+    if facet:
+        values.append((col(table.value) if table is AdapterTagFacetCount else getattr(table, facet)).label("value"))
     parts: list[Any] = [select(*values, col(table.n).label("n")).where(*where)]  # type: ignore[call-overload]
     if owned:  # the private rows this principal reads
         live: Any = live_column(facet) if facet else None

@@ -14,7 +14,15 @@ each other in that order: keep it, and add a new module's import at the end.
 # isort: off
 from peft_hub.hub.models.base import name_key, pk, utcnow
 from peft_hub.hub.models.accounts import Membership, Namespace, Token
-from peft_hub.hub.models.adapters import NO_RANK, Adapter, AdapterCount, AdapterOwnerCount, AdapterTagCount
+from peft_hub.hub.models.adapters import (
+    NO_RANK,
+    Adapter,
+    AdapterCount,
+    AdapterOwnerCount,
+    AdapterOwnerRankCount,
+    AdapterTagCount,
+    AdapterTagFacetCount,
+)
 from peft_hub.hub.models.revisions import (
     Eval,
     EvalBase,
@@ -35,7 +43,9 @@ __all__ = [
     "Adapter",
     "AdapterCount",
     "AdapterOwnerCount",
+    "AdapterOwnerRankCount",
     "AdapterTagCount",
+    "AdapterTagFacetCount",
     "AuditEvent",
     "Blob",
     "BlobUpload",

@@ -110,6 +110,38 @@ class AdapterTagCount(SQLModel, table=True):
     n: int = Field(sa_type=BigInteger)
 
 
+class AdapterTagFacetCount(SQLModel, table=True):
+    """:class:`AdapterTagCount` by one facet's value: how many adapters with a
+    method carry each tag, by their base model (``facet`` ``'base_model'``, a
+    NULL keyed ``''``) or owner (``'owner'``), kind, method and visibility
+    (migration 0013, whose triggers keep it a live ``tag JOIN adapter``)."""
+
+    __tablename__ = "adapter_tag_facet_count"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    tag: str = Field(primary_key=True, max_length=64)
+    facet: str = Field(primary_key=True, max_length=16)
+    value: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True, max_length=8)
+    method: str = Field(primary_key=True)
+    private: bool = Field(primary_key=True)
+    n: int = Field(sa_type=BigInteger)
+
+
+class AdapterOwnerRankCount(SQLModel, table=True):
+    """:class:`AdapterOwnerCount` by rank instead of kind and method: the owner
+    facet beside a rank range (migration 0013; ranks keyed as in :class:`AdapterCount`)."""
+
+    __tablename__ = "adapter_owner_rank_count"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    private: bool = Field(primary_key=True)
+    owner: str = Field(primary_key=True, max_length=64)
+    rank: int = Field(primary_key=True, sa_type=BigInteger)
+    max_rank: int = Field(primary_key=True, sa_type=BigInteger)
+    n: int = Field(sa_type=BigInteger)
+
+
 #: Search (migration 0005): the owner filter and visibility match ``lower(owner)``, the method filter
 #: ``upper(method)``; on PostgreSQL, ``q=``'s substring LIKEs use trigram GIN indexes (SQLite has none: 0005
 #: makes them on PostgreSQL only).
