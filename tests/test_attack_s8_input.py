@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from faultproxy import FaultProxy
 from hub_state import snapshot
 
 pytestmark = pytest.mark.integration
@@ -58,13 +59,7 @@ def _exchange(url: str, head: bytes) -> bytes:
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
         conn.sendall(head)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
+        return FaultProxy._read_head(conn)
 
 
 def test_oversized_and_numerous_headers_are_answered_not_crashed(embedded_hub):

@@ -90,16 +90,17 @@ def search_filters(
         # PostgreSQL (its LIKE's default) but not on SQLite.
         like, test = f"%{q.lower()}%", LowerLike if TRIGRAM.search(q) else LowerLikeScan
         scan = or_(*(test(c, like) for c in TEXT_COLUMNS))
-        typed = func.lower(f"%{q}%")  # q folded as the database folds the fields
-        if not q.isascii():  # Python's lower() special-cases some letters (a final sigma, the dotted I), and
-            scan = or_(scan, *(test(c, typed) for c in TEXT_COLUMNS))  # SQLite's lower() folds ASCII only
+        # A non-ASCII q also as the database folds the fields: Python's lower() special-cases some letters
+        # (a final sigma, the dotted I), and SQLite's lower() folds ASCII only.
+        typed = [] if q.isascii() else [func.lower(f"%{q}%")]
+        scan = or_(scan, *(test(c, pattern) for pattern in typed for c in TEXT_COLUMNS)) if typed else scan
         # ASCII only: the index folds the case of every letter, SQLite's LIKE only of ASCII ones; the scan
         # decides either way, but a non-ASCII query need not depend on how another SQLite build folds.
         # No NUL: SQLite's LIKE stops reading the pattern there, and FTS5's query parser fails on it.
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
         text = TextLike(scan, literal(phrases)) if phrases else scan
         if test is LowerLikeScan and body_safe(q):  # beyond pg_trgm: PostgreSQL reads 0011's body table instead
-            text = TextBody(text, literal(like), *([] if q.isascii() else [typed]))
+            text = TextBody(text, literal(like), *typed)
         clauses.append(text)
     if base_model:
         clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
