@@ -64,6 +64,8 @@ class CommitResult(RevisionDetail):
 class SearchPage(BaseModel):
     items: list[AdapterSummary]
     total: int
+    #: False: at least ``total`` match (a text query's count stops past a bound: crud.search.COUNT_BOUND).
+    total_exact: bool = True
     page: int
     per_page: int
 

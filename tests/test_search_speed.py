@@ -174,9 +174,9 @@ def _same_page(session, who, args, sort, order, page, *, per_page):
     """One page and its total, the new way and the old: they must agree. Returns the old."""
     want = old_search(session, clauses=old_filters(principal=who, **args), sort=sort, order=order,
                       page=page, per_page=per_page)
-    items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
-                                       sort=sort, order=order, page=page, per_page=per_page)
-    assert ([a.id for a in items], total) == want, (who, args, sort, order, page)
+    items, total, exact = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                              sort=sort, order=order, page=page, per_page=per_page)
+    assert ([a.id for a in items], total) == want and exact, (who, args, sort, order, page)
     return want
 
 
@@ -298,8 +298,9 @@ def test_sqlite_full_text_index_follows_every_write(tmp_path):
         for who, q in itertools.product(principals(), [*QS[1:], "fresh", "renamed-q", "now legal", "zz-none",
                                                            "leg\x00al", "\x00lla"]):
             want = old_search(session, clauses=old_filters(principal=who, q=q), per_page=300)
-            items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, q=q), per_page=300)
-            assert ([a.id for a in items], total) == want, (who, q)
+            items, total, exact = new.search_adapters(session, clauses=new.search_filters(principal=who, q=q),
+                                                      per_page=300)
+            assert ([a.id for a in items], total) == want and exact, (who, q)
         found = {a.id for a in new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"),
                                                    per_page=300)[0]}
         assert {500, 7} <= found and 8 not in found
@@ -329,9 +330,9 @@ def test_rank_sorted_pages_bounded_by_the_summary_are_the_same(engine, monkeypat
                 continue  # past int4: the old query fails there too (the routes cap ranks at 2**31 - 1)
             want = old_search(session, clauses=old_filters(principal=who, **args), sort="rank", order=order,
                               page=page, per_page=5)
-            items, total = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
-                                               sort="rank", order=order, page=page, per_page=5)
-            assert ([a.id for a in items], total) == want, (who, args, order, page)
+            items, total, exact = new.search_adapters(session, clauses=new.search_filters(principal=who, **args),
+                                                      sort="rank", order=order, page=page, per_page=5)
+            assert ([a.id for a in items], total) == want and exact, (who, args, order, page)
         for who, want_ids in zip(principals(), ([], [241], [242, 241]), strict=True):  # private rows below rank 4
             items = new.search_adapters(session, clauses=new.search_filters(principal=who, min_rank=16, max_rank=3),
                                         sort="rank", order="asc")[0]

@@ -141,7 +141,8 @@ def search(hub: HubClient, query: str | None, as_json: bool, **filters: Any) -> 
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    click.echo(f"{result['total']} adapter(s), page {result['page']}")
+    at_least = "" if result.get("total_exact", True) else "+"  # the hub stopped counting: at least this many
+    click.echo(f"{result['total']}{at_least} adapter(s), page {result['page']}")
 
 
 ls = click.Command("ls", callback=search.callback, params=search.params, help=search.help)

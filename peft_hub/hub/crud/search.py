@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, or_, true, union_all
 from sqlalchemy.orm import Mapped
@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from peft_hub.errors import InvalidInputError
 from peft_hub.hub.auth import Principal
+from peft_hub.hub.crud import search_sql
 from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrases: part of this module's surface
     DRIVERS,
     FTS_TABLE,
@@ -20,6 +21,7 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     TextBody,
     TextLike,
     body_safe,
+    bounded_count,
     escape_like,
     filters_drive,
     fts_phrases,
@@ -235,16 +237,34 @@ def summary_where(clauses: Filters, table: Any) -> tuple[list[Any], set[str] | N
     return where, owned
 
 
+#: A count that only the rows can give (a text query, a target module, a tag beside other filters) stops
+#: this many rows past the page's offset: beyond, ``total`` is a lower bound (``exact`` False). What
+#: Elasticsearch's ``track_total_hits`` and GitHub's search do: counting every match of a common word
+#: grows with the table, and nobody pages through a thousand results. Summary-table counts stay exact.
+COUNT_BOUND = 1000
+
+
+class SearchResult(NamedTuple):
+    """One page of adapters, and how many match: exactly, or at least ``total`` when ``exact`` is False."""
+
+    items: list[Adapter]
+    total: int
+    exact: bool = True
+
+
 def search_adapters(
     session: Session, *, clauses: list[Any], sort: str = "updated", order: str = "desc", page: int = 1,
-    per_page: int = 20, total: int | None = None,
-) -> tuple[list[Adapter], int]:
+    per_page: int = 20, total: int | None = None, bound: int | None = COUNT_BOUND,
+) -> SearchResult:
     """One page of adapters matching ``clauses``, and the total count.
 
     The count is a second query only when the page is full (or past the end)
     and the caller does not know it (``total``, counted with the same
     ``clauses`` in the same transaction): a short page already says how many
     match. On SQLite it comes first, where it picks the page's plan (:func:`sort_drives`).
+    A count from the rows stops ``bound`` rows past the offset (None: exact;
+    see :data:`COUNT_BOUND`), and always past the page, so a full page knows
+    whether another follows.
     """
     if sort not in SORTS:
         raise InvalidInputError(f"sort must be one of {', '.join(SORTS)}")
@@ -253,30 +273,46 @@ def search_adapters(
     column = SORTS[sort]
     ordering = [column.asc() if order == "asc" else column.desc(), col(Adapter.id).asc()]
     offset = (page - 1) * per_page
+    # The least SQLite's plan needs to know too (sort_drives), read here: tests change it.
+    at_most = None if bound is None else offset + max(bound, search_sql.SORT_DRIVES_AT, per_page + 1)
     walks_rank = sort == "rank" and isinstance(clauses, Filters) and clauses.unchanged()
     bounds = rank_bounds(clauses.given) if isinstance(clauses, Filters) and walks_rank else []
-    page_clauses = [*clauses, *bounds]
+    page_clauses, exact = [*clauses, *bounds], True
     if session.get_bind().dialect.name == "sqlite":  # how many match picks SQLite's plan (see sort_drives)
         page_clauses = _text_plan(session, clauses)
-        total = total if total is not None else count_adapters(session, clauses=clauses, rows=page_clauses)
+        if total is None:
+            total, exact = _count(session, clauses=clauses, rows=page_clauses, at_most=at_most)
         driven = sort_drives(page_clauses, total=total, offset=offset)
         page_clauses = [*driven, *bounds] if driven is not page_clauses else driven  # bounds: for the walk
     items = list(session.exec(select(Adapter).where(*page_clauses).order_by(*ordering).offset(offset).limit(per_page)))
     if len(items) < per_page and (items or offset == 0):
-        return items, offset + len(items)
-    return items, total if total is not None else count_adapters(session, clauses=clauses)
+        return SearchResult(items, offset + len(items))
+    if total is None:
+        total, exact = _count(session, clauses=clauses, at_most=at_most)
+    return SearchResult(items, total, exact)
 
 
 def count_adapters(session: Session, *, clauses: list[Any], rows: list[Any] | None = None) -> int:
     """How many adapters ``clauses`` match: from a summary table when one can
     tell (:func:`summary_source`), else from the rows, through ``rows`` when
     given (the same test, as :func:`_text_plan` planned it), else :func:`_text_plan`'s."""
+    return _count(session, clauses=clauses, rows=rows)[0]
+
+
+def _count(
+    session: Session, *, clauses: list[Any], rows: list[Any] | None = None, at_most: int | None = None
+) -> tuple[int, bool]:
+    """:func:`count_adapters`, counting from the rows at most ``at_most``
+    (:func:`search_sql.bounded_count`), and whether the count is exact."""
     table = summary_source(clauses)
     if table is not None:
         assert isinstance(clauses, Filters)
-        return summary_counts(session, clauses, table, None)[0][1]
+        return summary_counts(session, clauses, table, None)[0][1], True
     where = rows if rows is not None else _text_plan(session, clauses)
-    return session.exec(select(func.count()).select_from(Adapter).where(*where)).one()
+    if at_most is None:
+        return session.exec(select(func.count()).select_from(Adapter).where(*where)).one(), True
+    n = session.exec(bounded_count(where, at_most=at_most, dialect=session.get_bind().dialect.name)).one()
+    return n, n < at_most
 
 
 def _text_plan(session: Session, clauses: list[Any]) -> list[Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, func
+from sqlalchemy import Boolean, Integer, column, func, literal, literal_column, table
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
@@ -170,8 +170,9 @@ def _scan(clause: Any) -> Any:
 
 
 #: On SQLite, a page query whose filters match this many rows (past the offset) walks the sort's index
-#: and stops at the page (:func:`sort_drives`). Tests lower it.
-SORT_DRIVES_AT = 2000
+#: and stops at the page (:func:`sort_drives`). A bounded count (:func:`bounded_count`) counts at least
+#: this far past the offset, so that it can tell. Tests lower it.
+SORT_DRIVES_AT = 1000
 
 
 class OffIndex(FunctionElement):
@@ -271,6 +272,29 @@ def rank_bounds(given: dict[str, Any]) -> list[Any]:
                                                           col(AdapterCount.rank) <= high)
         bounds.append(col(Adapter.rank) >= least.scalar_subquery())
     return bounds
+
+
+def bounded_count(where: list[Any], *, at_most: int, dialect: str) -> Any:
+    """``SELECT count(*)`` of at most ``at_most`` of the rows ``where``
+    matches: the statement stops reading once it has found them, so it costs
+    what ``at_most`` rows do rather than what every match does.
+
+    On SQLite, a :class:`TextLike` among ``where`` (as :func:`crud.search_filters`
+    built it, not planned off its index) drives: the rows come from its FTS5
+    table joined to ``adapter`` by rowid, which yields matches one at a time
+    (``adapter.id IN (...)`` would gather every match first), and every
+    clause, the text's LIKE scan among them, decides off the indexes
+    (:class:`OffIndex`), as it does for those candidates today."""
+    unwrapped = (c.clauses.clauses[0] if isinstance(c, TextBody) else c for c in where)
+    text = next((c for c in unwrapped if isinstance(c, TextLike)), None) if dialect == "sqlite" else None
+    if text is None:
+        rows = select(literal(1)).select_from(Adapter).where(*where)
+    else:
+        fts = table(FTS_TABLE, column("rowid"))
+        match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
+        rows = (select(literal(1)).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
+                .where(match, *(OffIndex(_scan(c)) for c in where)))
+    return select(func.count()).select_from(rows.limit(at_most).subquery())
 
 
 def escape_like(value: str) -> str:

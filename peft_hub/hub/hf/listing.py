@@ -69,7 +69,8 @@ def list_models(
         raise InvalidInputError(f"sort must be one of {', '.join(sorted(SORT_KEYS))}")
     per_page = min(limit or PAGE_MAX, PAGE_MAX)
     clauses = _filter_clauses(principal, search, author, filter)
-    items, total = crud.search_adapters(session, clauses=clauses, sort=SORT_KEYS[sort or "lastModified"],
+    # ``total`` may be a lower bound (a text query's count stops past a bound): enough to say a next page exists.
+    items, total, _ = crud.search_adapters(session, clauses=clauses, sort=SORT_KEYS[sort or "lastModified"],
                                         order="asc" if direction == 1 else "desc", page=p + 1, per_page=per_page)
     body = [_item(session, store, a, full=full, card=cardData) for a in items]
     headers = {}
@@ -101,7 +102,7 @@ def list_user_repos(
         raise AuthenticationError("sign in (a peft-hub token) to list your repositories")
     owner = namespace or principal.user.name
     clauses = crud.search_filters(principal=principal, owner=owner)
-    items, _ = crud.search_adapters(session, clauses=clauses, per_page=1000)
+    items = crud.search_adapters(session, clauses=clauses, per_page=1000).items
     total = sum(a.total_size for a in items) or 1
     return [
         {"id": f"{a.owner}/{a.name}", "type": "model", "updatedAt": shapes.iso(a.updated_at),

@@ -59,9 +59,9 @@ def search(
         principal=principal, q=q, base_model=base_model, method=method, min_rank=min_rank,
         max_rank=max_rank, target_module=target_module, owner=owner, tag=tag, kind=kind,
     )
-    items, total = crud.search_adapters(session, clauses=clauses, sort=sort, order=order, page=page, per_page=per_page)
-    return SearchPage(items=[crud.adapter_summary(a) for a in items], total=total, page=page,
-                      per_page=per_page).model_dump()
+    found = crud.search_adapters(session, clauses=clauses, sort=sort, order=order, page=page, per_page=per_page)
+    return SearchPage(items=[crud.adapter_summary(a) for a in found.items], total=found.total,
+                      total_exact=found.exact, page=page, per_page=per_page).model_dump()
 
 
 @router.get("/{owner}/{name}", response_model=dict[str, Any])

@@ -144,8 +144,9 @@ def search(
 ) -> tuple[list[Adapter], int]:
     """One page of the catalog, and how many match (``total`` when already known: see :func:`counts`)."""
     clauses = crud.search_filters(principal=principal, **query.filters())
+    # Exact: the page counts its facets over the same rows anyway, and its pager needs the last page.
     return crud.search_adapters(session, clauses=clauses, sort=query.sort, order=query.order,
-                                page=query.page, per_page=PER_PAGE, total=total)
+                                page=query.page, per_page=PER_PAGE, total=total, bound=None)[:2]
 
 
 def counts(

@@ -66,7 +66,7 @@ def sibling(session: Session, adapter: Adapter, principal: Principal | None) -> 
     if not adapter.base_model:
         return None
     clauses = crud.search_filters(principal=principal, base_model=adapter.base_model, method="LORA")
-    items, _ = crud.search_adapters(session, clauses=clauses, sort="downloads", per_page=2)
+    items = crud.search_adapters(session, clauses=clauses, sort="downloads", per_page=2).items
     return next((f"{a.owner}/{a.name}" for a in items if a.id != adapter.id), None)
 
 

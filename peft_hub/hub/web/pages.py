@@ -69,7 +69,7 @@ def make_router(renderer: Renderer) -> APIRouter:
                 picked.append(p)
             preview = compose_preview.build(picked, method, rank, density, max_rank)
         clauses = crud.search_filters(principal=principal, method="LORA")
-        choices, _ = crud.search_adapters(session, clauses=clauses, sort="name", order="asc", per_page=PICKER_SIZE)
+        choices = crud.search_adapters(session, clauses=clauses, sort="name", order="asc", per_page=PICKER_SIZE).items
         return renderer.page(
             request, "compose.html", pairs=pairs, method=method, rank=rank, density=density_text,
             max_rank=max_rank, preview=preview, problems=problems, choices=choices,
