@@ -99,8 +99,6 @@ def test_sign_in_never_redirects_a_browser_off_the_hub(embedded_hub):
             assert on_hub(r.headers["location"]), (target, r.headers["location"])
 
 
-@pytest.mark.xfail(strict=True, reason="an HF commit's deletedFile lines are not counted: up to the 2.8 GB commit "
-                                       "cap of them are parsed into memory (about 3x the body) before it is refused")
 def test_an_hf_commit_of_endless_deletions_is_refused_while_it_streams(embedded_hub, tmp_path):
     """A commit can delete at most the files its parent holds, so one that
     keeps naming deletions long past any adapter's or model's file count can

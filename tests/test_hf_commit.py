@@ -18,7 +18,7 @@ from peft_hub.errors import (
     InvalidInputError,
     UnsafeFormatError,
 )
-from peft_hub.hub.hf.commit import read_commit
+from peft_hub.hub.hf.commit import MAX_COMMIT_OTHER_LINES, read_commit
 from peft_hub.hub.hf.ndjson import ndjson_lines
 from peft_hub.hub.hf.operations import Operation, apply_operations
 from peft_hub.hub.storage import open_store
@@ -100,6 +100,14 @@ def test_read_commit_caps_files_and_line_length(tmp_path):
     many = [_file(f"f{i}.txt", b"%d" % i) for i in range(MAX_FILES + 1)]
     with pytest.raises(InvalidInputError, match="at most"):
         asyncio.run(read_commit(_body(*many, chunk=4096), store, []))
+
+    deletions = [{"key": "deletedFile", "value": {"path": f"f{i}.txt"}} for i in range(MAX_COMMIT_OTHER_LINES)]
+    parsed = asyncio.run(read_commit(_body(*deletions, chunk=4096), store, []))
+    assert len(parsed.operations) == MAX_COMMIT_OTHER_LINES
+    for other in ({"key": "header", "value": {}}, {"key": "deletedFolder", "value": {"path": "x"}},
+                  {"key": "file", "value": {"path": ".gitattributes", "content": ""}}):
+        with pytest.raises(InvalidInputError, match="besides the files it adds"):
+            asyncio.run(read_commit(_body(*deletions, other, chunk=4096), store, []))
 
     async def collect():
         return [line async for line in ndjson_lines(_body({"a": "x" * 100}, chunk=16), max_line=50)]

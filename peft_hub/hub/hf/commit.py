@@ -52,6 +52,12 @@ DECODE_BYTES = 256 * 1024
 IGNORED_FILES = frozenset({".gitattributes", ".gitignore"})
 #: The most files one commit may add: a model's limit (an adapter's, lower, is checked at publish).
 MAX_COMMIT_FILES = max(MAX_FILES, MAX_MODEL_FILES)
+#: The most lines besides the files added (its header, deletions, skipped git
+#: files) one commit may hold. A deletion names a file or folder of the
+#: parent, which holds at most MAX_COMMIT_FILES files, and a second deletion
+#: of one fails; a commit past this could never land, so it is refused while
+#: it streams instead of being read (and kept) up to the body cap.
+MAX_COMMIT_OTHER_LINES = MAX_COMMIT_FILES + len(IGNORED_FILES) + 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 #: How huggingface_hub starts a ``file`` line (json.dumps of key, value, content in that order).
 _FILE_HEAD = re.compile(rb'\s*\{\s*"key"\s*:\s*"file"\s*,\s*"value"\s*:\s*\{\s*"content"\s*:\s*"')
@@ -82,7 +88,8 @@ async def read_commit(
     """Parse the commit body; inline files are stored as blobs as they arrive.
 
     ``max_files`` caps the files added (the route passes
-    :data:`MAX_COMMIT_FILES`, a model's limit; publishing checks the kind's own).
+    :data:`MAX_COMMIT_FILES`, a model's limit; publishing checks the kind's own),
+    and :data:`MAX_COMMIT_OTHER_LINES` every other line.
 
     Lines up to :data:`WHOLE_LINE_MAX` are parsed whole; a longer one is an
     inline file whose base64 is decoded into a staged file as it arrives
@@ -94,10 +101,15 @@ async def read_commit(
     """
     parsed = ParsedCommit()
     body = StreamedBody(chunks)
+    counted = {"add": 0, "other": 0}
 
-    def check_count() -> None:
-        if sum(op.kind == "add" for op in parsed.operations) >= max_files:
+    def check_count(kind: str = "add") -> None:
+        counted[kind] += 1
+        if kind == "add" and counted["add"] > max_files:
             raise InvalidInputError(f"a commit adds at most {max_files} files (an adapter has at most {MAX_FILES})")
+        if counted["other"] > MAX_COMMIT_OTHER_LINES:
+            raise InvalidInputError(f"a commit holds at most {MAX_COMMIT_OTHER_LINES} lines besides the files it "
+                                    f"adds (a header and deletions; a parent holds at most {MAX_COMMIT_FILES} files)")
 
     while (line := await body.line(WHOLE_LINE_MAX)) is not None:
         if line is StreamedBody.LONG:
@@ -105,17 +117,23 @@ async def read_commit(
             streamed = await _streamed_file(body, store, stored)
             if streamed is not None:
                 parsed.operations.append(Operation("add", streamed.path, streamed, inline=True))
+            else:  # a skipped git file: it was counted as an add
+                counted["add"] -= 1
+                check_count("other")
             continue
         # Bounded depth, and no NUL or broken Unicode in the message and paths.
         item = loads_json(line, what="a commit line", strict_strings=True)
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise InvalidInputError("every commit line is an object with 'key' and 'value'")
         key, value = item.get("key"), item["value"]
+        skipped = isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES
+        if key not in ("file", "lfsFile") or skipped:
+            check_count("other")
         if key == "header":
             parsed.summary = str(value.get("summary") or "")
             parsed.description = str(value.get("description") or "")
             parsed.parent_commit = value.get("parentCommit")
-        elif isinstance(value.get("path"), str) and value["path"] in IGNORED_FILES:
+        elif skipped:
             continue
         elif key == "file":
             check_count()
