@@ -54,8 +54,6 @@ def base_repo(hub, tmp_path):
     admin.close()
 
 
-@pytest.mark.xfail(strict=True, reason="an HF commit reads main's files and main's sha in two statements: a commit "
-                                       "landing between them is dropped by the next, which is answered 200")
 def test_an_hf_commit_built_while_another_lands_never_drops_it(hub, base_repo, monkeypatch):
     """huggingface_hub's ``create_commit`` (no parent given) is applied on top
     of main. A rival commit lands while ours is being built: ours must then be
@@ -117,8 +115,6 @@ def _adapter_commit(tmp_path, note: str) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
-@pytest.mark.xfail(strict=True, reason="an HF commit whose private repo is deleted while its body streams "
-                                       "re-creates the repo, public, with the commit's files")
 def test_a_private_repo_deleted_while_an_hf_commit_streams_stays_gone(hub, tmp_path, monkeypatch):
     """The HF commit route needs an existing repo (a missing one is a 404
     before the body is read). When the repo is deleted while the body is
@@ -151,26 +147,18 @@ def test_a_private_repo_deleted_while_an_hf_commit_streams_stays_gone(hub, tmp_p
 # --- a write to a repo that another request deletes meanwhile ----------------------------------------------------
 
 
-def _deleted_while_it_writes(hub, monkeypatch, module, fn: str, rival, *, after: str = "call"):
+def _deleted_while_it_writes(hub, monkeypatch, module, fn: str, rival):
     """Run ``rival`` (a request writing to admin/doomed); once it has loaded
-    the repo and reached ``module.fn`` (entered it, or, with ``after="return"``,
-    returned from it), delete the repo through the API and let the rival go
-    on. Returns (the delete's answer, the rival's answer)."""
+    the repo and entered ``module.fn``, delete the repo through the API and
+    let the rival go on. Returns (the delete's answer, the rival's answer)."""
     real, reached, deleted, paused = getattr(module, fn), threading.Event(), threading.Event(), []
 
-    def pause():
+    def paused_call(*args, **kwargs):
         if not paused:  # the rival's own call only; the delete's passes through
             paused.append(True)
             reached.set()
             deleted.wait(15)
-
-    def paused_call(*args, **kwargs):
-        if after == "call":
-            pause()
-            return real(*args, **kwargs)
-        result = real(*args, **kwargs)
-        pause()
-        return result
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(module, fn, paused_call)
     auth = {"Authorization": f"Bearer {hub.admin_token}"}
@@ -195,8 +183,6 @@ def doomed(hub, tmp_path):
     admin.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a visibility change (PUT .../settings) whose repo is deleted after it loaded "
-                                       "it fails its UPDATE with StaleDataError: an unhandled 500")
 def test_a_visibility_change_on_a_repo_deleted_meanwhile_is_a_clean_404(hub, doomed, monkeypatch):
     from peft_hub.hub import crud
 
@@ -210,8 +196,6 @@ def test_a_visibility_change_on_a_repo_deleted_meanwhile_is_a_clean_404(hub, doo
 
 
 @pytest.mark.parametrize("route", ["native", "hf"])
-@pytest.mark.xfail(strict=True, reason="two deletes of one repo at once: the one that listed its revisions before "
-                                       "the other committed calls session.delete(None), an unhandled 500")
 def test_two_deletes_of_one_repo_at_once_never_answer_500(hub, doomed, monkeypatch, route):
     from peft_hub.hub.crud import adapters
 
@@ -220,7 +204,8 @@ def test_two_deletes_of_one_repo_at_once_never_answer_500(hub, doomed, monkeypat
             return c.delete("/api/adapters/admin/doomed")
         return c.request("DELETE", "/api/repos/delete", json={"name": "doomed", "type": "model"})
 
-    gone, answer = _deleted_while_it_writes(hub, monkeypatch, adapters, "list_revisions", rival, after="return")
+    # The rival has loaded the repo and is about to lock it: the other delete lands first.
+    gone, answer = _deleted_while_it_writes(hub, monkeypatch, adapters, "lock_adapter", rival)
     assert gone.status_code == 204, gone.text
     assert answer.status_code in (200, 204, 404, 409), answer.text
 
@@ -254,9 +239,6 @@ def test_tag_and_eval_writes_to_a_repo_deleted_meanwhile_are_refused_cleanly(hub
         assert conn.execute(text("SELECT count(*) FROM eval")).scalar() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="PostgreSQL: a tag added while its repo is being deleted deadlocks (the tag's "
-                                       "foreign keys lock the adapter and revision rows before the trigger takes "
-                                       "adapter_count; the delete takes them the other way), a 503")
 def test_a_tag_added_while_its_repo_is_deleted_waits_instead_of_deadlocking(hub, doomed):
     """0009's tag trigger takes the adapter's ``adapter_count`` row first "so a
     publish and a delete of the same key wait for each other instead of

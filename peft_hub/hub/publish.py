@@ -172,6 +172,7 @@ def publish(
     parent: str | None | bool = False,
     client: str = "",
     received: frozenset[str] = frozenset(),
+    adapter_id: int | None = None,
 ) -> tuple[Adapter, Revision, bool]:
     """Verify, validate and commit a revision made of already-uploaded blobs,
     with its ``push`` audit event in the same transaction.
@@ -182,6 +183,7 @@ def publish(
 
     Args:
         parent: see :func:`crud.publish_revision`; False for whole-manifest pushes.
+        adapter_id: see :func:`crud.publish_revision` (an HF commit's existing repo).
         client: the caller's address, for the audit log.
         received: blobs the hub itself received from the caller in this
             request (an HF commit's inline files): held. Their receipts, and
@@ -209,14 +211,14 @@ def publish(
             engine, store, principal, [e for e in entries if e.sha256 not in received], asked)
         return _publish_held(session, store, engine, pool, principal=principal, owner=owner, name=name, kind=kind,
                              entries=entries, message=message, tags=tags, private=private, parent=parent,
-                             client=client, received=received, proved=proved, asked=asked)
+                             client=client, received=received, proved=proved, asked=asked, adapter_id=adapter_id)
 
 
 def _publish_held(
     session: Session, store: BlobStore, engine: Engine, pool: Executor, *, principal: Principal, owner: str,
     name: str, kind: Kind, entries: list[FileEntry], message: str, tags: Sequence[str], private: bool | None,
     parent: str | None | bool, client: str, received: frozenset[str], proved: dict[str, int],
-    asked: Mapping[str, Future[BlobStat | None]] | None = None,
+    asked: Mapping[str, Future[BlobStat | None]] | None = None, adapter_id: int | None = None,
 ) -> tuple[Adapter, Revision, bool]:
     """:func:`publish` once the caller is known to hold every blob: the
     store's round trips go out together on ``pool`` (the reads validation
@@ -260,7 +262,7 @@ def _publish_held(
     adapter, revision, created = crud.publish_revision(
         session, owner=owner, name=name, entries=entries, meta=meta, sha=manifest_digest(entries),
         author=principal.user.name, message=message, tags=list(tags), private=private, parent=parent,
-        principal=principal,
+        principal=principal, adapter_id=adapter_id,
     )
     events.pushed(session, adapter=adapter, revision=revision)
     audit.record(session, actor=principal.user.name, action="push", target=f"{owner}/{name}@{revision.sha}",

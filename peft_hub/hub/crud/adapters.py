@@ -52,6 +52,39 @@ def find_adapter(session: Session, *, owner: str, name: str) -> Adapter | None:
     return session.exec(select(Adapter).where(Adapter.name_key == name_key(owner, name))).first()
 
 
+def lock_adapter(session: Session, adapter: Adapter) -> Adapter:
+    """Take ``adapter``'s write lock and re-read it; AdapterNotFoundError if
+    it was deleted since it was loaded.
+
+    Every change to an existing repo (tags, evals, visibility, a publish, a
+    delete) starts here, before it writes anything: writers to one repo queue
+    on one lock, in one order, and each then works from the repo as it is,
+    never from the copy it loaded before it waited.
+    """
+    locked = _locked(session, Adapter.id == adapter.id)
+    if locked is None:
+        raise AdapterNotFoundError(f"adapter {adapter.owner}/{adapter.name} not found (it was deleted meanwhile)")
+    return locked
+
+
+def find_adapter_locked(session: Session, *, owner: str, name: str) -> Adapter | None:
+    """:func:`find_adapter`, with the row's write lock (see :func:`lock_adapter`)."""
+    return _locked(session, Adapter.name_key == name_key(owner, name))
+
+
+def _locked(session: Session, where: Any) -> Adapter | None:
+    """PostgreSQL: the row's ``FOR UPDATE`` lock (a row deleted while this
+    waited is not found). SQLite: the database's write lock, taken now
+    (``BEGIN IMMEDIATE``) unless this transaction has written already."""
+    query = select(Adapter).where(where).execution_options(populate_existing=True)
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    elif not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return session.exec(query).first()
+
+
 def resolve_revision(session: Session, *, adapter: Adapter, rev: str | None) -> Revision:
     """A tag name, a full 40-hex revision id, or a unique prefix of 7+ hex digits -> the revision.
 
@@ -129,6 +162,7 @@ def validate_tag(tag: str) -> str:
 
 
 def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision) -> None:
+    adapter = lock_adapter(session, adapter)
     row = session.get(Tag, (adapter.id, tag))
     events.tag_moved(session, adapter=adapter, tag=tag, revision=revision, previous_id=row.revision_id if row else None)
     if row is None:
@@ -144,6 +178,7 @@ def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision)
 def delete_tag(session: Session, *, adapter: Adapter, tag: str) -> None:
     if tag == "main":
         raise ConflictError("the 'main' tag cannot be deleted; it always points at the newest push")
+    adapter = lock_adapter(session, adapter)
     row = session.get(Tag, (adapter.id, tag))
     if row is None:
         raise RevisionNotFoundError(f"tag {tag!r} not found")
@@ -153,6 +188,7 @@ def delete_tag(session: Session, *, adapter: Adapter, tag: str) -> None:
 
 def set_visibility(session: Session, *, adapter: Adapter, private: bool) -> None:
     """Make an adapter private or public; its revisions and blobs are unchanged."""
+    adapter = lock_adapter(session, adapter)
     adapter.private = private
     session.add(adapter)
     session.flush()
@@ -160,6 +196,7 @@ def set_visibility(session: Session, *, adapter: Adapter, private: bool) -> None
 
 def delete_adapter(session: Session, *, adapter: Adapter) -> None:
     """Delete an adapter and its revisions; blobs go at the next gc."""
+    adapter = lock_adapter(session, adapter)  # a second delete of it waits here, then finds it gone
     events.adapter_deleted(session, adapter=adapter)
     revisions = [r.id for r in list_revisions(session, adapter=adapter)]
     for tag in session.exec(select(Tag).where(Tag.adapter_id == adapter.id)):

@@ -13,10 +13,10 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from peft_hub.adapter import FileEntry
-from peft_hub.errors import ConflictError, NotFoundError
+from peft_hub.errors import AdapterNotFoundError, ConflictError, NotFoundError
 from peft_hub.hub.auth import Principal, can_read
 from peft_hub.hub.crud.accounts import ensure_namespace
-from peft_hub.hub.crud.adapters import find_adapter, set_tag
+from peft_hub.hub.crud.adapters import find_adapter, find_adapter_locked, lock_adapter, set_tag
 from peft_hub.hub.models import Adapter, Eval, LineageEdge, Revision, RevisionFile, Tag, name_key, pk, utcnow
 from peft_hub.repo_kinds import Meta, kind_mismatch, kind_of
 
@@ -35,14 +35,21 @@ def publish_revision(
     private: bool | None = None,
     parent: str | None | bool = False,
     principal: Principal | None = None,
+    adapter_id: int | None = None,
 ) -> tuple[Adapter, Revision, bool]:
     """Record a verified revision and move ``main`` (and ``tags``) to it.
+
+    The repo's row is locked first (:func:`lock_adapter`), so a publish and a
+    delete or tag move of the same repo wait for each other.
 
     Args:
         parent: for a commit built on top of ``main`` (the Hugging Face API),
             the revision ``main`` must still point at (None: no revision yet);
-            False skips the check. ``main`` is read with a row lock, so two
-            such commits cannot both build on the same parent.
+            False skips the check. ``main`` is read under the repo's lock, so
+            two such commits cannot both build on the same parent.
+        adapter_id: the existing repo this publish was planned against (an HF
+            commit, which needs one): if it has been deleted since, the
+            publish is refused instead of creating the repo anew.
         principal: the pusher, whose read access decides which lineage
             parents are linked to adapters in the hub.
 
@@ -50,7 +57,9 @@ def publish_revision(
         The adapter, the revision, and whether the revision is new.
     """
     owner = ensure_namespace(session, name=owner).name  # the namespace's own spelling
-    adapter = find_adapter(session, owner=owner, name=name)
+    adapter = find_adapter_locked(session, owner=owner, name=name)
+    if adapter_id is not None and (adapter is None or adapter.id != adapter_id):
+        raise AdapterNotFoundError(f"adapter {owner}/{name} not found (it was deleted while this commit arrived)")
     kind = kind_of(meta)
     if adapter is None:
         adapter = Adapter(owner=owner, name=name, name_key=name_key(owner, name), private=bool(private), kind=kind)
@@ -65,7 +74,7 @@ def publish_revision(
     if parent is not False:
         main = session.exec(
             select(Revision.sha).join(Tag, col(Tag.revision_id) == Revision.id)
-            .where(Tag.adapter_id == adapter.id, Tag.name == "main").with_for_update()
+            .where(Tag.adapter_id == adapter.id, Tag.name == "main")
         ).first()
         if main != parent:
             raise ConflictError(f"main moved to {main} while this commit was built on {parent}; retry")
@@ -121,7 +130,11 @@ def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
-def add_evals(session: Session, *, revision: Revision, evals: list[dict[str, Any]], added_by: str) -> list[Eval]:
+def add_evals(
+    session: Session, *, adapter: Adapter, revision: Revision, evals: list[dict[str, Any]], added_by: str
+) -> list[Eval]:
+    """Attach evals to one of ``adapter``'s revisions."""
+    lock_adapter(session, adapter)
     rows = [Eval(revision_id=pk(revision), added_by=added_by, **e) for e in evals]
     session.add_all(rows)
     session.flush()
@@ -130,6 +143,7 @@ def add_evals(session: Session, *, revision: Revision, evals: list[dict[str, Any
 
 def delete_eval(session: Session, *, adapter: Adapter, eval_id: int) -> None:
     """Delete one eval of one of ``adapter``'s revisions; NotFoundError otherwise."""
+    adapter = lock_adapter(session, adapter)
     row = session.exec(
         select(Eval).join(Revision, col(Revision.id) == Eval.revision_id)
         .where(Eval.id == eval_id, Revision.adapter_id == adapter.id)

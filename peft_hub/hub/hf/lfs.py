@@ -88,7 +88,7 @@ def _upload_plan(
     adapter, _ = writable(session, principal, owner, name)
     if not isinstance(files, list) or len(files) > MAX_LFS_OBJECTS:
         raise InvalidInputError(f"'files' must be a list of at most {MAX_LFS_OBJECTS} files")
-    parent = parent_files(session, adapter)
+    parent, _ = parent_files(session, adapter)
     out = []
     body_left = HF_COMMIT_CAP - 1024**2  # what inline files may take of the commit body (header aside)
     for spec in files:

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from peft_hub.adapter import FileEntry
-from peft_hub.errors import ConflictError, InvalidInputError
+from peft_hub.errors import ConflictError, InvalidInputError, RevisionNotFoundError
 from peft_hub.hub import audit, crud, possession
 from peft_hub.hub.auth import Principal, require_write
 from peft_hub.hub.deps import ClientDep, SessionDep, StoreDep
@@ -53,12 +53,16 @@ def main_only(rev: str, create_pr: str | None) -> None:
         )
 
 
-def parent_files(session: Session, adapter: Adapter) -> dict[str, FileEntry]:
-    tags = crud.tags_of(session, adapter=adapter)
-    if "main" not in tags:
-        return {}
-    revision = crud.resolve_revision(session, adapter=adapter, rev="main")
-    return {f.path: FileEntry(f.path, f.size, f.sha256) for f in crud.revision_files(session, revision=revision)}
+def parent_files(session: Session, adapter: Adapter) -> tuple[dict[str, FileEntry], str | None]:
+    """``main``'s files and its revision id (None for an empty repo), both
+    from the one revision ``main`` is read at: a commit landing meanwhile
+    moves ``main`` past that id, and the publish refuses this one (409)."""
+    try:
+        revision = crud.resolve_revision(session, adapter=adapter, rev="main")
+    except RevisionNotFoundError:
+        return {}, None
+    files = crud.revision_files(session, revision=revision)
+    return {f.path: FileEntry(f.path, f.size, f.sha256) for f in files}, revision.sha
 
 
 # --- repositories ------------------------------------------------------------
@@ -160,8 +164,7 @@ def _entries(
             if op.kind == "add" and op.added.size is None:  # an lfsFile line without a size
                 size = possession.size_for(session, principal, op.added.sha256, op.path)
                 op.entry = FileEntry(op.path, size, op.added.sha256)
-        parent = parent_files(session, adapter)
-        current = crud.tags_of(session, adapter=adapter).get("main")
+        parent, current = parent_files(session, adapter)
     if parsed.parent_commit and parsed.parent_commit != (current or EMPTY_SHA):
         raise ConflictError(f"main is at {current}, not at the parent commit {parsed.parent_commit}")
     return apply_operations(list(parent.values()), parsed.operations), current
@@ -188,7 +191,7 @@ async def commit(
         received = frozenset(op.added.sha256 for op in parsed.operations if op.kind == "add" and op.inline)
         adapter, revision, created = await run_in_threadpool(partial(
             publish, session, store, principal=writer, repo_id=f"{adapter.owner}/{adapter.name}", entries=entries,
-            message=parsed.message, parent=current, client=client, received=received))
+            message=parsed.message, parent=current, client=client, received=received, adapter_id=adapter.id))
     except BaseException:
         # A refused commit leaves the store as it found it. Roll back first:
         # the discard locks the blobs' rows in a transaction of its own.

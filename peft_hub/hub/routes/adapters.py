@@ -248,7 +248,8 @@ def add_evals(
     principal = require_write(principal, adapter.owner)
     revision = crud.resolve_revision(session, adapter=adapter, rev=body.revision)
     evals = [e.model_dump() for e in body.evals]
-    rows = crud.add_evals(session, revision=revision, evals=evals, added_by=principal.user.name)
+    rows = crud.add_evals(session, adapter=adapter, revision=revision, evals=evals,
+                          added_by=principal.user.name)
     audit.record(session, actor=principal.user.name, action="eval.add",
                  target=f"{adapter.owner}/{adapter.name}@{revision.sha}", client=client, detail={"evals": len(rows)})
     return {"revision": revision.sha, "added": len(rows)}
