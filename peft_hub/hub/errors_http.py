@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from peft_hub.errors import (
     AdapterNotFoundError,
@@ -149,6 +150,14 @@ def install(app: FastAPI, settings: Any) -> None:
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Not a fault of the hub's: the route's own cleanup has run (a write
+        # is rolled back whole), and the answer reaches no one.
+        log.info("%s %s: the client disconnected before its body ended; nothing was changed",
+                 request.method, request.url.path)
+        return render_error(request, InvalidInputError("the request's body ended early: the client disconnected"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
