@@ -72,8 +72,12 @@ def peer_address(request: Request) -> str:
 
 
 def bearer_token(request: Request) -> str | None:
-    """The token from ``Authorization: Bearer``, if any."""
-    header = request.headers.get("authorization", "")
+    """The token from ``Authorization: Bearer``, if any. Two Authorization
+    headers are refused: a proxy in front may have checked the other one."""
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise AuthenticationError("send one Authorization header, not several")
+    header = headers[0] if headers else ""
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
     return None

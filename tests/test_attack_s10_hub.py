@@ -1,0 +1,27 @@
+"""Hub-side attacks found in session 9's notes and fixed in session 10."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from raw_adapters import tiny_lora_dir
+
+from peft_hub.client import HubClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("path", ["/api/adapters/admin/two", "/api/models/admin/two", "/api/whoami-v2",
+                                  "/api/models/admin/two/tree/main"])
+def test_two_authorization_headers_are_refused_whichever_comes_first(embedded_hub, tmp_path, path):
+    """A proxy in front of the hub may check one Authorization header and the
+    hub read the other: with two, neither is taken."""
+    with HubClient(embedded_hub.url, embedded_hub.admin_token, cache_dir=tmp_path / "c") as client:
+        client.push(tiny_lora_dir(tmp_path / "src", "two"), name="admin/two", private=True)
+    good, bad = f"Bearer {embedded_hub.admin_token}", "Bearer phub_" + "0" * 48
+    with httpx.Client(base_url=embedded_hub.url) as http:
+        assert http.get(path, headers={"Authorization": good}).status_code == 200
+        for pair in ((good, bad), (bad, good), (good, good)):
+            r = http.get(path, headers=[("Authorization", pair[0]), ("Authorization", pair[1])])
+            assert r.status_code == 401, (pair == (good, good), r.status_code, r.text[:200])
+            assert "one Authorization header" in r.text
