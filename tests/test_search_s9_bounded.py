@@ -72,35 +72,6 @@ def test_a_bounded_text_count_reads_the_text_index_as_it_goes_on_sqlite(engine):
     assert "LIST SUBQUERY" not in " ".join(plan), plan
 
 
-def test_below_the_bound_sqlite_reads_the_matches_once_for_the_page_and_its_count(engine, monkeypatch):
-    """One statement (a materialized CTE of the matches and their sort keys)
-    gives a page and its total, where a count and a page query read every
-    match twice; at the bound it gives way to the sort index's walk."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's plan")
-    statements: list[str] = []
-    listener = lambda conn, cur, stmt, *a: statements.append(stmt)  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        with Session(engine) as session:
-            for q, page in (("legal", 1), ("egal", 2), ("zz-none", 1), ("legal", 40)):
-                want = old_search(session, clauses=old_filters(principal=None, q=q), page=page, per_page=2)
-                statements.clear()
-                items, total, exact = new.search_adapters(session, clauses=new.search_filters(principal=None, q=q),
-                                                          page=page, per_page=2)
-                assert ([a.id for a in items], total, exact) == (*want, True), q
-                assert len(statements) == 1 and statements[0].startswith("WITH matches AS MATERIALIZED"), statements
-            monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", 2)
-            want = old_search(session, clauses=old_filters(principal=None, q="legal"), per_page=1)
-            statements.clear()
-            items, total, exact = new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"),
-                                                      per_page=1, bound=1)
-            assert len(statements) == 2 and statements[0].startswith("WITH matches"), statements
-            assert ([a.id for a in items], total, exact) == (want[0], 2, False) and want[1] > 2
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
-
-
 N_BULK = 1100  # more matches than COUNT_BOUND
 
 

@@ -280,15 +280,6 @@ def search_adapters(
     page_clauses, exact = [*clauses, *bounds], True
     if session.get_bind().dialect.name == "sqlite":  # how many match picks SQLite's plan (see sort_drives)
         page_clauses = _text_plan(session, clauses)
-        # One pass when a bounded count from the rows would pick the page's plan anyway: below the bound,
-        # below SORT_DRIVES_AT too (equal by default), and no walk of the sort's index would be chosen.
-        if (total is None and at_most is not None and at_most - offset <= search_sql.SORT_DRIVES_AT
-                and summary_source(clauses) is None):
-            found = _one_pass(session, page_clauses, column=column, order=order, offset=offset, per_page=per_page,
-                              at_most=at_most)
-            if found is not None:
-                return found
-            total, exact = at_most, False  # at least that many: the sort's index drives the page
         if total is None:
             total, exact = _count(session, clauses=clauses, rows=page_clauses, at_most=at_most)
         driven = sort_drives(page_clauses, total=total, offset=offset)
@@ -299,29 +290,6 @@ def search_adapters(
     if total is None:
         total, exact = _count(session, clauses=clauses, at_most=at_most)
     return SearchResult(items, total, exact)
-
-
-def _one_pass(
-    session: Session, where: list[Any], *, column: Any, order: str, offset: int, per_page: int, at_most: int,
-) -> SearchResult | None:
-    """SQLite, for a count only the rows can give: the page and the count
-    from one reading of the matches (at most ``at_most``, each with its sort
-    key, kept in a materialized CTE), where a count and then a page query
-    read every match twice. None when ``at_most`` or more match: the CTE
-    holds only some of them, and the sort's index must drive the page
-    (:func:`search_sql.sort_drives`)."""
-    matches = (search_sql.matching_rows(where, col(Adapter.id).label("id"), column.label("k"), dialect="sqlite")
-               .limit(at_most).cte("matches").prefix_with("MATERIALIZED"))
-    key = matches.c.k.asc() if order == "asc" else matches.c.k.desc()
-    page = select(matches.c.id).order_by(key, matches.c.id.asc()).offset(offset).limit(per_page)
-    counted = select(func.count().label("n")).select_from(matches).subquery()
-    # One row with the count even when the page is empty (past the end), else one per adapter on the page.
-    rows = session.exec(
-        select(counted.c.n, Adapter).select_from(counted).outerjoin(Adapter, col(Adapter.id).in_(page))
-        .order_by(column.asc() if order == "asc" else column.desc(), col(Adapter.id).asc())
-    ).all()
-    total = rows[0][0]
-    return None if total >= at_most else SearchResult([a for _, a in rows if a is not None], total)
 
 
 def count_adapters(session: Session, *, clauses: list[Any], rows: list[Any] | None = None) -> int:

@@ -277,28 +277,24 @@ def rank_bounds(given: dict[str, Any]) -> list[Any]:
 def bounded_count(where: list[Any], *, at_most: int, dialect: str) -> Any:
     """``SELECT count(*)`` of at most ``at_most`` of the rows ``where``
     matches: the statement stops reading once it has found them, so it costs
-    what ``at_most`` rows do rather than what every match does."""
-    return select(func.count()).select_from(matching_rows(where, literal(1), dialect=dialect)
-                                            .limit(at_most).subquery())
-
-
-def matching_rows(where: list[Any], *columns: Any, dialect: str) -> Any:
-    """``SELECT columns FROM adapter WHERE where``, read the way a count reads them.
+    what ``at_most`` rows do rather than what every match does.
 
     On SQLite, a :class:`TextLike` among ``where`` (as :func:`crud.search_filters`
     built it, not planned off its index) drives: the rows come from its FTS5
     table joined to ``adapter`` by rowid, which yields matches one at a time
-    (``adapter.id IN (...)`` would gather every match first), so a LIMIT stops
-    the reading; every clause, the text's LIKE scan among them, decides off the
-    indexes (:class:`OffIndex`), as it does for those candidates today."""
+    (``adapter.id IN (...)`` would gather every match first), and every
+    clause, the text's LIKE scan among them, decides off the indexes
+    (:class:`OffIndex`), as it does for those candidates today."""
     unwrapped = (c.clauses.clauses[0] if isinstance(c, TextBody) else c for c in where)
     text = next((c for c in unwrapped if isinstance(c, TextLike)), None) if dialect == "sqlite" else None
     if text is None:
-        return select(*columns).select_from(Adapter).where(*where)
-    fts = table(FTS_TABLE, column("rowid"))
-    match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
-    return (select(*columns).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
-            .where(match, *(OffIndex(_scan(c)) for c in where)))
+        rows = select(literal(1)).select_from(Adapter).where(*where)
+    else:
+        fts = table(FTS_TABLE, column("rowid"))
+        match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
+        rows = (select(literal(1)).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
+                .where(match, *(OffIndex(_scan(c)) for c in where)))
+    return select(func.count()).select_from(rows.limit(at_most).subquery())
 
 
 def escape_like(value: str) -> str:
