@@ -25,3 +25,22 @@ def test_two_authorization_headers_are_refused_whichever_comes_first(embedded_hu
             r = http.get(path, headers=[("Authorization", pair[0]), ("Authorization", pair[1])])
             assert r.status_code == 401, (pair == (good, good), r.status_code, r.text[:200])
             assert "one Authorization header" in r.text
+
+
+def test_catalog_pages_of_names_with_capitals_are_found_in_any_case(embedded_hub, tmp_path):
+    """Names may hold capitals (``names.NAME_RE``) and the hub finds a repo
+    whatever the case: the catalog linked ``/admin/LegalBot`` and then
+    answered that link with a JSON 404, as it did ``/Admin``."""
+    import re
+
+    with HubClient(embedded_hub.url, embedded_hub.admin_token, cache_dir=tmp_path / "c") as client:
+        client.push(tiny_lora_dir(tmp_path / "src", "capitals"), name="admin/LegalBot")
+    with httpx.Client(base_url=embedded_hub.url) as http:
+        links = re.findall(r'href="(/admin/[^"?#]*)"', http.get("/", params={"q": "legalbot"}).text)
+        assert "/admin/LegalBot" in links, links
+        for path in ("/admin/LegalBot", "/admin/legalbot", "/ADMIN/LEGALBOT", "/admin/LegalBot@main", "/Admin"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), (path, r.status_code)
+        assert "LegalBot" in http.get("/ADMIN/legalbot").text
+        for reserved in ("/API/adapters", "/Static/x", "/LOGIN"):  # never taken for an owner
+            assert "There is no user or organisation" not in http.get(reserved).text, reserved

@@ -23,14 +23,16 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 RESERVED_PREFIXES = ("api", "static")
 #: One-segment pages of the catalog (an owner by such a name keeps its adapter pages).
 RESERVED_PAGES = ("compose", "login", "logout")
-_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+#: A namespace or adapter name as ``names.NAME_RE`` allows it, any case (the hub finds ``Alice/X`` as
+#: ``alice/x``); the reserved words below are refused in any case too.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
 _TAG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
 class NamespaceConvertor(Convertor):
     """An owner in ``/{owner}/{name}``: any namespace name but ``api`` and ``static``."""
 
-    regex = rf"(?!(?:{'|'.join(RESERVED_PREFIXES)})(?:/|$)){_NAME}"
+    regex = rf"(?!(?i:{'|'.join(RESERVED_PREFIXES)})(?:/|$)){_NAME}"
 
     def convert(self, value: str) -> str:
         return value
@@ -42,7 +44,7 @@ class NamespaceConvertor(Convertor):
 class OwnerConvertor(NamespaceConvertor):
     """``/{owner}`` alone: also not one of the catalog's own one-segment pages."""
 
-    regex = rf"(?!(?:{'|'.join(RESERVED_PREFIXES + RESERVED_PAGES)})$){_NAME}"
+    regex = rf"(?!(?i:{'|'.join(RESERVED_PREFIXES + RESERVED_PAGES)})$){_NAME}"
 
 
 class RefConvertor(NamespaceConvertor):
