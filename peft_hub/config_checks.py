@@ -98,13 +98,18 @@ def check_config(config: dict[str, Any]) -> None:
                 if len(value) > MAX_RANK or not all(isinstance(v, bool) for v in value):
                     raise InvalidAdapterError(f"{CONFIG_NAME}: rank_pattern masks must be lists of true/false")
                 continue
-            if key == "rank_pattern":
-                _rank(value, f"rank_pattern[{name[:64]!r}]")
+            if key == "rank_pattern":  # PEFT refuses a LoRA module of rank 0 (division by r)
+                _rank(value, f"rank_pattern[{name[:64]!r}]", minimum=1 if method == "LORA" else 0)
             elif not _is_number(value):
                 raise InvalidAdapterError(f"{CONFIG_NAME}: alpha_pattern values must be finite numbers")
             regex_keys.append(name)
         for name in regex_keys:
             compile_key(name, what=f"{CONFIG_NAME}: {key}")
+    # The hub runs the pattern keys on RE2; PEFT runs them and these fields with Python's backtracking re,
+    # so an adapter that would hang every PEFT (and vLLM) process loading it is refused here.
+    problem = peft_regex_problem(config)
+    if problem:
+        raise InvalidAdapterError(problem)
 
 
 def _check_targets(targets: Any) -> None:
@@ -251,3 +256,125 @@ def check_pattern_work(matcher: PatternMatcher, modules: int, *, what: str) -> N
             f"{what} has {len(matcher.regex)} regular-expression keys for {modules} modules; "
             f"at most {MAX_PATTERN_WORK} key checks are evaluated (list plain or re.escape'd module names instead)"
         )
+
+
+# --- regexes PEFT runs with Python's re -----------------------------------------
+
+#: Length of the module names a pattern is costed against (real ones are under ~100 characters).
+REGEX_SUBJECT_CHARS = 128
+#: Most match attempts a pattern may cost against one module name, by the estimate below.
+MAX_REGEX_PATHS = 10**8
+
+
+def _sre_parse(pattern: str) -> Any:
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as _parser
+    return _parser.parse(pattern)
+
+
+def _paths(items: Any, cap: int) -> int:
+    """An upper bound on the ways Python's backtracking ``re`` can try to match
+    ``items`` against a :data:`REGEX_SUBJECT_CHARS`-character name.
+
+    A sequence multiplies its parts; an alternation adds its branches; an
+    unbounded repeat of a part that matches in one way only counts one way per
+    length. A variable repeat of something that itself has choices (``(a|aa)+``,
+    ``(.*.*)*``) can backtrack exponentially: ValueError.
+    """
+    total = 1
+    for op, av in items:
+        kind = str(op)
+        if kind in ("SUBPATTERN",):
+            ways = _paths(av[-1], cap)
+        elif kind in ("ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+            ways = _paths(av[-1] if kind != "ATOMIC_GROUP" else av, cap)
+        elif kind == "BRANCH":
+            ways = sum(_paths(alt, cap) for alt in av[1])
+        elif kind == "GROUPREF_EXISTS":
+            ways = _paths(av[1], cap) + (_paths(av[2], cap) if av[2] is not None else 1)
+        elif kind in ("GROUPREF", "GROUPREF_IGNORE"):
+            raise ValueError("a backreference")
+        elif kind in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = av
+            inner = _paths(sub, cap)
+            if hi == lo:
+                ways = min(inner ** min(lo, 64), cap)
+            elif hi == 1:
+                ways = inner + 1
+            elif inner > 1:
+                raise ValueError("a repeated part that can itself match in several ways (nested or alternating "
+                                 "quantifiers)")
+            else:
+                ways = min(hi - lo, REGEX_SUBJECT_CHARS) + 1
+        else:  # one character, a class, an anchor
+            ways = 1
+        total = min(total * ways, cap)
+    return total
+
+
+def python_regex_problem(pattern: str, *, wrap: str = "{}") -> str | None:
+    """Why Python's ``re`` could run ``wrap.format(pattern)`` for hours on a module name, or None.
+
+    PEFT matches ``target_modules`` (a string), ``exclude_modules``,
+    ``rank_pattern``/``alpha_pattern`` keys and ``modules_to_save`` entries with
+    Python's backtracking ``re``, so a pattern such as ``(.*.*)*z`` makes loading
+    the adapter hang. This estimates the backtracking (see :func:`_paths`)
+    instead of running it.
+    """
+    try:
+        tree = _sre_parse(wrap.format(pattern))
+    except re.error as exc:
+        return f"is not a regular expression ({exc})"
+    except (RecursionError, OverflowError):
+        return "is nested too deeply"
+    try:
+        paths = _paths(list(tree), MAX_REGEX_PATHS + 1)
+    except ValueError as exc:
+        return f"has {exc}"
+    except RecursionError:
+        return "is nested too deeply"
+    if paths > MAX_REGEX_PATHS:
+        return "has too many unbounded quantifiers in a row (Python's re would backtrack through each)"
+    return None
+
+
+#: Config fields PEFT turns into Python regexes, with how it embeds them.
+_PEFT_REGEX_FIELDS = (
+    ("target_modules", "{}"),
+    ("exclude_modules", "{}"),
+    ("modules_to_save", r"(^|.*\.){}($|\..*)"),
+    ("layers_pattern", r".*\.[^.]*\.{}\.(\d+)\."),
+)
+
+
+def peft_regex_problem(config: dict[str, Any]) -> str | None:
+    """The first field of ``config`` PEFT would run as a catastrophic Python regex, with why; or None.
+
+    The ``rank_pattern``/``alpha_pattern`` keys included (PEFT:
+    ``re.match(rf"(.*\\.)?({key})$", module)``).
+    """
+    checks: list[tuple[str, str, str]] = []
+    for key, wrap in _PEFT_REGEX_FIELDS:
+        value = config.get(key)
+        if key in ("target_modules", "exclude_modules"):
+            values = [value] if isinstance(value, str) and value != "all-linear" else []
+        else:
+            values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if len(values) > MAX_TARGETS:
+            return f"{CONFIG_NAME}: {key} has more than {MAX_TARGETS} entries"
+        checks += [(key, v, wrap) for v in values if isinstance(v, str)]
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key)
+        if isinstance(patterns, dict):
+            checks += [(key, k, r"(.*\.)?({})$") for k in patterns if isinstance(k, str)]
+    for key, pattern, wrap in checks:
+        if _LITERAL.fullmatch(pattern):
+            continue  # a plain name: no quantifier at all
+        if len(pattern) > MAX_PATTERN_CHARS * 8:
+            return f"{CONFIG_NAME}: {key} has an entry longer than {MAX_PATTERN_CHARS * 8} characters"
+        problem = python_regex_problem(pattern, wrap=wrap)
+        if problem:
+            return f"{CONFIG_NAME}: {key} {pattern[:64]!r} {problem}"
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -37,6 +38,7 @@ CONVERT_HINT = (
     "on a machine you trust."
 )
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
@@ -117,11 +119,19 @@ def read_header(fh: BinaryIO, file_size: int, *, name: str = "file") -> Safetens
     if not isinstance(obj, dict):
         raise InvalidAdapterError(f"{name}: header is not a JSON object")
 
-    metadata = obj.pop("__metadata__", None) or {}
+    # The safetensors library reads ``__metadata__`` as an optional map: null is
+    # allowed, a falsy [] or "" is not (it would make a file no loader opens).
+    metadata = obj.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise InvalidAdapterError(f"{name}: __metadata__ must map strings to strings")
+    if "\\u" in text:  # only an escape can spell an unpaired surrogate, which no safetensors loader decodes
+        for key in (*obj, *metadata, *metadata.values()):
+            if not key.isascii() and _SURROGATE.search(key):
+                raise InvalidAdapterError(f"{name}: the name {_short(key)} holds an unpaired surrogate "
+                                          "(not valid Unicode)")
 
     tensors: dict[str, TensorInfo] = {}
     for key, entry in obj.items():

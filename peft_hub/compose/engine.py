@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from peft_hub.compose.io import StreamingWriter, TensorReader, st_to_torch
+from peft_hub.compose.io import StreamingWriter, TensorReader, dtype_name, st_to_torch
 from peft_hub.compose.lowrank import dense_truncate, stack_factors, truncate_factors
 from peft_hub.compose.merge_methods import merge_dense
 from peft_hub.compose.plan import AdapterInput, ModulePlan
 from peft_hub.compose.spec import FACTOR_METHODS, ComposeOptions
 from peft_hub.compose.threads import intra_op_threads
-from peft_hub.errors import IncompatibleAdaptersError
+from peft_hub.errors import ComposeError, IncompatibleAdaptersError, InvalidAdapterError
 from peft_hub.progress import tqdm
 
 
@@ -56,6 +56,34 @@ def load_factors(reader: TensorReader, plan: ModulePlan) -> list[tuple[torch.Ten
         b = reader.get(term.adapter, term.key_b).reshape(plan.d, term.rank)  # (d, r)
         out.append((b, a))
     return out
+
+
+def check_finite_inputs(inputs: list[AdapterInput], plan: ModulePlan,
+                        factors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Refuse a parent whose factors hold NaN or infinities: every sum with them is NaN.
+
+    Raises:
+        InvalidAdapterError: naming the adapter and the tensor.
+    """
+    for term, (b, a) in zip(plan.terms, factors, strict=True):
+        for key, tensor in ((term.key_a, a), (term.key_b, b)):
+            if not bool(torch.isfinite(tensor).all()):
+                raise InvalidAdapterError(
+                    f"{inputs[term.adapter].path}: {key} holds NaN or infinite values; nothing was written"
+                )
+
+
+def check_finite_output(plan: ModulePlan, tensors: tuple[torch.Tensor, ...], out_dtype: torch.dtype) -> None:
+    """Refuse to write factors that are not finite once cast to ``out_dtype`` (e.g. fp16 overflow).
+
+    Raises:
+        ComposeError: naming the module and the dtype.
+    """
+    if not all(bool(torch.isfinite(t.to(out_dtype)).all()) for t in tensors):
+        raise ComposeError(
+            f"{plan.name}: the composed factors overflow {dtype_name(out_dtype)} (values beyond its range); "
+            "pass --dtype fp32 (or bf16), or smaller weights; nothing was written"
+        )
 
 
 class DeltaBuffers:
@@ -185,9 +213,13 @@ def stream_compose(
     try:
         with TensorReader([a.weights_path for a in inputs]) as reader, intra_op_threads(threads):
             for m in tqdm(modules, desc="compose", unit="module"):
+                factors = load_factors(reader, m)
+                check_finite_inputs(inputs, m, factors)
                 b, a, result = compute_module(
-                    m, load_factors(reader, m), options, rank=ranks[m.name], out_dtype=out_dtype, buffers=buffers,
+                    m, factors, options, rank=ranks[m.name], out_dtype=out_dtype, buffers=buffers,
                 )
+                del factors
+                check_finite_output(m, (b, a), out_dtype)
                 if result.rank != ranks[m.name]:
                     raise AssertionError(f"{m.name}: planned rank {ranks[m.name]}, computed {result.rank}")
                 shape_a, shape_b = m.out_shapes(result.rank)

@@ -7,6 +7,7 @@ than after minutes of math. Nothing in this module imports torch.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from peft_hub.errors import (
 )
 from peft_hub.safetensors_header import CONVERT_HINT, SafetensorsHeader, read_header_path
 
+#: The dtypes PEFT saves LoRA factors in; others (ints, F8, F4) are no weights to add up.
+FACTOR_DTYPES = ("F16", "BF16", "F32", "F64")
 # Full copies of an embedding saved by PEFT's save_embedding_layers: not a delta.
 _BASE_LAYER_KEY = re.compile(r"^.+\.base_layer\.weight$")
 
@@ -156,6 +159,10 @@ def lora_pairs(header: SafetensorsHeader, where: str) -> tuple[list[LoraPair], l
                 continue
             what = "DoRA magnitude vector" if "lora_magnitude_vector" in key else "tensor"
             raise UnsupportedAdapterError(f"{where}: {what} {key!r} is not a LoRA factor and cannot be composed")
+        if info.dtype not in FACTOR_DTYPES:
+            raise UnsupportedAdapterError(
+                f"{where}: {key!r} is {info.dtype}; LoRA factors compose only in {', '.join(FACTOR_DTYPES)}"
+            )
         slot = slots.setdefault(m["module"], {"embedding": bool(m["emb"])})
         slot[m["part"]] = (key, info.shape)
     pairs = []
@@ -163,6 +170,9 @@ def lora_pairs(header: SafetensorsHeader, where: str) -> tuple[list[LoraPair], l
         if "A" not in slot or "B" not in slot:
             raise InvalidAdapterError(f"{where}: {prefix} has lora_{'A' if 'A' in slot else 'B'} but not the other")
         (key_a, a_shape), (key_b, b_shape) = slot["A"], slot["B"]
+        for key, shape in ((key_a, a_shape), (key_b, b_shape)):
+            if len(shape) < 2:  # A is (r, k[, kh, kw]), B (d, r[, 1, 1])
+                raise InvalidAdapterError(f"{where}: {key} has shape {list(shape)}; a LoRA factor is at least 2-D")
         if any(n != 1 for n in b_shape[2:]):
             raise UnsupportedAdapterError(f"{where}: {key_b} has a kernel {list(b_shape)}; only 1x1 lora_B composes")
         pairs.append(LoraPair(prefix, slot["embedding"], key_a, tuple(a_shape), key_b, tuple(b_shape)))
@@ -238,7 +248,39 @@ def plan_ranks(modules: list[ModulePlan], options: ComposeOptions) -> tuple[str,
         raise RankLimitError(
             f"--rank {target} is above --max-rank {max_rank}: pass a smaller --rank N or a higher --max-rank"
         )
+    if method not in ("stack", "svd"):
+        check_dense_memory(modules, method)
     return method, ranks
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_dense_memory(modules: list[ModulePlan], method: str) -> None:
+    """Refuse a dense merge whose fp32 task deltas (one ``(d, k)`` per term) could never fit in memory.
+
+    The factors' shapes are the adapter's word: a 32 MB adapter can claim a
+    module of 2^20 x 2^20, whose dense delta is 4 TiB.
+
+    Raises:
+        ComposeError: naming the module and the sizes.
+    """
+    memory = physical_memory()
+    if memory is None:
+        return
+    worst = max(modules, key=lambda m: len(m.terms) * m.d * m.k)
+    need = len(worst.terms) * worst.d * worst.k * 4
+    if need > memory:
+        raise ComposeError(
+            f"{method} works on the dense delta of each module, and {worst.name} is {worst.d} x {worst.k}: "
+            f"{len(worst.terms)} fp32 task deltas need {need / 2**30:.1f} GiB, more than this machine's "
+            f"{memory / 2**30:.1f} GiB; stack and svd work from the factors at any size"
+        )
 
 
 def output_ranks(modules: list[ModulePlan], options: ComposeOptions) -> dict[str, int]:

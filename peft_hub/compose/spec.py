@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args
 
 from peft_hub.adapter import pattern_value
-from peft_hub.errors import ComposeError, InvalidInputError, UnsupportedAdapterError
+from peft_hub.errors import ComposeError, InvalidAdapterError, InvalidInputError, UnsupportedAdapterError
 from peft_hub.names import shown
 
 FactorMethod = Literal["stack", "svd"]  # exact, from the low-rank factors
@@ -71,6 +71,9 @@ def check_config(config: dict[str, Any], where: str) -> None:
             f"{where} is a {config.get('peft_type')} adapter; compose works on LoRA adapters only "
             "(other methods are not sums of low-rank weight deltas)"
         )
+    for key in ("r", "lora_alpha"):  # the scale of every module is lora_alpha / r
+        if config.get(key) is None:
+            raise InvalidAdapterError(f"{where}: adapter_config.json has no {key}, so its delta's scale is unknown")
     for key, why in UNSUPPORTED_CONFIG.items():
         if config.get(key):
             raise UnsupportedAdapterError(f"{where}: {why}, so it cannot be composed ({key}={shown(config[key])})")

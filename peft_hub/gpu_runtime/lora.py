@@ -12,7 +12,6 @@ one per base tensor it changes, and pairs them with the base's tensors;
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -20,14 +19,15 @@ from typing import Any
 
 import torch
 
-from peft_hub.adapter import PEFT_PREFIX, pattern_value
-from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME
+from peft_hub.adapter import PEFT_PREFIX, parse_config, pattern_value
+from peft_hub.adapter_files import CONFIG_NAME, WEIGHTS_NAME, size_cap
 from peft_hub.errors import (
     IncompatibleAdaptersError,
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
 from peft_hub.gpu_runtime.lora_merge import LoraDelta, TensorUpdate
+from peft_hub.safetensors_header import read_header_path
 
 #: Config fields that change what a merged weight would be (or make merging meaningless).
 #: A field set to anything but its default makes the adapter unmergeable here.
@@ -83,14 +83,22 @@ def load_updates(adapter_dir: str | Path, *, weight: float = 1.0) -> tuple[dict[
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    try:
-        config = json.loads((adapter_dir / CONFIG_NAME).read_text())
-    except FileNotFoundError:
-        raise InvalidAdapterError(f"{adapter_dir} has no {CONFIG_NAME}") from None
+    config_path = adapter_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise InvalidAdapterError(f"{adapter_dir} has no {CONFIG_NAME}")
+    if config_path.stat().st_size > size_cap(CONFIG_NAME):
+        raise InvalidAdapterError(f"{config_path} is larger than the {size_cap(CONFIG_NAME)} byte cap")
+    # The hub's own checks, again: the directory may be a mirror's, an old revision's, or hand-made.
+    config = parse_config(config_path.read_bytes())
     check_mergeable(config)
     if not (adapter_dir / WEIGHTS_NAME).is_file():
         raise InvalidAdapterError(f"{adapter_dir} has no {WEIGHTS_NAME}")
+    read_header_path(adapter_dir / WEIGHTS_NAME)
     tensors = load_file(adapter_dir / WEIGHTS_NAME)
+    for raw_key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InvalidAdapterError(f"{adapter_dir}: {raw_key} holds NaN or infinite values; merging it "
+                                      "would make the model's weights NaN")
     if config.get("use_dora") and weight != 1.0:
         raise UnsupportedAdapterError("a DoRA adapter cannot be merged with a weight other than 1")
 

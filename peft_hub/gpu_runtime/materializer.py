@@ -36,8 +36,9 @@ from peft_hub.gpu_runtime.quantize import (
     quantization_config,
 )
 from peft_hub.gpu_runtime.refs import parse_weights, resolve_adapters, resolve_base
-from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint
+from peft_hub.gpu_runtime.shards import INDEX_NAME, TORCH_DTYPES, open_checkpoint, read_json_file
 from peft_hub.gpu_runtime.stream import stream_merge
+from peft_hub.model_files import MODEL_FILE_CAPS
 from peft_hub.outdir import plan_output
 
 INFO_NAME = "peft_hub_materialize.json"
@@ -119,7 +120,8 @@ def materialize(
     target = plan_output(out, kind="materialize", identity="materialize", into_existing=force, inputs=[base],
                          flag="--force")
     ckpt = open_checkpoint(base)
-    base_config = json.loads((base / "config.json").read_text())
+    check_inside(base, base / "config.json")
+    base_config = read_json_file(base / "config.json", MODEL_FILE_CAPS["config.json"])
     if base_config.get("quantization_config"):
         raise InvalidInputError(f"{base} is already quantized; materialize from the unquantized base model")
     compute = resolve_device(device)
@@ -136,6 +138,8 @@ def materialize(
     # Only quantization needs the module tree (which weights are Linear). Without it,
     # Conv1D weights are recognised by shape and the adapter's fan_in_fan_out, which
     # PEFT rewrites to match the module type when it creates the adapter.
+    if quantize != "none":
+        check_module_counts(base_config, len(ckpt.weight_map) or sum(len(h.tensors) for h in ckpt.headers.values()))
     layout = model_layout(base) if quantize != "none" else None
     if quantize != "none" and layout is None:
         raise InvalidInputError(f"cannot quantize: transformers cannot build the architecture of {base}")
@@ -171,6 +175,31 @@ def materialize(
     return report
 
 
+#: config.json counts that multiply the modules transformers builds (on the meta device, but each a Python object).
+_MODULE_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers",
+                  "num_experts", "num_local_experts", "n_routed_experts")
+
+
+def check_module_counts(config: dict[str, Any], tensors: int) -> None:
+    """Refuse a config whose layer or expert count exceeds the checkpoint's tensor count.
+
+    Each layer or expert has at least one weight, so a larger count is a lie,
+    and building it (to find the Linear modules to quantize) would take hours:
+    a 2-tensor checkpoint can claim 2^40 layers.
+    """
+    stack: list[tuple[dict[str, Any], int]] = [(config, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict) and depth < 4:  # text_config, vision_config, ...
+                stack.append((value, depth + 1))
+            elif key in _MODULE_COUNTS and isinstance(value, int) and value > tensors:
+                raise InvalidInputError(
+                    f"config.json says {key}={value}, but the checkpoint holds only {tensors} tensors: "
+                    "the config does not describe these weights"
+                )
+
+
 def _copy_side_files(base: Path, dest: Path) -> None:
     """Tokenizer, generation config, chat template, README…: every small non-weight file."""
     for child in sorted(base.iterdir()):
@@ -182,4 +211,25 @@ def _copy_side_files(base: Path, dest: Path) -> None:
             or child.name.endswith(".index.json")
         ):
             continue
+        check_inside(base, child)
         shutil.copy2(child, dest / child.name)
+
+
+def check_inside(base: Path, path: Path) -> None:
+    """Refuse a file of the base that is a symbolic link out of it.
+
+    The side files are copied into the output, which the user may push: a
+    ``merges.txt`` linking to ``~/.aws/credentials`` would publish it. Links
+    within the directory are followed, and so are those of a Hugging Face cache
+    snapshot (``snapshots/<revision>/x -> ../../blobs/<sha>``) into its repo's folder.
+    """
+    if not path.is_symlink():
+        return
+    root = base.resolve()
+    home = root.parent.parent if root.parent.name == "snapshots" else root
+    target = path.resolve()
+    if target != home and home not in target.parents:
+        raise InvalidInputError(
+            f"{path} is a symbolic link to {target}, outside the base model directory; materialize copies "
+            "it into the output, so copy the file itself into the base if it belongs there"
+        )

@@ -8,6 +8,7 @@ and ``owner/name`` are pulled through the hub client (the rule of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ def parse_weights(weights: str | Sequence[float] | None, n: int) -> list[float] 
         except ValueError:
             raise InvalidInputError(f"--weights must be comma-separated numbers, got {weights!r}") from None
     weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise InvalidInputError(f"--weights must be finite numbers, got {weights}")
     if len(weights) != n:
         raise InvalidInputError(f"{len(weights)} weights given for {n} adapter(s)")
     return weights

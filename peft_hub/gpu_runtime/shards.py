@@ -11,7 +11,6 @@ a single tensor is larger) plus the few tensors mapped at a time.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import torch
 
 from peft_hub.compose.io import ST_DTYPES, TORCH_DTYPES
 from peft_hub.errors import InvalidAdapterError, InvalidInputError, UnsafeFormatError
+from peft_hub.model_files import MODEL_FILE_CAPS
+from peft_hub.safeparse import loads_json, name_problem
 from peft_hub.safetensors_header import (
     CONVERT_HINT,
     SafetensorsHeader,
@@ -84,12 +85,14 @@ def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
     if not (root / "config.json").is_file():
         raise InvalidInputError(f"{root} is not a transformers model directory (no config.json)")
     if (root / INDEX_NAME).is_file():
-        index = json.loads((root / INDEX_NAME).read_text())
+        index = read_json_file(root / INDEX_NAME, MODEL_FILE_CAPS[INDEX_NAME])
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise InvalidInputError(f"{root / INDEX_NAME} has no weight_map")
         files = list(dict.fromkeys(weight_map.values()))
         metadata, sharded = index.get("metadata") or {}, True
+        if not isinstance(metadata, dict):
+            raise InvalidInputError(f"{root / INDEX_NAME}: metadata must be a JSON object")
     elif (root / SINGLE_NAME).is_file():
         files, weight_map, metadata, sharded = [SINGLE_NAME], {}, {}, False
     elif any((root / name).exists() for name in PICKLE_WEIGHTS):
@@ -99,8 +102,16 @@ def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
 
     headers: dict[str, SafetensorsHeader] = {}
     for name in files:
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"{INDEX_NAME}: weight_map must map tensor names to file names, not {name!r:.80}")
         if "/" in name or "\\" in name or name.startswith("."):
-            raise InvalidInputError(f"{INDEX_NAME} names a shard outside the directory: {name!r}")
+            raise InvalidInputError(f"{INDEX_NAME} names a shard outside the directory: {name!r:.80}")
+        # Each output shard takes its base shard's name, beside config.json and the copied
+        # tokenizer files: a shard called "tokenizer.json" would be overwritten by the base's.
+        if not name.endswith(".safetensors") or name_problem(name, 255):
+            raise InvalidInputError(f"{INDEX_NAME} names a shard {name!r:.80}; shards are NAME.safetensors files")
+        if not (root / name).is_file():
+            raise InvalidInputError(f"{root}: shard {name} is listed but missing (or not a file)")
         try:
             headers[name] = read_header_path(root / name)
         except FileNotFoundError:
@@ -117,6 +128,20 @@ def open_checkpoint(root: str | os.PathLike[str]) -> Checkpoint:
             if weight_map.get(key) != shard:
                 raise InvalidInputError(f"{shard} holds {key}, which {INDEX_NAME} does not map to it")
     return Checkpoint(root, headers, weight_map, metadata, sharded)
+
+
+def read_json_file(path: Path, cap: int) -> dict:
+    """A small JSON object from a model directory: bounded in size and depth, one clear error otherwise.
+
+    Raises:
+        InvalidInputError: too large, not JSON, or not an object.
+    """
+    if path.stat().st_size > cap:
+        raise InvalidInputError(f"{path} is larger than the {cap} byte cap")
+    value = loads_json(path.read_bytes(), what=str(path), allow_nan=True)
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{path} must be a JSON object")
+    return value
 
 
 def read_tensor(

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from peft_hub import __version__
-from peft_hub.errors import IncompatibleAdaptersError, InvalidInputError
+from peft_hub.adapter import parse_config
+from peft_hub.adapter_files import CONFIG_NAME, size_cap
+from peft_hub.errors import IncompatibleAdaptersError, InvalidAdapterError, InvalidInputError
 from peft_hub.gpu_runtime.device import (
     DTYPE_NAMES,
     default_compute_dtype,
@@ -114,6 +116,7 @@ def validate(
             sub = Path(scratch) / str(i)
             sub.mkdir()
             path, parents, _ = resolve_adapters(spec, scratch=sub, client=client)
+            check_peft_config(path)
             resolved.append((spec, path, parents))
         if push_evals:
             for spec, _, parents in resolved:
@@ -171,6 +174,25 @@ def _split_list(adapters: str | Sequence[str]) -> list[str]:
     if len(set(specs)) != len(specs):
         raise InvalidInputError("the same adapter is listed twice")
     return specs
+
+
+def check_peft_config(path: Path) -> None:
+    """Check an adapter's config before PEFT reads it: the hub's checks again, and no regex
+    that PEFT's Python ``re`` would backtrack on for hours (``target_modules``,
+    ``rank_pattern`` keys, ...; see :func:`peft_hub.config_checks.python_regex_problem`).
+
+    Raises:
+        InvalidAdapterError: naming the field.
+    """
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise InvalidAdapterError(f"{path} has no {CONFIG_NAME}")
+    if config_path.stat().st_size > size_cap(CONFIG_NAME):
+        raise InvalidAdapterError(f"{config_path} is larger than the {size_cap(CONFIG_NAME)} byte cap")
+    try:  # check_config refuses, among the rest, what peft_regex_problem finds
+        parse_config(config_path.read_bytes())
+    except InvalidAdapterError as exc:
+        raise InvalidAdapterError(f"{path}: {exc.message}") from None
 
 
 def _attach_adapters(model: Any, names: list[str], resolved: list[tuple[str, Path, list[ResolvedAdapter]]]) -> Any:

@@ -28,6 +28,7 @@ from peft_hub.errors import (
 from peft_hub.names import shown
 
 FULL_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
+TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: A short revision id: at least 7 hex digits, as git abbreviates them.
 SHORT_SHA = re.compile(r"\A[0-9a-f]{7,39}\Z")
 
@@ -43,7 +44,8 @@ def parse_model_name(model: str) -> Ref:
     ref = parse_ref(model)
     if ref.owner is None:
         raise InvalidNameError(f"{shown(model)}: name the adapter as owner/name[@tag-or-revision]")
-    if ref.revision is not None and (len(ref.revision) > 64 or not re.fullmatch(r"[A-Za-z0-9._-]+", ref.revision)):
+    # The hub's tag rule (and a revision id is hex): no "..", a letter or digit first.
+    if ref.revision is not None and (not TAG.fullmatch(ref.revision) or ".." in ref.revision):
         raise InvalidNameError(f"{shown(model)}: invalid tag or revision")
     return Ref(ref.owner, ref.name, ref.revision or "main")
 
@@ -108,15 +110,27 @@ def check_servable(meta: dict[str, Any], limits: ServeLimits, *, label: str) -> 
         )
 
 
-def check_config_servable(config: dict[str, Any], *, label: str) -> None:
-    """Refuse what only the config shows: ``modules_to_save`` (vLLM ignores them silently)."""
-    if config.get("modules_to_save"):
+def check_config_servable(config: dict[str, Any], *, label: str, limits: ServeLimits | None = None) -> None:
+    """Refuse what only the config shows: ``modules_to_save`` (vLLM ignores them silently).
+
+    With ``limits``, also run :func:`check_servable` on what the pulled config
+    itself says (method, DoRA, base model, ranks): the hub's description of a
+    revision is a hub's word, and a hostile or stale hub can describe other files.
+    """
+    modules = config.get("modules_to_save")
+    if modules:
+        names = modules if isinstance(modules, list) else [modules]
         raise UnsupportedAdapterError(
-            f"{label} trains modules_to_save ({', '.join(map(str, config['modules_to_save']))[:80]}), "
-            "which vLLM cannot serve"
+            f"{label} trains modules_to_save ({', '.join(map(str, names))[:80]}), which vLLM cannot serve"
         )
     if config.get("use_dora"):
         raise UnsupportedAdapterError(f"{label} uses DoRA, which vLLM cannot serve")
+    if limits is not None:
+        ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+        meta = {"method": config.get("peft_type"), "use_dora": bool(config.get("use_dora")),
+                "base_model": config.get("base_model_name_or_path"),
+                "max_rank": max((r for r in ranks if isinstance(r, int) and not isinstance(r, bool)), default=None)}
+        check_servable(meta, limits, label=label)
 
 
 @dataclass(frozen=True)
@@ -171,12 +185,17 @@ class AdapterSource:
         ref = parse_model_name(model)
         with self._lock:
             detail = self.full_revision(ref)
-            revision = detail.get("revision")
+            revision = detail.get("revision") if isinstance(detail, dict) else None
             if not isinstance(revision, str) or not FULL_SHA.fullmatch(revision):
                 raise RevisionNotFoundError(f"{ref}: the hub answered no revision id")
+            if FULL_SHA.fullmatch(ref.revision or "") and revision != ref.revision:
+                raise RevisionNotFoundError(f"{ref}: the hub answered revision {revision[:12]} for this pinned one")
             label = f"{ref.repo_id}@{revision[:12]}"
-            check_servable(detail.get("meta") or {}, self.limits, label=label)
+            meta = detail.get("meta")
+            check_servable(meta if isinstance(meta, dict) else {}, self.limits, label=label)
             pulled = self.hub.pull(Ref(ref.owner, ref.name, revision))
+        if pulled.revision != revision:  # the files of another revision than the one just checked
+            raise RevisionNotFoundError(f"{label}: the hub sent the files of revision {str(pulled.revision)[:12]}")
         config = parse_config((Path(pulled.path) / CONFIG_NAME).read_bytes())
-        check_config_servable(config, label=label)
-        return Served(model, ref.repo_id, ref.revision or "main", pulled.revision, Path(pulled.path))
+        check_config_servable(config, label=label, limits=self.limits)
+        return Served(model, ref.repo_id, ref.revision or "main", revision, Path(pulled.path))
