@@ -45,6 +45,7 @@ from peft_hub.errors import (
     NotFoundError,
     PeftHubError,
     PermissionDeniedError,
+    RevisionNotFoundError,
     StorageError,
     UnsafeFormatError,
 )
@@ -784,3 +785,16 @@ def test_a_non_json_success_body_is_a_peft_hub_error():
     with session, pytest.raises(PeftHubError, match="not JSON") as info:
         json_body(session.get("/api/adapters/a/b?sig=s3cret"))
     assert "s3cret" not in str(info.value)
+
+
+def test_a_pinned_pull_answered_with_another_revision_is_refused(hub, ws):
+    """A revision id names fixed bytes: a hub that answers ``@<sha>`` with
+    another revision's files (a stale cache, a hostile hub) is refused
+    before anything is written; a tag may of course move."""
+    _serve_good(hub)
+    pinned = "f" * 40
+    with ws.client(hub) as client:
+        with pytest.raises(RevisionNotFoundError, match="answered revision"):
+            client.pull(f"admin/support@{pinned}", ws.out)
+        assert not ws.out.exists()
+        assert client.pull("admin/support@prod", ws.out).revision == REV

@@ -17,7 +17,7 @@ from peft_hub.client.cache import BlobCache, check_staged, fingerprint
 from peft_hub.client.download import download
 from peft_hub.client.http import build_session, json_body, send
 from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts, wanted, without
-from peft_hub.client.names import BlobChangedError, check_revision
+from peft_hub.client.names import REVISION_RE, BlobChangedError, check_revision
 from peft_hub.client.repo_api import RepoMixin
 from peft_hub.client.retry import RetryPolicy
 from peft_hub.client.transfers import UploadTarget, remote_manifest, upload, upload_plan
@@ -28,6 +28,7 @@ from peft_hub.errors import (
     InvalidInputError,
     InvalidNameError,
     NotFoundError,
+    RevisionNotFoundError,
     UploadRequiredError,
 )
 from peft_hub.names import validate_namespace
@@ -313,6 +314,9 @@ class HubClient(RepoMixin, AdminMixin):
         # become part of a path or a URL: the hub's answer is not trusted.
         revision, files = remote_manifest(self.info(ref, count_download=True))
         label = f"{ref.repo_id}@{revision[:12]}"
+        if ref.revision and REVISION_RE.fullmatch(ref.revision) and revision != ref.revision:
+            # A revision id names fixed bytes: another revision's files are not what was asked for.
+            raise RevisionNotFoundError(f"{ref.repo_id}@{ref.revision[:12]}: the hub answered revision {label}")
         self.cache.leftovers(remove=True)
         downloaded = 0
         for last in (False, True):
