@@ -168,7 +168,7 @@ def test_compose_flags_base_models_shapes_rank_and_arguments():
 
 @pytest.mark.parametrize("segment,matches", [
     ("acme", True), ("a", True), ("api", False), ("static", False), ("compose", False), ("login", False),
-    ("apis", True), ("api.v2", True), ("Acme", False), ("-x", False),
+    ("apis", True), ("api.v2", True), ("Acme", True), ("-x", False), ("API", False), ("Login", False),
 ])
 def test_owner_convertor_leaves_the_hubs_own_paths_alone(segment, matches):
     assert bool(re.fullmatch(OwnerConvertor.regex, segment)) == matches
