@@ -12,15 +12,6 @@ blob's verification is recorded as a stamp of its size, mtime, ctime and
 inode (``verified/<sha>``): a blob whose stamp no longer matches is hashed
 again before it is used, and removed (then fetched again) if it is wrong.
 
-A download is not fsynced (nor is it by boto3 or huggingface_hub; it cost a
-pull 35-140 ms of 105 MB). Its stamp instead names the boot it was written
-in (Linux's ``boot_id``): the page cache, which holds its bytes until the
-kernel writes them, lasts exactly that long, and only a crash of the whole
-system can lose them, which starts a new boot. A stamp of an earlier boot is
-trusted only once the blob has been hashed again (its bytes then came from
-the disk, so the stamp becomes ``durable``). Where there is no boot id the
-download is fsynced before it is renamed into place, as before.
-
 Temporary files and staging directories are held under an ``flock`` by the
 process that writes them; whatever a killed process leaves behind is no
 longer locked, and the next pull (or ``cache verify``) removes it.
@@ -62,23 +53,6 @@ _TEMP_BLOB_RE = re.compile(r"[0-9a-f]{64}\.[a-z0-9_]+\.(new|incomplete)")
 
 
 # --- the cache ----------------------------------------------------------------------
-
-
-def _boot_id() -> str | None:
-    """This boot's id (Linux: a new random one at every start of the kernel), or None."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return boot if re.fullmatch(r"[0-9a-f-]{36}", boot) else None
-
-
-#: See the module docstring: what a stamp of bytes the disk may not hold yet names.
-BOOT_ID = _boot_id()
-#: What a stamp of bytes known to be on disk names (fsynced, or read back after a reboot).
-DURABLE = "durable"
-#: What a stamp of bytes verified now names (without a boot id, as before: the bytes are trusted).
-NOW = BOOT_ID or DURABLE
 
 
 def _fingerprint(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -180,19 +154,16 @@ class BlobCache:
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             self.discard(sha256)
             return None
-        stamp = self._stamp(sha256)
-        if stamp is not None and stamp[0] == _fingerprint(st) and stamp[1] in (DURABLE, NOW):
+        if self._stamp(sha256) == _fingerprint(st):
             return path
         if st.st_mode & 0o222:  # cached before blobs were read-only
             with suppress(OSError):
                 os.chmod(path, 0o444)
             st = os.lstat(path)
         if sha256_file(path) != sha256 or _fingerprint(os.lstat(path)) != _fingerprint(st):
-            self.discard(sha256)  # wrong (a crash lost its bytes?), or changed while it was hashed: fetch it again
+            self.discard(sha256)  # wrong, or changed while it was hashed: fetch it again
             return None
-        # Unchanged since a stamp of an earlier boot: these bytes were read from the disk.
-        survived = stamp is not None and stamp[0] == _fingerprint(st) and stamp[1] != NOW
-        self._write_stamp(sha256, st, DURABLE if survived else NOW)
+        self._write_stamp(sha256, st)
         return path
 
     def has(self, sha256: str, size: int) -> bool:
@@ -210,20 +181,16 @@ class BlobCache:
         with suppress(FileNotFoundError):
             st = os.lstat(self.blob_path(sha256))
             now = _fingerprint(st)
-            if old is not None and (old[0][0], old[0][1], old[0][3]) == (now[0], now[1], now[3]):
-                self._write_stamp(sha256, st, old[1])
+            if old is not None and (old[0], old[1], old[3]) == (now[0], now[1], now[3]):
+                self._write_stamp(sha256, st)
 
-    def _stamp(self, sha256: str) -> tuple[tuple[int, ...], str] | None:
-        """The stamp's fingerprint, and the boot it was written in (or ``DURABLE``)."""
+    def _stamp(self, sha256: str) -> tuple[int, ...] | None:
         try:
-            *fields, boot = self.stamp_path(sha256).read_text().split()
-            if boot.isdigit():  # written before stamps named a boot, after an fsync
-                fields, boot = [*fields, boot], DURABLE
-            return tuple(int(v) for v in fields), boot
+            return tuple(int(v) for v in self.stamp_path(sha256).read_text().split())
         except (OSError, ValueError):
             return None
 
-    def _write_stamp(self, sha256: str, st: os.stat_result, boot: str) -> None:
+    def _write_stamp(self, sha256: str, st: os.stat_result) -> None:
         # Best effort: without a stamp (a read-only cache) the blob is hashed each time.
         stamps = self.root / "verified"
         with suppress(OSError):
@@ -231,7 +198,7 @@ class BlobCache:
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".new", dir=stamps)
             try:
                 with os.fdopen(fd, "w") as fh:
-                    fh.write(" ".join(map(str, _fingerprint(st))) + f" {boot}\n")
+                    fh.write(" ".join(map(str, _fingerprint(st))) + "\n")
                 os.replace(tmp, self.stamp_path(sha256))
             finally:
                 delete(Path(tmp))
@@ -258,16 +225,14 @@ class BlobCache:
             delete(path)
 
     def commit(self, part: Partial, sha256: str) -> Path:
-        """Move a verified download into place, read-only, and stamp it (with
-        this boot's id; fsynced first where there is none: see the module docstring)."""
+        """Move a verified download into place, read-only, and stamp it."""
         part.fh.flush()
-        if BOOT_ID is None:
-            os.fsync(part.fh.fileno())  # nothing else would tell a crash's lost bytes from these
+        os.fsync(part.fh.fileno())  # the name must never point at bytes a crash lost
         os.chmod(part.path, 0o444)
         final = self.blob_path(sha256)
         os.replace(part.path, final)  # while still locked, so no cleanup takes it first
         st = os.lstat(final)
-        self._write_stamp(sha256, st, NOW)
+        self._write_stamp(sha256, st)
         self._fresh[sha256] = _fingerprint(st)
         return final
 
@@ -355,7 +320,7 @@ class BlobCache:
                 report.size += st.st_size
                 if stat.S_ISREG(st.st_mode) and sha256_file(path) == path.name:
                     if _fingerprint(os.lstat(path)) == _fingerprint(st):
-                        self._write_stamp(path.name, st, NOW)
+                        self._write_stamp(path.name, st)
                 else:
                     report.corrupt.append(path.name)
                     bad_inodes.add((st.st_dev, st.st_ino))

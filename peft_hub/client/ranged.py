@@ -18,10 +18,8 @@ the hash stands is hashed from the network buffer by the stream that got it;
 bytes that arrived out of order are hashed later, by a thread of its own,
 read back from the file (the page cache is hot) once the prefix before them
 is complete. The written bytes are handed to the kernel's writeback as each
-span grows (every :data:`_FLUSH` bytes), so dirty pages do not pile up behind
-a large download (and, where the cache still fsyncs, the fsync has little
-left to do: see :mod:`peft_hub.client.cache`). Memory holds one network block
-per stream and one read block.
+span grows (every :data:`_FLUSH` bytes), so the cache's fsync at the end has
+little left to do. Memory holds one network block per stream and one read block.
 
 A ``mirror`` (the ``pull -o`` directory's staging file) gets every block too,
 written from the same buffer at the same offset, so no copy follows the
@@ -220,7 +218,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 
 def _writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a completed span to disk without waiting (a hint)."""
+    """Start writing a completed span to disk without waiting (a hint: the fsync before commit decides)."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
