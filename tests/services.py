@@ -166,23 +166,38 @@ class LiveHub:
 
 
 @contextmanager
-def live_hub(settings) -> Iterator[LiveHub]:
-    """Serve ``create_app(settings)`` with uvicorn on a free port."""
+def serve_in_thread(app, what: str = "loopback server", *, ready: str | None = None, **config) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a daemon thread; yields its URL.
+
+    ``ready``: a path that answers 200 once the app is up (else uvicorn's own
+    start); ``config``: more ``uvicorn.Config`` settings (quiet, no lifespan by default).
+    """
     import uvicorn
 
-    from peft_hub.hub import create_app
-    from peft_hub.hub.protocol import server_options
-
     port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           **server_options()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           **{"log_level": "critical", "lifespan": "off", **config}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(f"{url}/api/health").status_code == 200, 30, "hub")
+    if ready is None:
+        wait_until(lambda: server.started, 30, what)
+    else:
+        wait_until(lambda: httpx.get(url + ready).status_code == 200, 30, what)
     try:
-        yield LiveHub(url, settings.admin_token, settings, app)
+        yield url
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def live_hub(settings) -> Iterator[LiveHub]:
+    """Serve ``create_app(settings)`` with uvicorn on a free port."""
+    from peft_hub.hub import create_app
+    from peft_hub.hub.protocol import server_options
+
+    app = create_app(settings)
+    with serve_in_thread(app, "hub", ready="/api/health", log_level="warning", lifespan="on",
+                         **server_options()) as url:
+        yield LiveHub(url, settings.admin_token, settings, app)

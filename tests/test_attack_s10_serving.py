@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from services import free_port, wait_until
+from services import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -96,18 +94,9 @@ def _app(hub: Hub) -> Starlette:
 
 
 def _serve(hub: Hub) -> Iterator[Hub]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_app(hub), host="127.0.0.1", port=port, log_level="critical",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    hub.url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: server.started, 30, "loopback hub")
-    try:
+    with serve_in_thread(_app(hub), "loopback hub") as url:
+        hub.url = url
         yield hub
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

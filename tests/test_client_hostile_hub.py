@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,9 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from raw_adapters import zero_safetensors
-from services import free_port, wait_until
+from services import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -178,18 +176,9 @@ def _other_app(other: Server) -> Starlette:
 
 @contextmanager
 def _serve(server: Server, app: Starlette) -> Iterator[Server]:
-    port = free_port()
-    config = uvicorn.Config(_recording(server, app), host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: uv.started, 30, "loopback server")
-    try:
+    with serve_in_thread(_recording(server, app)) as url:
+        server.url = url
         yield server
-    finally:
-        uv.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
