@@ -44,3 +44,43 @@ def test_catalog_pages_of_names_with_capitals_are_found_in_any_case(embedded_hub
         assert "LegalBot" in http.get("/ADMIN/legalbot").text
         for reserved in ("/API/adapters", "/Static/x", "/LOGIN"):  # never taken for an owner
             assert "There is no user or organisation" not in http.get(reserved).text, reserved
+
+
+def test_two_creations_of_one_hf_tag_at_once_give_one_tag_and_one_409(hub, tmp_path, monkeypatch):
+    """``create_tag`` makes a tag that does not exist (HF answers 409 for one
+    that does). The check ran before the repo's lock: a creation paused after
+    it, while another created the tag, then moved that tag and answered 200."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from peft_hub.hub import crud
+
+    with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c") as client:
+        first = client.push(tiny_lora_dir(tmp_path / "v1", "tags v1"), name="admin/tags").revision
+        second = client.push(tiny_lora_dir(tmp_path / "v2", "tags v2"), name="admin/tags").revision
+    real, reached, go = crud.set_tag, threading.Event(), threading.Event()
+
+    def paused(*args, **kwargs):
+        if not reached.is_set():  # the first creation only
+            reached.set()
+            go.wait(15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crud, "set_tag", paused)
+    auth = {"Authorization": f"Bearer {hub.admin_token}"}
+
+    def create(revision: str) -> httpx.Response:
+        return httpx.post(f"{hub.url}/api/models/admin/tags/tag/{revision}", json={"tag": "v1"}, headers=auth,
+                          timeout=60)
+
+    with ThreadPoolExecutor(1) as pool:
+        paused_one = pool.submit(create, first)
+        assert reached.wait(15)
+        try:
+            other = create(second)
+        finally:
+            go.set()
+        answers = sorted([paused_one.result().status_code, other.status_code])
+    assert answers == [200, 409], answers
+    tags = httpx.get(f"{hub.url}/api/adapters/admin/tags", headers=auth).json()["tags"]
+    assert tags["v1"] == second  # the creation that landed first keeps its tag

@@ -161,9 +161,15 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
-def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision) -> None:
+def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision, new: bool = False) -> None:
+    """Point ``tag`` at ``revision``; with ``new``, only if the tag does not exist yet (checked under the
+    repo's lock, so of two creations of one tag at once, one is a ConflictError)."""
     adapter = lock_adapter(session, adapter)
     row = session.get(Tag, (adapter.id, tag))
+    if new and row is not None:
+        raise ConflictError(
+            f"tag {tag!r} already exists in {adapter.owner}/{adapter.name}; move it with `peft-hub tag`"
+        )
     events.tag_moved(session, adapter=adapter, tag=tag, revision=revision, previous_id=row.revision_id if row else None)
     if row is None:
         session.add(Tag(adapter_id=pk(adapter), name=tag, revision_id=pk(revision)))

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from peft_hub.errors import ConflictError, InvalidInputError
+from peft_hub.errors import InvalidInputError
 from peft_hub.hub import audit, crud
 from peft_hub.hub.auth import Principal
 from peft_hub.hub.deps import ClientDep, SessionDep
@@ -40,12 +40,8 @@ def _create_tag(session: Session, principal: Principal | None, owner: str, name:
                 client: str) -> dict[str, Any]:
     adapter, principal = writable(session, principal, owner, name)
     crud.validate_tag(tag)
-    if tag in crud.tags_of(session, adapter=adapter):
-        raise ConflictError(
-            f"tag {tag!r} already exists in {adapter.owner}/{adapter.name}; move it with `peft-hub tag`"
-        )
     revision = crud.resolve_revision(session, adapter=adapter, rev=rev)
-    crud.set_tag(session, adapter=adapter, tag=tag, revision=revision)
+    crud.set_tag(session, adapter=adapter, tag=tag, revision=revision, new=True)
     audit.record(session, actor=principal.user.name, action="tag.move", target=f"{adapter.owner}/{adapter.name}:{tag}",
                  client=client, detail={"revision": revision.sha})
     return {"tag": tag, "revision": revision.sha}
