@@ -164,7 +164,11 @@ def validate_tag(tag: str) -> str:
 def set_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision, new: bool = False) -> None:
     """Point ``tag`` at ``revision``; with ``new``, only if the tag does not exist yet (checked under the
     repo's lock, so of two creations of one tag at once, one is a ConflictError)."""
-    adapter = lock_adapter(session, adapter)
+    point_tag(session, adapter=lock_adapter(session, adapter), tag=tag, revision=revision, new=new)
+
+
+def point_tag(session: Session, *, adapter: Adapter, tag: str, revision: Revision, new: bool = False) -> None:
+    """:func:`set_tag` for a caller that holds the repo's lock already (a publish)."""
     row = session.get(Tag, (adapter.id, tag))
     if new and row is not None:
         raise ConflictError(

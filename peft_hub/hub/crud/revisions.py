@@ -16,7 +16,7 @@ from peft_hub.adapter import FileEntry
 from peft_hub.errors import AdapterNotFoundError, ConflictError, NotFoundError
 from peft_hub.hub.auth import Principal, can_read
 from peft_hub.hub.crud.accounts import ensure_namespace
-from peft_hub.hub.crud.adapters import find_adapter, find_adapter_locked, lock_adapter, set_tag
+from peft_hub.hub.crud.adapters import find_adapter, find_adapter_locked, lock_adapter, point_tag
 from peft_hub.hub.models import Adapter, Eval, LineageEdge, Revision, RevisionFile, Tag, name_key, pk, utcnow
 from peft_hub.repo_kinds import Meta, kind_mismatch, kind_of
 
@@ -87,8 +87,8 @@ def publish_revision(
         for entry in entries:
             session.add(RevisionFile(revision_id=pk(revision), path=entry.path, sha256=entry.sha256, size=entry.size))
         _record_lineage(session, revision=revision, meta=meta, principal=principal)
-    for tag in ("main", *tags):
-        set_tag(session, adapter=adapter, tag=tag, revision=revision)
+    for tag in ("main", *tags):  # the repo is locked (find_adapter_locked) or new in this transaction
+        point_tag(session, adapter=adapter, tag=tag, revision=revision)
     adapter.updated_at = utcnow()
     session.add(adapter)
     session.flush()
