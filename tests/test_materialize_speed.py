@@ -294,13 +294,14 @@ def test_a_failing_block_write_leaves_no_output(wide, tmp_path, monkeypatch):
 
 def test_shard_writer_reserves_the_files_blocks_before_writing(tmp_path):
     """The blocks are reserved up front (on ext4, writes then skip delayed allocation's per-page work)."""
+    from peft_hub import disk
     from peft_hub.gpu_runtime import shard_writer
 
-    if shard_writer._FALLOCATE is None:
+    if disk.FALLOCATE is None:
         pytest.skip("no fallocate(2) on this platform")
     probe = tmp_path / "probe"
     with open(probe, "wb") as fh:
-        if shard_writer._FALLOCATE(fh.fileno(), shard_writer._FALLOC_FL_KEEP_SIZE, 0, 1 << 20) != 0:
+        if disk.FALLOCATE(fh.fileno(), disk.FALLOC_FL_KEEP_SIZE, 0, 1 << 20) != 0:
             pytest.skip("this file system does not reserve blocks")
     b = torch.randn(512, 1024).to(torch.bfloat16)  # 1 MiB
     with shard_writer.ShardWriter(tmp_path / "x.safetensors", [("b", "BF16", (512, 1024))], {}) as writer:

@@ -46,8 +46,8 @@ def small(monkeypatch):
 def _hints(monkeypatch) -> list[tuple[int, int, int]]:
     """Each writeback hint as (inode of the file, offset, length)."""
     hints: list[tuple[int, int, int]] = []
-    real = ranged._writeback
-    monkeypatch.setattr(ranged, "_writeback",
+    real = ranged.disk.writeback
+    monkeypatch.setattr(ranged.disk, "writeback",
                         lambda fd, a, n: hints.append((os.fstat(fd).st_ino, a, n)) or real(fd, a, n))
     return hints
 
@@ -118,3 +118,69 @@ def test_a_wrong_byte_is_still_refused_and_nothing_is_left(tmp_path, small, monk
         download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), cache, bar, mirror=mirror)
     assert not mirror.exists()
     assert list((tmp_path / "c" / "blobs").iterdir()) == []
+
+
+def test_both_files_blocks_are_reserved_whole_before_the_first_range_is_written(tmp_path, small, monkeypatch):
+    """The cache's file and the ``-o`` mirror get their blocks reserved up front (fallocate), since the
+    spans arrive out of order; the reservation is real where the file system makes it."""
+    from peft_hub import disk
+
+    reserved: list[tuple[int, int, int, int]] = []  # (inode, size asked, bytes allocated after, bytes written before)
+    real = disk.reserve
+
+    def recording(fd: int, size: int) -> bool:
+        written = os.fstat(fd).st_size
+        ok = real(fd, size)
+        reserved.append((os.fstat(fd).st_ino, size, os.fstat(fd).st_blocks * 512, written))
+        return ok
+
+    monkeypatch.setattr(disk, "reserve", recording)
+    data = os.urandom(1_000_003)
+    mirror = tmp_path / "staged.bin"
+    with _server(data, []) as session, tqdm(disable=True) as bar:
+        blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar,
+                        mirror=mirror)
+    assert blob.read_bytes() == data and mirror.read_bytes() == data
+    assert sorted(ino for ino, *_ in reserved) == sorted({os.stat(blob).st_ino, os.stat(mirror).st_ino})
+    assert all(size == len(data) and written == 0 for _, size, _, written in reserved)
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as fh:
+        supported = disk.FALLOCATE is not None and disk.FALLOCATE(fh.fileno(), disk.FALLOC_FL_KEEP_SIZE, 0, 4096) == 0
+    if supported:
+        assert all(allocated >= len(data) for _, _, allocated, _ in reserved)
+
+
+def test_a_disk_without_room_for_the_file_is_refused_before_any_range_and_nothing_is_left(tmp_path, small,
+                                                                                          monkeypatch):
+    from peft_hub import disk
+
+    monkeypatch.setattr(disk, "reserve", lambda fd, size: False)  # what ENOSPC from fallocate(2) returns
+    data = os.urandom(1_000_003)
+    log: list = []
+    mirror = tmp_path / "staged.bin"
+    with _server(data, log) as session, tqdm(disable=True) as bar, \
+            pytest.raises(PeftHubError, match="not enough disk space for a download of 1000003 bytes"):
+        download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar,
+                 mirror=mirror)
+    assert log == [] and not mirror.exists()
+    assert list((tmp_path / "c" / "blobs").iterdir()) == []
+
+
+def test_reserve_reports_only_a_full_disk(tmp_path, monkeypatch):
+    """``disk.reserve`` is a hint: a refusal for any reason but room (a pipe, an unsupported file system) is True."""
+    import errno
+
+    from peft_hub import disk
+
+    if disk.FALLOCATE is None:
+        pytest.skip("no fallocate(2) on this platform")
+    read_end, write_end = os.pipe()
+    try:
+        assert disk.reserve(write_end, 1 << 20) is True  # ESPIPE: not a file, the hint is not taken
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    for code, answer in ((errno.ENOSPC, False), (errno.EDQUOT, False), (errno.EOPNOTSUPP, True)):
+        monkeypatch.setattr(disk, "FALLOCATE", lambda *a, code=code: -1)
+        monkeypatch.setattr(disk.ctypes, "get_errno", lambda code=code: code)
+        assert disk.reserve(0, 1) is answer

@@ -192,8 +192,8 @@ def _count_reads_and_writebacks(monkeypatch) -> tuple[list, list]:
     flushed: list = []
     real_pread = os.pread
     monkeypatch.setattr(ranged.os, "pread", lambda fd, n, pos: reads.append((pos, n)) or real_pread(fd, n, pos))
-    real_writeback = ranged._writeback
-    monkeypatch.setattr(ranged, "_writeback", lambda fd, a, n: flushed.append((a, n)) or real_writeback(fd, a, n))
+    real_writeback = ranged.disk.writeback
+    monkeypatch.setattr(ranged.disk, "writeback", lambda fd, a, n: flushed.append((a, n)) or real_writeback(fd, a, n))
     real_fetch = ranged.fetch  # what the ranges hashed to (a wrong one would be fetched whole, and hide it)
     monkeypatch.setattr(ranged, "fetch", lambda *a, **k: reads.append(("digest", real_fetch(*a, **k))) or reads[-1][1])
     return reads, flushed
@@ -211,7 +211,7 @@ def test_ranges_in_order_are_hashed_from_memory_never_read_back(tmp_path, monkey
         assert _pull(session, data, cache).read_bytes() == data
     assert reads == [("digest", hashlib.sha256(data).hexdigest())]
     assert sorted(flushed) == [(a, min(40_000, len(data) - a)) for a in range(0, len(data), 40_000)]
-    assert ranged._SYNC_FILE_RANGE is not None or not sys.platform.startswith("linux")  # the hint really is sent
+    assert ranged.disk.SYNC_FILE_RANGE is not None or not sys.platform.startswith("linux")  # the hint really is sent
 
 
 def test_ranges_out_of_order_are_read_back_in_order_and_hashed_once(tmp_path, monkeypatch):

@@ -17,9 +17,12 @@ The sha256 runs over the file in order. A block that arrives exactly where
 the hash stands is hashed from the network buffer by the stream that got it;
 bytes that arrived out of order are hashed later, by a thread of its own,
 read back from the file (the page cache is hot) once the prefix before them
-is complete. The written bytes are handed to the kernel's writeback as each
-span grows (every :data:`_FLUSH` bytes), so the cache's fsync at the end has
-little left to do. Memory holds one network block per stream and one read block.
+is complete. The file's blocks are reserved before the first range is
+written (:func:`peft_hub.disk.reserve`: a disk without room for the file is
+refused before any byte is fetched), and the written bytes are handed to
+the kernel's writeback as each span grows (every :data:`_FLUSH` bytes), so
+the cache's fsync at the end has little left to do. Memory holds one network
+block per stream and one read block.
 
 A ``mirror`` (the ``pull -o`` directory's staging file) gets every block too,
 written from the same buffer at the same offset, so no copy follows the
@@ -30,8 +33,6 @@ compete with the cache's during the pull.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import os
 import threading
@@ -43,6 +44,7 @@ from functools import partial
 
 import httpx
 
+from peft_hub import disk
 from peft_hub.client import rawget
 from peft_hub.client.http import raise_for_status
 from peft_hub.client.retry import RetryPolicy, transient
@@ -141,7 +143,7 @@ class _Ranges:
                 raise StorageError("a short write to the file being downloaded (is the disk full?)")
         start, end = a + self.flushed[i], (pos + size) // _PAGE * _PAGE  # only span i's stream touches these
         if end - start >= _FLUSH:
-            _writeback(self.fd, start, end - start)
+            disk.writeback(self.fd, start, end - start)
             self.flushed[i] = end - a
         with self.cond:
             self.done[i] += size
@@ -161,7 +163,7 @@ class _Ranges:
         a, b = self.spans[i]
         if self.done[i] != b - a:
             raise _Short(f"the range {a}-{b - 1} ended after {self.done[i]} bytes")
-        _writeback(self.fd, a + self.flushed[i], b - a - self.flushed[i])  # the cache's file alone
+        disk.writeback(self.fd, a + self.flushed[i], b - a - self.flushed[i])  # the cache's file alone
 
     def halt(self) -> None:
         """Stop every stream and the hash: one range failed."""
@@ -201,28 +203,6 @@ class _Ranges:
                     self.hashing = False
 
 
-def _sync_file_range() -> Callable[..., int] | None:
-    """libc's ``sync_file_range`` (Linux), or None."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # CDLL calls release the GIL
-        call = libc.sync_file_range
-    except (OSError, AttributeError, TypeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a completed span to disk without waiting (a hint: the fsync before commit decides)."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, retry: RetryPolicy,
           opener: Opener, mirror: int | None = None) -> str | None:
     """Fill ``fd`` (``size`` bytes) from ``url`` in parallel ranges; return the file's sha256.
@@ -234,7 +214,9 @@ def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, ret
     """
     fds = (fd,) if mirror is None else (fd, mirror)
     state = _Ranges(fds, size, bar)
-    for each in fds:
+    for each in fds:  # the blocks reserved first: the spans are written out of order
+        if not disk.reserve(each, size):
+            raise StorageError(f"not enough disk space for a download of {size} bytes")
         os.ftruncate(each, size)
     with ExitStack() as stack:
         response = None

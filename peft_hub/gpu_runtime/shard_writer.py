@@ -10,16 +10,14 @@ was written. :class:`BufferPool` bounds the memory of tensors in flight.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
+from peft_hub import disk
 from peft_hub.compose.io import header_layout, tensor_bytes
 from peft_hub.errors import InvalidInputError
 
@@ -27,37 +25,6 @@ __all__ = ["BufferPool", "ShardWriter"]
 
 _COPY_CHUNK = 16 * 1024 * 1024
 _ROUND = 1 << 20  # buffer sizes are rounded up to this, so similar tensors share buffers
-
-
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the file's blocks before writing them (``fallocate(2)``; the file's size is not changed).
-
-    On ext4 a write into reserved blocks skips delayed allocation's per-page
-    bookkeeping (reservation, extent-status and quota updates): ~20% of the
-    streaming merge's CPU on the benchmark. Only a hint: a file system that
-    cannot (or a platform without the call) just writes as before. Not
-    ``os.posix_fallocate``, which glibc emulates by writing zeros.
-    """
-    if _FALLOCATE is None or size <= 0:
-        return
-    _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, 0, size)  # the result is ignored: only a hint
-
-
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "fallocate64", None) or libc.fallocate  # 64-bit offsets on 32-bit platforms too
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_FALLOC_FL_KEEP_SIZE = 1
-_FALLOCATE = _load_fallocate()
 
 
 class BufferPool:
@@ -118,7 +85,7 @@ class ShardWriter:
     order and from any thread: whole from memory (:meth:`write`), as raw bytes
     copied from another file (:meth:`copy_raw`), or piece by piece by whoever
     claimed its place (:meth:`claim`, then :meth:`write_at`). The file's
-    blocks are reserved first (:func:`_preallocate`). :meth:`close` checks
+    blocks are reserved first (:func:`peft_hub.disk.reserve`). :meth:`close` checks
     that every tensor was claimed, and that as many bytes were written as the
     file has (a missing block would leave a hole of the right length).
     """
@@ -135,7 +102,7 @@ class ShardWriter:
         # Closed by close(); unbuffered: every write is a positional pwrite or copy_file_range.
         self._fh = open(path, "wb", buffering=0)
         # Off the caller's path (the call can wait ~10 ms on the journal); joined before the file is closed.
-        self._reserving = threading.Thread(target=_preallocate, args=(self._fh.fileno(), self._size),
+        self._reserving = threading.Thread(target=disk.reserve, args=(self._fh.fileno(), self._size),
                                            name="materialize-reserve", daemon=True)
         self._reserving.start()
         try:
