@@ -211,8 +211,9 @@ def bench_7b(tmp: Path, labels: list[str]) -> dict:
 # --- 2. dense truncation: exact against randomized --------------------------
 
 
-def merged_module(d: int, k: int, kind: MergeMethod) -> tuple[torch.Tensor, float]:
-    """A merged dense ΔW as the engine builds it; returns it and the merge's seconds.
+def merged_module(d: int, k: int, kind: MergeMethod) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """A merged dense ΔW as the engine builds it; returns it, the merge's seconds, and the adapters' stacked
+    A factors transposed, (k, 48), which the engine gives the randomized SVD as its sketch's start.
 
     ``ties``: the bench adapters with weights 0.5, 0.3, 0.2, TIES at density
     0.2. ``dare_ties``: equal weights 0.5, DARE-TIES at density 0.2, whose 48
@@ -226,7 +227,7 @@ def merged_module(d: int, k: int, kind: MergeMethod) -> tuple[torch.Tensor, floa
     factors = [random_factors(d, k, s) for s in range(3)]
     tasks = [w * ALPHA / RANK * (b @ a) for (b, a), w in zip(factors, weights, strict=True)]
     merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "bench"))
-    return merged, time.perf_counter() - start
+    return merged, time.perf_counter() - start, torch.cat([a for _, a in factors]).T
 
 
 def bench_merge_module(d: int, k: int, kind: MergeMethod, repeats: int) -> dict:
@@ -249,7 +250,9 @@ def bench_merge_module(d: int, k: int, kind: MergeMethod, repeats: int) -> dict:
         t1 = time.perf_counter()
         merged = merge_dense(kind, tasks, density=0.2, generator=module_generator(0, "m"), inplace=True)
         t2 = time.perf_counter()
-        dense_truncate(merged, RANK, svd="auto", signal_rank=3 * RANK, generator=module_generator(0, "m/svd"))
+        rows = torch.cat([a.float() for _, a in factors]).T  # (k, 48), as the engine starts the sketch
+        dense_truncate(merged, RANK, svd="auto", signal_rank=3 * RANK, generator=module_generator(0, "m/svd"),
+                       start=rows)
         ours.append(time.perf_counter() - start)
         merge.append(t2 - t1)
         del tasks, merged
@@ -267,23 +270,29 @@ def bench_merge_module(d: int, k: int, kind: MergeMethod, repeats: int) -> dict:
 def bench_truncation(d: int, k: int, kind: MergeMethod, repeats: int) -> dict:
     from peft_hub.compose.lowrank import dense_truncate, frobenius_sq
 
-    m, merge_s = merged_module(d, k, kind)
+    m, merge_s, rows = merged_module(d, k, kind)
     total = frobenius_sq(m)
     start = time.perf_counter()
     be, ae, kept_e, _, _ = dense_truncate(m, RANK, svd="exact")
     exact_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        br, ar, kept_r, _, _ = dense_truncate(m, RANK, svd="randomized", signal_rank=3 * RANK,
-                                              generator=torch.Generator().manual_seed(0))
-        times.append(time.perf_counter() - start)
-    pe, pr = be @ ae, br @ ar
+    times: dict[str, list[float]] = {"started": [], "gaussian": []}
+    kept: dict[str, float] = {}
+    for _ in range(repeats):  # the engine's sketch (started from the A rows), and a Gaussian one, interleaved
+        for how, first in (("started", rows), ("gaussian", None)):
+            start = time.perf_counter()
+            br, ar, kept[how], _, _ = dense_truncate(m, RANK, svd="randomized", signal_rank=3 * RANK,
+                                                     generator=torch.Generator().manual_seed(0), start=first)
+            times[how].append(time.perf_counter() - start)
+            if how == "started":
+                pr = br @ ar
+    pe = be @ ae
     # Errors summed in float64: they differ in the 7th digit, below float32's resolution.
     opt_err = frobenius_sq(m - pe) ** 0.5  # Eckart–Young's error, as the exact SVD reaches it
     return {
-        "shape": f"{d}x{k}", "kind": kind, "merge_s": merge_s, "exact_s": exact_s, "rand_s": statistics.median(times),
-        "kept_fraction": kept_e / total, "energy_rel": (kept_e - kept_r) / kept_e,
+        "shape": f"{d}x{k}", "kind": kind, "merge_s": merge_s, "exact_s": exact_s,
+        "rand_s": statistics.median(times["started"]), "gauss_s": statistics.median(times["gaussian"]),
+        "kept_fraction": kept_e / total, "energy_rel": (kept_e - kept["started"]) / kept_e,
+        "gauss_energy_rel": (kept_e - kept["gaussian"]) / kept_e,
         "err_ratio": frobenius_sq(m - pr) ** 0.5 / opt_err,
         "prod_rel": float((pr - pe).abs().max() / pe.abs().max()),
     }
@@ -333,13 +342,17 @@ def main() -> None:
         return
     dense = [bench_truncation(4096, 4096, "ties", args.repeats), bench_truncation(4096, 11008, "ties", args.repeats),
              bench_truncation(4096, 4096, "dare_ties", args.repeats)]
+    from peft_hub.compose.lowrank import POWER_ITERS, POWER_ITERS_STARTED
+
     for r in dense:
         print(f"[2] {r['kind']} 3x r16, density 0.2, -> r16 on {r['shape']} (merge {r['merge_s']:.1f} s): "
               f"exact SVD {r['exact_s']:.1f} s, randomized {r['rand_s']:.2f} s "
               f"({r['exact_s'] / r['rand_s']:.0f}x faster)\n"
               f"    exact keeps {r['kept_fraction']:.4f} of the energy; randomized keeps {r['energy_rel']:.1e} less "
               f"(relative, target <= 1e-3); Frobenius error {r['err_ratio'] - 1:+.1e} relative to Eckart-Young's "
-              f"(target <= 1e-2); max|product diff| / max|exact| = {r['prod_rel']:.1e}")
+              f"(target <= 1e-2); max|product diff| / max|exact| = {r['prod_rel']:.1e}\n"
+              f"    (the sketch starts from the adapters' A rows, {POWER_ITERS_STARTED} iterations; a Gaussian one "
+              f"with {POWER_ITERS}: {r['gauss_s']:.2f} s, keeps {r['gauss_energy_rel']:.1e} less)")
 
     labels = ["stack", "svd"] if args.skip_7b_ties else ["stack", "svd", "ties"]
     with tempfile.TemporaryDirectory(prefix="bench-compose-") as tmp:

@@ -156,9 +156,10 @@ def compute_module(
         generator=module_generator(options.seed, plan.name), inplace=True,
     )
     del tasks
+    start = torch.cat([ai.float() for _, ai in factors]).T  # (k, R): the row space the merge perturbs
     b, a, kept, total, how = dense_truncate(
         merged, rank, svd=options.svd, signal_rank=plan.stacked_rank,
-        generator=module_generator(options.seed, f"{plan.name}/svd"),
+        generator=module_generator(options.seed, f"{plan.name}/svd"), start=start,
     )
     return b, a, ModuleResult(plan.name, b.shape[1], kept, total, how)
 
