@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -52,6 +53,18 @@ def _hints(monkeypatch) -> list[tuple[int, int, int]]:
     return hints
 
 
+def _mirrored_download(tmp_path: Path) -> tuple[bytes, Path, Path]:
+    """A ranged download of 1,000,003 random bytes with a ``-o`` mirror: (the bytes, the cached blob, the mirror),
+    both checked to hold the bytes."""
+    data = os.urandom(1_000_003)
+    mirror = tmp_path / "staged.bin"
+    with _server(data, []) as session, tqdm(disable=True) as bar:
+        blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar,
+                        mirror=mirror)
+    assert blob.read_bytes() == data and mirror.read_bytes() == data
+    return data, blob, mirror
+
+
 def test_the_first_range_is_short_and_the_others_are_parts(tmp_path, small):
     data = os.urandom(1_000_003)
     log: list = []
@@ -75,12 +88,7 @@ def test_a_first_range_never_exceeds_a_part(tmp_path, small, monkeypatch):
 
 def test_writeback_hints_cover_the_cache_file_alone_in_pieces(tmp_path, small, monkeypatch):
     hints = _hints(monkeypatch)
-    data = os.urandom(1_000_003)
-    mirror = tmp_path / "staged.bin"
-    with _server(data, []) as session, tqdm(disable=True) as bar:
-        blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar,
-                        mirror=mirror)
-    assert blob.read_bytes() == data and mirror.read_bytes() == data
+    data, blob, mirror = _mirrored_download(tmp_path)
     assert {ino for ino, _, _ in hints} == {os.stat(blob).st_ino}  # never the mirror's
     pieces = sorted((a, n) for _, a, n in hints)
     covered = 0
@@ -135,12 +143,7 @@ def test_both_files_blocks_are_reserved_whole_before_the_first_range_is_written(
         return ok
 
     monkeypatch.setattr(disk, "reserve", recording)
-    data = os.urandom(1_000_003)
-    mirror = tmp_path / "staged.bin"
-    with _server(data, []) as session, tqdm(disable=True) as bar:
-        blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar,
-                        mirror=mirror)
-    assert blob.read_bytes() == data and mirror.read_bytes() == data
+    data, blob, mirror = _mirrored_download(tmp_path)
     assert sorted(ino for ino, *_ in reserved) == sorted({os.stat(blob).st_ino, os.stat(mirror).st_ino})
     assert all(size == len(data) and written == 0 for _, size, _, written in reserved)
     probe = tmp_path / "probe"
