@@ -90,6 +90,8 @@ class Upload(BaseModel):
 
 class PreuploadPlan(BaseModel):
     uploads: list[Upload]
+    #: Whether the repo is private now; None when there is no such repo (or from a hub before 2026-12-03).
+    private: bool | None = None
 
 
 class TagMoved(BaseModel):

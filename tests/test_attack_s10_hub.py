@@ -84,3 +84,45 @@ def test_two_creations_of_one_hf_tag_at_once_give_one_tag_and_one_409(hub, tmp_p
     assert answers == [200, 409], answers
     tags = httpx.get(f"{hub.url}/api/adapters/admin/tags", headers=auth).json()["tags"]
     assert tags["v1"] == second  # the creation that landed first keeps its tag
+
+
+@pytest.mark.parametrize("was_private, asked, expect_private", [
+    (True, None, True),    # the race: the delete made the commit re-create the repo, public by default
+    (False, None, False),  # a public repo comes back public
+    (True, False, False),  # an explicit choice wins
+])
+def test_a_push_racing_a_delete_never_makes_public_what_it_saw_private(embedded_hub, tmp_path, monkeypatch,
+                                                                      was_private, asked, expect_private):
+    """The repo is deleted after the push's preupload and before its commit: the commit re-creates it.
+    The hub's preupload says whether the repo is private, and the client's commit keeps it so."""
+    with HubClient(embedded_hub.url, embedded_hub.admin_token, cache_dir=tmp_path / "c") as client:
+        client.push(tiny_lora_dir(tmp_path / "v1", "race v1"), name="admin/race", private=was_private)
+        real = HubClient._upload_missing
+        deleted: list[bool] = []
+
+        def upload_then_delete(self, *args, **kwargs):
+            answer = real(self, *args, **kwargs)
+            if not deleted:
+                client.delete("admin/race")
+                deleted.append(True)
+            return answer
+
+        monkeypatch.setattr(HubClient, "_upload_missing", upload_then_delete)
+        pushed = client.push(tiny_lora_dir(tmp_path / "v2", "race v2"), name="admin/race", private=asked)
+        monkeypatch.undo()
+        assert deleted and pushed.created
+        assert client.info("admin/race")["private"] is expect_private
+    with httpx.Client(base_url=embedded_hub.url) as anonymous:
+        assert anonymous.get("/api/adapters/admin/race").status_code == (404 if expect_private else 200)
+
+
+def test_preupload_says_whether_the_repo_is_private(embedded_hub, tmp_path):
+    token = {"Authorization": f"Bearer {embedded_hub.admin_token}"}
+    body = {"files": [{"path": "adapter_config.json", "sha256": "a" * 64, "size": 2}]}
+    with HubClient(embedded_hub.url, embedded_hub.admin_token, cache_dir=tmp_path / "c") as client, \
+            httpx.Client(base_url=embedded_hub.url, headers=token) as http:
+        assert http.post("/api/adapters/admin/seen/preupload", json=body).json()["private"] is None
+        client.push(tiny_lora_dir(tmp_path / "src", "seen"), name="admin/seen", private=True)
+        assert http.post("/api/adapters/admin/seen/preupload", json=body).json()["private"] is True
+        client.push(tiny_lora_dir(tmp_path / "src2", "seen 2"), name="admin/seen", private=False)
+        assert http.post("/api/adapters/admin/Seen/preupload", json=body).json()["private"] is False

@@ -189,7 +189,11 @@ class HubClient(RepoMixin, AdminMixin):
                 default, None, pushes an adapter and refuses a model directory.
             name: ``owner/name`` or a bare name; default: the directory's name.
             tags: extra tags to point at the new revision (``main`` always moves).
-            private: make the adapter private (None keeps the current setting).
+            private: make the adapter private, or public; None keeps the
+                current setting (a new repo is public). A repo the hub said was
+                private when the upload began stays private: the commit says
+                so, even if the repo was deleted meanwhile (the commit then
+                re-creates it) or made public meanwhile.
             message: a note stored with the revision.
 
         Returns:
@@ -215,8 +219,12 @@ class HubClient(RepoMixin, AdminMixin):
         body = {"files": files, "tags": list(tags), "private": private, "message": message}
         total = count = 0
         for attempt in range(3):
-            sent, n = self._upload_missing(ref, path, entries, files)
+            sent, n, seen_private = self._upload_missing(ref, path, entries, files)
             total, count = total + sent, count + n
+            if private is None and seen_private:
+                # Kept, not "the current setting": a delete during the upload would have the commit
+                # re-create the repo public. A push never makes public what it saw private.
+                body["private"] = True
             try:
                 # Idempotent by content: the same manifest gives the same
                 # revision ("created": false on a repeat), so it may be retried.
@@ -246,8 +254,9 @@ class HubClient(RepoMixin, AdminMixin):
 
     def _upload_missing(
         self, ref: Ref, path: Path, entries: list[FileEntry], files: list[dict[str, Any]],
-    ) -> tuple[int, int]:
-        """Upload what the hub asks for; returns the bytes and files sent.
+    ) -> tuple[int, int, bool]:
+        """Upload what the hub asks for; returns the bytes and files sent, and
+        whether the hub said the repo is private (False too when it did not say).
         A file larger than a part proposes its parts' digests (and resumes an
         earlier upload in parts, see :mod:`peft_hub.client.multipart`)."""
         states = {e.sha256: UploadState(self.cache.root, e, path / e.path) for e in entries if e.size > self.part_bytes}
@@ -259,6 +268,7 @@ class HubClient(RepoMixin, AdminMixin):
                               idempotent=True)
 
         plan = preupload(now=False)  # a large file's parts are hashed only if the hub wants it in parts
+        seen_private = isinstance(plan, dict) and plan.get("private") is True
         again = wanted(plan) & states.keys()
         targets = upload_plan(self.http, without(plan, again), entries)
         if again:  # the second answer may name only the blobs asked about again
@@ -276,7 +286,7 @@ class HubClient(RepoMixin, AdminMixin):
                     url = f"/api/blobs/{target.entry.sha256}?size={target.entry.size}"
                     target = UploadTarget(self.http.base_url.join(url), "PUT", {}, target.entry)
                 upload(self.http, target, file, bar, retry=self.retry)
-        return total, len(targets)
+        return total, len(targets), seen_private
 
     def info(self, ref: str | Ref, *, count_download: bool = False) -> dict[str, Any]:
         """An adapter at a revision: metadata, files with sha256, tags."""

@@ -107,9 +107,14 @@ def preupload(
 ) -> dict[str, Any]:
     """Say which blobs to upload, and where: every blob the caller has not
     proved it holds, whether or not the store has it (no existence oracle).
-    A large blob on S3 gets a multipart plan (see :mod:`.uploads`)."""
+    A large blob on S3 gets a multipart plan (see :mod:`.uploads`). The
+    answer also says whether the repo is private now (null: there is none),
+    which a client keeps when its commit would otherwise re-create the repo
+    public after a delete that ran during the upload (the caller may write
+    to the namespace, so it may see its repos)."""
     owner, name = validate_repo_id(f"{owner}/{name}")
     principal = require_write(principal, owner)
+    existing = crud.find_adapter(session, owner=owner, name=name)
     entries = [f.entry() for f in body.files]
     for entry in entries:  # the commit's own rule, before any byte is sent (the commit checks the list again)
         check_file_name(entry.path)
@@ -133,7 +138,7 @@ def preupload(
         else:
             out.append({"path": entry.path, "sha256": entry.sha256, "url": target.url, "method": target.method,
                             "headers": target.headers or {}, "auth": False})
-    return {"uploads": out}
+    return {"uploads": out, "private": None if existing is None else existing.private}
 
 
 @router.post("/{owner}/{name}/uploads/complete")
