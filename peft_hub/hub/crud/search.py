@@ -18,13 +18,17 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     LowerLike,
     LowerLikeScan,
     NoIndexSQLite,
+    OffIndex,
     TextBody,
     TextLike,
     body_safe,
     bounded_count,
+    bounded_matches,
     escape_like,
     filters_drive,
     fts_phrases,
+    id_in,
+    like_scan,
     rank_bounds,
     sort_drives,
 )
@@ -258,13 +262,15 @@ def search_adapters(
 ) -> SearchResult:
     """One page of adapters matching ``clauses``, and the total count.
 
-    The count is a second query only when the page is full (or past the end)
-    and the caller does not know it (``total``, counted with the same
-    ``clauses`` in the same transaction): a short page already says how many
-    match. On SQLite it comes first, where it picks the page's plan (:func:`sort_drives`).
-    A count from the rows stops ``bound`` rows past the offset (None: exact;
-    see :data:`COUNT_BOUND`), and always past the page, so a full page knows
-    whether another follows.
+    The caller may know the count (``total``, counted with the same
+    ``clauses`` in the same transaction). A count from a summary table is
+    a second query only when the page is full (or past the end): a short
+    page already says how many match; on SQLite it comes first, where it
+    picks the page's plan (:func:`sort_drives`). A count from the rows stops
+    ``bound`` rows past the offset (None: exact; see :data:`COUNT_BOUND`),
+    and always past the page, so a full page knows whether another follows;
+    it comes first, and when it stops short of the bound it names the rows
+    (:func:`search_sql.bounded_matches`), which the page then reads by id.
     """
     if sort not in SORTS:
         raise InvalidInputError(f"sort must be one of {', '.join(SORTS)}")
@@ -278,8 +284,22 @@ def search_adapters(
     walks_rank = sort == "rank" and isinstance(clauses, Filters) and clauses.unchanged()
     bounds = rank_bounds(clauses.given) if isinstance(clauses, Filters) and walks_rank else []
     page_clauses, exact = [*clauses, *bounds], True
-    if session.get_bind().dialect.name == "sqlite":  # how many match picks SQLite's plan (see sort_drives)
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":  # how many match picks SQLite's plan (see sort_drives)
         page_clauses = _text_plan(session, clauses)
+    if total is None and at_most is not None and summary_source(clauses) is None:
+        # Only the rows can count: one reading of them counts and, when they are fewer than the bound,
+        # hands back their ids, so the page reads those rows alone (by primary key) and sorts them.
+        rows = page_clauses if dialect == "sqlite" else clauses
+        total, ids = session.exec(bounded_matches(rows, at_most=at_most, dialect=dialect)).one()
+        exact = total < at_most
+        # (On SQLite, unless so many match that the page would walk the sort's index: tests lower the mark.)
+        if exact and (dialect != "sqlite" or sort_drives(page_clauses, total=total, offset=offset) is page_clauses):
+            found = [id_in(ids or [], dialect=dialect), *(OffIndex(like_scan(c)) for c in clauses)]
+            items = list(session.exec(select(Adapter).where(*found).order_by(*ordering).offset(offset)
+                                      .limit(per_page)))
+            return SearchResult(items, total)
+    if dialect == "sqlite":
         if total is None:
             total, exact = _count(session, clauses=clauses, rows=page_clauses, at_most=at_most)
         driven = sort_drives(page_clauses, total=total, offset=offset)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, column, func, literal, literal_column, table
+from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, case, column, func, literal, literal_column, table
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
@@ -162,7 +162,7 @@ def _text_body_postgresql(element: TextBody, compiler: Any, **kw: Any) -> str:
     return f"({rowid} IN (SELECT id FROM {BODY_TABLE} WHERE {tests}))"
 
 
-def _scan(clause: Any) -> Any:
+def like_scan(clause: Any) -> Any:
     """A text test as SQLite reads it row by row: a :class:`TextLike` its LIKE scan alone."""
     if isinstance(clause, TextBody):
         clause = clause.clauses.clauses[0]
@@ -203,7 +203,7 @@ def sort_drives(clauses: list[Any], *, total: int, offset: int) -> list[Any]:
     """
     if total < SORT_DRIVES_AT + offset:
         return clauses
-    return [OffIndex(_scan(c)) for c in clauses]
+    return [OffIndex(like_scan(c)) for c in clauses]
 
 
 #: On SQLite, a text query beside filters that match at most this many rows (as the summary tables count
@@ -224,7 +224,7 @@ def filters_drive(clauses: list[Any], *, keep: tuple[Any, ...], matching: int) -
     first. More, and ``clauses`` as they are."""
     if matching > FILTERS_DRIVE_AT:
         return clauses
-    return [c if any(c is k for k in keep) else OffIndex(_scan(c)) for c in clauses]
+    return [c if any(c is k for k in keep) else OffIndex(like_scan(c)) for c in clauses]
 
 
 class NoIndexSQLite(FunctionElement):
@@ -241,8 +241,8 @@ class NoIndexSQLite(FunctionElement):
 @compiles(OffIndex)
 @compiles(NoIndexSQLite)
 def _as_wrapped(element: FunctionElement, compiler: Any, **kw: Any) -> str:
-    """Off SQLite, both hints are the expression they wrap."""
-    return compiler.process(element.clauses.clauses[0], **kw)
+    """Off SQLite, both hints are the expression they wrap (in parentheses: an OR among an AND keeps its sense)."""
+    return f"({compiler.process(element.clauses.clauses[0], **kw)})"
 
 
 @compiles(NoIndexSQLite, "sqlite")
@@ -285,16 +285,63 @@ def bounded_count(where: list[Any], *, at_most: int, dialect: str) -> Any:
     (``adapter.id IN (...)`` would gather every match first), and every
     clause, the text's LIKE scan among them, decides off the indexes
     (:class:`OffIndex`), as it does for those candidates today."""
+    return select(func.count()).select_from(_bounded(where, literal(1), at_most=at_most, dialect=dialect).subquery())
+
+
+def bounded_matches(where: list[Any], *, at_most: int, dialect: str) -> Any:
+    """:func:`bounded_count`'s count, and beside it, when it is below
+    ``at_most`` (every match then), the matches' ids as one value (a JSON
+    array on SQLite, an array on PostgreSQL; else NULL), aggregated in the
+    database: :func:`id_in` takes it back, so the page reads those rows by
+    primary key instead of reading the table for them a second time."""
+    rows = _bounded(where, col(Adapter.id).label("id"), at_most=at_most, dialect=dialect).subquery()
+    ids = func.json_group_array(rows.c.id) if dialect == "sqlite" else func.array_agg(rows.c.id)
+    n = func.count()
+    return select(n, case((n < at_most, ids), else_=None)).select_from(rows)
+
+
+def _bounded(where: list[Any], what: Any, *, at_most: int, dialect: str) -> Any:
     unwrapped = (c.clauses.clauses[0] if isinstance(c, TextBody) else c for c in where)
     text = next((c for c in unwrapped if isinstance(c, TextLike)), None) if dialect == "sqlite" else None
     if text is None:
-        rows = select(literal(1)).select_from(Adapter).where(*where)
-    else:
-        fts = table(FTS_TABLE, column("rowid"))
-        match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
-        rows = (select(literal(1)).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
-                .where(match, *(OffIndex(_scan(c)) for c in where)))
-    return select(func.count()).select_from(rows.limit(at_most).subquery())
+        return select(what).select_from(Adapter).where(*where).limit(at_most)
+    fts = table(FTS_TABLE, column("rowid"))
+    match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
+    return (select(what).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
+            .where(match, *(OffIndex(like_scan(c)) for c in where)).limit(at_most))
+
+
+class IdIn(FunctionElement):
+    """``adapter.id`` among a list of ids, sent as one parameter whatever
+    its length: ``IdIn(literal(json_text))`` on SQLite (``adapter.id IN
+    (SELECT value FROM json_each(...))``, ids as a JSON array),
+    ``IdIn(literal(ids, ARRAY(BigInteger)))`` on PostgreSQL (``adapter.id =
+    ANY(...)``); :func:`id_in` builds either from :func:`bounded_matches`' ids. Each looks the rows up by
+    primary key; the page then tests its other clauses on those rows alone."""
+
+    type = Boolean()
+    name = "id_in"
+    inherit_cache = True
+    _is_implicitly_boolean = True
+
+
+@compiles(IdIn)
+def _id_in(element: IdIn, compiler: Any, **kw: Any) -> str:
+    rowid, ids = compiler.process(col(Adapter.id), **kw), compiler.process(element.clauses.clauses[0], **kw)
+    return f"({rowid} = ANY({ids}))"
+
+
+@compiles(IdIn, "sqlite")
+def _id_in_sqlite(element: IdIn, compiler: Any, **kw: Any) -> str:
+    rowid, ids = compiler.process(col(Adapter.id), **kw), compiler.process(element.clauses.clauses[0], **kw)
+    return f"({rowid} IN (SELECT value FROM json_each({ids})))"
+
+
+def id_in(ids: Any, *, dialect: str) -> IdIn:
+    """:class:`IdIn` of ``ids`` as :func:`bounded_matches` gave them (``dialect`` ``sqlite``: JSON text)."""
+    if dialect == "sqlite":
+        return IdIn(literal(ids, String()))
+    return IdIn(literal(list(ids), ARRAY(BigInteger())))
 
 
 def escape_like(value: str) -> str:
