@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=20, ge=0)
     #: Seconds a request waits for a free database connection before a 503.
     db_pool_timeout: float = Field(default=10.0, gt=0)
+    #: SQLite only: bytes of the database file each connection reads through
+    #: a memory map (``PRAGMA mmap_size``) instead of ``read`` into its own 2 MB
+    #: page cache; the map shares the kernel's page cache. 0: no map. At
+    #: 100,000 adapters (150 MB) a search that reads a base model's rows
+    #: takes 0.6 ms instead of 2.2 (bench/bench_search.py).
+    sqlite_mmap_bytes: int = Field(default=1024**3, ge=0, le=2**40)
     #: Seconds from the last byte of a request to its commit: a change whose
     #: work ran longer is rolled back (503), since its client may have given up.
     write_deadline: float = Field(default=45.0, gt=0)

@@ -46,6 +46,7 @@ def make_engine(
     pool_size: int = 10,
     max_overflow: int = 20,
     pool_timeout: float = 30.0,
+    sqlite_mmap_bytes: int = 1024**3,
 ) -> Engine:
     """Create the engine for ``url``; SQLite gets WAL and foreign keys.
 
@@ -59,6 +60,7 @@ def make_engine(
         statement_timeout: seconds a statement may run (None: no limit); PostgreSQL only.
         pool_size, max_overflow, pool_timeout: the connection pool, and how
             long a request waits for a free connection.
+        sqlite_mmap_bytes: SQLite's ``mmap_size`` for each connection (0: none).
     """
     pool = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
@@ -75,6 +77,7 @@ def make_engine(
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA mmap_size={int(sqlite_mmap_bytes)}")
             cur.close()
 
         return engine
@@ -105,6 +108,7 @@ def engine_from(settings: Any, **overrides: Any) -> Engine:
         "connect_timeout": settings.db_connect_timeout, "lock_timeout": settings.db_lock_timeout,
         "statement_timeout": settings.db_statement_timeout, "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow, "pool_timeout": settings.db_pool_timeout,
+        "sqlite_mmap_bytes": settings.sqlite_mmap_bytes,
     }
     return make_engine(settings.db_url, **{**options, **overrides})
 

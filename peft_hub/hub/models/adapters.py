@@ -74,6 +74,7 @@ class AdapterCount(SQLModel, table=True):
     """
 
     __tablename__ = "adapter_count"
+    __table_args__ = (Index("ix_adapter_count_base_model", "base_model", "method"),)  # 0014
 
     kind: str = Field(primary_key=True, max_length=8)
     base_model: str = Field(primary_key=True)
