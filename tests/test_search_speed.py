@@ -423,3 +423,27 @@ def test_postgres_plans_each_search_for_its_values(engine):
         prepared = conn.execute(text("SELECT generic_plans, custom_plans FROM pg_prepared_statements")).all()
     assert prepared and sum(c for _, c in prepared) >= 20, prepared  # the searches were prepared, and ran
     assert sum(g for g, _ in prepared) == 0, prepared
+
+
+def test_a_page_read_by_ids_is_looked_up_by_them_on_postgres(engine):
+    """A count that names the matches hands their ids to the page, whose
+    other clauses then only test those rows: PostgreSQL must look the rows up
+    by id, not plan the page off another index again (the trigram ones: at
+    100,000 adapters a rare word's page took 7.7 ms that way, 1.2 ms by id)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's plans")
+    from sqlalchemy import event, text
+
+    pages: list[tuple[str, object]] = []
+    listener = lambda conn, cur, stmt, params, *a: stmt.startswith("SELECT adapter.id") and pages.append((stmt, params))  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with engine.connect() as conn, Session(bind=conn) as session:
+            conn.execute(text("SET enable_seqscan = off"))  # the tables are small: make the planner pick an index
+            found = new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"), per_page=3)
+            assert found.exact and found.total > 3
+            (statement, params), = pages
+            plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert "= ANY" in statement and "Index Cond: (id = ANY" in plan and "_trgm" not in plan, plan

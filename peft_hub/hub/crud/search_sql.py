@@ -176,9 +176,12 @@ SORT_DRIVES_AT = 1000
 
 
 class OffIndex(FunctionElement):
-    """A WHERE clause that SQLite tests on each row it reads and never looks
-    up in an index: ``+(clause)``, the same truth value (``+`` leaves 1, 0
-    and NULL as they are). Elsewhere, the clause."""
+    """A WHERE clause that the database tests on each row it reads and never
+    looks up in an index: on SQLite ``+(clause)``, the same truth value
+    (``+`` leaves 1, 0 and NULL as they are); on PostgreSQL ``(clause) IS
+    TRUE``, which keeps the rows the clause keeps and which no index
+    answers (a page read by its ids, :class:`IdIn`, would otherwise be
+    planned off a trigram index again). Elsewhere, the clause."""
 
     type = Boolean()
     name = "off_index"
@@ -189,6 +192,11 @@ class OffIndex(FunctionElement):
 @compiles(OffIndex, "sqlite")
 def _off_index_sqlite(element: OffIndex, compiler: Any, **kw: Any) -> str:
     return f"+({compiler.process(element.clauses.clauses[0], **kw)})"
+
+
+@compiles(OffIndex, "postgresql")
+def _off_index_postgresql(element: OffIndex, compiler: Any, **kw: Any) -> str:
+    return f"(({compiler.process(element.clauses.clauses[0], **kw)}) IS TRUE)"
 
 
 def sort_drives(clauses: list[Any], *, total: int, offset: int) -> list[Any]:
