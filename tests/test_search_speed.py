@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -238,21 +239,27 @@ def test_sqlite_pages_of_many_matches_walk_the_sort_index(engine, monkeypatch):
     index in order (and stops at the page), not the rows of a filter's index."""
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's plans")
+    with page_statements(engine) as pages, Session(engine) as session:
+        for drives_at, index in ((1, "ix_adapter_updated_at"), (10**6, "")):
+            monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)
+            for args in ({"q": "legal"}, {"method": "lora"}, {"tag": "v1"}):
+                pages.clear()
+                new.search_adapters(session, clauses=new.search_filters(principal=None, **args), per_page=3)
+                plan = " ".join(str(row[3]) for row in session.connection().exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + pages[0][0], pages[0][1]))
+                assert ("SCAN adapter USING INDEX ix_adapter_updated_at" in plan) == bool(index), (args, plan)
+
+
+@contextmanager
+def page_statements(engine):
+    """The page queries (``SELECT adapter.id, ...``) ``engine`` runs inside the block, with their parameters."""
     from sqlalchemy import event
 
     pages: list[tuple[str, object]] = []
     listener = lambda conn, cur, stmt, params, *a: stmt.startswith("SELECT adapter.id") and pages.append((stmt, params))  # noqa: E731
     event.listen(engine, "before_cursor_execute", listener)
     try:
-        with Session(engine) as session:
-            for drives_at, index in ((1, "ix_adapter_updated_at"), (10**6, "")):
-                monkeypatch.setattr(search_sql, "SORT_DRIVES_AT", drives_at)
-                for args in ({"q": "legal"}, {"method": "lora"}, {"tag": "v1"}):
-                    pages.clear()
-                    new.search_adapters(session, clauses=new.search_filters(principal=None, **args), per_page=3)
-                    plan = " ".join(str(row[3]) for row in session.connection().exec_driver_sql(
-                        "EXPLAIN QUERY PLAN " + pages[0][0], pages[0][1]))
-                    assert ("SCAN adapter USING INDEX ix_adapter_updated_at" in plan) == bool(index), (args, plan)
+        yield pages
     finally:
         event.remove(engine, "before_cursor_execute", listener)
 
@@ -432,18 +439,12 @@ def test_a_page_read_by_ids_is_looked_up_by_them_on_postgres(engine):
     100,000 adapters a rare word's page took 7.7 ms that way, 1.2 ms by id)."""
     if engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's plans")
-    from sqlalchemy import event, text
+    from sqlalchemy import text
 
-    pages: list[tuple[str, object]] = []
-    listener = lambda conn, cur, stmt, params, *a: stmt.startswith("SELECT adapter.id") and pages.append((stmt, params))  # noqa: E731
-    event.listen(engine, "before_cursor_execute", listener)
-    try:
-        with engine.connect() as conn, Session(bind=conn) as session:
-            conn.execute(text("SET enable_seqscan = off"))  # the tables are small: make the planner pick an index
-            found = new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"), per_page=3)
-            assert found.exact and found.total > 3
-            (statement, params), = pages
-            plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
-    finally:
-        event.remove(engine, "before_cursor_execute", listener)
+    with page_statements(engine) as pages, engine.connect() as conn, Session(bind=conn) as session:
+        conn.execute(text("SET enable_seqscan = off"))  # the tables are small: make the planner pick an index
+        found = new.search_adapters(session, clauses=new.search_filters(principal=None, q="legal"), per_page=3)
+        assert found.exact and found.total > 3
+        (statement, params), = pages
+        plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
     assert "= ANY" in statement and "Index Cond: (id = ANY" in plan and "_trgm" not in plan, plan
