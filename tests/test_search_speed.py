@@ -453,3 +453,51 @@ def test_a_page_read_by_ids_is_looked_up_by_them_on_postgres(engine):
     used = set(re.findall(r"(?:Index Scan|Index Only Scan|Bitmap Index Scan)(?: Backward)? (?:using|on) (\w+)", plan))
     allowed = {"adapter_pkey", "ix_adapter_visible", "ix_adapter_updated_at"}
     assert "= ANY" in statement and used and used <= allowed, plan
+
+
+def test_a_search_with_no_match_on_its_page_reads_no_page(engine):
+    """A count that names every match (none, or fewer than the page's offset) already says the page is
+    empty: no page query follows it."""
+    with Session(engine) as session:
+        for q, page in (("zz-none", 1), ("legal", 50)):
+            with page_statements(engine) as pages:
+                found = new.search_adapters(session, clauses=new.search_filters(principal=None, q=q), page=page)
+            assert pages == [], (q, page)
+            want = old_search(session, clauses=old_filters(principal=None, q=q), page=page)
+            assert ([a.id for a in found.items], found.total) == want and found.exact and not found.items
+
+
+def test_sqlite_connections_read_through_a_memory_map_unless_told_not_to(tmp_path):
+    from sqlalchemy import text
+
+    from peft_hub.hub import Settings
+    from peft_hub.hub.db import engine_from
+
+    for given, want in ((None, 1024**3), (0, 0), (64 * 1024**2, 64 * 1024**2)):
+        extra = {} if given is None else {"sqlite_mmap_bytes": given}
+        settings = Settings(db_url=f"sqlite:///{tmp_path / f'mm{want}.db'}", storage=str(tmp_path / "b"), **extra)
+        engine = engine_from(settings)
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA mmap_size")).scalar() == want
+        engine.dispose()
+
+
+def test_a_summary_count_by_base_model_reads_that_models_keys(engine):
+    """Migration 0014: ``adapter_count``'s key starts with the kind, so without its base-model index a count
+    by base model (and no kind) scanned the whole table."""
+    from sqlalchemy import event, text
+
+    statements: list[tuple[str, object]] = []
+    listener = lambda conn, cur, stmt, params, *a: "FROM adapter_count" in stmt and statements.append((stmt, params))  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with engine.connect() as conn, Session(bind=conn) as session:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SET enable_seqscan = off"))  # a small table: make the planner pick an index
+            new.count_adapters(session, clauses=new.search_filters(principal=None, base_model="Qwen/Qwen2.5-7B"))
+            (statement, params), = statements
+            explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(explain + statement, params))
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert "ix_adapter_count_base_model" in plan, plan

@@ -294,8 +294,10 @@ def search_adapters(
         total, ids = session.exec(bounded_matches(rows, at_most=at_most, dialect=dialect)).one()
         exact = total < at_most
         # (On SQLite, unless so many match that the page would walk the sort's index: tests lower the mark.)
+        if exact and offset >= total:  # no match on this page: nothing to read
+            return SearchResult([], total)
         if exact and (dialect != "sqlite" or sort_drives(page_clauses, total=total, offset=offset) is page_clauses):
-            found = [id_in(ids or [], dialect=dialect), *(OffIndex(like_scan(c)) for c in clauses)]
+            found = [id_in(ids, dialect=dialect), *(OffIndex(like_scan(c)) for c in clauses)]
             items = list(session.exec(select(Adapter).where(*found).order_by(*ordering).offset(offset)
                                       .limit(per_page)))
             return SearchResult(items, total)
