@@ -281,3 +281,34 @@ def test_safetensors_metadata_says_pt(tmp_path):
     materialize(tmp_path / "base", str(tmp_path / "lora"), tmp_path / "out", device="cpu")
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as fh:
         assert fh.metadata()["format"] == "pt"
+
+
+def _scale_tensors(adapter_dir: Path, part: str, factor: float) -> None:
+    path = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(path)
+    save_file({k: v * factor if part in k else v for k, v in tensors.items()}, path)
+
+
+@pytest.mark.parametrize("how", ["merged by blocks", "merged whole (DoRA)", "cast"])
+def test_a_weight_that_leaves_float16s_range_is_refused_and_nothing_is_written(how, tmp_path):
+    base = tiny_llama()
+    dtype = None
+    if how == "cast":  # an fp32 base with one value past 65504, cast to fp16
+        with torch.no_grad():
+            base.model.layers[0].mlp.up_proj.weight[0, 0] = 1e5
+        dtype = "fp16"
+    else:
+        base = base.to(torch.float16)
+    base.save_pretrained(tmp_path / "base")
+    make_lora(base, tmp_path / "lora", target_modules=["q_proj"], use_dora=how.endswith("(DoRA)"))
+    if how != "cast":  # finite in the adapter, beyond fp16 once merged (DoRA rescales to its magnitudes)
+        _scale_tensors(tmp_path / "lora", "magnitude" if how.endswith("(DoRA)") else "q_proj.lora_B", 1e7)
+    with pytest.raises(IncompatibleAdaptersError, match=r"beyond fp16's range \(±65504\)"):
+        materialize(tmp_path / "base", str(tmp_path / "lora"), tmp_path / "out", device="cpu", dtype=dtype)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "lora"]  # no output, no staging
+
+    # The same inputs in a wider dtype are merged as ever.
+    materialize(tmp_path / "base", str(tmp_path / "lora"), tmp_path / "wide", device="cpu", dtype="fp32")
+    merged = load_file(tmp_path / "wide" / "model.safetensors")
+    assert all(bool(torch.isfinite(t).all()) for t in merged.values())
+    assert max(float(t.abs().max()) for t in merged.values()) > 65504

@@ -36,7 +36,7 @@ import torch
 
 from peft_hub.compose.io import tensor_bytes
 from peft_hub.errors import IncompatibleAdaptersError
-from peft_hub.gpu_runtime.device import single_cpu_thread
+from peft_hub.gpu_runtime.device import DTYPE_NAMES, single_cpu_thread
 from peft_hub.gpu_runtime.lora import candidate_keys
 from peft_hub.gpu_runtime.lora_merge import TensorUpdate
 from peft_hub.gpu_runtime.quantize import ModelLayout, Quantization, quantize_weight
@@ -200,11 +200,14 @@ def _stream_merge(
                            upd: TensorUpdate | None = upd) -> torch.Tensor | None:
                     t = raw.to(device)  # read only: on the CPU, a view of the mapped shard
                     if upd is None:
-                        return t.to(dtype) if out is None else out.copy_(t)
-                    return upd.apply(
+                        return check_finite(name, t.to(dtype) if out is None else out.copy_(t))
+                    if emit is not None:
+                        emit = _checked(name, emit)
+                    result = upd.apply(
                         t, base_key=name, dtype=dtype, out=out, scratch=scratch, helper=helper, emit=emit,
                         transposed=is_transposed(name, info.shape, upd, transposed, fan_in_fan_out),
                     )
+                    return None if result is None else check_finite(name, result)
 
                 if name in qweights:
                     w = merged(read_tensor(fh, header, info))
@@ -326,6 +329,25 @@ def _run(jobs: list[_Job], fh: BinaryIO, header: SafetensorsHeader, writer: Shar
             for queued in writes:
                 queued.cancel()
             raise
+
+
+def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t``, a computed weight (or a block of one), unless it holds NaN or an infinity: a merge whose
+    values left the output dtype's range (float16 ends at 65504) or a cast of a base that did."""
+    if not bool(torch.isfinite(t).all()):
+        top = torch.finfo(t.dtype).max
+        raise IncompatibleAdaptersError(
+            f"{name}: the output weight holds NaN or values beyond {DTYPE_NAMES.get(t.dtype, str(t.dtype))}'s "
+            f"range (±{top:.6g}); nothing was written. Materialize in a wider dtype (--dtype bf16 or fp32)"
+        )
+    return t
+
+
+def _checked(name: str, emit: Emit) -> Emit:
+    """``emit`` after :func:`check_finite` of each block (still in cache, on the merging thread)."""
+    def checked(first_row: int, block: torch.Tensor) -> None:
+        emit(first_row, check_finite(name, block))
+    return checked
 
 
 def _merge_blocks(job: _Job, raw: torch.Tensor, writer: ShardWriter) -> None:
