@@ -1,14 +1,15 @@
-"""PostgreSQL's text body (migration 0011) answers short ``q=`` exactly as the
-four per-field LIKEs did, and its trigger keeps it exact through every write.
+"""PostgreSQL's text body (``adapter.fts_body``, migration 0015) answers
+``q=`` exactly as the four per-field LIKEs did, and stays exact through every write.
 
-Short queries (no three letters or digits in a row) go through
-``adapter_fts_body`` on PostgreSQL; on SQLite the same clause is the old
-scan. Both backends compare every page, total and facet with the reference
+On PostgreSQL every query goes through the body column (a literal one
+alone, one with wildcards narrowed by it and decided by the per-field
+test); on SQLite the same clause is the old plan. Both backends compare every page, total and facet with the reference
 logic of tests/test_search_speed.py over rows with non-ASCII text ('ß',
 'İ', final sigma, combining marks), NULL and empty fields, and text that
 would match only across two fields. Random writes (the hub's, raw SQL,
 edits of each searched field, id changes, deletes) leave the body equal to
-a live recomputation, and a dropped trigger is caught.
+a live recomputation of 0011's joined string, and the migration goes down
+to 0011's side table and up again.
 """
 
 from __future__ import annotations
@@ -39,15 +40,19 @@ TEXTS = [("ab", None, ""), ("qa-tune", "org/qa", ""), ("Straße", "İstanbul/x",
          ("a.b", "c-d", "50% off"), ("under_s", "back\\s", "tab\there"), ("Ab", "ab", "ab"), ("k", "", "")]
 QS = ["qa", "QA", "q", "a", "b", "ab", "bx", "xy", "yz", "x\x1fy", "b\x1fo", "ß", "SS", "ss", "straß", "İ", "i̇",
       "i", "σ", "ς", "Σ", "ος", "e\u0301", "\u0301", "é", "ï", "ΣΊ", "a.", ".b", "c-d", "-d", "%", "a%", "_", "a_",
-      "\\", "k\\", "\t", "50", "t", "e", "-", "zq", "ü", "İs", "A"]
+      "\\", "k\\", "\t", "50", "t", "e", "-", "zq", "ü", "İs", "A",
+      # three letters or digits in a row: the body's trigram index, literal or with wildcards
+      "qa-tune", "tune", "STRASSE", "straße", "final σ", "ΟΔΟΣ", "naïve", "50% off", "0% o", "under_s", "der_",
+      "back\\s", "ab1%", "ab%ab", "end%start", "qa1", "a.b1", "x\x1fyz"]
 #: PostgreSQL refuses NUL in text, in the old query as in the new: SQLite alone is asked.
 NUL = "x\x00"
 
 
-def body_rows(conn) -> tuple[list, list]:
-    """What ``adapter_fts_body`` holds, and what it should hold (live from ``adapter``)."""
+def body_rows(conn, *, side_table: bool = False) -> tuple[list, list]:
+    """What the body column (or 0011's side table) holds, and what it should hold (0011's string, live)."""
     m = importlib.import_module("peft_hub.hub.alembic.versions.0011_text_body")
-    stored = conn.execute(text(f"SELECT id, body FROM {m.TABLE} ORDER BY id")).all()
+    stored = conn.execute(text(f"SELECT id, body FROM {m.TABLE} ORDER BY id" if side_table else
+                               f"SELECT id, {search_sql.BODY_COLUMN} FROM adapter ORDER BY id")).all()
     live = conn.execute(text(f"SELECT adapter.id, {m.body('adapter')} FROM adapter ORDER BY adapter.id")).all()
     return [tuple(r) for r in stored], [tuple(r) for r in live]
 
@@ -106,21 +111,32 @@ def test_short_queries_return_what_the_field_likes_returned(engine):
         assert assert_same(session) > 60
 
 
-def test_the_body_plan_is_used_only_for_safe_short_queries(engine):
+def test_each_query_reads_the_body_as_its_characters_allow(engine):
+    """On PostgreSQL: a literal q is decided by the body alone, one with a wildcard (or the escape
+    character, the separator) also by the per-field test; a q without three letters or digits in a row
+    reads the column off its trigram index. On SQLite, none of it."""
     statements: list[str] = []
     from sqlalchemy import event
 
     event.listen(engine, "before_cursor_execute", lambda c, cur, stmt, *a: statements.append(stmt))
     seed(engine, rows=12)
+    body, off_index, per_field = f"adapter.{search_sql.BODY_COLUMN}", f"(adapter.{search_sql.BODY_COLUMN} || '')", \
+        "lower(adapter.description)"
     with Session(engine) as session:
-        for q, uses in (("qa", True), ("ß", True), ("a.b", True), ("legal", False), ("a%", False), ("a_", False),
-                        ("a\\", False), ("x\x1fy", False), (NUL, False)):
+        for q, exact, indexed in (("qa", True, False), ("ß", True, False), ("a.b", True, False),
+                                  ("legal", True, True), ("İstanbul", True, True), ("a%", False, False),
+                                  ("a_", False, False), ("a\\", False, False), ("x\x1fy", False, False),
+                                  ("abc%de", False, True), ("under_s", False, True), (NUL, False, False)):
             if q == NUL and engine.dialect.name == "postgresql":
                 continue
             statements.clear()
             new.count_adapters(session, clauses=new.search_filters(principal=None, q=q))
-            on_body = any(search_sql.BODY_TABLE in s for s in statements)
-            assert on_body == (uses and engine.dialect.name == "postgresql"), q
+            (count,) = statements
+            if engine.dialect.name != "postgresql":
+                assert search_sql.BODY_COLUMN not in count, q
+                continue
+            assert (off_index in count) == (not indexed) and body in count, (q, count)
+            assert (per_field in count) == (not exact), (q, count)
 
 
 def field_write(engine, rng: random.Random, step: int) -> None:
@@ -139,7 +155,7 @@ def field_write(engine, rng: random.Random, step: int) -> None:
             one = rng.choice(free)
             conn.execute(update(Adapter).where(col(Adapter.id) == one).values(id=max(ids) + 1000 + step))
             return
-        if column == "owner":  # of one row, to an owner of its own: (owner, name) stays unique
+        if column in ("owner", "name"):  # of one row, to a value of its own: (owner, name) stays unique
             chosen = col(Adapter.id) == rng.choice(ids)
         value = {"owner": f"{rng.choice(OWNERS)}-{step}", "downloads": step}.get(
             column, rng.choice([*TEXTS[step % 10], "QA"]))
@@ -152,7 +168,7 @@ def field_write(engine, rng: random.Random, step: int) -> None:
 
 def assert_body_exact(engine) -> None:
     if engine.dialect.name != "postgresql":
-        return  # no body table on SQLite: the search comparison alone
+        return  # no body column on SQLite: the search comparison alone
     with engine.connect() as conn:
         stored, live = body_rows(conn)
     assert stored == live
@@ -175,24 +191,6 @@ def test_random_writes_keep_the_body_exact(engine):
                 assert_same(session, ["qa", "a", "ß", "-", "σ", "ab", "x"])
 
 
-@pytest.mark.parametrize("write", ["insert", "update", "delete"])
-def test_a_dropped_trigger_is_caught(engine, write):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the body table is PostgreSQL's")
-    seed(engine, rows=6)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER adapter_fts_body_row ON adapter"))
-        if write == "insert":
-            conn.execute(insert(Adapter).values(owner="alice", name="new-qa", name_key="alice/new-qa", private=False,
-                                                kind="adapter", downloads=0, total_size=0, target_modules=[]))
-        elif write == "update":
-            conn.execute(update(Adapter).where(col(Adapter.id) == 2).values(description="now qa"))
-        else:
-            conn.execute(text("DELETE FROM adapter WHERE id = 3"))
-    with pytest.raises(AssertionError):
-        assert_body_exact(engine)
-
-
 def test_migration_down_and_up_backfills_the_body(engine):
     from alembic import command
     from sqlalchemy import inspect
@@ -201,11 +199,18 @@ def test_migration_down_and_up_backfills_the_body(engine):
 
     seed(engine, rows=15)
     with engine.begin() as conn:
-        command.downgrade(config(conn), "0010")
-    assert not inspect(engine).has_table(search_sql.BODY_TABLE)
+        command.downgrade(config(conn), "0014")
+    columns = {c["name"] for c in inspect(engine).get_columns("adapter")}
+    assert search_sql.BODY_COLUMN not in columns
+    if engine.dialect.name == "postgresql":  # 0011's side table again, filled
+        with engine.connect() as conn:
+            stored, live = body_rows(conn, side_table=True)
+        assert stored == live and len(stored) == 15
     with engine.begin() as conn:
+        command.downgrade(config(conn), "0010")
         conn.execute(update(Adapter).where(col(Adapter.id) < 5).values(description="QA later"))
     upgrade(engine)
+    assert not inspect(engine).has_table("adapter_fts_body")
     assert_body_exact(engine)
     with Session(engine) as session:
         assert assert_same(session, ["qa", "ß"]) > 0

@@ -482,6 +482,27 @@ def test_sqlite_connections_read_through_a_memory_map_unless_told_not_to(tmp_pat
         engine.dispose()
 
 
+def test_postgres_sessions_price_random_page_reads_as_memory_does_unless_told_not_to(engine):
+    """``Settings.pg_random_page_cost``: 1.1 on each session by default, any other value as given, and 0
+    leaves the server's own (4 unless its operator changed it)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner")
+    from sqlalchemy import text
+
+    from peft_hub.hub import Settings
+    from peft_hub.hub.db import engine_from
+
+    with engine.connect() as conn:
+        server = conn.execute(text("SELECT reset_val FROM pg_settings WHERE name = 'random_page_cost'")).scalar()
+    for given, want in ((None, "1.1"), (2.5, "2.5"), (0, server)):
+        extra = {} if given is None else {"pg_random_page_cost": given}
+        settings = Settings(db_url=engine.url.render_as_string(hide_password=False), storage="/nonexistent", **extra)
+        other = engine_from(settings)
+        with other.connect() as conn:
+            assert conn.execute(text("SHOW random_page_cost")).scalar() == want, given
+        other.dispose()
+
+
 def test_a_summary_count_by_base_model_reads_that_models_keys(engine):
     """Migration 0014: ``adapter_count``'s key starts with the kind, so without its base-model index a count
     by base model (and no kind) scanned the whole table."""

@@ -117,7 +117,7 @@ def random_meta(rng: random.Random):
 
 def hub_write(session: Session, rng: random.Random, step: int) -> None:
     """One change through the hub's own write paths."""
-    adapters = session.exec(select(Adapter)).all()
+    adapters = session.exec(select(Adapter).order_by(Adapter.id)).all()  # in a fixed order: the same walk anywhere
     what = rng.choice(["publish", "publish", "republish", "create", "visibility", "delete", "tag", "tag", "untag"])
     tagged = [a for a in adapters if crud.tags_of(session, adapter=a)]
     if what == "republish" and adapters:
@@ -152,7 +152,7 @@ def hub_write(session: Session, rng: random.Random, step: int) -> None:
 def raw_write(engine, rng: random.Random, step: int) -> None:
     """One change in raw SQL: a bulk insert, an update of one key column on several rows, or a delete."""
     with engine.begin() as conn:
-        ids = conn.execute(select(Adapter.id)).scalars().all()
+        ids = conn.execute(select(Adapter.id).order_by(Adapter.id)).scalars().all()
         what = rng.choice(["insert", "update", "update", "delete", "tag", "tag", "tag"])
         if what == "tag" and ids:
             raw_tag_write(conn, rng, ids)
@@ -213,7 +213,7 @@ def raw_tag_write(conn, rng: random.Random, ids: list[int]) -> None:
 
 
 def test_random_writes_keep_the_summary_exact_and_its_answers_live(engine):
-    rng = random.Random(8)
+    rng = random.Random(11)
     answered = tags = 0
     with Session(engine) as session:
         for step in range(90):

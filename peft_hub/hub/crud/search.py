@@ -22,6 +22,7 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     TextBody,
     TextLike,
     body_safe,
+    body_test,
     bounded_count,
     bounded_matches,
     escape_like,
@@ -105,9 +106,10 @@ def search_filters(
         # No NUL: SQLite's LIKE stops reading the pattern there, and FTS5's query parser fails on it.
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
         text = TextLike(scan, literal(phrases)) if phrases else scan
-        if test is LowerLikeScan and body_safe(q):  # beyond pg_trgm: PostgreSQL reads 0011's body table instead
-            text = TextBody(text, literal(like), *typed)
-        clauses.append(text)
+        # PostgreSQL reads each adapter's text body (0015) instead: exactly the same test for a literal q,
+        # a narrowing that the scan decides for one with wildcards.
+        on_body = body_test([like, *typed], scan=scan, indexed=test is LowerLike, exact=body_safe(q))
+        clauses.append(TextBody(text, on_body))
     if base_model:
         clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
     if method:

@@ -7,7 +7,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Boolean, Integer, String, case, column, func, literal, literal_column, table
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Integer,
+    String,
+    and_,
+    case,
+    column,
+    func,
+    literal,
+    literal_column,
+    or_,
+    table,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
@@ -121,30 +135,41 @@ def _text_like_sqlite(element: TextLike, compiler: Any, **kw: Any) -> str:
     return f"({rowid} IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH {phrases}) AND ({scan}))"
 
 
-#: The text body table of migration 0011 (PostgreSQL only), and what a query must not hold to use it: a LIKE
-#: wildcard (which could reach across the fields), the escape character, the separator, NUL.
-BODY_TABLE = "adapter_fts_body"
+#: PostgreSQL's text body (migration 0015): a generated column of ``adapter`` holding each searched field's
+#: ``lower()`` joined by ``chr(31)``, with a trigram index; and what a query must not hold for a LIKE on it to be
+#: the old test exactly: a LIKE wildcard (which could reach across the fields), the escape character, the
+#: separator, NUL.
+BODY_COLUMN = "fts_body"
 BODY_UNSAFE = re.compile(r"[%_\\\x1f\x00]")
 
 
 def body_safe(q: str) -> bool:
-    """Whether ``q``'s LIKE on each field is its LIKE on the body of 0011."""
+    """Whether ``q``'s LIKE on each field is its LIKE on the body of 0015."""
     return BODY_UNSAFE.search(q) is None
 
 
-class TextBody(FunctionElement):
-    """``q=``'s test for a query beyond the trigram indexes (no three letters
-    or digits in a row), ``TextBody(clause, *patterns)``: ``clause`` is the test
-    as :func:`crud.search_filters` builds it otherwise, ``patterns`` its LIKE
-    patterns (``%`` + lower-cased q + ``%``, q :func:`body_safe`; for a
-    non-ASCII q also q as the database lower-cases it).
+def body_test(patterns: list[Any], *, scan: Any, indexed: bool, exact: bool) -> Any:
+    """``q=``'s test on PostgreSQL: ``adapter.fts_body LIKE pattern`` for each
+    of ``patterns`` (``%`` + q + ``%`` as :func:`crud.search_filters` folds it).
 
-    On PostgreSQL it compiles to ``adapter.id IN (SELECT id FROM
-    adapter_fts_body WHERE body LIKE pattern [OR ...])``: the body is each field's
-    ``lower()`` joined by ``chr(31)``, which the pattern cannot match, so it
-    holds the pattern's text exactly when one field's ``lower()`` does (the
-    old test, on one precomputed column instead of four ``lower()`` calls
-    per row). Elsewhere, ``clause``."""
+    The body is each field's ``lower()`` joined by ``chr(31)``. With
+    ``exact`` (:func:`body_safe`: a literal without the separator) it holds
+    a pattern exactly when one field's ``lower()`` does: the old test, on
+    one precomputed column instead of four ``lower()`` calls. Otherwise a
+    wildcard may match across fields, so the body only narrows (every field
+    it holds, it holds) and ``scan``, the per-field test, decides. Without
+    ``indexed`` (no three letters or digits in a row, :data:`TRIGRAM`) the
+    column is read as ``fts_body || ''``: a GIN trigram scan of such a
+    pattern reads the whole index and is slower than the table."""
+    body = literal_column(f"adapter.{BODY_COLUMN}" if indexed else f"(adapter.{BODY_COLUMN} || '')", String())
+    on_body = or_(*(body.like(p) for p in patterns))
+    return on_body if exact else and_(on_body, scan)
+
+
+class TextBody(FunctionElement):
+    """``q=``'s test, ``TextBody(clause, on_body)``: on PostgreSQL ``on_body``
+    (:func:`body_test`), elsewhere ``clause`` (the test as
+    :func:`crud.search_filters` builds it for SQLite: a :class:`TextLike`)."""
 
     type = Boolean()
     name = "text_body"
@@ -157,15 +182,15 @@ compiles(TextBody)(_wrapped_test)
 
 @compiles(TextBody, "postgresql")
 def _text_body_postgresql(element: TextBody, compiler: Any, **kw: Any) -> str:
-    tests = " OR ".join(f"body LIKE {compiler.process(p, **kw)}" for p in element.clauses.clauses[1:])
-    rowid = compiler.process(col(Adapter.id), **kw)
-    return f"({rowid} IN (SELECT id FROM {BODY_TABLE} WHERE {tests}))"
+    return f"({compiler.process(element.clauses.clauses[1], **kw)})"
 
 
 def like_scan(clause: Any) -> Any:
-    """A text test as SQLite reads it row by row: a :class:`TextLike` its LIKE scan alone."""
+    """A text test as it is read row by row: a :class:`TextLike` its LIKE scan
+    alone (SQLite); a :class:`TextBody` keeps PostgreSQL's test on the body."""
     if isinstance(clause, TextBody):
-        clause = clause.clauses.clauses[0]
+        inner, on_body = clause.clauses.clauses
+        return TextBody(like_scan(inner), on_body)
     return clause.clauses.clauses[0] if isinstance(clause, TextLike) else clause
 
 

@@ -144,12 +144,13 @@ class AdapterOwnerRankCount(SQLModel, table=True):
 
 
 #: Search (migration 0005): the owner filter and visibility match ``lower(owner)``, the method filter
-#: ``upper(method)``; on PostgreSQL, ``q=``'s substring LIKEs use trigram GIN indexes (SQLite has none: 0005
-#: makes them on PostgreSQL only).
+#: ``upper(method)``; on PostgreSQL the catalog's type-ahead matches prefixes of the owner and the base model
+#: through trigram GIN indexes (SQLite has none: 0005 makes them on PostgreSQL only). ``q=`` reads the text
+#: body of 0015 there, a generated column with its own trigram index, which is no model.
 _adapters = SQLModel.metadata.tables["adapter"]
 Index("ix_adapter_owner_lower", func.lower(_adapters.c.owner))
 Index("ix_adapter_method_upper", func.upper(_adapters.c.method))
-for _column in ("name", "owner", "base_model", "description"):
+for _column in ("owner", "base_model"):
     Index(f"ix_adapter_{_column}_trgm", func.lower(_adapters.c[_column]).label(f"{_column}_lower"),
           postgresql_using="gin", postgresql_ops={f"{_column}_lower": "gin_trgm_ops"}).ddl_if(dialect="postgresql")
 
