@@ -35,7 +35,9 @@ TRIGRAM = re.compile(r"[^\W_]{3}")
 
 class LowerLike(FunctionElement):
     """``lower(column) LIKE pattern`` for a lower-case ``pattern``: what the
-    GIN trigram indexes on ``lower(...)`` answer on PostgreSQL (migration 0005).
+    GIN trigram indexes on ``lower(...)`` answer on PostgreSQL (migration
+    0005; since 0015 the owner's and the base model's, for the type-ahead's
+    prefixes, while ``q=`` reads the text body, :func:`body_test`).
 
     On SQLite it compiles to ``column LIKE pattern``, the same test at half
     the cost: SQLite's ``lower()`` folds ASCII letters only, and its LIKE
@@ -112,7 +114,8 @@ class TextLike(FunctionElement):
     holding every phrase, with the case of every letter folded: a superset
     of what ``scan`` accepts, read from the index alone. ``scan`` then keeps
     exactly the rows it always kept, testing only those candidates.
-    Elsewhere (PostgreSQL and its trigram indexes) it is ``scan`` alone.
+    Elsewhere it is ``scan`` alone (on PostgreSQL it sits in a
+    :class:`TextBody`, which reads the text body instead).
     """
 
     type = Boolean()
