@@ -45,14 +45,13 @@ depends_on = None
 
 COLUMN = "fts_body"
 INDEX = "ix_adapter_fts_body_trgm"
-COLUMNS = ("name", "owner", "base_model", "description")
 #: 0005's trigram indexes that the body replaces.
 REPLACED = ("name", "description")
 
 
 def body() -> str:
-    """The column's expression: 0011's joined string, of the row being written."""
-    return " || chr(31) || ".join(f"lower(coalesce({c}, ''))" for c in COLUMNS)
+    """The column's expression: 0011's joined string (of its fields), of the row being written."""
+    return " || chr(31) || ".join(f"lower(coalesce({c}, ''))" for c in _side_table().COLUMNS)
 
 
 def _side_table() -> Any:
