@@ -7,6 +7,7 @@ runs on uvloop and httptools, as the ``hub`` extra installs them."""
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sys
 import threading
@@ -198,3 +199,49 @@ def test_a_hub_served_on_the_fast_stack_answers_a_pipelined_read(tmp_path, reque
                 chunk = sock.recv(65536)
                 assert chunk, f"closed early: {seen[:300]!r}"
                 seen += chunk
+
+
+def test_an_answer_is_rendered_once_per_cached_view_and_anew_after_a_write(embedded_hub, tmp_path, monkeypatch):
+    """``show`` keeps its rendered body on the repo's cached view: a warm read
+    renders nothing, and a write (a tag here) replaces the view, so the next
+    read renders the new state, byte for byte the plain read's."""
+    hub = embedded_hub
+    _push(hub, tmp_path, "admin/memo", CARD)
+    calls: list[int] = []
+    real = crud.revision_detail
+    monkeypatch.setattr(crud, "revision_detail", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with httpx.Client(base_url=hub.url) as api, \
+            HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "client-cache") as client:
+        cache.of(hub.app.state.engine).bump({"auth", "repo"})
+        first, second = api.get("/api/adapters/admin/memo"), api.get("/api/adapters/admin/memo")
+        assert first.content == second.content == _reference(hub, "admin", "memo", "main", "show")
+        assert len(calls) == 2  # once by _reference, once for both reads
+        client.set_tag("admin/memo", "v1")
+        third = api.get("/api/adapters/admin/memo")
+        assert "v1" in third.json()["tags"] and third.content == _reference(hub, "admin", "memo", "main", "show")
+        assert third.headers["etag"] != first.headers["etag"]
+
+
+def test_a_show_that_names_parents_is_rendered_for_each_caller(embedded_hub, tmp_path):
+    """Lineage is filtered by who asks (a private parent is not named to a
+    stranger), so such an answer is never kept on the view for the next caller."""
+    from safetensors.torch import load_file, save_file
+
+    hub = embedded_hub
+    with HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "client-cache") as client:
+        lora = tiny_lora_dir(tmp_path / "parent" / "lora", "x")
+        parent = client.push(lora, name="admin/hidden-parent", private=True)
+        child = tiny_lora_dir(tmp_path / "child" / "lora", "x")
+        weights = child / "adapter_model.safetensors"
+        lineage = {"method": "stack", "params": {}, "peft_hub_version": "0.1.0", "parents": [
+            {"ref": "admin/hidden-parent", "revision": parent.revision, "sha256": "ab" * 32, "weight": 1.0}]}
+        save_file(load_file(weights), weights, metadata={"format": "pt", "peft_hub.lineage": json.dumps(lineage)})
+        client.push(child, name="admin/child")
+    owner = {"Authorization": f"Bearer {hub.admin_token}"}
+    with httpx.Client(base_url=hub.url) as api:
+        for _ in range(2):  # cold, then warm, in both orders of callers
+            seen = api.get("/api/adapters/admin/child", headers=owner).json()["meta"]["lineage"]["parents"]
+            stranger = api.get("/api/adapters/admin/child").json()["meta"]["lineage"]["parents"]
+            assert [p["in_hub"] for p in seen] == [True] and [p["in_hub"] for p in stranger] == [False]
+            again = api.get("/api/adapters/admin/child", headers=owner).json()["meta"]["lineage"]["parents"]
+            assert again == seen

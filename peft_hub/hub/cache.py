@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 import re
 import threading
@@ -306,13 +307,27 @@ def not_modified(request: Any, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(",")[:64])
 
 
+#: A JSON answer as it is sent: its body and its strong ETag (the body's digest).
+Rendered = tuple[bytes, str]
+
+
+def render(content: Any) -> Rendered:
+    """``content`` as the JSON body FastAPI would send (Starlette's ``JSONResponse.render``), and its ETag."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+    return body, f'"{hashlib.sha1(body).hexdigest()}"'
+
+
 def json_answer(request: Any, content: Any, *, private: bool, immutable: bool = False) -> Any:
     """``content`` as the JSON FastAPI would send, with a strong ETag (the
     body's digest), ``Cache-Control``, and a 304 when the client holds it."""
-    from fastapi.responses import JSONResponse, Response
+    return rendered_answer(request, render(content), private=private, immutable=immutable)
 
-    body = JSONResponse(content).body
-    etag = f'"{hashlib.sha1(body).hexdigest()}"'
+
+def rendered_answer(request: Any, rendered: Rendered, *, private: bool, immutable: bool = False) -> Any:
+    """:func:`json_answer` of what :func:`render` made (rendered once, sent as often as asked)."""
+    from fastapi.responses import Response
+
+    body, etag = rendered
     headers = {"ETag": etag, "Cache-Control": cache_control(private, immutable=immutable)}
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)

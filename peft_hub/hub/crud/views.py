@@ -11,8 +11,9 @@ and shared between requests: read them, never change or ``session.add`` them
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -34,10 +35,32 @@ class RepoView:
     tags: dict[str, Revision]
     #: Revisions found by their full id since (a cached view fills it).
     by_sha: dict[str, Revision] = field(default_factory=dict)
+    #: Answers made from this view alone, as sent (:func:`answer_of`): they live and die with it.
+    answers: dict[Hashable, cache.Rendered] = field(default_factory=dict)
 
     def tag_shas(self) -> dict[str, str]:
         """Tag name -> revision sha, as ``crud.tags_of`` answers."""
         return {name: revision.sha for name, revision in self.tags.items()}
+
+
+#: Answers one view keeps at most (tree pages, revisions asked by id); past it they start again.
+ANSWERS_KEPT = 64
+
+
+def answer_of(view: RepoView, key: Hashable, make: Callable[[], Any]) -> cache.Rendered:
+    """``make()`` rendered (``cache.render``), once per ``view``: ``key`` names
+    what it answers (a route, a revision, a page). ``make`` must read nothing
+    but the view, immutable rows (a revision's files) and what no caller
+    changes (so nothing the principal may or may not see): the view is the
+    repo's cache entry, replaced when a write makes it stale or its TTL ends,
+    so the answer is exactly as fresh as the view it was made from."""
+    found = view.answers.get(key)
+    if found is None:
+        found = cache.render(make())
+        if len(view.answers) >= ANSWERS_KEPT:
+            view.answers.clear()
+        view.answers[key] = found
+    return found
 
 
 def read_repo(session: Session, *, owner: str, name: str, principal: Principal | None) -> RepoView:

@@ -73,16 +73,22 @@ async def _info(request: Request, principal: Principal | None, owner: str, name:
     On the event loop when the caches hold the repo and its card (``hub.hot``)."""
     private, info = await hot.answer(request, _info_of, request.app.state.store, principal, owner, name, rev,
                                      store_slot=True)
-    return cache.json_answer(request, info, private=private)
+    return cache.rendered_answer(request, info, private=private)
 
 
 def _info_of(session: Session, store: BlobStore, principal: Principal | None, owner: str, name: str,
-             rev: str) -> tuple[bool, dict[str, Any]]:
+             rev: str) -> tuple[bool, cache.Rendered]:
+    """(private, the repo info as sent), made once per cached view (``views.answer_of``)."""
     view = read_view(session, principal, owner, name)
     revision = _revision(session, view, rev)
-    files = _files(session, revision)
-    card = shapes.card_metadata(hot.store_for(session, store), files)  # the store only for an unparsed card
-    return view.adapter.private, shapes.model_info(view.adapter, revision, files, card)
+
+    def info() -> dict[str, Any]:
+        files = _files(session, revision)
+        card = shapes.card_metadata(hot.store_for(session, store), files)  # the store only for an unparsed card
+        return shapes.model_info(view.adapter, revision, files, card)
+
+    key = ("info", None) if revision is None else ("info", revision.id, revision.broken)
+    return view.adapter.private, views.answer_of(view, key, info)
 
 
 @router.get("/api/models/{owner}/{name}/tree/{rev}")
@@ -98,15 +104,18 @@ async def tree(
     than the root (or one file's own name) is missing. On the event loop when
     the caches hold the repo (``hub.hot``).
     """
-    private, revision, files = await hot.answer(request, _tree_of, principal, owner, name, rev)
-    if path.strip("/"):
-        files = [f for f in files if f.path == path.strip("/")]
+    view, revision, files = await hot.answer(request, _tree_of, principal, owner, name, rev)
+    wanted = path.strip("/")
+    if wanted:
+        files = [f for f in files if f.path == wanted]
         if not files:
             raise EntryNotFoundError(f"{path} not found in {owner}/{name}@{rev}")
     page = min(limit or TREE_PAGE, TREE_PAGE_EXPANDED if expand else TREE_PAGE)
     start = _decode_cursor(cursor)
-    items = [shapes.tree_entry(f, revision if expand else None) for f in files[start: start + page]]
-    answer = cache.json_answer(request, items, private=private, immutable=_pinned(rev, revision))
+    key = ("tree", None if revision is None else (revision.id, revision.broken), wanted, expand, start, page)
+    items = views.answer_of(view, key, lambda: [shapes.tree_entry(f, revision if expand else None)
+                                                for f in files[start: start + page]])
+    answer = cache.rendered_answer(request, items, private=view.adapter.private, immutable=_pinned(rev, revision))
     if start + page < len(files):
         next_url = request.url.include_query_params(cursor=_encode_cursor(start + page))
         answer.headers["Link"] = f'<{next_url}>; rel="next"'
@@ -114,10 +123,10 @@ async def tree(
 
 
 def _tree_of(session: Session, principal: Principal | None, owner: str, name: str,
-             rev: str) -> tuple[bool, Revision | None, list[RevisionFile]]:
+             rev: str) -> tuple[RepoView, Revision | None, list[RevisionFile]]:
     view = read_view(session, principal, owner, name)
     revision = _revision(session, view, rev)
-    return view.adapter.private, revision, _files(session, revision)
+    return view, revision, _files(session, revision)
 
 
 def _encode_cursor(offset: int) -> str:

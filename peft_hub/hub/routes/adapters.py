@@ -75,20 +75,27 @@ async def show(
     the event loop when the caches hold the repo and nothing is counted (``hub.hot``).
     """
     private, detail = await hot.answer(request, _detail, principal, owner, name, revision, download)
-    return cache.json_answer(request, detail, private=private)
+    return cache.rendered_answer(request, detail, private=private)
 
 
 def _detail(session: Any, principal: Principal | None, owner: str, name: str, revision: str,
-            download: bool) -> tuple[bool, dict[str, Any]]:
-    """(private, the revision's detail) for ``show``, if the caller may read it."""
+            download: bool) -> tuple[bool, cache.Rendered]:
+    """(private, the revision's detail as sent) for ``show``, if the caller may read it;
+    made once per cached view, unless it counts a download or names parents (whose
+    visibility is the caller's)."""
     owner, name = validate_repo_id(f"{owner}/{name}")
     view = views.read_repo(session, owner=owner, name=name, principal=principal)
     rev = views.view_revision(session, view=view, rev=revision)
     if download:
         crud.count_download(session, adapter=view.adapter)
-    detail = crud.revision_detail(session, adapter=view.adapter, revision=rev, principal=principal,
-                                  tags=view.tag_shas(), files=views.files_of(session, revision=rev))
-    return view.adapter.private, detail.model_dump()
+
+    def detail() -> dict[str, Any]:
+        return crud.revision_detail(session, adapter=view.adapter, revision=rev, principal=principal,
+                                    tags=view.tag_shas(), files=views.files_of(session, revision=rev)).model_dump()
+
+    if download or isinstance((rev.meta or {}).get("lineage"), dict):
+        return view.adapter.private, cache.render(detail())
+    return view.adapter.private, views.answer_of(view, ("show", rev.id, rev.broken), detail)
 
 
 @router.get("/{owner}/{name}/revisions")
