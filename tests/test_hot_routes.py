@@ -245,3 +245,18 @@ def test_a_show_that_names_parents_is_rendered_for_each_caller(embedded_hub, tmp
             assert [p["in_hub"] for p in seen] == [True] and [p["in_hub"] for p in stranger] == [False]
             again = api.get("/api/adapters/admin/child", headers=owner).json()["meta"]["lineage"]["parents"]
             assert again == seen
+
+
+def test_kept_answers_are_bounded_and_belong_to_the_entry_they_came_from():
+    """At most ``ANSWER_ITEMS`` answers of at most ``ANSWER_BYTES`` each, whatever callers ask
+    (a hostile repo's many tree pages): one past the count pushes out the oldest, a larger body
+    is not kept, and an answer is never handed out for another entry."""
+    hub_cache = cache.HubCache()
+    views = [object() for _ in range(cache.ANSWER_ITEMS + 1)]
+    for i, view in enumerate(views):
+        hub_cache.keep_answer(view, "k", (b"x", f'"{i}"'))
+    assert hub_cache.answer(views[0], "k") is None and hub_cache.answer(views[-1], "k") == (b"x", f'"{len(views) - 1}"')
+    assert hub_cache.answer(object(), "k") is None and hub_cache.answer(views[-1], "other") is None
+    big = (b"x" * (cache.ANSWER_BYTES + 1), '"big"')
+    hub_cache.keep_answer(views[-1], "big", big)
+    assert hub_cache.answer(views[-1], "big") is None

@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 FIXED_ITEMS = 4096
 FRESH_ITEMS = 8192
+#: Rendered answers kept per process (``views.answer_of``), and the largest body kept: at most 64 MiB.
+ANSWER_ITEMS = 1024
+ANSWER_BYTES = 64 << 10
 #: The last part of an entry's life in which one lookup reloads it ahead of expiry.
 REFRESH_AHEAD = 0.25
 #: An entry lives ``ttl`` less up to this part of it, at random.
@@ -95,6 +98,7 @@ class HubCache:
         self.ttl = ttl
         self.generations = {"auth": 0, "repo": 0}
         self._fixed = RecentItems(fixed_items)
+        self._answers = RecentItems(ANSWER_ITEMS)
         self._fresh: OrderedDict[tuple[str, Hashable], _Entry] = OrderedDict()
         self._fresh_items = fresh_items
         #: Loads under way: key -> (the loading thread, set when it is done).
@@ -108,6 +112,19 @@ class HubCache:
 
     def keep(self, key: Hashable, value: Any) -> None:
         self._fixed.put(key, value)
+
+    # --- answers rendered from a fresh entry (views.answer_of) ------------------
+
+    def answer(self, source: Any, key: Hashable) -> Rendered | None:
+        """What :meth:`keep_answer` kept for ``key`` made from ``source`` (that very object), else None."""
+        kept = self._answers.get((id(source), key))
+        return kept[1] if kept is not None and kept[0] is source else None
+
+    def keep_answer(self, source: Any, key: Hashable, rendered: Rendered) -> None:
+        """Keep ``rendered`` while ``source`` is the entry it was made from (it holds ``source``
+        alive meanwhile, so its id cannot be reused); bodies past :data:`ANSWER_BYTES` are not kept."""
+        if len(rendered[0]) <= ANSWER_BYTES:
+            self._answers.put((id(source), key), (source, rendered))
 
     # --- fresh: short-lived, invalidated by writes ------------------------------
 

@@ -11,6 +11,7 @@ and shared between requests: read them, never change or ``session.add`` them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,31 +36,30 @@ class RepoView:
     tags: dict[str, Revision]
     #: Revisions found by their full id since (a cached view fills it).
     by_sha: dict[str, Revision] = field(default_factory=dict)
-    #: Answers made from this view alone, as sent (:func:`answer_of`): they live and die with it.
-    answers: dict[Hashable, cache.Rendered] = field(default_factory=dict)
 
     def tag_shas(self) -> dict[str, str]:
         """Tag name -> revision sha, as ``crud.tags_of`` answers."""
         return {name: revision.sha for name, revision in self.tags.items()}
 
 
-#: Answers one view keeps at most (tree pages, revisions asked by id); past it they start again.
-ANSWERS_KEPT = 64
+def revision_state(revision: Revision) -> Hashable:
+    """What of a revision row an answer shows that may change (what ``fsck`` found broken), as a key part."""
+    return (revision.id, None if not revision.broken else json.dumps(revision.broken, sort_keys=True, default=str))
 
 
-def answer_of(view: RepoView, key: Hashable, make: Callable[[], Any]) -> cache.Rendered:
-    """``make()`` rendered (``cache.render``), once per ``view``: ``key`` names
-    what it answers (a route, a revision, a page). ``make`` must read nothing
-    but the view, immutable rows (a revision's files) and what no caller
-    changes (so nothing the principal may or may not see): the view is the
-    repo's cache entry, replaced when a write makes it stale or its TTL ends,
-    so the answer is exactly as fresh as the view it was made from."""
-    found = view.answers.get(key)
+def answer_of(hub_cache: cache.HubCache, view: RepoView, key: Hashable, make: Callable[[], Any]) -> cache.Rendered:
+    """``make()`` rendered (``cache.render``), once per ``view`` while the
+    process keeps it (``HubCache.keep_answer``: the last 1,024 answers of at
+    most 64 KiB). ``key`` names what it answers (a route, a revision, a
+    page). ``make`` must read nothing but the view, immutable rows (a
+    revision's files) and what no caller changes (so nothing the principal
+    may or may not see): the view is the repo's cache entry, replaced when a
+    write makes it stale or its TTL ends, so the answer is exactly as fresh
+    as the view it was made from."""
+    found = hub_cache.answer(view, key)
     if found is None:
         found = cache.render(make())
-        if len(view.answers) >= ANSWERS_KEPT:
-            view.answers.clear()
-        view.answers[key] = found
+        hub_cache.keep_answer(view, key, found)
     return found
 
 

@@ -87,8 +87,8 @@ def _info_of(session: Session, store: BlobStore, principal: Principal | None, ow
         card = shapes.card_metadata(hot.store_for(session, store), files)  # the store only for an unparsed card
         return shapes.model_info(view.adapter, revision, files, card)
 
-    key = ("info", None) if revision is None else ("info", revision.id, revision.broken)
-    return view.adapter.private, views.answer_of(view, key, info)
+    key = ("info", None if revision is None else views.revision_state(revision))
+    return view.adapter.private, views.answer_of(cache.of(session.get_bind()), view, key, info)
 
 
 @router.get("/api/models/{owner}/{name}/tree/{rev}")
@@ -112,9 +112,9 @@ async def tree(
             raise EntryNotFoundError(f"{path} not found in {owner}/{name}@{rev}")
     page = min(limit or TREE_PAGE, TREE_PAGE_EXPANDED if expand else TREE_PAGE)
     start = _decode_cursor(cursor)
-    key = ("tree", None if revision is None else (revision.id, revision.broken), wanted, expand, start, page)
-    items = views.answer_of(view, key, lambda: [shapes.tree_entry(f, revision if expand else None)
-                                                for f in files[start: start + page]])
+    key = ("tree", None if revision is None else views.revision_state(revision), wanted, expand, start, page)
+    items = views.answer_of(cache.of(request.app.state.engine), view, key, lambda: [
+        shapes.tree_entry(f, revision if expand else None) for f in files[start: start + page]])
     answer = cache.rendered_answer(request, items, private=view.adapter.private, immutable=_pinned(rev, revision))
     if start + page < len(files):
         next_url = request.url.include_query_params(cursor=_encode_cursor(start + page))

@@ -95,7 +95,8 @@ def _detail(session: Any, principal: Principal | None, owner: str, name: str, re
 
     if download or isinstance((rev.meta or {}).get("lineage"), dict):
         return view.adapter.private, cache.render(detail())
-    return view.adapter.private, views.answer_of(view, ("show", rev.id, rev.broken), detail)
+    key = ("show", views.revision_state(rev))
+    return view.adapter.private, views.answer_of(cache.of(session.get_bind()), view, key, detail)
 
 
 @router.get("/{owner}/{name}/revisions")
