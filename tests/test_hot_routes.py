@@ -260,3 +260,6 @@ def test_kept_answers_are_bounded_and_belong_to_the_entry_they_came_from():
     big = (b"x" * (cache.ANSWER_BYTES + 1), '"big"')
     hub_cache.keep_answer(views[-1], "big", big)
     assert hub_cache.answer(views[-1], "big") is None
+    off = cache.HubCache(ttl=0)  # PEFT_HUB_CACHE_TTL=0: no entry is kept, so neither are answers made from one
+    off.keep_answer(views[0], "k", (b"x", '"0"'))
+    assert off.answer(views[0], "k") is None

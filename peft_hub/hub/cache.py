@@ -122,8 +122,9 @@ class HubCache:
 
     def keep_answer(self, source: Any, key: Hashable, rendered: Rendered) -> None:
         """Keep ``rendered`` while ``source`` is the entry it was made from (it holds ``source``
-        alive meanwhile, so its id cannot be reused); bodies past :data:`ANSWER_BYTES` are not kept."""
-        if len(rendered[0]) <= ANSWER_BYTES:
+        alive meanwhile, so its id cannot be reused); bodies past :data:`ANSWER_BYTES` are not kept,
+        and nothing is with the caches off (``ttl`` 0: every entry is a fresh read, never seen again)."""
+        if self.ttl > 0 and len(rendered[0]) <= ANSWER_BYTES:
             self._answers.put((id(source), key), (source, rendered))
 
     # --- fresh: short-lived, invalidated by writes ------------------------------

@@ -42,6 +42,11 @@ class RepoView:
         return {name: revision.sha for name, revision in self.tags.items()}
 
 
+def names_parents(revision: Revision) -> bool:
+    """Whether the revision's detail names its parents, which :func:`revision_detail` filters by who asks."""
+    return isinstance((revision.meta or {}).get("lineage"), dict)
+
+
 def revision_state(revision: Revision) -> Hashable:
     """What of a revision row an answer shows that may change (what ``fsck`` found broken), as a key part."""
     return (revision.id, None if not revision.broken else json.dumps(revision.broken, sort_keys=True, default=str))
@@ -158,7 +163,7 @@ def revision_detail(
     """Everything about one revision of an adapter, as ``principal`` may see it
     (``tags`` and ``files``, when the caller has them, save their queries)."""
     meta = dict(revision.meta or {})
-    if isinstance(meta.get("lineage"), dict):  # the file's own record names parents' sha256s
+    if names_parents(revision):  # the file's own record names parents' sha256s
         parents = lineage(session, adapter=adapter, revision=revision, principal=principal)["parents"]
         meta["lineage"] = {**meta["lineage"], "parents": parents}
     return RevisionDetail(

@@ -93,7 +93,7 @@ def _detail(session: Any, principal: Principal | None, owner: str, name: str, re
         return crud.revision_detail(session, adapter=view.adapter, revision=rev, principal=principal,
                                     tags=view.tag_shas(), files=views.files_of(session, revision=rev)).model_dump()
 
-    if download or isinstance((rev.meta or {}).get("lineage"), dict):
+    if download or views.names_parents(rev):
         return view.adapter.private, cache.render(detail())
     key = ("show", views.revision_state(rev))
     return view.adapter.private, views.answer_of(cache.of(session.get_bind()), view, key, detail)
