@@ -4,8 +4,9 @@ of 3: metadata JSON (native ``show``, HF ``model_info`` and a pinned tree),
 resolve answered by a 302 (PostgreSQL + SeaweedFS) and a file served from
 the local store (SQLite + local files). Prints req/s, p50, p99 and the ratio
 per route, and the SQL statements each request runs, cold and warm, and the
-event loop and HTTP parser each server ran (uvicorn's "auto": uvloop and
-httptools when installed, as the ``hub`` extra installs them).
+event loop and HTTP parser each server ran (``protocol.server_options``:
+uvloop with the hub's own listener, ``hub/eventloop.py``, and httptools when
+installed, as the ``hub`` extra installs them).
 
 Loads with ``wrk`` when it is on PATH, else with a bounded asyncio httpx client.
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PEFT_HUB_DISABLE_PROGRESS_BARS", "1")
 CONCURRENCY = 32
-#: What each server ran: {"hub" | "bare": {"loop": "uvloop" | "asyncio", "http": "httptools_impl" | "h11_impl"}}.
+#: What each server ran: {"hub" | "bare": {"loop": "peft_hub.hub.eventloop.EagerLoop" | ..., "http": ...}}.
 STACKS: dict[str, dict[str, str]] = {}
 
 #: Both servers start through this: the hub as ``peft-hub serve`` builds it, or the bare app.
@@ -64,7 +65,7 @@ config = uvicorn.Config(app, log_level="warning", **server_options())  # as `pef
 config.load()
 factory = config.get_loop_factory()
 probe = factory() if factory is not None else None
-loop_name = type(probe).__module__.split(".")[0] if probe is not None else "asyncio"
+loop_name = "asyncio" if probe is None else f"{type(probe).__module__}.{type(probe).__name__}"
 if probe is not None:
     probe.close()
 print(json.dumps({"loop": loop_name, "http": config.http_protocol_class.__name__}), flush=True)

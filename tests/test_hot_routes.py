@@ -164,9 +164,9 @@ def test_a_quick_resolve_still_holds_a_storage_slot(embedded_hub, tmp_path):
 
 
 def test_the_server_runs_on_uvloop_and_httptools(tmp_path):
-    """``peft-hub serve`` leaves uvicorn's loop on "auto", which picks uvloop when
-    installed, and runs httptools with a bound on the request head
-    (``hub/protocol.py``); the ``hub`` extra installs both."""
+    """``peft-hub serve`` runs uvloop with its own listener (``hub/eventloop.py``)
+    and httptools with a bound on the request head (``hub/protocol.py``); the
+    ``hub`` extra installs both."""
     import uvicorn
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -176,9 +176,13 @@ def test_the_server_runs_on_uvloop_and_httptools(tmp_path):
     config.load()
     assert issubclass(config.http_protocol_class, HttpToolsProtocol)
     if sys.platform != "win32":
+        import uvloop
+
+        from peft_hub.hub.eventloop import EagerLoop
+
         loop = config.get_loop_factory()()
         try:
-            assert type(loop).__module__.startswith("uvloop")
+            assert type(loop) is EagerLoop and isinstance(loop, uvloop.Loop)
         finally:
             loop.close()
 

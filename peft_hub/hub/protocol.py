@@ -11,6 +11,7 @@ answers 431 past :data:`HEAD_MAX`, as h11 is told to with the same bound.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 try:
@@ -26,9 +27,11 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: te
 
 
 def server_options() -> dict[str, Any]:
-    """What every uvicorn ``Config`` serving the hub takes: the bounded parser, or h11 with the same bound."""
+    """What every uvicorn ``Config`` serving the hub takes: the bounded parser, or h11 with the same bound;
+    uvloop listening as asyncio does (:mod:`peft_hub.hub.eventloop`), or uvicorn's choice without uvloop."""
     http = "h11" if HttpToolsProtocol is None else f"{__name__}:BoundedHttpTools"
-    return {"http": http, "h11_max_incomplete_event_size": HEAD_MAX}
+    loop = "auto" if find_spec("uvloop") is None else "peft_hub.hub.eventloop:EagerLoop"
+    return {"http": http, "h11_max_incomplete_event_size": HEAD_MAX, "loop": loop}
 
 
 if HttpToolsProtocol is not None:

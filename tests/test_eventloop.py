@@ -1,0 +1,120 @@
+"""The hub's event loop (``hub/eventloop.py``) takes in every waiting
+connection each turn, however long its turns run, and serves like uvloop
+otherwise: a listener it was handed or bound itself, closed on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from services import free_port, serve_in_thread, wait_until
+
+from peft_hub.hub.protocol import server_options
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uvloop runs on POSIX only")
+
+BURST = 24
+#: How long each turn of the loop is kept busy: as the hub's are under load, when it answers reads on the loop.
+TURN = 0.01
+
+
+def busy_app() -> tuple[FastAPI, list[int], threading.Event]:
+    """An app whose ``/busy`` keeps every later loop turn busy for :data:`TURN`, one turn at a time,
+    and whose ``/ping`` notes how many busy turns had passed when it was read."""
+    app, turns, pings, done = FastAPI(), [0], [], threading.Event()
+
+    async def spin() -> None:
+        while not done.is_set():
+            time.sleep(TURN)  # holds the loop, as a turn of requests answered on it does
+            turns[0] += 1
+            await asyncio.sleep(0)  # the next part runs in the loop's next turn
+
+    @app.get("/busy")
+    async def busy() -> dict:
+        app.state.spinner = asyncio.get_running_loop().create_task(spin())
+        return {}
+
+    @app.get("/ping")
+    async def ping() -> dict:
+        pings.append(turns[0])
+        return {}
+
+    return app, pings, done
+
+
+def burst(url: str) -> None:
+    """:data:`BURST` connections opened together, each sending one request, all answered."""
+    host, port = url.removeprefix("http://").split(":")
+    conns = [socket.create_connection((host, int(port)), timeout=30) for _ in range(BURST)]
+    try:
+        for conn in conns:
+            conn.sendall(f"GET /ping HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        for conn in conns:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def serve_on_socket(app: FastAPI, sock: socket.socket):
+    """uvicorn serving ``app`` on a socket it is handed, as ``peft-hub serve`` runs it; returns (server, thread)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", **server_options()))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 30, "server")
+    return server, thread
+
+
+@pytest.mark.parametrize("listener", ["handed a socket", "host and port"])
+def test_a_burst_of_connections_is_taken_in_within_a_few_turns_of_a_busy_loop(listener):
+    """libuv accepts one connection per turn of its loop: with 10 ms turns, the last of 24 new
+    connections would be read some 24 turns after the first. Here they all are within a few."""
+    app, pings, done = busy_app()
+    try:
+        if listener == "host and port":
+            with serve_in_thread(app, "busy app", **server_options()) as url:
+                httpx.get(url + "/busy").raise_for_status()
+                burst(url)
+        else:
+            sock = socket.create_server(("127.0.0.1", free_port()))
+            server, thread = serve_on_socket(app, sock)
+            try:
+                url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+                httpx.get(url + "/busy").raise_for_status()
+                burst(url)
+            finally:
+                done.set()
+                server.should_exit = True
+                thread.join(10)
+            assert sock.fileno() == -1, "the listener is closed on shutdown"
+    finally:
+        done.set()
+    assert len(pings) == BURST
+    assert max(pings) - min(pings) <= 6, f"busy turns between the first and the last request read: {pings}"
+
+
+def test_the_eager_loop_is_uvloop_and_its_listener_goes_on_after_a_connection_that_left():
+    """A connection reset before it is taken in costs nothing but itself."""
+    import uvloop
+
+    from peft_hub.hub.eventloop import EagerLoop
+
+    assert issubclass(EagerLoop, uvloop.Loop)
+    app, pings, done = busy_app()
+    with serve_in_thread(app, "app", **server_options()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(20):  # closed with a reset (linger 0) before the server reads them
+            conn = socket.create_connection((host, int(port)))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        assert httpx.get(url + "/ping").status_code == 200
+    assert pings == [0]
