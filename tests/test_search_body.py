@@ -1,5 +1,7 @@
-"""PostgreSQL's text body (``adapter.fts_body``, migration 0015) answers
-``q=`` exactly as the four per-field LIKEs did, and stays exact through every write.
+"""PostgreSQL's text body (``adapter.fts_body``, migration 0015, and
+``adapter.fts_squeezed``, 0016, the body without its ASCII punctuation and
+spaces) answers ``q=`` exactly as the four per-field LIKEs did, and stays
+exact through every write.
 
 On PostgreSQL every query goes through the body column (a literal one
 alone, one with wildcards narrowed by it and decided by the per-field
@@ -8,8 +10,9 @@ logic of tests/test_search_speed.py over rows with non-ASCII text ('ß',
 'İ', final sigma, combining marks), NULL and empty fields, and text that
 would match only across two fields. Random writes (the hub's, raw SQL,
 edits of each searched field, id changes, deletes) leave the body equal to
-a live recomputation of 0011's joined string, and the migration goes down
-to 0011's side table and up again.
+a live recomputation of 0011's joined string, and its squeezed form equal
+to Python's squeezing of it (a query is squeezed in Python); the
+migrations go down to 0011's side table and up again.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ OWNERS = ["alice", "Bob", "ACME", "xy"]
 # fields, non-ASCII.
 TEXTS = [("ab", None, ""), ("qa-tune", "org/qa", ""), ("Straße", "İstanbul/x", "ΟΔΟΣ final σ"),
          ("cafe\u0301", "ΣΊΣΥΦΟΣ", "naïve ß"), ("x", "y", "zq"), ("end-qa", None, "QA at start"),
-         ("a.b", "c-d", "50% off"), ("under_s", "back\\s", "tab\there"), ("Ab", "ab", "ab"), ("k", "", "")]
+         ("a.b", "c-d", "50% off"), ("under_s", "back\\s", "tab\there"), ("Ab", "ab", "ab"), ("k", "", ""),
+         ("p!q#r", "s~t", "u{v}|w^`x'\"y;z")]
 QS = ["qa", "QA", "q", "a", "b", "ab", "bx", "xy", "yz", "x\x1fy", "b\x1fo", "ß", "SS", "ss", "straß", "İ", "i̇",
       "i", "σ", "ς", "Σ", "ος", "e\u0301", "\u0301", "é", "ï", "ΣΊ", "a.", ".b", "c-d", "-d", "%", "a%", "_", "a_",
       "\\", "k\\", "\t", "50", "t", "e", "-", "zq", "ü", "İs", "A",
       # three letters or digits in a row: the body's trigram index, literal or with wildcards
       "qa-tune", "tune", "STRASSE", "straße", "final σ", "ΟΔΟΣ", "naïve", "50% off", "0% o", "under_s", "der_",
-      "back\\s", "ab1%", "ab%ab", "end%start", "qa1", "a.b1", "x\x1fyz"]
+      "back\\s", "ab1%", "ab%ab", "end%start", "qa1", "a.b1", "x\x1fyz",
+      # punctuation or spaces between them: the squeezed body finds the rows, the body decides
+      "QA-Tune", "end-qa", "qa at", "at start", "b-ab", "b ab", "tab\there", "p!q#r", "q#r", "x'\"y", "a.b-1"]
 #: PostgreSQL refuses NUL in text, in the old query as in the new: SQLite alone is asked.
 NUL = "x\x00"
 
@@ -137,6 +143,17 @@ def test_each_query_reads_the_body_as_its_characters_allow(engine):
                 continue
             assert (off_index in count) == (not indexed) and body in count, (q, count)
             assert (per_field in count) == (not exact), (q, count)
+            assert search_sql.SQUEEZED_COLUMN not in count, (q, count)
+        # A literal ASCII q with punctuation or spaces and three letters or digits squeezed: found by the
+        # squeezed body's index, decided by the body read off its own.
+        for q in ("qa-tune", "a.b1", "QA at", "end-q"):
+            statements.clear()
+            new.count_adapters(session, clauses=new.search_filters(principal=None, q=q))
+            (count,) = statements
+            if engine.dialect.name == "postgresql":
+                squeezed = f"adapter.{search_sql.SQUEEZED_COLUMN} LIKE"
+                assert squeezed in count and off_index in count and per_field not in count, (q, count)
+                assert f"{body} LIKE" not in count, (q, count)
 
 
 def field_write(engine, rng: random.Random, step: int) -> None:
@@ -171,7 +188,9 @@ def assert_body_exact(engine) -> None:
         return  # no body column on SQLite: the search comparison alone
     with engine.connect() as conn:
         stored, live = body_rows(conn)
+        squeezed = conn.execute(text(f"SELECT id, {search_sql.SQUEEZED_COLUMN} FROM adapter ORDER BY id")).all()
     assert stored == live
+    assert [tuple(r) for r in squeezed] == [(i, search_sql.SQUEEZED_OUT.sub("", body)) for i, body in live]
 
 
 def test_random_writes_keep_the_body_exact(engine):
@@ -191,13 +210,18 @@ def test_random_writes_keep_the_body_exact(engine):
                 assert_same(session, ["qa", "a", "ß", "-", "σ", "ab", "x"])
 
 
-def test_migration_down_and_up_backfills_the_body(engine):
+def test_migrations_down_and_up_backfill_the_body_and_its_squeezed_form(engine):
     from alembic import command
     from sqlalchemy import inspect
 
     from peft_hub.hub.alembic import config
 
     seed(engine, rows=15)
+    with engine.begin() as conn:
+        command.downgrade(config(conn), "0015")
+    columns = {c["name"] for c in inspect(engine).get_columns("adapter")}
+    assert search_sql.SQUEEZED_COLUMN not in columns
+    assert (search_sql.BODY_COLUMN in columns) == (engine.dialect.name == "postgresql")
     with engine.begin() as conn:
         command.downgrade(config(conn), "0014")
     columns = {c["name"] for c in inspect(engine).get_columns("adapter")}

@@ -35,7 +35,7 @@ def context_options(dialect: str) -> dict[str, Any]:
     render with: the models as target, column types compared, and batch
     (copy-and-move) operations for SQLite, whose ALTER TABLE can do little.
     The tables of SQLite's full-text index (revision 0006) and PostgreSQL's
-    text body column and its index (0015) are not models: comparisons skip them."""
+    text body columns and their indexes (0015, 0016) are not models: comparisons skip them."""
     from peft_hub.hub import models  # noqa: F401 - registers the tables
 
     return {"target_metadata": SQLModel.metadata, "compare_type": True, "render_as_batch": dialect == "sqlite",
@@ -44,8 +44,8 @@ def context_options(dialect: str) -> dict[str, Any]:
 
 #: What revision 0006's FTS5 table and its shadow tables (and 0011's body table, until 0015) are called.
 FULL_TEXT_PREFIX = "adapter_fts"
-#: 0015's column of ``adapter`` and its index (PostgreSQL only).
-PG_TEXT_BODY = frozenset({"fts_body", "ix_adapter_fts_body_trgm"})
+#: 0015's and 0016's columns of ``adapter`` and their indexes (PostgreSQL only).
+PG_TEXT_BODY = frozenset({"fts_body", "ix_adapter_fts_body_trgm", "fts_squeezed", "ix_adapter_fts_squeezed_trgm"})
 
 
 def _not_full_text(name: str | None, type_: str, parent_names: Any) -> bool:

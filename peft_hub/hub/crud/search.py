@@ -30,8 +30,10 @@ from peft_hub.hub.crud.search_sql import (  # noqa: F401 - FTS_TABLE, fts_phrase
     fts_phrases,
     id_in,
     like_scan,
+    page_of,
     rank_bounds,
     sort_drives,
+    squeezed,
 )
 from peft_hub.hub.models import (
     NO_RANK,
@@ -107,8 +109,10 @@ def search_filters(
         phrases = fts_phrases(like) if q.isascii() and "\x00" not in q else None
         text = TextLike(scan, literal(phrases)) if phrases else scan
         # PostgreSQL reads each adapter's text body (0015) instead: exactly the same test for a literal q,
-        # a narrowing that the scan decides for one with wildcards.
-        on_body = body_test([like, *typed], scan=scan, indexed=test is LowerLike, exact=body_safe(q))
+        # a narrowing that the scan decides for one with wildcards; a literal q with punctuation or spaces
+        # is found by the body squeezed (0016), where its words meet.
+        on_body = body_test([like, *typed], scan=scan, indexed=test is LowerLike, exact=body_safe(q),
+                            squeeze=squeezed(q))
         clauses.append(TextBody(text, on_body))
     if base_model:
         clauses.append(named.setdefault("base_model", Adapter.base_model == base_model))
@@ -293,14 +297,16 @@ def search_adapters(
         # Only the rows can count: one reading of them counts and, when they are fewer than the bound,
         # hands back their ids, so the page reads those rows alone (by primary key) and sorts them.
         rows = page_clauses if dialect == "sqlite" else clauses
-        total, ids = session.exec(bounded_matches(rows, at_most=at_most, dialect=dialect)).one()
+        matches = bounded_matches(rows, at_most=at_most, dialect=dialect, sort=(column, order))
+        total, ids = session.exec(matches).one()
         exact = total < at_most
         # (On SQLite, unless so many match that the page would walk the sort's index: tests lower the mark.)
         if exact and offset >= total:  # no match on this page: nothing to read
             return SearchResult([], total)
         if exact and (dialect != "sqlite" or sort_drives(page_clauses, total=total, offset=offset) is page_clauses):
+            ids, skip = page_of(ids, offset=offset, per_page=per_page, dialect=dialect)
             found = [id_in(ids, dialect=dialect), *(OffIndex(like_scan(c)) for c in clauses)]
-            items = list(session.exec(select(Adapter).where(*found).order_by(*ordering).offset(offset)
+            items = list(session.exec(select(Adapter).where(*found).order_by(*ordering).offset(skip)
                                       .limit(per_page)))
             return SearchResult(items, total)
     if dialect == "sqlite":

@@ -4,6 +4,7 @@ and the choices that keep SQLite, which keeps no statistics, on good plans."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
     or_,
     table,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col, select
@@ -144,6 +146,10 @@ def _text_like_sqlite(element: TextLike, compiler: Any, **kw: Any) -> str:
 #: separator, NUL.
 BODY_COLUMN = "fts_body"
 BODY_UNSAFE = re.compile(r"[%_\\\x1f\x00]")
+#: The body without its ASCII punctuation and spaces (migration 0016), and what was deleted from it.
+SQUEEZED_COLUMN = "fts_squeezed"
+SQUEEZED_OUT = re.compile(importlib.import_module("peft_hub.hub.alembic.versions.0016_squeezed_text_body")
+                          .SQUEEZED_OUT)
 
 
 def body_safe(q: str) -> bool:
@@ -151,7 +157,17 @@ def body_safe(q: str) -> bool:
     return BODY_UNSAFE.search(q) is None
 
 
-def body_test(patterns: list[Any], *, scan: Any, indexed: bool, exact: bool) -> Any:
+def squeezed(q: str) -> str | None:
+    """``q`` (folded as the body is) as 0016's column holds text, when reading that column narrows
+    better than the body's index: a literal ASCII ``q`` (:func:`body_safe`) that loses a character
+    and keeps three letters or digits in a row (:data:`TRIGRAM`). Else None."""
+    if not q.isascii() or not body_safe(q):
+        return None
+    out = SQUEEZED_OUT.sub("", q.lower())
+    return out if out != q.lower() and TRIGRAM.search(out) else None
+
+
+def body_test(patterns: list[Any], *, scan: Any, indexed: bool, exact: bool, squeeze: str | None = None) -> Any:
     """``q=``'s test on PostgreSQL: ``adapter.fts_body LIKE pattern`` for each
     of ``patterns`` (``%`` + q + ``%`` as :func:`crud.search_filters` folds it).
 
@@ -163,7 +179,16 @@ def body_test(patterns: list[Any], *, scan: Any, indexed: bool, exact: bool) -> 
     it holds, it holds) and ``scan``, the per-field test, decides. Without
     ``indexed`` (no three letters or digits in a row, :data:`TRIGRAM`) the
     column is read as ``fts_body || ''``: a GIN trigram scan of such a
-    pattern reads the whole index and is slower than the table."""
+    pattern reads the whole index and is slower than the table.
+
+    With ``squeeze`` (:func:`squeezed`, for an exact ``q``), the rows are
+    found by 0016's column holding it, where the words on each side of
+    ``q``'s punctuation meet, and the body, read off its index, decides:
+    a row whose body holds ``q`` holds it squeezed too."""
+    if squeeze is not None and exact:
+        body = literal_column(f"(adapter.{BODY_COLUMN} || '')", String())
+        near = literal_column(f"adapter.{SQUEEZED_COLUMN}", String()).like(f"%{squeeze}%")
+        return and_(near, or_(*(body.like(p) for p in patterns)))
     body = literal_column(f"adapter.{BODY_COLUMN}" if indexed else f"(adapter.{BODY_COLUMN} || '')", String())
     on_body = or_(*(body.like(p) for p in patterns))
     return on_body if exact else and_(on_body, scan)
@@ -324,26 +349,47 @@ def bounded_count(where: list[Any], *, at_most: int, dialect: str) -> Any:
     return select(func.count()).select_from(_bounded(where, literal(1), at_most=at_most, dialect=dialect).subquery())
 
 
-def bounded_matches(where: list[Any], *, at_most: int, dialect: str) -> Any:
+def bounded_matches(where: list[Any], *, at_most: int, dialect: str, sort: tuple[Any, str] | None = None) -> Any:
     """:func:`bounded_count`'s count, and beside it, when it is below
     ``at_most`` (every match then), the matches' ids as one value (a JSON
     array on SQLite, an array on PostgreSQL; else NULL), aggregated in the
     database: :func:`id_in` takes it back, so the page reads those rows by
-    primary key instead of reading the table for them a second time."""
-    rows = _bounded(where, col(Adapter.id).label("id"), at_most=at_most, dialect=dialect).subquery()
-    ids = func.json_group_array(rows.c.id) if dialect == "sqlite" else func.array_agg(rows.c.id)
+    primary key instead of reading the table for them a second time.
+
+    On PostgreSQL, with ``sort`` (a column of ``adapter`` and ``"asc"`` or
+    ``"desc"``), the ids come in the page's order, the column then the id
+    ascending, read from the rows the count reads anyway: the page then
+    looks up its own ids alone (:func:`page_of`). SQLite's aggregates keep
+    no order (before 3.44); there the page sorts every match."""
+    if dialect == "sqlite" or sort is None:
+        rows = _bounded(where, col(Adapter.id).label("id"), at_most=at_most, dialect=dialect).subquery()
+        ids = func.json_group_array(rows.c.id) if dialect == "sqlite" else func.array_agg(rows.c.id)
+    else:
+        column, order = sort
+        rows = _bounded(where, col(Adapter.id).label("id"), column.label("sort_key"), at_most=at_most,
+                        dialect=dialect).subquery()
+        key = rows.c.sort_key.asc() if order == "asc" else rows.c.sort_key.desc()
+        ids = func.array_agg(aggregate_order_by(rows.c.id, key, rows.c.id.asc()))
     n = func.count()
     return select(n, case((n < at_most, ids), else_=None)).select_from(rows)
 
 
-def _bounded(where: list[Any], what: Any, *, at_most: int, dialect: str) -> Any:
+def page_of(ids: Any, *, offset: int, per_page: int, dialect: str) -> tuple[Any, int]:
+    """The ids a page reads from :func:`bounded_matches`' ``ids``, and the offset it then reads them at:
+    on PostgreSQL (ids in the page's order) its own ids, at 0; on SQLite all of them, at ``offset``."""
+    if dialect == "sqlite":
+        return ids, offset
+    return list(ids)[offset:offset + per_page], 0
+
+
+def _bounded(where: list[Any], *what: Any, at_most: int, dialect: str) -> Any:
     unwrapped = (c.clauses.clauses[0] if isinstance(c, TextBody) else c for c in where)
     text = next((c for c in unwrapped if isinstance(c, TextLike)), None) if dialect == "sqlite" else None
     if text is None:
-        return select(what).select_from(Adapter).where(*where).limit(at_most)
+        return select(*what).select_from(Adapter).where(*where).limit(at_most)
     fts = table(FTS_TABLE, column("rowid"))
     match = literal_column(FTS_TABLE).op("MATCH")(text.clauses.clauses[1])
-    return (select(what).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
+    return (select(*what).select_from(fts.join(Adapter, col(Adapter.id) == fts.c.rowid))
             .where(match, *(OffIndex(like_scan(c)) for c in where)).limit(at_most))
 
 
