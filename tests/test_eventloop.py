@@ -63,11 +63,13 @@ def burst(url: str) -> None:
             conn.close()
 
 
-def serve_on_socket(app: FastAPI, sock: socket.socket):
-    """uvicorn serving ``app`` on a socket it is handed, as ``peft-hub serve`` runs it; returns (server, thread)."""
+def serve_on_socket(app: FastAPI, sock: socket.socket, workers: int = 1):
+    """uvicorn serving ``app`` on a socket it is handed, as ``peft-hub serve`` runs it (or each of
+    ``workers`` that share it); returns (server, thread)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", **server_options()))
+    options = server_options(workers)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 30, "server")
@@ -100,6 +102,27 @@ def test_a_burst_of_connections_is_taken_in_within_a_few_turns_of_a_busy_loop(li
         done.set()
     assert len(pings) == BURST
     assert max(pings) - min(pings) <= 6, f"busy turns between the first and the last request read: {pings}"
+
+
+def test_a_worker_sharing_its_socket_takes_a_few_connections_a_turn():
+    """One of several workers takes at most ``SHARED_BATCH`` connections a turn, so that the others
+    get theirs; the burst is still read within a few turns, not one a turn."""
+    from peft_hub.hub.eventloop import SHARED_BATCH
+
+    app, pings, done = busy_app()
+    sock = socket.create_server(("127.0.0.1", free_port()))
+    server, thread = serve_on_socket(app, sock, workers=2)
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        httpx.get(url + "/busy").raise_for_status()
+        burst(url)
+    finally:
+        done.set()
+        server.should_exit = True
+        thread.join(10)
+    turns = max(pings) - min(pings)
+    assert len(pings) == BURST
+    assert BURST // SHARED_BATCH - 1 <= turns <= BURST // SHARED_BATCH + 6, pings
 
 
 def test_the_eager_loop_is_uvloop_and_its_listener_goes_on_after_a_connection_that_left():

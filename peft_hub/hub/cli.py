@@ -146,7 +146,7 @@ def _serve_workers(settings, overrides: dict[str, Any], sock: socket.socket, wor
         os.environ["PEFT_HUB_SESSION_SECRET"] = secrets.token_urlsafe(32)
     proxies = settings.trusted_proxies
     config = Config(f"{__name__}:worker_app", factory=True, workers=workers, log_level=log_level,
-                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None, **server_options())
+                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None, **server_options(workers))
     answered = threading.Event()
 
     def announce_when_answering() -> None:

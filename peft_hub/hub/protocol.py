@@ -26,11 +26,13 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: te
               b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_MESSAGE), _MESSAGE))
 
 
-def server_options() -> dict[str, Any]:
+def server_options(workers: int = 1) -> dict[str, Any]:
     """What every uvicorn ``Config`` serving the hub takes: the bounded parser, or h11 with the same bound;
-    uvloop listening as asyncio does (:mod:`peft_hub.hub.eventloop`), or uvicorn's choice without uvloop."""
+    uvloop taking in waiting connections as asyncio does (:mod:`peft_hub.hub.eventloop`; a few a turn
+    for each of several ``workers`` on one socket), or uvicorn's choice without uvloop."""
     http = "h11" if HttpToolsProtocol is None else f"{__name__}:BoundedHttpTools"
-    loop = "auto" if find_spec("uvloop") is None else "peft_hub.hub.eventloop:EagerLoop"
+    loop = "auto" if find_spec("uvloop") is None else \
+        f"peft_hub.hub.eventloop:{'EagerLoop' if workers <= 1 else 'SharingLoop'}"
     return {"http": http, "h11_max_incomplete_event_size": HEAD_MAX, "loop": loop}
 
 
