@@ -12,7 +12,10 @@ Our pull is timed twice: into the cache (one copy of the bytes written, as
 ``download_file`` writes one), and with ``-o`` from an empty cache (two
 copies: the cache's and the output directory's, written as the bytes arrive).
 Each pull side also prints this process's CPU seconds (median): on shared
-cores it is steadier than the wall clock.
+cores it is steadier than the wall clock. boto3 never ``fsync``s what it
+downloads; a pull does, before the cache's rename: a reference line times
+boto3's download with an ``fsync`` after it (the target stays boto3's plain
+download).
 With ``--large-mb``, one large file (pushed in parts) is timed too, each
 side in a process of its own so that its peak RSS is its own.
 
@@ -66,7 +69,10 @@ def _cpu() -> float:
     return times.user + times.system
 
 
-def _boto(raw, config, weights: Path, key: str, dest: Path, ups: list, downs: list, cpu: list) -> None:
+def _boto(raw, config, weights: Path, key: str, dest: Path, ups: list, downs: list, cpu: list,
+          synced: list) -> None:
+    """Upload, download; then ``fsync`` the download, timed apart (``synced``: the download and its
+    ``fsync``), as a pull makes its cache's file durable before it renames it into place."""
     t = time.perf_counter()
     raw.upload_file(str(weights), "raw", key, Config=config)
     ups.append(time.perf_counter() - t)
@@ -74,6 +80,12 @@ def _boto(raw, config, weights: Path, key: str, dest: Path, ups: list, downs: li
     raw.download_file("raw", key, str(dest), Config=config)
     downs.append(time.perf_counter() - t)
     cpu.append(_cpu() - c)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    synced.append(time.perf_counter() - t)
 
 
 def _ours(client, into, adapter: Path, name: str, dest: Path, size: int, ups: list, downs: list, cpu: list,
@@ -121,13 +133,14 @@ def main() -> None:
         config = TransferConfig()  # boto3's defaults: 8 MB parts, 10 threads
         with live_hub(settings) as hub:
             boto_up, boto_down, hub_up, hub_down, boto_cpu, hub_cpu = [], [], [], [], [], []
-            out_down, out_cpu = [], []
+            out_down, out_cpu, boto_synced = [], [], []
             for i, adapter in enumerate(adapters):
                 weights = adapter / "adapter_model.safetensors"
                 client = HubClient(hub.url, token, cache_dir=work / f"cache{i}")
                 into = HubClient(hub.url, token, cache_dir=work / f"ocache{i}")
 
-                sides = [(_boto, (raw, config, weights, f"obj{i}", work / f"raw{i}", boto_up, boto_down, boto_cpu)),
+                sides = [(_boto, (raw, config, weights, f"obj{i}", work / f"raw{i}", boto_up, boto_down, boto_cpu,
+                                  boto_synced)),
                          (_ours, (client, into, adapter, f"admin/bench{i}", work / f"pulled{i}", size, hub_up,
                                   hub_down, hub_cpu, out_down, out_cpu))]
                 for side, side_args in sides if i % 2 == 0 else sides[::-1]:
@@ -152,6 +165,9 @@ def main() -> None:
     print(f"  peft-hub pull        {mb / med(hub_down):8.1f} MB/s   "
           f"ratio {med(boto_down) / med(hub_down):.2f}x  (target >= 0.9x)   CPU {med(hub_cpu):.2f} s "
           f"(into the cache: one copy, sha256 as bytes arrive)")
+    print(f"  boto3 + fsync        {mb / med(boto_synced):8.1f} MB/s   "
+          f"ratio {med(boto_synced) / med(hub_down):.2f}x  (a reference: the download made durable, as a pull's "
+          f"cache file is)")
     print(f"  peft-hub pull -o     {mb / med(out_down):8.1f} MB/s   "
           f"ratio {med(boto_down) / med(out_down):.2f}x                   CPU {med(out_cpu):.2f} s "
           f"(an empty cache: two copies, the cache's and -o's)")

@@ -63,43 +63,44 @@ def burst(url: str) -> None:
             conn.close()
 
 
-def serve_on_socket(app: FastAPI, sock: socket.socket, workers: int = 1):
-    """uvicorn serving ``app`` on a socket it is handed, as ``peft-hub serve`` runs it (or each of
-    ``workers`` that share it); returns (server, thread)."""
+def burst_on_socket(workers: int = 1) -> tuple[list[int], socket.socket]:
+    """:func:`burst` against :func:`busy_app` served by uvicorn on a socket it is handed, as ``peft-hub
+    serve`` runs it (or each of ``workers`` sharing it), then shut down; the pings, and the socket."""
     import uvicorn
 
-    options = server_options(workers)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", **options))
+    app, pings, done = busy_app()
+    sock = socket.create_server(("127.0.0.1", free_port()))
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", **server_options(workers))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    wait_until(lambda: server.started, 30, "server")
-    return server, thread
+    try:
+        wait_until(lambda: server.started, 30, "server")
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        httpx.get(url + "/busy").raise_for_status()
+        burst(url)
+    finally:
+        done.set()
+        server.should_exit = True
+        thread.join(10)
+    return pings, sock
 
 
 @pytest.mark.parametrize("listener", ["handed a socket", "host and port"])
 def test_a_burst_of_connections_is_taken_in_within_a_few_turns_of_a_busy_loop(listener):
     """libuv accepts one connection per turn of its loop: with 10 ms turns, the last of 24 new
     connections would be read some 24 turns after the first. Here they all are within a few."""
-    app, pings, done = busy_app()
-    try:
-        if listener == "host and port":
+    if listener == "host and port":
+        app, pings, done = busy_app()
+        try:
             with serve_in_thread(app, "busy app", **server_options()) as url:
                 httpx.get(url + "/busy").raise_for_status()
                 burst(url)
-        else:
-            sock = socket.create_server(("127.0.0.1", free_port()))
-            server, thread = serve_on_socket(app, sock)
-            try:
-                url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-                httpx.get(url + "/busy").raise_for_status()
-                burst(url)
-            finally:
-                done.set()
-                server.should_exit = True
-                thread.join(10)
-            assert sock.fileno() == -1, "the listener is closed on shutdown"
-    finally:
-        done.set()
+        finally:
+            done.set()
+    else:
+        pings, sock = burst_on_socket()
+        assert sock.fileno() == -1, "the listener is closed on shutdown"
     assert len(pings) == BURST
     assert max(pings) - min(pings) <= 6, f"busy turns between the first and the last request read: {pings}"
 
@@ -109,17 +110,7 @@ def test_a_worker_sharing_its_socket_takes_a_few_connections_a_turn():
     get theirs; the burst is still read within a few turns, not one a turn."""
     from peft_hub.hub.eventloop import SHARED_BATCH
 
-    app, pings, done = busy_app()
-    sock = socket.create_server(("127.0.0.1", free_port()))
-    server, thread = serve_on_socket(app, sock, workers=2)
-    try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        httpx.get(url + "/busy").raise_for_status()
-        burst(url)
-    finally:
-        done.set()
-        server.should_exit = True
-        thread.join(10)
+    pings, _ = burst_on_socket(workers=2)
     turns = max(pings) - min(pings)
     assert len(pings) == BURST
     assert BURST // SHARED_BATCH - 1 <= turns <= BURST // SHARED_BATCH + 6, pings
