@@ -132,3 +132,53 @@ def test_the_eager_loop_is_uvloop_and_its_listener_goes_on_after_a_connection_th
             conn.close()
         assert httpx.get(url + "/ping").status_code == 200
     assert pings == [0]
+
+
+RESOURCE_LIMITED = r'''
+import os, resource, socket, uvicorn
+from fastapi import FastAPI
+from peft_hub.hub.protocol import server_options
+
+app = FastAPI()
+
+@app.get("/ping")
+async def ping() -> dict:
+    return {}
+
+sock = socket.create_server(("127.0.0.1", 0))
+config = uvicorn.Config(app, log_level="critical", lifespan="off", **server_options())
+config.load()
+# The loop's own descriptors are made at its start: leave room for them, and for a few connections.
+limit = len(os.listdir("/proc/self/fd")) + 24
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(sock.getsockname()[1], flush=True)
+uvicorn.Server(config).run(sockets=[sock])
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_a_listener_out_of_file_descriptors_rests_and_then_serves_again():
+    """Past the process's descriptor limit, accept fails with EMFILE: the listener says so, stops
+    for a second (it would spin otherwise: the socket stays readable), and takes connections again
+    once descriptors are free."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", RESOURCE_LIMITED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}/ping"
+        wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 30, "limited server")
+        held = []
+        for _ in range(64):  # more than the limit leaves: the kernel completes them, the server cannot take them
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            held[-1].sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.5)
+        for conn in held:
+            conn.close()
+        # Freed: within a few of the listener's rests, a new connection is answered.
+        wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 30, "the server after EMFILE")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Too many open files" in err and "trying again in 1 s" in err, err[-2000:]
