@@ -136,6 +136,79 @@ def test_warm_metadata_reads_run_on_the_loop_and_cold_ones_in_a_thread(embedded_
         assert on_loop == [True], f"{label}: a warm read takes no thread"
 
 
+def test_a_burst_that_misses_one_entry_takes_one_thread_and_the_rest_wait_on_the_loop(embedded_hub, tmp_path):
+    """16 reads of a repo whose entry a write just made stale, all at once: the first reads the rows
+    in a worker thread, the others wait for it on the loop and answer from what it put."""
+    from peft_hub.hub.routes.adapters import _detail
+
+    hub = embedded_hub
+    sha = _push(hub, tmp_path, "admin/herd", CARD)
+    engine = hub.app.state.engine
+    app = FastAPI()
+    app.state.engine = engine
+    request = Request({"type": "http", "method": "GET", "app": app, "headers": [], "path": "/", "query_string": b""})
+    main, in_threads = threading.current_thread(), []
+
+    def traced(session, *args):
+        if threading.current_thread() is not main:
+            in_threads.append(1)
+        return _detail(session, *args)
+
+    async def burst():
+        answers = []
+
+        async def one():
+            answers.append(await hot.answer(request, traced, None, "admin", "herd", sha, False))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(16):
+                group.start_soon(one)
+        return answers
+
+    cache.of(engine).bump({"auth", "repo"})
+    answers = anyio.run(burst)
+    assert len(answers) == 16 and all(a == answers[0] for a in answers)
+    assert in_threads == [1], f"{len(in_threads)} worker threads read the same rows"
+
+
+def test_a_burst_with_a_token_not_cached_reads_it_in_one_thread(embedded_hub, monkeypatch):
+    """The same for the caller's token: 16 requests at once after its entry went stale, one lookup."""
+    from peft_hub.hub import deps
+
+    hub = embedded_hub
+    reads, read = [], deps._read_principal
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(deps, "_read_principal", counted)
+    headers = [(b"authorization", f"Bearer {hub.admin_token}".encode())]
+    scope = {"type": "http", "method": "GET", "app": hub.app, "headers": headers, "path": "/", "query_string": b"",
+             "client": ("127.0.0.1", 1)}
+
+    async def burst():
+        found = []
+
+        async def one():
+            found.append(await deps.request_principal(Request(scope)))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(16):
+                group.start_soon(one)
+        return found
+
+    async def single():
+        return await deps.request_principal(Request(scope))
+
+    anyio.run(single)  # the token's use is recorded now: the burst's lookup writes nothing (which would
+    reads.clear()      # make its own result stale)
+    cache.of(hub.app.state.engine).bump({"auth"})
+    found = anyio.run(burst)
+    assert len(found) == 16 and {p.user.name for p in found} == {"admin"}
+    assert reads == [1], f"{len(reads)} worker threads read the same token"
+
+
 def test_a_quick_resolve_still_holds_a_storage_slot(embedded_hub, tmp_path):
     hub = embedded_hub
     sha = _push(hub, tmp_path, "admin/slot", CARD)

@@ -20,6 +20,7 @@ cached rows each request, and a token's expiry is checked at use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -28,7 +29,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -103,6 +104,8 @@ class HubCache:
         self._fresh_items = fresh_items
         #: Loads under way: key -> (the loading thread, set when it is done).
         self._flights: dict[tuple[str, Hashable], tuple[int, threading.Event]] = {}
+        #: Loads that a request on an event loop sent to a worker thread: key -> done when it returns.
+        self._loop_flights: dict[tuple[str, Hashable], asyncio.Future[None]] = {}
         self._lock = threading.Lock()
 
     # --- fixed: immutable data ------------------------------------------------
@@ -141,11 +144,14 @@ class HubCache:
             return None
         with self._lock:
             entry = self._fresh.get((kind, key))
-            if entry is None:
-                return None
             now = time.monotonic()
-            if entry.generation != self.generations[kind] or now >= entry.expires:
+            if entry is not None and (entry.generation != self.generations[kind] or now >= entry.expires):
                 del self._fresh[(kind, key)]
+                entry = None
+            if entry is None:
+                missed = _misses.get()
+                if missed is not None:
+                    missed.append((kind, key))
                 return None
             if now < entry.refresh_at:
                 return entry.value
@@ -201,6 +207,39 @@ class HubCache:
                     return entry.value
         return self._read_and_put(kind, key, read)
 
+    # --- on the event loop: one worker thread per missing key ---------------------
+
+    async def wait_for_load(self, missed: Misses) -> bool:
+        """Whether another request on this event loop is loading one of ``missed`` (keys
+        :func:`noting_misses` noted) in a worker thread; if so, wait for it, at most
+        :data:`LOAD_WAIT` seconds, so that this request can be answered from what it put."""
+        loop = asyncio.get_running_loop()
+        flight = next((f for f in map(self._loop_flights.get, missed)
+                       if f is not None and not f.done() and f.get_loop() is loop), None)
+        if flight is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(flight), LOAD_WAIT)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def loading(self, missed: Misses) -> AsyncIterator[None]:
+        """Around a worker thread's run that loads ``missed``: other requests on this event loop
+        that miss them wait for it (:meth:`wait_for_load`) instead of each taking a thread."""
+        loop = asyncio.get_running_loop()
+        mine = []
+        for key in missed:
+            if key not in self._loop_flights or self._loop_flights[key].done():
+                self._loop_flights[key] = flight = loop.create_future()
+                mine.append((key, flight))
+        try:
+            yield
+        finally:
+            for key, flight in mine:
+                if self._loop_flights.get(key) is flight:
+                    del self._loop_flights[key]
+                flight.set_result(None)
+
     def _read_and_put(self, kind: str, key: Hashable, read: Callable[[], T]) -> T:
         generation = self.generation(kind)
         value = read()
@@ -234,6 +273,22 @@ def claiming(claims: Claims) -> Iterator[None]:
         yield
     finally:
         _claims.reset(token)
+
+
+#: The keys that lookups found missing or stale (see :func:`noting_misses`).
+Misses = list[tuple[str, Hashable]]
+_misses: ContextVar[Misses | None] = ContextVar("peft_hub_cache_misses", default=None)
+
+
+@contextmanager
+def noting_misses(missed: Misses) -> Iterator[None]:
+    """Note in ``missed`` each key a lookup in the block finds missing or stale (not one it
+    merely claims to refresh ahead: the others still have that), for :meth:`HubCache.wait_for_load`."""
+    token = _misses.set(missed)
+    try:
+        yield
+    finally:
+        _misses.reset(token)
 
 
 def _on_event_loop() -> bool:

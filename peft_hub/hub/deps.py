@@ -152,11 +152,17 @@ async def request_principal(request: Request) -> Principal | None:
     answers. The principal's rows are detached: their columns stay readable,
     and writes name them by id."""
     claims: cache.Claims = set()  # a refresh the lookup on the loop claims is reloaded by the thread's
-    with cache.claiming(claims):
-        principal = fast_principal(request, bearer_token(request))
+    hub_cache, missed = cache.of(request.app.state.engine), cache.Misses()
+    token = bearer_token(request)
+    with cache.claiming(claims), cache.noting_misses(missed):
+        principal = fast_principal(request, token)
+    if principal is None and await hub_cache.wait_for_load(missed):  # another request reads this token's rows
+        with cache.claiming(claims):
+            principal = fast_principal(request, token)
     if principal is not None:
         return principal
-    return await run_in_threadpool(_read_principal, request, claims)
+    async with hub_cache.loading(missed):
+        return await run_in_threadpool(_read_principal, request, claims)
 
 
 def _read_principal(request: Request, claims: cache.Claims) -> Principal | None:

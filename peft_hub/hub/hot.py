@@ -91,17 +91,31 @@ async def answer(request: Request, work: Callable[..., T], *args: Any, store_slo
     Both runs share one set of refresh claims (``cache.claiming``): an entry
     near its expiry that the run on the loop chose to reload ahead (so it
     missed) is reloaded by the run in the thread too, not taken as valid.
+
+    A burst of requests that miss the same expired entry takes one thread:
+    the first loads it, and the others wait on the loop for that load
+    (``HubCache.wait_for_load``, at most ``cache.LOAD_WAIT``) and run again
+    from the caches; one that still misses takes a thread of its own.
     """
     claims: cache.Claims = set()
-    try:
-        with cache.claiming(claims):
-            return work(CacheOnly(request.app.state.engine), *args)
-    except NeedsDatabase:
-        pass
-    if not store_slot:
-        return await run_in_threadpool(in_session, request, work, *args, claims=claims)
-    async with storage_slot(request.app.state):
-        return await run_in_threadpool(in_session, request, work, *args, claims=claims)
+    engine = request.app.state.engine
+    hub_cache, missed = cache.of(engine), cache.Misses()
+    for first in (True, False):
+        try:
+            with cache.claiming(claims), cache.noting_misses(missed):
+                return work(CacheOnly(engine), *args)
+        except NeedsDatabase:
+            pass
+        # What this run missed, another request may be loading already: then wait for it, and run
+        # again from the caches (once), rather than take a thread of our own to read the same rows.
+        if not (first and await hub_cache.wait_for_load(missed)):
+            break
+        missed = cache.Misses()
+    async with hub_cache.loading(missed):
+        if not store_slot:
+            return await run_in_threadpool(in_session, request, work, *args, claims=claims)
+        async with storage_slot(request.app.state):
+            return await run_in_threadpool(in_session, request, work, *args, claims=claims)
 
 
 def in_session(request: Request, work: Callable[..., T], *args: Any, claims: cache.Claims | None = None) -> T:
