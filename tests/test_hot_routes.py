@@ -209,6 +209,34 @@ def test_a_burst_with_a_token_not_cached_reads_it_in_one_thread(embedded_hub, mo
     assert reads == [1], f"{len(reads)} worker threads read the same token"
 
 
+def test_an_anonymous_caller_is_known_without_a_thread(embedded_hub, monkeypatch):
+    """No bearer token and no session cookie on a safe method: anonymous, on the loop. A cookie on a
+    GET is looked up (in a thread); on a POST it counts for nothing, as before."""
+    from peft_hub.hub import deps
+
+    hub, reads, read = embedded_hub, [], deps._read_principal
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(deps, "_read_principal", counted)
+
+    def principal(method: str, headers: list) -> object:
+        scope = {"type": "http", "method": method, "app": hub.app, "headers": headers, "path": "/",
+                 "query_string": b"", "client": ("127.0.0.1", 1)}
+
+        async def run():
+            return await deps.request_principal(Request(scope))
+
+        return anyio.run(run)
+
+    cookie = [(b"cookie", f"{deps.SESSION_COOKIE}=unknown".encode())]
+    assert principal("GET", []) is None and principal("POST", cookie) is None and reads == []
+    assert principal("GET", cookie) is None and reads == [1]
+    assert principal("GET", [(b"authorization", f"Bearer {hub.admin_token}".encode())]).user.name == "admin"
+
+
 def test_a_quick_resolve_still_holds_a_storage_slot(embedded_hub, tmp_path):
     hub = embedded_hub
     sha = _push(hub, tmp_path, "admin/slot", CARD)

@@ -149,11 +149,14 @@ def fast_principal(request: Request, token: str | None) -> Principal | None:
 async def request_principal(request: Request) -> Principal | None:
     """:func:`get_principal` in a short session, closed before the route runs
     (and before its body is read), in a worker thread unless the cache
-    answers. The principal's rows are detached: their columns stay readable,
+    answers or the caller is anonymous (no bearer token, and no session
+    cookie on a safe method). The principal's rows are detached: their columns stay readable,
     and writes name them by id."""
+    token = bearer_token(request)
+    if not token and not (request.method in SAFE_METHODS and request.cookies.get(SESSION_COOKIE)):
+        return None  # anonymous: what get_principal finds without a statement, here without a thread
     claims: cache.Claims = set()  # a refresh the lookup on the loop claims is reloaded by the thread's
     hub_cache, missed = cache.of(request.app.state.engine), cache.Misses()
-    token = bearer_token(request)
     with cache.claiming(claims), cache.noting_misses(missed):
         principal = fast_principal(request, token)
     if principal is None and await hub_cache.wait_for_load(missed):  # another request reads this token's rows
