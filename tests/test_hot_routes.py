@@ -237,6 +237,33 @@ def test_an_anonymous_caller_is_known_without_a_thread(embedded_hub, monkeypatch
     assert principal("GET", [(b"authorization", f"Bearer {hub.admin_token}".encode())]).user.name == "admin"
 
 
+def test_an_anonymous_hf_caller_is_known_without_a_thread(embedded_hub, monkeypatch):
+    """The HF routes' caller the same way; a token that is not a peft-hub one counts as none."""
+    from peft_hub.hub.hf import access
+
+    hub, reads, read = embedded_hub, [], access.read_hf_principal
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(access, "read_hf_principal", counted)
+
+    def principal(headers: list) -> object:
+        scope = {"type": "http", "method": "GET", "app": hub.app, "headers": headers, "path": "/",
+                 "query_string": b"", "client": ("127.0.0.1", 1)}
+
+        async def run():
+            return await access.hf_principal(Request(scope))
+
+        return anyio.run(run)
+
+    assert principal([]) is None and principal([(b"authorization", b"Bearer hf_abc")]) is None and reads == []
+    cookie = [(b"cookie", b"peft_hub_session=unknown")]
+    assert principal(cookie) is None and reads == [1]
+    assert principal([(b"authorization", f"Bearer {hub.admin_token}".encode())]).user.name == "admin"
+
+
 def test_a_quick_resolve_still_holds_a_storage_slot(embedded_hub, tmp_path):
     hub = embedded_hub
     sha = _push(hub, tmp_path, "admin/slot", CARD)

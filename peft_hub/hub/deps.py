@@ -7,7 +7,7 @@ web session cookie, which holds a random id of a server-side ``WebSession``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -149,12 +149,28 @@ def fast_principal(request: Request, token: str | None) -> Principal | None:
 async def request_principal(request: Request) -> Principal | None:
     """:func:`get_principal` in a short session, closed before the route runs
     (and before its body is read), in a worker thread unless the cache
-    answers or the caller is anonymous (no bearer token, and no session
-    cookie on a safe method). The principal's rows are detached: their columns stay readable,
-    and writes name them by id."""
-    token = bearer_token(request)
-    if not token and not (request.method in SAFE_METHODS and request.cookies.get(SESSION_COOKIE)):
-        return None  # anonymous: what get_principal finds without a statement, here without a thread
+    answers or the caller is anonymous (:func:`principal_on_loop`). The
+    principal's rows are detached: their columns stay readable, and writes
+    name them by id."""
+    return await principal_on_loop(request, bearer_token(request), _read_principal)
+
+
+def anonymous(request: Request, token: str | None) -> bool:
+    """No bearer token, and no session cookie on a safe method: no one, as
+    :func:`get_principal` would find without running a statement."""
+    return not token and not (request.method in SAFE_METHODS and request.cookies.get(SESSION_COOKIE))
+
+
+async def principal_on_loop(
+    request: Request, token: str | None, read: Callable[[Request, cache.Claims], Principal | None],
+) -> Principal | None:
+    """The caller with ``token``: None when :func:`anonymous`, else from the
+    cache on the event loop (:func:`fast_principal`), else ``read(request,
+    claims)`` in a worker thread. Requests that miss the same token's entry
+    at once take one thread: the others wait for its load on the loop
+    (``HubCache.wait_for_load``) and look again."""
+    if anonymous(request, token):
+        return None
     claims: cache.Claims = set()  # a refresh the lookup on the loop claims is reloaded by the thread's
     hub_cache, missed = cache.of(request.app.state.engine), cache.Misses()
     with cache.claiming(claims), cache.noting_misses(missed):
@@ -165,7 +181,7 @@ async def request_principal(request: Request) -> Principal | None:
     if principal is not None:
         return principal
     async with hub_cache.loading(missed):
-        return await run_in_threadpool(_read_principal, request, claims)
+        return await run_in_threadpool(read, request, claims)
 
 
 def _read_principal(request: Request, claims: cache.Claims) -> Principal | None:

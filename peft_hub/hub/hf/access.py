@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from peft_hub.errors import AdapterNotFoundError, AuthenticationError, InvalidNameError
-from peft_hub.hub import crud
+from peft_hub.hub import cache, crud
 from peft_hub.hub.auth import PREFIX, Principal
 from peft_hub.hub.crud import views
 from peft_hub.hub.crud.views import RepoView
-from peft_hub.hub.deps import authenticate_request, bearer_token, cookie_principal, fast_principal, short_session
+from peft_hub.hub.deps import authenticate_request, bearer_token, cookie_principal, principal_on_loop, short_session
 from peft_hub.hub.models import Adapter
 from peft_hub.names import validate_repo_id
 
@@ -23,15 +22,14 @@ INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 async def hf_principal(request: Request) -> Principal | None:
-    """:func:`read_hf_principal`, in a worker thread unless the cache answers."""
+    """:func:`read_hf_principal`, in a worker thread unless the cache answers or the caller is
+    anonymous (``deps.principal_on_loop``; a token that is not a peft-hub one counts as none)."""
     token = bearer_token(request)
-    principal = fast_principal(request, token if token and token.startswith(PREFIX) else None)
-    if principal is not None:
-        return principal
-    return await run_in_threadpool(read_hf_principal, request)
+    return await principal_on_loop(request, token if token and token.startswith(PREFIX) else None,
+                                   read_hf_principal)
 
 
-def read_hf_principal(request: Request) -> Principal | None:
+def read_hf_principal(request: Request, claims: cache.Claims | None = None) -> Principal | None:
     """The caller, from ``Authorization: Bearer``, found in a short session
     of its own (see ``deps.request_principal``).
 
@@ -43,7 +41,7 @@ def read_hf_principal(request: Request) -> Principal | None:
     token = bearer_token(request)
     if token and not token.startswith(PREFIX):
         return None
-    with short_session(request) as session:
+    with cache.claiming(set() if claims is None else claims), short_session(request) as session:
         if not token:
             return cookie_principal(request, session)  # a signed-in browser, for reads
         try:
