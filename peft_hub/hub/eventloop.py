@@ -52,6 +52,8 @@ class EagerServer(asyncio.AbstractServer):
         self._loop, self._factory, self._sock = loop, protocol_factory, sock
         self._batch = max(1, backlog if batch is None else min(batch, backlog))
         self._serving = False
+        #: The connections being handed to uvloop: the loop keeps only weak references to tasks.
+        self._handing: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         sock.listen(max(1, backlog))
         self._start()
@@ -75,7 +77,9 @@ class EagerServer(asyncio.AbstractServer):
                 self._loop.call_later(RETRY_DELAY, self._start)
                 return
             conn.setblocking(False)
-            self._loop.create_task(self._connect(conn))
+            task = self._loop.create_task(self._connect(conn))
+            self._handing.add(task)
+            task.add_done_callback(self._handing.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
