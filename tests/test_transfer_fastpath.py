@@ -10,6 +10,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from peft_hub.client.cache import BlobCache
 from peft_hub.client.download import download
 from peft_hub.client.multipart import part_digests
 from peft_hub.client.names import BlobChangedError
-from peft_hub.errors import ChecksumMismatchError, PeftHubError
+from peft_hub.errors import ChecksumMismatchError, PeftHubError, StorageError
 from peft_hub.outdir import plan_output
 from peft_hub.progress import tqdm
 
@@ -435,3 +436,116 @@ def test_pull_o_writes_downloads_once_and_hashes_cached_copies(tmp_path, monkeyp
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             assert (out / name).read_bytes() == (adapter / name).read_bytes()
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no staging directory left
+
+
+# --- small files beside the weights ---------------------------------------------
+
+
+def _sizes(monkeypatch) -> None:
+    from peft_hub.client import ranged
+
+    monkeypatch.setattr(ranged, "MIN_SIZE", 100)
+
+
+def test_small_files_are_fetched_while_a_large_one_is(monkeypatch):
+    from peft_hub.client.download import fetch_all
+
+    _sizes(monkeypatch)
+    started, log = threading.Event(), []
+
+    def fetch(f):
+        name, size = f
+        log.append((name, threading.current_thread().name))
+        if size < 100:
+            started.set()
+        else:  # fetched one after the other, the small file would start only after this one
+            assert started.wait(10), "the small file did not start while the large one was in flight"
+
+    fetch_all(fetch, [("a.json", 10), ("w.safetensors", 1000), ("z.md", 20)], lambda f: f[1])
+    assert sorted(n for n, _ in log) == ["a.json", "w.safetensors", "z.md"]
+    main = threading.current_thread().name
+    assert {n: t == main for n, t in log} == {"a.json": False, "w.safetensors": True, "z.md": False}
+    assert [n for n, _ in log if n != "w.safetensors"] == ["a.json", "z.md"]  # in order, on one thread
+
+
+def test_a_large_files_failure_stops_the_small_ones_and_waits_for_them(monkeypatch):
+    from peft_hub.client.download import fetch_all
+
+    _sizes(monkeypatch)
+    in_flight, finished, fetched = threading.Event(), threading.Event(), []
+
+    def fetch(f):
+        name, size = f
+        if size >= 100:
+            assert in_flight.wait(10)
+            raise StorageError("the weights broke")
+        if name == "a.json":
+            in_flight.set()
+            time.sleep(0.2)  # still being written when the large one fails
+            finished.set()
+        fetched.append(name)
+
+    with pytest.raises(StorageError, match="the weights broke"):
+        fetch_all(fetch, [("a.json", 10), ("b.json", 10), ("w.safetensors", 1000)], lambda f: f[1])
+    assert finished.is_set()  # raised only once the small file in flight had ended
+    assert fetched == ["a.json"]  # the next small one was never started
+
+
+def test_a_small_files_failure_is_raised_after_the_large_ones(monkeypatch):
+    from peft_hub.client.download import fetch_all
+
+    _sizes(monkeypatch)
+    done = []
+
+    def fetch(f):
+        name, size = f
+        if size < 100:
+            raise ChecksumMismatchError(f"{name} is wrong")
+        time.sleep(0.05)
+        done.append(name)
+
+    with pytest.raises(ChecksumMismatchError, match="a.json is wrong"):
+        fetch_all(fetch, [("a.json", 10), ("w.safetensors", 1000), ("x.safetensors", 1000)], lambda f: f[1])
+    assert done == ["w.safetensors", "x.safetensors"]
+
+
+@pytest.mark.parametrize("sizes", [(10, 20), (1000, 2000)])
+def test_files_all_small_or_all_large_are_fetched_here_in_order(monkeypatch, sizes):
+    from peft_hub.client.download import fetch_all
+
+    _sizes(monkeypatch)
+    log = []
+    fetch_all(lambda f: log.append((f, threading.current_thread().name)), list(sizes), lambda f: f)
+    assert log == [(s, threading.current_thread().name) for s in sizes]
+
+
+@pytest.mark.integration
+def test_a_pull_fetches_the_config_while_the_weights_arrive(tmp_path, monkeypatch):
+    """Through a live hub: the weights' download waits for the config's to begin, which it
+    could not if the files came one after the other; both land, verified, in the output."""
+    from conftest import make_settings
+    from services import live_hub
+
+    from peft_hub.client import HubClient, api, ranged
+
+    monkeypatch.setattr(ranged, "MIN_SIZE", 1024 * 1024)
+    adapter = _rank8_adapter(tmp_path / "a", width=65536, seed=1)
+    config_started, threads = threading.Event(), {}
+    real = api.download
+
+    def download(session, url, sha256, size, *args, **kwargs):
+        threads[url.rsplit("/", 1)[1]] = threading.current_thread().name
+        if size < ranged.MIN_SIZE:
+            config_started.set()
+        else:
+            assert config_started.wait(10), "the config was not fetched beside the weights"
+        return real(session, url, sha256, size, *args, **kwargs)
+
+    monkeypatch.setattr(api, "download", download)
+    with live_hub(make_settings("embedded", tmp_path, None)) as hub:
+        HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c0").push(adapter, name="admin/beside")
+        pulled = HubClient(hub.url, hub.admin_token, cache_dir=tmp_path / "c1").pull("admin/beside", tmp_path / "out")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (pulled.path / name).read_bytes() == (adapter / name).read_bytes()
+    assert threads["adapter_model.safetensors"] == threading.current_thread().name
+    assert threads["adapter_config.json"].startswith("pull-small")

@@ -14,13 +14,13 @@ from peft_hub.adapter import FileEntry
 from peft_hub.client.admin_api import AdminMixin
 from peft_hub.client.assemble import assemble, links
 from peft_hub.client.cache import BlobCache, check_staged, fingerprint
-from peft_hub.client.download import download
+from peft_hub.client.download import download, fetch_all
 from peft_hub.client.http import build_session, json_body, send
 from peft_hub.client.multipart import PART_BYTES, MultipartTarget, UploadState, send_in_parts, wanted, without
 from peft_hub.client.names import REVISION_RE, BlobChangedError, check_revision
 from peft_hub.client.repo_api import RepoMixin
 from peft_hub.client.retry import RetryPolicy
-from peft_hub.client.transfers import UploadTarget, remote_manifest, upload, upload_plan
+from peft_hub.client.transfers import RemoteFile, UploadTarget, remote_manifest, upload, upload_plan
 from peft_hub.errors import (
     AuthenticationError,
     ConflictError,
@@ -337,13 +337,17 @@ class HubClient(RepoMixin, AdminMixin):
             try:
                 with tqdm(total=sum(f.size for f in missing), unit="B", unit_scale=True,
                           desc=f"pull {ref.repo_id}") as bar:
-                    for f in missing:
+
+                    def fetch(f: RemoteFile, bar: tqdm = bar, staging: Path | None = staging,
+                              written: dict = written) -> None:
                         url = f"/api/adapters/{ref.repo_id}/resolve/{revision}/{quote(f.path, safe='')}"
                         mirror = None if staging is None else staging / f.path
                         download(self.http, url, f.sha256, f.size, self.cache, bar, name=f"{label}: {f.path}",
                                  retry=self.retry, mirror=mirror)
                         if mirror is not None:
                             written[f.path] = fingerprint(mirror)
+
+                    fetch_all(fetch, missing, lambda f: f.size)  # small files beside the weights
                 blobs = {f.path: self.cache.blob_path(f.sha256) for f in files if f.path not in written}
                 if out is None:
                     target = self.cache.snapshot_path(ref.repo_id, revision)

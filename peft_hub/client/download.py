@@ -16,11 +16,12 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import httpx
 
@@ -42,6 +43,8 @@ from peft_hub.progress import tqdm
 from peft_hub.staging import delete
 
 MAX_REDIRECTS = 5
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -220,6 +223,42 @@ def download(
         finally:
             fetch.digest.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fetch_all(fetch: Callable[[T], object], files: Sequence[T], size: Callable[[T], int]) -> None:
+    """Call ``fetch`` on every file: the small ones (below :data:`ranged.MIN_SIZE`) one after
+    another on a thread of their own, while the large ones are fetched here, each in ranged
+    streams. A small file's round trips (resolve, redirect, GET, fsync) then no longer come
+    before the weights' first byte.
+
+    Errors: the first large file that fails stops the small ones after the one in flight
+    (which ends within its own retry policy: it is small), and its error is raised once that
+    thread has stopped, so nothing is written after this returns; a small file's error is
+    raised after the large ones are done. With only small or only large files, all are
+    fetched here, in order."""
+    small = [f for f in files if size(f) < ranged.MIN_SIZE]
+    if not small or len(small) == len(files):
+        for f in files:
+            fetch(f)
+        return
+    stop = threading.Event()
+
+    def small_ones() -> None:
+        for f in small:
+            if stop.is_set():
+                return
+            fetch(f)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pull-small") as pool:
+        beside = pool.submit(small_ones)
+        try:
+            for f in files:
+                if size(f) >= ranged.MIN_SIZE:
+                    fetch(f)
+        except BaseException:
+            stop.set()
+            raise
+        beside.result()
 
 
 @contextmanager
