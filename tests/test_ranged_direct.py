@@ -1,5 +1,5 @@
 """The ranged GETs to a presigned URL read into a buffer of their own
-(:mod:`peft_hub.client.rawget`) keep every guarantee of the httpx path,
+(:mod:`peft_hub.client.rawhttp`) keep every guarantee of the httpx path,
 against real sockets: exact ranges, resumed cuts, a server that ignores
 ``Range``, short and long bodies, wrong Content-Range, TLS verified as the
 session configures it, proxies from the environment (httpx carries those)."""
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from peft_hub.client import ranged, rawget
+from peft_hub.client import ranged, rawhttp
 from peft_hub.client.cache import BlobCache
 from peft_hub.client.download import download
 from peft_hub.client.http import _transport, build_session
@@ -94,8 +94,8 @@ def small_ranges(monkeypatch):
     monkeypatch.setattr(ranged, "PART", 40_000)
     monkeypatch.setattr(ranged, "_READ", 16 * 1024 + 1)  # several reads per span, none aligned to it
     used: list = []
-    real = rawget.Response.readinto
-    monkeypatch.setattr(rawget.Response, "readinto", lambda self, view: used.append(1) or real(self, view))
+    real = rawhttp.Response.readinto
+    monkeypatch.setattr(rawhttp.Response, "readinto", lambda self, view: used.append(1) or real(self, view))
     return used
 
 
@@ -228,17 +228,17 @@ def test_only_the_sessions_own_transport_without_proxies_takes_the_direct_path(m
                  "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     with build_session("http://hub.test", None) as session:
-        assert rawget.for_url(session, url) is not None
-        assert rawget.for_url(session, httpx.URL("ftp://store.test/x")) is None
+        assert rawhttp.for_url(session, url) is not None
+        assert rawhttp.for_url(session, httpx.URL("ftp://store.test/x")) is None
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     with build_session("http://hub.test", None, transport=mock) as session:
-        assert rawget.for_url(session, url) is None
+        assert rawhttp.for_url(session, url) is None
     # A proxy the session routes the URL through (a mount, as httpx makes for an environment proxy
     # when it builds its own transport) takes it: so does the pull, through httpx.
     proxy = httpx.HTTPTransport(proxy="http://proxy.test:3128")
     with httpx.Client(transport=_transport(), mounts={"all://store.test": proxy}) as session:
-        assert rawget.for_url(session, url) is None
-        assert rawget.for_url(session, httpx.URL("http://other.test/blob")) is not None
+        assert rawhttp.for_url(session, url) is None
+        assert rawhttp.for_url(session, httpx.URL("http://other.test/blob")) is not None
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +269,6 @@ def test_the_direct_path_itself_refuses_a_certificate_its_context_does_not_trust
     _, server_context = cert
     with _server(_store(b"x" * 10), server_context) as store:
         url = httpx.URL(f"https://127.0.0.1:{store.server_address[1]}/blob")
-        getter = rawget.Getter(url, httpx.Timeout(5), ssl.create_default_context())
+        direct = rawhttp.Direct(url, httpx.Timeout(5), ssl.create_default_context())
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
-            getter.open(httpx.Headers({"Range": "bytes=0-4"}))
+            direct.open(httpx.Headers({"Range": "bytes=0-4"}))

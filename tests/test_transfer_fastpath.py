@@ -305,21 +305,26 @@ def _rank8_adapter(adapter, *, width: int, seed: int):
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", ["embedded", "s3-postgres"])
 def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, request, backend):
-    """On SeaweedFS the ranges go to the presigned URL; on local files the hub answers them itself."""
+    """On SeaweedFS the ranges (and the push's PUTs) go to the presigned URL; on local files the hub
+    answers them itself."""
 
     from conftest import make_settings
     from services import live_hub
 
-    from peft_hub.client import HubClient, ranged, rawget
+    from peft_hub.client import HubClient, ranged, rawhttp
 
     monkeypatch.setattr(ranged, "MIN_SIZE", 1024 * 1024)
     monkeypatch.setattr(ranged, "PART", 256 * 1024 + 3)
     results: list = []
     real = ranged.fetch
     monkeypatch.setattr(ranged, "fetch", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
-    direct: list[int] = []  # bytes read into a stream's own buffer (rawget), not through httpx
-    read_into = rawget.Response.readinto
-    monkeypatch.setattr(rawget.Response, "readinto", lambda self, view: direct.append(n := read_into(self, view)) or n)
+    direct: list[int] = []  # bytes read into a stream's own buffer (rawhttp), not through httpx
+    read_into = rawhttp.Response.readinto
+    monkeypatch.setattr(rawhttp.Response, "readinto", lambda self, view: direct.append(n := read_into(self, view)) or n)
+    put: list[int] = []  # bytes of a PUT handed to the kernel (rawhttp), not through httpx
+    put_file = rawhttp.Direct.put_file
+    monkeypatch.setattr(rawhttp.Direct, "put_file", lambda self, h, fh, size, note: put.append(size) or put_file(
+        self, h, fh, size, note))
 
     adapter = _rank8_adapter(tmp_path / "a", width=65536, seed=0)
     with live_hub(make_settings(backend, tmp_path, request)) as hub:
@@ -331,6 +336,8 @@ def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, 
     assert results == [hashlib.sha256(weights).hexdigest()]  # fetched in ranges, not one stream
     # SeaweedFS's presigned ranges carry no token and take the direct path; the local hub's carry it and don't.
     assert (sum(direct) > len(weights) // 2) if backend == "s3-postgres" else direct == []
+    # So do the presigned PUTs of the push; the local hub's own upload URL carries the token, through httpx.
+    assert (len(weights) in put) if backend == "s3-postgres" else put == []
 
 
 # --- pull -o written as it arrives ----------------------------------------------

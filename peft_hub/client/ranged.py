@@ -10,7 +10,7 @@ the whole body (or refuses ranges) gets the single stream of
 exactly the range asked for is refused. Each range resumes from the bytes it holds when its connection
 is cut, and is retried per the pull's policy. Ranges sent without the token
 (to a presigned URL) are read into one preallocated buffer per stream by
-:mod:`peft_hub.client.rawget` where it can keep the session's promises, and
+:mod:`peft_hub.client.rawhttp` where it can keep the session's promises, and
 written and hashed from a view of it; elsewhere httpx carries them.
 
 The sha256 runs over the file in order. A block that arrives exactly where
@@ -45,7 +45,7 @@ from functools import partial
 import httpx
 
 from peft_hub import disk
-from peft_hub.client import rawget
+from peft_hub.client import rawhttp
 from peft_hub.client.http import raise_for_status
 from peft_hub.client.retry import RetryPolicy, transient
 from peft_hub.client.transfers import build_request
@@ -100,7 +100,7 @@ class _Ranges:
         a, b = self.spans[i]
         return {"Accept-Encoding": "identity", "Range": f"bytes={a + self.done[i]}-{b - 1}"}
 
-    def check(self, response: httpx.Response | rawget.Response, i: int) -> None:
+    def check(self, response: httpx.Response | rawhttp.Response, i: int) -> None:
         """Refuse any answer but exactly the bytes asked for."""
         a, b = self.spans[i]
         start = a + self.done[i]
@@ -118,7 +118,7 @@ class _Ranges:
             self.take(block, i)
         self.finish(i)
 
-    def read_into(self, response: rawget.Response, i: int, view: memoryview) -> None:
+    def read_into(self, response: rawhttp.Response, i: int, view: memoryview) -> None:
         """Like :meth:`write`, the body read into ``view`` and taken from it: no bytes objects."""
         a, b = self.spans[i]
         while (left := b - a - self.done[i]) > 0:
@@ -256,9 +256,9 @@ def fetch(session: httpx.Client, url: str, size: int, fd: int, bar: tqdm, *, ret
 
 def _work(session: httpx.Client, url: httpx.URL, auth: bool, state: _Ranges, retry: RetryPolicy) -> None:
     """Fetch ranges until none is left, each retried and resumed; without the token,
-    read into a buffer of this stream's own (:mod:`peft_hub.client.rawget`) where it can be."""
-    getter = None if auth else rawget.for_url(session, url)
-    view = memoryview(bytearray(_READ)) if getter is not None else None
+    read into a buffer of this stream's own (:mod:`peft_hub.client.rawhttp`) where it can be."""
+    direct = None if auth else rawhttp.for_url(session, url)
+    view = memoryview(bytearray(_READ)) if direct is not None else None
     try:
         while not state.stop.is_set():
             try:
@@ -272,16 +272,16 @@ def _work(session: httpx.Client, url: httpx.URL, auth: bool, state: _Ranges, ret
                         if not auth:
                             request.headers.pop("Authorization", None)
                             request.headers.pop("Cookie", None)
-                        if getter is not None and view is not None:
-                            _direct(getter, request, state, i, view)
+                        if direct is not None and view is not None:
+                            _direct(direct, request, state, i, view)
                         else:
                             _through_httpx(session, request, state, i)
             except BaseException:
                 state.halt()
                 raise
     finally:
-        if getter is not None:
-            getter.close()
+        if direct is not None:
+            direct.close()
 
 
 def _through_httpx(session: httpx.Client, request: httpx.Request, state: _Ranges, i: int) -> None:
@@ -294,9 +294,9 @@ def _through_httpx(session: httpx.Client, request: httpx.Request, state: _Ranges
         response.close()
 
 
-def _direct(getter: rawget.Getter, request: httpx.Request, state: _Ranges, i: int, view: memoryview) -> None:
+def _direct(direct: rawhttp.Direct, request: httpx.Request, state: _Ranges, i: int, view: memoryview) -> None:
     """One try of span ``i`` over the stdlib's connection; kept alive only after a complete answer."""
-    response = getter.open(request.headers)
+    response = direct.open(request.headers)
     done = False
     try:
         response.raise_for_status()

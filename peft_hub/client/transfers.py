@@ -23,6 +23,7 @@ import httpx
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
+from peft_hub.client import rawhttp
 from peft_hub.client.http import origin, raise_for_status, redact
 from peft_hub.client.multipart import MultipartTarget, parse_plan
 from peft_hub.client.names import check_revision, check_sha256
@@ -161,35 +162,52 @@ def upload(
 
     Retried as an idempotent request: the target is named by the blob's
     sha256, so the same bytes land under the same name however often they go.
+    A URL off the hub's origin carries no credentials, and its body is handed
+    to the kernel (:mod:`peft_hub.client.rawhttp`) where the session allows.
     """
     sent = 0
 
-    def chunks() -> Iterator[bytes]:
+    def note(n: int) -> None:
         nonlocal sent
+        sent += n
+        bar.update(n)
+
+    def chunks() -> Iterator[bytes]:
         with open(path, "rb") as fh:
             while block := fh.read(CHUNK):
-                sent += len(block)
-                bar.update(len(block))
+                note(len(block))
                 yield block
 
     headers = {**target.headers, "Content-Length": str(target.entry.size)}
+    direct = None
     try:
         for attempt in retry.retrying(lambda exc: transient(exc, idempotent=True)):
             with attempt:
                 bar.update(-sent)  # a new try sends the file from its start
                 sent = 0
-                request = build_request(session, target.method, target.url, content=chunks(), headers=headers)
-                response = session.send(request, stream=True)
+                if origin(target.url) != origin(session.base_url) and direct is None:
+                    direct = rawhttp.for_url(session, target.url)
+                if direct is not None:
+                    request = build_request(session, target.method, target.url, headers=headers)
+                    with open(path, "rb") as fh:
+                        answer: httpx.Response | rawhttp.Response = direct.put_file(
+                            request.headers, fh, target.entry.size, note)
+                else:
+                    request = build_request(session, target.method, target.url, content=chunks(), headers=headers)
+                    answer = session.send(request, stream=True)
                 try:
-                    if response.status_code == 412:  # If-None-Match: someone stored the same blob first
+                    if answer.status_code == 412:  # If-None-Match: someone stored the same blob first
                         return
                     # A redirect is never followed: the body would go, and the token, where the hub did not say.
-                    if response.is_redirect:
+                    if 300 <= answer.status_code < 400:
                         raise StorageError(
                             f"the upload of {path.name} to {redact(target.url)} was answered with a redirect"
                         )
-                    raise_for_status(response)
+                    answer.raise_for_status() if isinstance(answer, rawhttp.Response) else raise_for_status(answer)
                 finally:
-                    response.close()
+                    answer.close()
     except httpx.HTTPError as exc:
         raise HubUnreachableError(f"upload of {path.name} to {redact(target.url)} failed: {exc}") from None
+    finally:
+        if direct is not None:
+            direct.close()
