@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from peft_hub.client import HubClient
-from peft_hub.client.http import build_session, json_body, raise_for_status
-from peft_hub.client.transfers import MAX_REPO_FILES, absolute_url, build_request
+from peft_hub.client.http import build_request, build_session, json_body, raise_for_status
+from peft_hub.client.transfers import MAX_REPO_FILES, absolute_url
 from peft_hub.errors import (
     ChecksumMismatchError,
     EntryNotFoundError,

@@ -323,8 +323,8 @@ def test_a_ranged_pull_through_the_hub_is_byte_identical(tmp_path, monkeypatch, 
     monkeypatch.setattr(rawhttp.Response, "readinto", lambda self, view: direct.append(n := read_into(self, view)) or n)
     put: list[int] = []  # bytes of a PUT handed to the kernel (rawhttp), not through httpx
     put_file = rawhttp.Direct.put_file
-    monkeypatch.setattr(rawhttp.Direct, "put_file", lambda self, h, fh, size, note: put.append(size) or put_file(
-        self, h, fh, size, note))
+    monkeypatch.setattr(rawhttp.Direct, "put_file", lambda self, h, fh, size, note, **kw: put.append(size) or put_file(
+        self, h, fh, size, note, **kw))
 
     adapter = _rank8_adapter(tmp_path / "a", width=65536, seed=0)
     with live_hub(make_settings(backend, tmp_path, request)) as hub:

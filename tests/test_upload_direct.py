@@ -26,7 +26,7 @@ from peft_hub.client import rawhttp
 from peft_hub.client.http import build_session
 from peft_hub.client.retry import RetryPolicy
 from peft_hub.client.transfers import UploadTarget, upload
-from peft_hub.errors import HubUnreachableError, PeftHubError
+from peft_hub.errors import HubUnreachableError, PeftHubError, StorageError
 
 FAST = RetryPolicy(attempts=3, max_wait=2, wait_initial=0.01, wait_max=0.02, jitter=0)
 SIZE = 3 * 1024 * 1024 + 11
@@ -75,8 +75,8 @@ def put_file(monkeypatch):
     """The bytes each direct PUT was asked to send."""
     sent: list[int] = []
     real = rawhttp.Direct.put_file
-    monkeypatch.setattr(rawhttp.Direct, "put_file", lambda self, h, fh, size, note: sent.append(size) or real(
-        self, h, fh, size, note))
+    monkeypatch.setattr(rawhttp.Direct, "put_file", lambda self, h, fh, size, note, **kw: sent.append(size) or real(
+        self, h, fh, size, note, **kw))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     return sent
@@ -169,7 +169,7 @@ def test_a_refusal_sent_before_the_body_is_read_is_reported_not_retried(tmp_path
 def test_a_file_shorter_than_announced_is_refused_once(tmp_path, put_file):
     path, entry = _file(tmp_path)
     log: list = []
-    with _server(_store(log)) as store, pytest.raises(HubUnreachableError, match="ended after"):
+    with _server(_store(log)) as store, pytest.raises(StorageError, match="changed while it was uploaded"):
         _upload(f"http://127.0.0.1:{store.server_address[1]}/b/blob", path, entry, size=SIZE + 100, timeout=5)
     assert put_file == [SIZE + 100]  # not retried: the file will not grow by trying again
     assert log == []  # the store never got a complete body

@@ -27,10 +27,10 @@ import httpx
 
 from peft_hub.client import ranged
 from peft_hub.client.cache import BlobCache, Partial
-from peft_hub.client.http import raise_for_status, redact
+from peft_hub.client.http import build_request, raise_for_status, redact
 from peft_hub.client.names import check_sha256
 from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
-from peft_hub.client.transfers import absolute_url, build_request
+from peft_hub.client.transfers import absolute_url
 from peft_hub.errors import (
     ChecksumMismatchError,
     EntryNotFoundError,

@@ -156,6 +156,15 @@ def json_body(response: httpx.Response) -> Any:
         ) from None
 
 
+def build_request(session: httpx.Client, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
+    """A request on the session, with the token and cookies only for the hub's own origin."""
+    request = session.build_request(method, url, **kwargs)
+    if origin(request.url) != origin(session.base_url):
+        request.headers.pop("Authorization", None)
+        request.headers.pop("Cookie", None)
+    return request
+
+
 # --- timeouts --------------------------------------------------------------------
 
 

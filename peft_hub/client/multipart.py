@@ -33,9 +33,9 @@ from typing import Any
 import httpx
 
 from peft_hub.adapter import FileEntry
-from peft_hub.client.http import origin, raise_for_status, redact
-from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
-from peft_hub.errors import HubUnreachableError, InvalidInputError, StorageError, UploadRequiredError
+from peft_hub.client.put import put_file
+from peft_hub.client.retry import NO_RETRY, RetryPolicy
+from peft_hub.errors import InvalidInputError, StorageError, UploadRequiredError
 from peft_hub.progress import tqdm
 
 CHUNK = 1024 * 1024
@@ -214,24 +214,6 @@ def parse_plan(item: dict[str, Any], entry: FileEntry, absolute: Any) -> Multipa
     )
 
 
-class _Slice:
-    """One part of a file, read in fixed-size blocks as the request sends it."""
-
-    def __init__(self, path: Path, offset: int, length: int, bar: tqdm) -> None:
-        self.path, self.offset, self.length, self.bar = path, offset, length, bar
-
-    def __iter__(self):  # noqa: ANN204 - a generator of bytes
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            left = self.length
-            while left and (block := fh.read(min(CHUNK, left))):
-                left -= len(block)
-                self.bar.update(len(block))
-                yield block
-        if left:
-            raise StorageError(f"{self.path.name} changed while it was uploaded")
-
-
 def upload_parts(
     session: httpx.Client,
     target: MultipartTarget,
@@ -251,27 +233,10 @@ def upload_parts(
     def send(part: Part) -> int:
         offset = (part.number - 1) * target.part_size
         length = target.part_size if part.number < count else target.entry.size - offset
-        sent = 0
-        try:
-            for attempt in retry.retrying(lambda exc: transient(exc, idempotent=True)):
-                with attempt:
-                    bar.update(-sent)
-                    sent = length
-                    headers = {**part.headers, "Content-Length": str(length)}
-                    request = session.build_request(
-                        "PUT", part.url, content=_Slice(path, offset, length, bar), headers=headers
-                    )
-                    if origin(request.url) != origin(session.base_url):  # the token goes to the hub only
-                        request.headers.pop("Authorization", None)
-                        request.headers.pop("Cookie", None)
-                    response = session.send(request)
-                    if response.is_redirect:
-                        raise StorageError(f"part {part.number} of {path.name} was answered with a redirect")
-                    raise_for_status(response)
-        except httpx.HTTPError as exc:
-            raise HubUnreachableError(
-                f"part {part.number} of {path.name} to {redact(part.url)} failed: {exc}"
-            ) from None
+        status = put_file(session, part.url, part.headers, path, bar, what=f"part {part.number} of {path.name}",
+                          offset=offset, length=length, retry=retry)
+        if status == 412:  # no condition is sent with a part: a store that says so is not to be believed
+            raise StorageError(f"part {part.number} of {path.name}: the store answered 412 to an unconditional PUT")
         if on_sent is not None:
             on_sent(part.number)
         return length

@@ -46,9 +46,8 @@ import httpx
 
 from peft_hub import disk
 from peft_hub.client import rawhttp
-from peft_hub.client.http import raise_for_status
+from peft_hub.client.http import build_request, raise_for_status
 from peft_hub.client.retry import RetryPolicy, transient
-from peft_hub.client.transfers import build_request
 from peft_hub.errors import ChecksumMismatchError, StorageError
 from peft_hub.progress import tqdm
 

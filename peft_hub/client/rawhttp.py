@@ -105,8 +105,9 @@ class Direct:
             self.close()
             raise _mapped(exc) from exc
 
-    def put_file(self, headers: httpx.Headers, fh: BinaryIO, size: int, sent: Callable[[int], None]) -> Response:
-        """PUT the first ``size`` bytes of ``fh`` with ``headers`` (as httpx built them, Content-Length
+    def put_file(self, headers: httpx.Headers, fh: BinaryIO, size: int, sent: Callable[[int], None], *,
+                 offset: int = 0) -> Response:
+        """PUT ``size`` bytes of ``fh`` from ``offset`` with ``headers`` (as httpx built them, Content-Length
         among them), handed to the kernel a block at a time, ``sent`` told of each block; then read
         the status and headers. A store that answers before it has the whole body (a signature it
         refuses, an expired URL) and stops reading has that answer returned, not lost behind the
@@ -120,13 +121,13 @@ class Direct:
             conn.endheaders()
             assert conn.sock is not None
             conn.sock.settimeout(self.timeout.write)
-            offset = 0
+            done = 0
             try:
-                while offset < size:
-                    n = conn.sock.sendfile(fh, offset, min(SEND_BLOCK, size - offset))
+                while done < size:
+                    n = conn.sock.sendfile(fh, offset + done, min(SEND_BLOCK, size - done))
                     if n == 0:
-                        raise httpx.LocalProtocolError(f"the file ended after {offset} of the {size} bytes announced")
-                    offset += n
+                        raise httpx.LocalProtocolError(f"the file ended after {done} of the {size} bytes announced")
+                    done += n
                     sent(n)
             except OSError as exc:
                 early = self._early_answer(conn)

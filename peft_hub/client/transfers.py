@@ -14,7 +14,6 @@ port), whatever a preupload answer or a redirect says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,16 @@ import httpx
 
 from peft_hub.adapter import FileEntry
 from peft_hub.adapter_files import MAX_FILES, size_cap, validate_filename
-from peft_hub.client import rawhttp
-from peft_hub.client.http import origin, raise_for_status, redact
+from peft_hub.client.http import redact
 from peft_hub.client.multipart import MultipartTarget, parse_plan
 from peft_hub.client.names import check_revision, check_sha256
-from peft_hub.client.retry import NO_RETRY, RetryPolicy, transient
-from peft_hub.errors import HubUnreachableError, InvalidAdapterError, InvalidInputError, StorageError
+from peft_hub.client.put import put_file
+from peft_hub.client.retry import NO_RETRY, RetryPolicy
+from peft_hub.errors import InvalidAdapterError, InvalidInputError
 from peft_hub.model_files import MAX_MODEL_FILES
 from peft_hub.names import check_no_twins
 from peft_hub.progress import tqdm
 
-CHUNK = 1024 * 1024
 #: The most files a pulled repo may list: an adapter's cap, or a base model's.
 MAX_REPO_FILES = max(MAX_FILES, MAX_MODEL_FILES)
 #: Headers a preupload answer may not set: credentials, and framing we decide ourselves.
@@ -143,71 +141,14 @@ def absolute_url(session: httpx.Client, url: Any, base: httpx.URL | None = None)
     return resolved
 
 
-def build_request(session: httpx.Client, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
-    """A request on the session, with the token and cookies only for the hub's own origin."""
-    request = session.build_request(method, url, **kwargs)
-    if origin(request.url) != origin(session.base_url):
-        request.headers.pop("Authorization", None)
-        request.headers.pop("Cookie", None)
-    return request
-
-
 # --- moving bytes --------------------------------------------------------------
 
 
 def upload(
     session: httpx.Client, target: UploadTarget, path: Path, bar: tqdm, *, retry: RetryPolicy = NO_RETRY,
 ) -> None:
-    """Send one file to the URL the hub handed out (its own, or presigned S3).
-
-    Retried as an idempotent request: the target is named by the blob's
-    sha256, so the same bytes land under the same name however often they go.
-    A URL off the hub's origin carries no credentials, and its body is handed
-    to the kernel (:mod:`peft_hub.client.rawhttp`) where the session allows.
-    """
-    sent = 0
-
-    def note(n: int) -> None:
-        nonlocal sent
-        sent += n
-        bar.update(n)
-
-    def chunks() -> Iterator[bytes]:
-        with open(path, "rb") as fh:
-            while block := fh.read(CHUNK):
-                note(len(block))
-                yield block
-
-    headers = {**target.headers, "Content-Length": str(target.entry.size)}
-    direct = None
-    try:
-        for attempt in retry.retrying(lambda exc: transient(exc, idempotent=True)):
-            with attempt:
-                bar.update(-sent)  # a new try sends the file from its start
-                sent = 0
-                if origin(target.url) != origin(session.base_url) and direct is None:
-                    direct = rawhttp.for_url(session, target.url)
-                if direct is not None:
-                    request = build_request(session, target.method, target.url, headers=headers)
-                    with open(path, "rb") as fh:
-                        answer: httpx.Response | rawhttp.Response = direct.put_file(
-                            request.headers, fh, target.entry.size, note)
-                else:
-                    request = build_request(session, target.method, target.url, content=chunks(), headers=headers)
-                    answer = session.send(request, stream=True)
-                try:
-                    if answer.status_code == 412:  # If-None-Match: someone stored the same blob first
-                        return
-                    # A redirect is never followed: the body would go, and the token, where the hub did not say.
-                    if 300 <= answer.status_code < 400:
-                        raise StorageError(
-                            f"the upload of {path.name} to {redact(target.url)} was answered with a redirect"
-                        )
-                    answer.raise_for_status() if isinstance(answer, rawhttp.Response) else raise_for_status(answer)
-                finally:
-                    answer.close()
-    except httpx.HTTPError as exc:
-        raise HubUnreachableError(f"upload of {path.name} to {redact(target.url)} failed: {exc}") from None
-    finally:
-        if direct is not None:
-            direct.close()
+    """Send one file to the URL the hub handed out (its own, or presigned S3), as
+    :func:`peft_hub.client.put.put_file` sends it; a 412 (If-None-Match: someone stored
+    the same blob first) is success."""
+    put_file(session, target.url, target.headers, path, bar, what=f"upload of {path.name}",
+             length=target.entry.size, retry=retry, method=target.method)
