@@ -10,12 +10,11 @@ import hashlib
 import http.server
 import os
 import ssl
-import subprocess
 import threading
-from contextlib import contextmanager
 
 import httpx
 import pytest
+from local_http import self_signed, serve
 
 from peft_hub.client import ranged, rawhttp
 from peft_hub.client.cache import BlobCache
@@ -27,21 +26,6 @@ from peft_hub.progress import tqdm
 
 SIZE = 1_000_003
 FAST = RetryPolicy(attempts=3, max_wait=2, wait_initial=0.01, wait_max=0.02, jitter=0)
-
-
-@contextmanager
-def _server(handler, tls: ssl.SSLContext | None = None):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _store(data: bytes, misbehave=None, log: list | None = None):
@@ -101,9 +85,9 @@ def small_ranges(monkeypatch):
 
 def _pull(data: bytes, misbehave=None, *, tmp_path, log=None, sha=None, tls=None, scheme="http"):
     cache = BlobCache(tmp_path / "cache")
-    with _server(_store(data, misbehave, log), tls) as store:
+    with serve(_store(data, misbehave, log), tls) as store:
         store_url = f"{scheme}://127.0.0.1:{store.server_address[1]}"
-        with _server(_hub(store_url)) as hub, tqdm(disable=True) as bar:
+        with serve(_hub(store_url)) as hub, tqdm(disable=True) as bar:
             session = build_session(f"http://127.0.0.1:{hub.server_address[1]}", "phub_secret", timeout=5)
             with session:
                 return download(session, "/f", sha or hashlib.sha256(data).hexdigest(), len(data), cache, bar,
@@ -243,13 +227,7 @@ def test_only_the_sessions_own_transport_without_proxies_takes_the_direct_path(m
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
-    where = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(where / "key.pem"),
-                    "-out", str(where / "cert.pem")], check=True, capture_output=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(where / "cert.pem", where / "key.pem")
-    return where / "cert.pem", context
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_is_verified_as_the_session_verifies_it(tmp_path, small_ranges, cert, monkeypatch):
@@ -267,7 +245,7 @@ def test_tls_is_verified_as_the_session_verifies_it(tmp_path, small_ranges, cert
 
 def test_the_direct_path_itself_refuses_a_certificate_its_context_does_not_trust(cert):
     _, server_context = cert
-    with _server(_store(b"x" * 10), server_context) as store:
+    with serve(_store(b"x" * 10), server_context) as store:
         url = httpx.URL(f"https://127.0.0.1:{store.server_address[1]}/blob")
         direct = rawhttp.Direct(url, httpx.Timeout(5), ssl.create_default_context())
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):

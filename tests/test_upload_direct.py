@@ -12,14 +12,12 @@ import hashlib
 import http.server
 import os
 import socket
-import ssl
-import subprocess
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from local_http import self_signed, serve
 
 from peft_hub.adapter import FileEntry
 from peft_hub.client import rawhttp
@@ -30,21 +28,6 @@ from peft_hub.errors import HubUnreachableError, PeftHubError, StorageError
 
 FAST = RetryPolicy(attempts=3, max_wait=2, wait_initial=0.01, wait_max=0.02, jitter=0)
 SIZE = 3 * 1024 * 1024 + 11
-
-
-@contextmanager
-def _server(handler, tls: ssl.SSLContext | None = None):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _store(log: list, answers: list | None = None):
@@ -114,7 +97,7 @@ class _Bar:
 def test_a_presigned_put_sends_the_exact_bytes_through_the_kernel_without_the_token(tmp_path, put_file):
     path, entry = _file(tmp_path)
     log: list = []
-    with _server(_store(log)) as store:
+    with serve(_store(log)) as store:
         n = _upload(f"http://127.0.0.1:{store.server_address[1]}/b/sha256/{entry.sha256}?X-Amz-Signature=a%2F1",
                     path, entry)
     assert put_file == [SIZE] and n == SIZE
@@ -128,7 +111,7 @@ def test_a_presigned_put_sends_the_exact_bytes_through_the_kernel_without_the_to
 def test_a_transient_failure_is_retried_from_the_start_and_412_means_stored(tmp_path, put_file):
     path, entry = _file(tmp_path)
     log: list = []
-    with _server(_store(log, [503, 200, 412])) as store:
+    with serve(_store(log, [503, 200, 412])) as store:
         url = f"http://127.0.0.1:{store.server_address[1]}/b/blob"
         assert _upload(url, path, entry) == SIZE  # the bar counts the file once, not once per try
         _upload(url, path, entry)  # stored by someone else first: no error
@@ -160,7 +143,7 @@ def test_a_refusal_sent_before_the_body_is_read_is_reported_not_retried(tmp_path
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
 
-    with _server(Refuser) as store, pytest.raises(PeftHubError, match="403|expired|AccessDenied") as caught:
+    with serve(Refuser) as store, pytest.raises(PeftHubError, match="403|expired|AccessDenied") as caught:
         _upload(f"http://127.0.0.1:{store.server_address[1]}/b/blob", path, entry)
     assert not isinstance(caught.value, HubUnreachableError)  # the store's answer, not "the connection broke"
     assert tries == [1]  # a refusal will not pass: sent once
@@ -169,7 +152,7 @@ def test_a_refusal_sent_before_the_body_is_read_is_reported_not_retried(tmp_path
 def test_a_file_shorter_than_announced_is_refused_once(tmp_path, put_file):
     path, entry = _file(tmp_path)
     log: list = []
-    with _server(_store(log)) as store, pytest.raises(StorageError, match="changed while it was uploaded"):
+    with serve(_store(log)) as store, pytest.raises(StorageError, match="changed while it was uploaded"):
         _upload(f"http://127.0.0.1:{store.server_address[1]}/b/blob", path, entry, size=SIZE + 100, timeout=5)
     assert put_file == [SIZE + 100]  # not retried: the file will not grow by trying again
     assert log == []  # the store never got a complete body
@@ -189,7 +172,7 @@ def test_a_store_that_stops_reading_times_out_as_a_write(tmp_path, put_file):
             stalled.wait(10)  # reads nothing: the client's buffers fill
 
     try:
-        with _server(Staller) as store, pytest.raises(HubUnreachableError, match="sending to the store failed"):
+        with serve(Staller) as store, pytest.raises(HubUnreachableError, match="sending to the store failed"):
             _upload(f"http://127.0.0.1:{store.server_address[1]}/b/blob", path, entry,
                     retry=RetryPolicy(attempts=1), timeout=0.5)
     finally:
@@ -199,7 +182,7 @@ def test_a_store_that_stops_reading_times_out_as_a_write(tmp_path, put_file):
 def test_the_hubs_own_url_goes_through_httpx_with_the_token(tmp_path, put_file):
     path, entry = _file(tmp_path)
     log: list = []
-    with _server(_store(log)) as hub:
+    with serve(_store(log)) as hub:
         base = f"http://127.0.0.1:{hub.server_address[1]}"
         _upload(f"{base}/api/blobs/{entry.sha256}", path, entry, hub=base)
     assert put_file == []
@@ -209,13 +192,7 @@ def test_the_hubs_own_url_goes_through_httpx_with_the_token(tmp_path, put_file):
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
-    where = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(where / "key.pem"),
-                    "-out", str(where / "cert.pem")], check=True, capture_output=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(where / "cert.pem", where / "key.pem")
-    return where / "cert.pem", context
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_is_verified_as_the_session_verifies_it(tmp_path, put_file, cert, monkeypatch):
@@ -224,7 +201,7 @@ def test_tls_is_verified_as_the_session_verifies_it(tmp_path, put_file, cert, mo
     log: list = []
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    with _server(_store(log), server_context) as store:
+    with serve(_store(log), server_context) as store:
         url = f"https://127.0.0.1:{store.server_address[1]}/b/blob"
         with pytest.raises(HubUnreachableError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             _upload(url, path, entry, retry=RetryPolicy(attempts=1))
