@@ -227,9 +227,10 @@ def test_pending_delivery_survives_killed_hub(tmp_path):
         admin = HubClient(url, token)
         hook = client_events.add_webhook(admin, down.url, secret=SECRET, adapter="acme/support", events=["push"])
         pushed = admin.push(tiny_lora_dir(tmp_path / "a", "one"), name="acme/support")
-        wait_for(lambda: client_events.list_deliveries(admin, hook["id"])[0]["attempts"] >= 1, what="a failed attempt")
+        # An attempt is claimed (``attempts`` counted) before it is sent, and its error written after it failed.
+        wait_for(lambda: client_events.list_deliveries(admin, hook["id"])[0]["last_error"], what="a failed attempt")
         [record] = client_events.list_deliveries(admin, hook["id"])
-        assert record["status"] == "pending" and record["last_error"]
+        assert record["status"] == "pending" and record["last_error"] and record["attempts"] >= 1
         admin.close()
     finally:
         proc.send_signal(signal.SIGKILL)
