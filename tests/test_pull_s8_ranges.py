@@ -65,14 +65,17 @@ def _mirrored_download(tmp_path: Path) -> tuple[bytes, Path, Path]:
     return data, blob, mirror
 
 
-def test_the_first_range_is_short_and_the_others_are_parts(tmp_path, small):
+def test_the_first_range_is_short_and_the_others_are_aligned_parts(tmp_path, small):
     data = os.urandom(1_000_003)
     log: list = []
     with _server(data, log) as session, tqdm(disable=True) as bar:
         blob = download(session, "/f", hashlib.sha256(data).hexdigest(), len(data), BlobCache(tmp_path / "c"), bar)
     assert blob.read_bytes() == data
     assert log[0] == ("0-12344", None)  # through the hub's redirect, the token dropped at the store
-    expected = ["0-12344"] + [f"{a}-{min(a + 100_000, len(data)) - 1}" for a in range(12_345, len(data), 100_000)]
+    # The second range fills up to the first part's end: every later one starts on a multiple of
+    # PART, where a store's chunks begin, so none straddles two of them.
+    expected = ["0-12344", "12345-99999"] + [f"{a}-{min(a + 100_000, len(data)) - 1}"
+                                             for a in range(100_000, len(data), 100_000)]
     assert sorted(spec for spec, _ in log) == sorted(expected) and {auth for _, auth in log} == {None}
 
 
@@ -96,9 +99,8 @@ def test_writeback_hints_cover_the_cache_file_alone_in_pieces(tmp_path, small, m
         assert a == covered and n >= 0
         covered += n
     assert covered == len(data)
-    spans = len(range(12_345, len(data), 100_000)) + 1
-    assert len([n for _, n in pieces if n]) > spans  # handed over as the spans grew, not only at their ends
-    ends = {12_345} | {min(a + 100_000, len(data)) for a in range(12_345, len(data), 100_000)}
+    ends = {12_345, *range(100_000, len(data), 100_000), len(data)}  # where each span ends
+    assert len([n for _, n in pieces if n]) > len(ends)  # handed over as the spans grew, not only at their ends
     assert all((a + n) % 4096 == 0 for a, n in pieces if a + n not in ends)  # a piece inside a span ends on a page
 
 

@@ -53,9 +53,13 @@ from peft_hub.progress import tqdm
 
 #: Blobs at least this large are fetched in ranges.
 MIN_SIZE = 32 * 1024 * 1024
-#: Bytes per range, and parallel streams (boto3's part size; fewer streams than its 10: 2 cores).
+#: Bytes per range (boto3's part size).
 PART = 8 * 1024 * 1024
-STREAMS = 6
+#: Parallel streams: one per core, 2 to 6. The sha256 runs in file order, so every stream
+#: beyond what the cores can serve only widens the out-of-order window the hash reads back
+#: after the last byte: on 2 cores, 2 streams pulled 105 MB in about 200 ms and 6 in about
+#: 225 ms (bytes all received by 160-190 ms, then about 40 ms of hashing alone).
+STREAMS = max(2, min(6, os.cpu_count() or 2))
 #: Bytes of the first range (through the hub and httpx): the hash waits for it.
 FIRST = 1024 * 1024
 _READ = 1024 * 1024
@@ -84,7 +88,11 @@ class _Ranges:
     def __init__(self, fds: tuple[int, ...], size: int, bar: tqdm) -> None:
         self.fd, self.fds, self.size, self.bar = fds[0], fds, size, bar
         first = min(FIRST, PART, size)
-        self.spans = [(0, first)] + [(a, min(a + PART, size)) for a in range(first, size, PART)]
+        # Span boundaries fall on multiples of PART (the first span ends early, the second fills up
+        # to PART): a store keeps an object in chunks of a power-of-two size, and a range across two
+        # of them costs it both. Misaligned 8 MiB ranges cost SeaweedFS a quarter more CPU per pull.
+        bounds = sorted({0, first, *range(PART, size, PART), size})
+        self.spans = list(zip(bounds, bounds[1:]))
         self.done = [0] * len(self.spans)  # bytes held from each span's start, contiguous
         self.flushed = [0] * len(self.spans)  # bytes from each span's start handed to writeback
         self.todo: deque[int] = deque(range(1, len(self.spans)))
