@@ -34,6 +34,7 @@ compete with the cache's during the pull.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 from collections import deque
@@ -92,7 +93,7 @@ class _Ranges:
         # to PART): a store keeps an object in chunks of a power-of-two size, and a range across two
         # of them costs it both. Misaligned 8 MiB ranges cost SeaweedFS a quarter more CPU per pull.
         bounds = sorted({0, first, *range(PART, size, PART), size})
-        self.spans = list(zip(bounds, bounds[1:]))
+        self.spans = list(itertools.pairwise(bounds))
         self.done = [0] * len(self.spans)  # bytes held from each span's start, contiguous
         self.flushed = [0] * len(self.spans)  # bytes from each span's start handed to writeback
         self.todo: deque[int] = deque(range(1, len(self.spans)))
